@@ -1,0 +1,1 @@
+"""Data: annotation files, templates, per-turn tokenization, datasets and collation."""

@@ -1,0 +1,62 @@
+"""Build the composite model and its tokenizer from components or from a saved folder."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
+
+from .configuration import FilaConfig
+from .modeling import FilaForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+
+def is_fila_checkpoint(path: str) -> bool:
+    config = Path(path) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == FilaConfig.model_type
+
+
+def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vision_encoder: str = "clip",
+                vision_options: dict | None = None, vision_feature_layer: int = -2,
+                connector_type: str = "mlp2x_gelu", connector_options: dict | None = None,
+                conversation_template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
+                attn_implementation: str = "sdpa") -> FilaForConditionalGeneration:
+    """A saved fila model folder loads as is; otherwise LLM + CLIP tower are joined with a new connector.
+
+    Nothing runs remote code: every ``from_pretrained`` keeps ``trust_remote_code`` off.
+    """
+    if is_fila_checkpoint(model_name_or_path):
+        return FilaForConditionalGeneration.from_pretrained(
+            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+    if vision_tower is None:
+        raise ValueError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
+    language_model = AutoModelForCausalLM.from_pretrained(
+        model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+    tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
+    config = FilaConfig(
+        vision_config=tower.config, text_config=language_model.config, vision_encoder=vision_encoder,
+        vision_options=vision_options, vision_feature_layer=vision_feature_layer,
+        connector_type=connector_type, connector_options=connector_options,
+        conversation_template=conversation_template,
+        tie_word_embeddings=bool(getattr(language_model.config, "tie_word_embeddings", False)))
+    model = FilaForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
+    return model.to(dtype)
+
+
+def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: int) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer, with a pad token that is never a trained token.
+
+    Padding is masked (attention 0, label -100) so its id is never trained; a tokenizer
+    without one (Llama-3) gets a dedicated ``<pad>`` and the embeddings grow by one row.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        model.language_model.resize_token_embeddings(len(tokenizer))
+        model.config.text_config.vocab_size = model.language_model.config.vocab_size
+        logger.warning("tokenizer %s has no pad token: added '<pad>' (id %d) and resized the embeddings",
+                       path, tokenizer.pad_token_id)
+    return tokenizer

@@ -1,0 +1,111 @@
+"""FilaForConditionalGeneration: vision encoder -> connector -> causal LM.
+
+The dataset has already expanded every ``<image>`` into the right number of
+image-context positions (``config.image_token_id``); the model embeds the text,
+runs the vision side once for the whole batch and scatters the projected
+features into those positions with one ``masked_scatter``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin, PreTrainedModel
+
+from .configuration import FilaConfig
+from .connector import build_connector
+from .vision import build_vision_encoder
+
+# Parameter-name prefixes -> tunable part; the first match wins, so sub-parts come first.
+PART_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("vision_tower.cvfm.", "cvfm"),
+    ("connector.fuser.", "fuser"),
+    ("vision_tower.", "vision"),
+    ("connector.", "connector"),
+    ("language_model.", "llm"),
+)
+PARTS: tuple[str, ...] = ("vision", "cvfm", "connector", "fuser", "llm")
+
+
+def part_of(parameter_name: str) -> str:
+    for prefix, part in PART_PREFIXES:
+        if parameter_name.startswith(prefix):
+            return part
+    raise ValueError(f"parameter {parameter_name!r} belongs to no tunable part")
+
+
+class FilaPreTrainedModel(PreTrainedModel):
+    config_class = FilaConfig
+    base_model_prefix = "fila"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules: list[str] = []
+
+
+class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
+    def __init__(self, config: FilaConfig, vision_tower: CLIPVisionModel | None = None,
+                 language_model: nn.Module | None = None):
+        super().__init__(config)
+        self.vision_tower = build_vision_encoder(config, tower=vision_tower)
+        self.language_model = (language_model if language_model is not None
+                               else AutoModelForCausalLM.from_config(config.text_config))
+        self.connector = build_connector(config.connector_type, config.vision_config.hidden_size,
+                                         config.text_config.hidden_size, config.connector_options)
+        self.post_init()
+
+    # --- transformers plumbing -------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def image_processor(self):
+        return self.vision_tower.image_processor()
+
+    def named_parts(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        parts: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, parameter in self.named_parameters():
+            parts.setdefault(part_of(name), []).append((name, parameter))
+        return parts
+
+    # --- forward -----------------------------------------------------------------------------
+    def encode_images(self, images: dict[str, Any]) -> torch.Tensor:
+        """All views of all images -> [total_image_tokens, llm_hidden] in image order."""
+        vision = self.vision_tower(images, output_hidden_states=self.connector.needs_hidden_states)
+        projected = self.connector(vision)
+        return projected.reshape(-1, projected.shape[-1])
+
+    def embed(self, input_ids: torch.Tensor, images: dict[str, Any] | None,
+              images_are_placeholders: bool = False) -> torch.Tensor:
+        is_image = input_ids == self.config.image_token_id
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        if images is None:
+            if is_image.any():
+                raise ValueError("input_ids hold image-context positions but no images were given")
+            return embeds
+        features = self.encode_images(images).to(embeds.dtype)
+        if images_are_placeholders:
+            # A text-only batch still runs the vision side on a blank image so that every rank
+            # executes the same collectives (ZeRO-3 gathers) and trainable parts get gradients.
+            return embeds + features.sum() * 0.0
+        expected = int(is_image.sum())
+        if features.shape[0] != expected:
+            raise ValueError(f"the batch has {expected} image-context positions but the vision side "
+                             f"produced {features.shape[0]} feature vectors")
+        return embeds.masked_scatter(is_image.unsqueeze(-1), features)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                images: dict[str, Any] | None = None, images_are_placeholders: bool = False,
+                labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                **kwargs: Any):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, images, images_are_placeholders)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   labels=labels, **kwargs)

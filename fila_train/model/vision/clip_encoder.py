@@ -1,0 +1,92 @@
+"""The LLaVA baseline vision side: one CLIP-ViT view per image, patch tokens of one layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .base import VisionOutput
+
+# OpenAI CLIP normalisation (CLIPImageProcessor's defaults); FILA's ConvNeXt must match it.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad to a centred square (LLaVA-1.5 ``image_aspect_ratio pad``), so nothing is cropped away."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def to_normalized_tensor(image: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """RGB PIL image -> float tensor [3, H, W] normalised with the CLIP constants."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    pixels = data.view(image.size[1], image.size[0], 3).permute(2, 0, 1).float().div_(255.0)
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+@dataclass(frozen=True)
+class ClipImageProcessor:
+    """Pad to square, resize to the ViT's input size, normalise: one view per image."""
+
+    image_size: int
+    patch_size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def __call__(self, image: Image.Image) -> dict[str, Any]:
+        fill = tuple(int(round(255 * m)) for m in self.mean)
+        square = expand_to_square(image.convert("RGB"), fill)
+        resized = square.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        return {"pixel_values": to_normalized_tensor(resized, self.mean, self.std).unsqueeze(0)}
+
+    @property
+    def tokens_per_view(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def num_image_tokens(self, processed: dict[str, Any]) -> int:
+        return processed["pixel_values"].shape[0] * self.tokens_per_view
+
+    def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0)}
+
+
+class ClipVisionEncoder(nn.Module):
+    """CLIP-ViT through transformers; returns patch tokens (CLS dropped) of ``feature_layer``."""
+
+    def __init__(self, vision_config: CLIPVisionConfig, feature_layer: int = -2,
+                 tower: CLIPVisionModel | None = None):
+        super().__init__()
+        self.feature_layer = feature_layer
+        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.clip.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.clip.config.hidden_size
+
+    def image_processor(self) -> ClipImageProcessor:
+        return ClipImageProcessor(self.config.image_size, self.config.patch_size)
+
+    def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
+        pixel_values = images["pixel_values"].to(dtype=self.clip.dtype)
+        out = self.clip(pixel_values=pixel_values, output_hidden_states=True)
+        patch_states = tuple(h[:, 1:] for h in out.hidden_states)
+        return VisionOutput(
+            features=patch_states[self.feature_layer],
+            hidden_states=patch_states if output_hidden_states else None,
+        )

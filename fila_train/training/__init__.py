@@ -1,0 +1,1 @@
+"""Training: arguments, tunable parts, the trainer and the entry point."""

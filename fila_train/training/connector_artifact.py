@@ -1,0 +1,76 @@
+"""The stage-1 artifact: the aligned connector-side weights as one safetensors file.
+
+It holds every stage-1 part (connector, FILA's CVFM, MMFuser's fuser) and records
+which architecture it was trained for, so stage 2 refuses a mismatched file
+instead of loading it partially.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from safetensors import safe_open
+
+from ..utils.distributed import gathered, is_main_process
+from ..utils.files import write_safetensors_atomic
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT_NAME = "connector.safetensors"
+ALIGNED_PARTS = ("connector", "cvfm", "fuser")
+
+
+def _aligned_parameters(model) -> dict:
+    return {name: parameter for part, params in model.named_parts().items()
+            if part in ALIGNED_PARTS for name, parameter in params}
+
+
+def _signature(model) -> dict[str, str]:
+    config = model.config
+    return {"vision_encoder": config.vision_encoder, "connector_type": config.connector_type,
+            "vision_hidden": str(config.vision_config.hidden_size),
+            "llm_hidden": str(config.text_config.hidden_size)}
+
+
+def save_connector_artifact(model, directory: str | Path) -> Path | None:
+    """Collective under ZeRO-3 (every rank must call); only rank 0 writes."""
+    path = Path(directory) / ARTIFACT_NAME
+    parameters = _aligned_parameters(model)
+    with gathered(list(parameters.values())):
+        if is_main_process():
+            # Keep the trained dtype: stage 2 must see bit-identical weights.
+            tensors = {name: p.detach() for name, p in parameters.items()}
+            write_safetensors_atomic(path, tensors, metadata={"fila_signature": json.dumps(_signature(model))})
+            logger.info("wrote connector artifact %s (%d tensors)", path, len(tensors))
+            return path
+    return None
+
+
+def load_connector_artifact(model, path: str | Path) -> None:
+    """Load the stage-1 weights into ``model``; mismatched architecture or keys is an error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ARTIFACT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"connector artifact not found: {path}")
+    parameters = _aligned_parameters(model)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        signature = json.loads(metadata.get("fila_signature", "{}"))
+        expected = _signature(model)
+        if signature != expected:
+            raise ValueError(f"{path} was trained for {signature}, but this model is {expected}")
+        keys = set(handle.keys())
+        missing, unexpected = sorted(set(parameters) - keys), sorted(keys - set(parameters))
+        if missing or unexpected:
+            raise ValueError(f"{path} does not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        with gathered(list(parameters.values()), modifier_rank=0):
+            for name, parameter in parameters.items():
+                value = handle.get_tensor(name)
+                if tuple(value.shape) != tuple(parameter.shape) and not hasattr(parameter, "ds_id"):
+                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, "
+                                     f"the model expects {tuple(parameter.shape)}")
+                parameter.data.copy_(value.to(parameter.dtype))
+    logger.info("loaded connector artifact %s (%d tensors)", path, len(parameters))

@@ -1,0 +1,58 @@
+"""Run reporting: wandb set-up (offline without a key) and the end-of-run summary."""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+
+from .parts import format_table
+
+logger = logging.getLogger(__name__)
+
+
+def _wandb_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def configure_wandb(report_to: list[str], output_dir: str) -> None:
+    """Without an API key wandb online fails (or hangs ~100 s without network): go offline, say so."""
+    if "wandb" not in report_to:
+        return
+    os.environ.setdefault("WANDB_DIR", output_dir)
+    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    if "WANDB_MODE" not in os.environ and not _wandb_key_configured():
+        os.environ["WANDB_MODE"] = "offline"
+        logger.warning("wandb: no API key configured, logging OFFLINE to %s (sync later with "
+                       "`wandb sync`)", os.environ["WANDB_DIR"])
+
+
+def loss_history(log_history: list[dict]) -> list[float]:
+    return [entry["loss"] for entry in log_history if "loss" in entry]
+
+
+def run_summary(log_history: list[dict], steps: int, seconds: float, tokens_per_second: float) -> dict:
+    losses = loss_history(log_history)
+    window = max(1, len(losses) // 10)
+    return {
+        "steps": steps,
+        "seconds": round(seconds, 2),
+        "losses": losses,
+        "loss_first": sum(losses[:window]) / window if losses else None,
+        "loss_last": sum(losses[-window:]) / window if losses else None,
+        "tokens_per_second": round(tokens_per_second, 2),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+    rows = [["steps", str(summary["steps"])], ["seconds", f"{summary['seconds']:.1f}"],
+            ["loss (first 10%)", fmt(summary["loss_first"])], ["loss (last 10%)", fmt(summary["loss_last"])],
+            ["tokens/s (all ranks)", f"{summary['tokens_per_second']:.1f}"]]
+    return format_table(["run summary", "value"], rows)

@@ -1,0 +1,103 @@
+"""The training entry point shared by stage 1 and stage 2 (``fila-train train``)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import HfArgumentParser
+
+from ..data.collator import ConversationCollator
+from ..data.dataset import ConversationDataset, DatasetOptions
+from ..data.templates import get_template
+from ..data.tokenization import ConversationTokenizer
+from ..model.builder import build_model, load_tokenizer
+from ..utils.distributed import is_main_process, world_size
+from ..utils.files import write_json_atomic
+from .arguments import DataArguments, ModelArguments, TrainingArguments
+from .connector_artifact import load_connector_artifact, save_connector_artifact
+from .parts import apply_tune_parts, format_parameter_table
+from .reporting import configure_wandb, format_summary, run_summary
+from .trainer import FilaTrainer
+
+logger = logging.getLogger("fila_train")
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(args: TrainingArguments) -> None:
+    level = logging.INFO if is_main_process() else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    if args.deepspeed:
+        import deepspeed
+
+        # ZeRO-3 partitions parameters while from_pretrained builds them (zero.Init), which reads
+        # the world size from DeepSpeed's communicator: it must be up before the model is built.
+        deepspeed.init_distributed()
+    setup_logging(args)
+    configure_wandb(args.report_to, args.output_dir)
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    model = build_model(
+        model_args.model_name_or_path, model_args.vision_tower, vision_encoder=model_args.vision_encoder,
+        vision_feature_layer=model_args.vision_feature_layer, connector_type=model_args.connector_type,
+        conversation_template=model_args.conversation_template, dtype=dtype,
+        attn_implementation=model_args.attn_implementation)
+    model.config.conversation_template = model_args.conversation_template
+    model.config.use_cache = False
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model, args.model_max_length)
+    if model_args.pretrained_connector:
+        load_connector_artifact(model, model_args.pretrained_connector)
+    apply_tune_parts(model, args.parts())
+    if args.gradient_checkpointing:
+        # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow.
+        model.language_model.enable_input_require_grads()
+
+    processor = model.image_processor()
+    conversation_tokenizer = ConversationTokenizer(
+        tokenizer, get_template(model_args.conversation_template), model.config.image_token_id)
+    dataset = ConversationDataset(data_args.data_path, data_args.image_folder, conversation_tokenizer,
+                                  processor, DatasetOptions(args.model_max_length, data_args.on_overlong))
+    logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
+                format_parameter_table(model))
+    logger.info("data: %d records from %s; template %s; %d process(es)", len(dataset), data_args.data_path,
+                model_args.conversation_template, world_size())
+
+    trainer = FilaTrainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=ConversationCollator(tokenizer.pad_token_id, processor),
+                          processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    seconds = time.perf_counter() - start
+
+    trainer.save_model(args.output_dir)
+    save_connector_artifact(trainer.model, args.output_dir)
+    tokens_per_second = trainer.tokens_seen * world_size() / max(seconds, 1e-9)
+    summary = run_summary(trainer.state.log_history, trainer.state.global_step, seconds, tokens_per_second)
+    summary.update(output_dir=str(Path(args.output_dir).resolve()),
+                   vision_encoder=model.config.vision_encoder, connector_type=model.config.connector_type,
+                   tune_parts=args.parts(), dropped_overlong_rank0=dataset.dropped_overlong)
+    if is_main_process():
+        write_json_atomic(Path(args.output_dir) / "train_summary.json", summary)
+        logger.info("wrote %s", Path(args.output_dir) / "train_summary.json")
+        logger.info("\n%s\n%s", format_parameter_table(model), format_summary(summary))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv)
+    train(model_args, data_args, args)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,73 @@
+"""FilaTrainer: HF Trainer with per-part optimizer groups, the stage-1 artifact and throughput logs."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from ..utils.distributed import rank, world_size
+from .connector_artifact import save_connector_artifact
+from .parts import optimizer_groups
+
+logger = logging.getLogger(__name__)
+
+
+class FilaTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tokens_since_log = 0
+        self._tokens_total = 0
+        self._last_log_time = time.perf_counter()
+        self._sample_log = None
+        if self.args.log_sample_ids:
+            path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._sample_log = open(path, "a")
+
+    # Per-part learning rates: one optimizer group per (part, weight decay); the scheduler
+    # scales each group's own lr, so the cosine schedule applies to every part.
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            groups = optimizer_groups(model, self.args, set(self.get_decay_parameter_names(model)))
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            for group in groups:
+                logger.info("optimizer group: part=%s lr=%g weight_decay=%g tensors=%d", group["part"],
+                            group["lr"], group["weight_decay"], len(group["params"]))
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        sample_ids = inputs.pop("sample_ids", None)
+        if self._sample_log is not None and model.training and sample_ids is not None:
+            self._sample_log.write("\n".join(sample_ids) + "\n")
+            self._sample_log.flush()
+        tokens = int(inputs["attention_mask"].sum())
+        self._tokens_since_log += tokens
+        self._tokens_total += tokens
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now = time.perf_counter()
+            elapsed = max(now - self._last_log_time, 1e-9)
+            # Tokens (including image-context positions) through the LLM per second, per device.
+            logs["tokens_per_second_per_device"] = round(self._tokens_since_log / elapsed, 2)
+            logs["tokens_per_second"] = round(self._tokens_since_log * world_size() / elapsed, 2)
+            self._tokens_since_log = 0
+            self._last_log_time = now
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        # Next to every resumable checkpoint: the connector-side weights alone, usable as a
+        # stage-1 artifact without consolidating the DeepSpeed shards.
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        save_connector_artifact(self.model, folder)
+
+    @property
+    def tokens_seen(self) -> int:
+        return self._tokens_total
