@@ -14,32 +14,43 @@ import numpy as np
 
 # Structural characters of JSON, plus escapes (consumed as a unit so \" never ends a string).
 _JSON_TOKENS = re.compile(rb'\\.|["{}\[\]]', re.DOTALL)
+_NON_SPACE = re.compile(rb"\S")
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class AnnotationError(ValueError):
     """A malformed annotation file or record; the message names file and record."""
 
 
-def _jsonl_spans(data: bytes | mmap.mmap) -> np.ndarray:
+def _jsonl_spans(data: bytes | mmap.mmap, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte spans of the non-blank lines from ``offset`` on, and their 1-based line numbers."""
     spans = []
-    start = 0
+    lines = []
+    start = offset
+    line = 1
     size = len(data)
     while start < size:
         end = data.find(b"\n", start)
         end = size if end < 0 else end
         if data[start:end].strip():
             spans.append((start, end))
+            lines.append(line)
         start = end + 1
-    return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        line += 1
+    return np.asarray(spans, dtype=np.int64).reshape(-1, 2), np.asarray(lines, dtype=np.int64)
 
 
-def _json_list_spans(data: bytes | mmap.mmap, path: Path) -> np.ndarray:
-    """Byte spans of the top-level elements of a JSON array, found without parsing values."""
+def _json_list_spans(data: bytes | mmap.mmap, path: Path, offset: int) -> np.ndarray:
+    """Byte spans of the top-level elements of a JSON array, found without parsing values.
+
+    Every element must be an object or array (records are objects; what else is found there
+    is reported, not skipped), separated by single commas, and nothing may follow the list.
+    """
     spans = []
     depth = 0
     in_string = False
-    start = -1
-    for match in _JSON_TOKENS.finditer(data):
+    start = open_at = close_at = -1
+    for match in _JSON_TOKENS.finditer(data, offset):
         token = match.group()
         if token == b'"':
             in_string = not in_string
@@ -47,17 +58,43 @@ def _json_list_spans(data: bytes | mmap.mmap, path: Path) -> np.ndarray:
             continue
         elif token in b"{[":
             depth += 1
-            if depth == 2:
+            if depth == 1:
+                open_at = match.start()
+            elif depth == 2:
                 start = match.start()
         else:
             depth -= 1
             if depth == 1:
                 spans.append((start, match.end()))
+            elif depth == 0:
+                close_at = match.start()
+                break
             elif depth < 0:
                 raise AnnotationError(f"{path}: unbalanced brackets at byte {match.start()}")
-    if depth != 0 or in_string:
+    if close_at < 0:
         raise AnnotationError(f"{path}: truncated JSON (unclosed list, object or string)")
+    # What lies between the elements: '[' ws elem ws ',' ws elem ... ws ']' and nothing else.
+    gap_starts = [open_at + 1] + [end for _, end in spans]
+    gap_ends = [begin for begin, _ in spans] + [close_at]
+    for index, (gap_start, gap_end) in enumerate(zip(gap_starts, gap_ends)):
+        gap = bytes(data[gap_start:gap_end]).strip()
+        expected = b"," if 0 < index < len(spans) else b""
+        if gap != expected:
+            raise AnnotationError(
+                f"{path}: malformed JSON list at byte {gap_start} (around element {index}): expected "
+                f"{expected.decode() or 'nothing'} between records, found {gap[:40]!r}; every element "
+                f"must be a JSON object and elements are separated by one ','")
+    trailing = _NON_SPACE.search(data, close_at + 1)
+    if trailing is not None:
+        raise AnnotationError(f"{path}: extra data after the end of the JSON list at byte {trailing.start()}")
     return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+
+def _first_content_byte(data: bytes | mmap.mmap) -> int:
+    """Offset of the first byte that is neither whitespace nor a UTF-8 byte-order mark (-1: none)."""
+    offset = len(_UTF8_BOM) if data[:len(_UTF8_BOM)] == _UTF8_BOM else 0
+    match = _NON_SPACE.search(data, offset)
+    return -1 if match is None else match.start()
 
 
 class AnnotationFile:
@@ -67,24 +104,29 @@ class AnnotationFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"annotation file not found: {self.path}")
-        with open(self.path, "rb") as handle:
-            head = handle.read(4096).lstrip()
-            if not head:
-                self.spans = np.zeros((0, 2), dtype=np.int64)
+        self.is_json_list = False
+        self.lines: np.ndarray | None = None  # JSONL: line number of every record
+        self.spans = np.zeros((0, 2), dtype=np.int64)
+        if self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb") as handle, \
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            first = _first_content_byte(data)
+            if first < 0:
                 return
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                self.is_json_list = head.startswith(b"[")
-                self.spans = _json_list_spans(data, self.path) if self.is_json_list else _jsonl_spans(data)
+            self.is_json_list = data[first:first + 1] == b"["
+            if self.is_json_list:
+                self.spans = _json_list_spans(data, self.path, first)
+            else:
+                self.spans, self.lines = _jsonl_spans(data, 0)
 
     def __len__(self) -> int:
         return len(self.spans)
 
     def location(self, index: int) -> str:
         """Where record ``index`` lives, for error messages (JSONL: line number)."""
-        if not getattr(self, "is_json_list", False):
-            with open(self.path, "rb") as handle:
-                line = handle.read(int(self.spans[index][0])).count(b"\n") + 1
-            return f"{self.path}:{line}"
+        if self.lines is not None:
+            return f"{self.path}:{int(self.lines[index])}"
         return f"{self.path}[{index}]"
 
     def __getitem__(self, index: int) -> dict:

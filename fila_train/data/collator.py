@@ -15,6 +15,11 @@ class ConversationCollator:
     pad_token_id: int
     image_processor: Any
 
+    def __post_init__(self) -> None:
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token: give it one (load_tokenizer adds '<pad>') "
+                             "before building the collator")
+
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         length = max(len(s["input_ids"]) for s in samples)
         input_ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)

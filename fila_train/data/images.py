@@ -1,6 +1,7 @@
 """Opening record images safely: paths stay inside the image root; errors name the record."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -11,14 +12,18 @@ class ImageLoadError(ValueError):
 
 
 def resolve_image_path(image_root: Path, relative: str) -> Path:
-    path = Path(relative)
-    if path.is_absolute():
+    """``image_root / relative``, refusing absolute paths and ``..`` that leave the folder.
+
+    The check is lexical on purpose: symlinks *inside* the image folder (the usual way
+    datasets stored elsewhere are put under one root) are followed, not rejected.
+    """
+    if Path(relative).is_absolute():
         raise ImageLoadError(f"absolute image path {relative!r} is not allowed (paths are relative "
                              f"to the image folder {image_root})")
-    resolved = (image_root / path).resolve()
-    if not resolved.is_relative_to(image_root.resolve()):
+    normalized = os.path.normpath(relative)
+    if normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
         raise ImageLoadError(f"image path {relative!r} escapes the image folder {image_root}")
-    return resolved
+    return Path(image_root) / normalized
 
 
 def load_rgb_image(path: Path) -> Image.Image:

@@ -51,7 +51,9 @@ class ConversationTemplate:
             else:
                 out.extend(self.assistant_segments(text))
         if add_generation_prompt:
-            out.append(Segment(self.assistant_header()))
+            # The same segments as a trained assistant turn starts with, so the prompt's ids are
+            # exactly a prefix of the training ids (a header tokenized as one string can differ).
+            out.extend(self.assistant_header_segments())
         return [s for s in out if s.text]
 
     def system_segments(self, system: str) -> list[Segment]:
@@ -61,11 +63,16 @@ class ConversationTemplate:
         raise NotImplementedError
 
     def assistant_header(self) -> str:
+        """The text that opens an assistant turn (what a generation prompt ends with)."""
         raise NotImplementedError
 
+    def assistant_header_segments(self) -> list[Segment]:
+        """The assistant header as segments, tokenized identically in training and generation."""
+        return [Segment(self.assistant_header())]
+
     def assistant_segments(self, text: str) -> list[Segment]:
-        return [Segment(self.assistant_header()), Segment(text, trained=True),
-                Segment(self.end_of_turn, trained=True, special=True)] + self.after_turn()
+        return self.assistant_header_segments() + [
+            Segment(text, trained=True), Segment(self.end_of_turn, trained=True, special=True)] + self.after_turn()
 
     def after_turn(self) -> list[Segment]:
         return []
@@ -111,8 +118,8 @@ class VicunaTemplate(ConversationTemplate):
         return " ASSISTANT:"
 
     def assistant_segments(self, text: str) -> list[Segment]:
-        return [Segment(self.assistant_header()), Segment(" " + text, trained=True),
-                Segment(self.end_of_turn, trained=True, special=True)]
+        return self.assistant_header_segments() + [Segment(" " + text, trained=True),
+                                                   Segment(self.end_of_turn, trained=True, special=True)]
 
 
 @TEMPLATES.register("llama3")
@@ -138,9 +145,8 @@ class Llama3Template(ConversationTemplate):
     def assistant_header(self) -> str:
         return "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
-    def assistant_segments(self, text: str) -> list[Segment]:
-        return self._header("assistant") + [Segment(text, trained=True),
-                                            Segment(self.end_of_turn, trained=True, special=True)]
+    def assistant_header_segments(self) -> list[Segment]:
+        return self._header("assistant")
 
 
 @TEMPLATES.register("chatml")
@@ -168,10 +174,11 @@ class ChatMLTemplate(ConversationTemplate):
     def assistant_header(self) -> str:
         return "<|im_start|>assistant\n"
 
-    def assistant_segments(self, text: str) -> list[Segment]:
-        return self._open("assistant") + [Segment(text, trained=True),
-                                          Segment(self.end_of_turn, trained=True, special=True),
-                                          Segment("\n")]
+    def assistant_header_segments(self) -> list[Segment]:
+        return self._open("assistant")
+
+    def after_turn(self) -> list[Segment]:
+        return [Segment("\n")]
 
 
 def get_template(name: str) -> ConversationTemplate:

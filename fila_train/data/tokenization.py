@@ -32,12 +32,13 @@ class TokenizedSample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]]]:
-    """Validate a ``conversations`` list: optional system first, then human/gpt alternating."""
+def _parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]], list[int]]:
+    """``parse_turns`` plus, for every turn, its index in ``conversations`` (for error messages)."""
     if not isinstance(conversations, list) or not conversations:
         raise ConversationError("field 'conversations' must be a non-empty list")
     system = None
     turns: list[tuple[str, str]] = []
+    indices: list[int] = []
     for index, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise ConversationError(f"conversations[{index}] needs 'from' and 'value'")
@@ -50,6 +51,9 @@ def parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]
         if role == SYSTEM:
             if index != 0:
                 raise ConversationError(f"conversations[{index}]: a system turn may only come first")
+            if IMAGE_PLACEHOLDER in value:
+                raise ConversationError(f"conversations[{index}]: a system prompt may not contain "
+                                        f"{IMAGE_PLACEHOLDER!r}")
             system = value
             continue
         expected = HUMAN if len(turns) % 2 == 0 else ASSISTANT
@@ -59,7 +63,18 @@ def parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]
                 f"starting with the human), got {turn['from']!r}")
         if role == ASSISTANT and not value.strip():
             raise ConversationError(f"conversations[{index}]: empty assistant answer")
+        if role == ASSISTANT and IMAGE_PLACEHOLDER in value:
+            raise ConversationError(f"conversations[{index}]: an assistant answer contains {IMAGE_PLACEHOLDER!r}")
         turns.append((role, value))
+        indices.append(index)
+    if not turns:
+        raise ConversationError("field 'conversations' holds no human/gpt turn")
+    return system, turns, indices
+
+
+def parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]]]:
+    """Validate a ``conversations`` list: optional system first, then human/gpt alternating."""
+    system, turns, _ = _parse_turns(conversations)
     return system, turns
 
 
@@ -109,18 +124,21 @@ class ConversationTokenizer:
                add_generation_prompt: bool = False) -> TokenizedSample:
         """Tokenize one record's conversation; ``image_token_counts[i]`` ids replace the i-th ``<image>``."""
         image_counts = list(image_token_counts or [])
-        system, turns = parse_turns(conversations)
+        system, turns, indices = _parse_turns(conversations)
         if add_generation_prompt:
             if turns[-1][0] != HUMAN:
-                raise ConversationError("a generation prompt must end with a human turn")
+                raise ConversationError(f"conversations[{indices[-1]}]: a generation prompt must end "
+                                        f"with a human turn")
         elif turns[-1][0] != ASSISTANT:
-            raise ConversationError("the conversation must end with an assistant answer")
-        placeholders = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
+            raise ConversationError(f"conversations[{indices[-1]}]: the conversation must end with an "
+                                    f"assistant answer, not a human turn")
+        per_turn = [(index, text.count(IMAGE_PLACEHOLDER)) for index, (_, text) in zip(indices, turns)]
+        placeholders = sum(count for _, count in per_turn)
         if placeholders != len(image_counts):
-            raise ConversationError(f"{placeholders} '<image>' placeholder(s) in the conversation but "
-                                    f"{len(image_counts)} image(s) in the record")
-        if any(IMAGE_PLACEHOLDER in text for role, text in turns if role == ASSISTANT):
-            raise ConversationError("an assistant answer contains '<image>'")
+            where = ", ".join(f"conversations[{index}]: {count}" for index, count in per_turn if count)
+            raise ConversationError(
+                f"{placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) in field 'conversations' "
+                f"({where or 'none in any turn'}) but {len(image_counts)} image(s) in field 'image'")
         input_ids: list[int] = []
         labels: list[int] = []
         next_image = [0]

@@ -41,6 +41,8 @@ class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = 2048
     log_sample_ids: bool = field(default=False, metadata={
         "help": "write the record ids each rank trains on to OUTPUT_DIR/sample_ids/rank<R>.txt"})
+    warmup_ratio: float | None = field(default=None, metadata={
+        "help": "LLaVA-style warmup fraction of the total steps (transformers 5 spells it --warmup_steps 0.03)"})
     remove_unused_columns: bool = False
     output_dir: str = "output"
 
@@ -49,6 +51,10 @@ class TrainingArguments(transformers.TrainingArguments):
         # silently not data parallel (environment.md).
         if not torch.cuda.is_available():
             self.use_cpu = True
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
         if self.gradient_checkpointing_kwargs is None:
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()

@@ -1,0 +1,67 @@
+"""``fila-train demo``: prepare the embedded default (data + tiny models) and summarise a demo run."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..utils.files import write_json_atomic
+
+
+def prepare(output: Path, num_images: int, seed: int) -> dict:
+    from .pretrain_llm import pretrain_tiny_llm
+    from .synthetic_docs import make_synthetic_dataset
+    from .tiny_models import save_tiny_clip, save_tiny_llm
+    from .tokenizer import build_demo_tokenizer
+
+    dataset = make_synthetic_dataset(output / "data", num_images=num_images, seed=seed)
+    tokenizer = build_demo_tokenizer([dataset.corpus_path], output / "tokenizer")
+    llm = save_tiny_llm(output / "models" / "tiny-llama", tokenizer, seed=seed)
+    captions = {json.loads(line)["conversations"][1]["value"] for line in dataset.stage1_path.open()}
+    texts = [line for line in dataset.corpus_path.read_text().splitlines() if line and line not in captions]
+    losses = pretrain_tiny_llm(llm, texts, seed=seed)
+    print(f"pre-trained the tiny LLM on {len(texts)} text lines: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    paths = {
+        "llm": str(llm),
+        "vision_tower": str(save_tiny_clip(output / "models" / "tiny-clip", seed=seed)),
+        "image_folder": str(dataset.image_dir),
+        "stage1_data": str(dataset.stage1_path),
+        "stage2_data": str(dataset.stage2_path),
+        "eval_data": str(dataset.eval_path),
+    }
+    write_json_atomic(output / "paths.json", paths)
+    return paths
+
+
+def summarize(output: Path, stages: dict[str, Path]) -> dict:
+    summary = {}
+    for stage, folder in stages.items():
+        run = json.loads((folder / "train_summary.json").read_text())
+        summary[stage] = {key: run[key] for key in ("loss_first", "loss_last", "steps", "seconds",
+                                                     "output_dir", "vision_encoder", "connector_type")}
+    write_json_atomic(output / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fila-train demo")
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("prepare", help="synthetic document/OCR data, tokenizer, tiny CLIP + LLM")
+    make.add_argument("--output", type=Path, default=Path("playground/demo"))
+    make.add_argument("--num_images", type=int, default=240)
+    make.add_argument("--seed", type=int, default=0)
+    report = commands.add_parser("summarize", help="write summary.json from the stage outputs")
+    report.add_argument("--output", type=Path, default=Path("playground/demo"))
+    report.add_argument("--stage1", type=Path, required=True)
+    report.add_argument("--stage2", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        for name, path in prepare(args.output, args.num_images, args.seed).items():
+            print(f"{name:>13}: {path}")
+        return 0
+    summary = summarize(args.output, {"stage1": args.stage1, "stage2": args.stage2})
+    for stage, values in summary.items():
+        print(f"{stage}: loss {values['loss_first']:.3f} -> {values['loss_last']:.3f} over {values['steps']} "
+              f"steps in {values['seconds']:.0f} s; written to {values['output_dir']}")
+    print(f"summary: {args.output / 'summary.json'}")
+    return 0

@@ -1,0 +1,189 @@
+"""FILA's CNN branch: a CLIP-pretrained ConvNeXt trunk that returns its four stage maps.
+
+The trunk is OpenCLIP's (``open_clip.create_model(name, pretrained=None).visual.trunk``,
+built offline) or, when ``dims``/``depths`` are given, a small timm ConvNeXt for tests and
+demos. Real weights come from a local file or folder, never from the network.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .clip_encoder import CLIP_MEAN, CLIP_STD
+
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's HF-hub layout
+CONFIG_FILE = "open_clip_config.json"
+# Where the trunk sits in the state dicts we accept: a full CLIP model, a visual tower, a bare trunk.
+TRUNK_PREFIXES = ("visual.trunk.", "trunk.", "")
+
+
+@dataclass
+class ConvNeXtBranchConfig:
+    model_name: str = "convnext_large_d_320"
+    checkpoint: str | None = None  # state-dict file (.bin/.pt/.pth/.safetensors) or OpenCLIP HF-format folder
+    dims: tuple[int, ...] | None = None  # with depths: a small random timm ConvNeXt instead of model_name
+    depths: tuple[int, ...] | None = None
+    trainable: bool = False  # frozen and run without grad by default (spec)
+    # Normalisation the weights were trained with. None: the checkpoint folder's preprocess_cfg,
+    # else the OpenCLIP model's, else the OpenAI CLIP constants.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("dims", "depths", "mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        if (self.dims is None) != (self.depths is None):
+            raise ValueError("ConvNeXtBranchConfig: give both dims and depths, or neither")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConvNeXtBranchConfig:
+        return cls(**data)
+
+
+def check_normalization(mean, std, expected_mean=CLIP_MEAN, expected_std=CLIP_STD, atol: float = 1e-6) -> None:
+    """Raise ValueError unless (mean, std) equal the constants the images are normalised with."""
+    ours, theirs = tuple(mean) + tuple(std), tuple(expected_mean) + tuple(expected_std)
+    if len(ours) != len(theirs) or any(abs(a - b) > atol for a, b in zip(ours, theirs)):
+        raise ValueError(
+            f"ConvNeXt normalisation mean={tuple(mean)} std={tuple(std)} differs from the ViT's "
+            f"mean={tuple(expected_mean)} std={tuple(expected_std)}: both branches read the same normalised "
+            "pixels, so the ConvNeXt must be a checkpoint trained with the OpenAI CLIP constants"
+        )
+
+
+def _build_trunk(config: ConvNeXtBranchConfig) -> tuple[nn.Module, tuple | None, tuple | None]:
+    """(trunk, mean, std) with random weights; mean/std are the model's own, or None if it has none."""
+    if config.dims is not None:
+        from timm.models.convnext import ConvNeXt
+
+        return ConvNeXt(depths=config.depths, dims=config.dims, num_classes=0, global_pool=""), None, None
+    import open_clip
+
+    model = open_clip.create_model(config.model_name, pretrained=None)
+    trunk = getattr(model.visual, "trunk", None)
+    if trunk is None or not hasattr(trunk, "forward_intermediates"):
+        raise ValueError(f"OpenCLIP model {config.model_name!r} has no timm trunk with forward_intermediates")
+    return trunk, getattr(model.visual, "image_mean", None), getattr(model.visual, "image_std", None)
+
+
+def _weights_path(checkpoint: Path) -> Path:
+    if checkpoint.is_file():
+        return checkpoint
+    for name in WEIGHT_FILES:
+        if (checkpoint / name).is_file():
+            return checkpoint / name
+    raise FileNotFoundError(f"no ConvNeXt weights at {checkpoint} (a file, or a folder with one of {WEIGHT_FILES})")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors / torch checkpoint file (loaded as data only, never as pickled code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):  # OpenCLIP training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def extract_trunk_state(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """The trunk's tensors out of a full-CLIP, visual-tower or bare-trunk state dict (prefix stripped)."""
+    for prefix in TRUNK_PREFIXES:
+        found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if expected <= found.keys():
+            return {k: found[k] for k in expected}  # drops heads/projections the trunk does not have
+    missing = sorted(expected - {k.removeprefix("visual.trunk.") for k in state})
+    raise ValueError(
+        f"checkpoint does not hold this ConvNeXt trunk (tried prefixes {TRUNK_PREFIXES}); "
+        f"{len(missing)} keys missing, e.g. {missing[:3]}; is model_name/dims/depths right?"
+    )
+
+
+def read_folder_normalization(checkpoint: Path) -> tuple[tuple, tuple] | None:
+    """(mean, std) from an OpenCLIP folder's open_clip_config.json preprocess_cfg, if it says."""
+    config_file = checkpoint / CONFIG_FILE if checkpoint.is_dir() else None
+    if config_file is None or not config_file.is_file():
+        return None
+    preprocess = json.loads(config_file.read_text()).get("preprocess_cfg", {})
+    if "mean" in preprocess and "std" in preprocess:
+        return tuple(preprocess["mean"]), tuple(preprocess["std"])
+    return None
+
+
+class ConvNeXtBranch(nn.Module):
+    """ConvNeXt trunk -> its 4 stage maps (strides 4, 8, 16, 32); frozen and grad-free by default."""
+
+    total_stride = 32  # the last stage's stride; the processor scales the canvas by total_stride / patch
+
+    def __init__(self, config: ConvNeXtBranchConfig):
+        super().__init__()
+        self.branch_config = config
+        trunk, mean, std = _build_trunk(config)
+        # Only stage outputs are used: drop the pooling head so no parameter goes unused.
+        trunk.prune_intermediate_layers(len(trunk.stages), prune_head=True)
+        self.trunk = trunk
+        if config.checkpoint is not None:
+            checkpoint = Path(config.checkpoint)
+            state = read_state_dict(_weights_path(checkpoint))
+            self.trunk.load_state_dict(extract_trunk_state(state, set(self.trunk.state_dict())), strict=True)
+            mean, std = read_folder_normalization(checkpoint) or (mean, std)
+        self.mean = tuple(config.mean or mean or CLIP_MEAN)
+        self.std = tuple(config.std or std or CLIP_STD)
+        self.stage_channels: tuple[int, ...] = tuple(info["num_chs"] for info in self.trunk.feature_info)
+        if not config.trainable:
+            self.trunk.requires_grad_(False)
+        self.train()  # eval unless trainable (see train)
+
+    @property
+    def trainable(self) -> bool:
+        return self.branch_config.trainable
+
+    def train(self, mode: bool = True) -> ConvNeXtBranch:
+        # A frozen branch stays in eval mode (no drop-path) even when the model around it trains.
+        return super().train(mode and self.trainable)
+
+    def check_normalization(self, mean=CLIP_MEAN, std=CLIP_STD) -> None:
+        check_normalization(self.mean, self.std, mean, std)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[B, 3, H, W] normalised pixels -> 4 maps [B, C_k, H / (4 * 2^k), W / (4 * 2^k)]."""
+        images = images.to(dtype=next(self.trunk.parameters()).dtype)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return list(self.trunk.forward_intermediates(images, intermediates_only=True))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write an OpenCLIP HF-format folder (``visual.trunk.*`` safetensors + config) that ``load`` reads."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {f"visual.trunk.{k}": v.detach().contiguous().cpu() for k, v in self.trunk.state_dict().items()}
+        save_file(state, str(directory / WEIGHT_FILES[0]))
+        arch = ConvNeXtBranchConfig(**{**asdict(self.branch_config), "checkpoint": None, "mean": None, "std": None})
+        meta = {
+            "model_cfg": {"fila_convnext_branch": arch.to_dict()},
+            "preprocess_cfg": {"mean": list(self.mean), "std": list(self.std)},
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, config: ConvNeXtBranchConfig | None = None) -> ConvNeXtBranch:
+        """Rebuild from a ``save`` folder (or a real OpenCLIP folder, given ``config`` for its architecture)."""
+        directory = Path(directory)
+        if config is None:
+            meta = json.loads((directory / CONFIG_FILE).read_text())
+            config = ConvNeXtBranchConfig.from_dict(meta["model_cfg"]["fila_convnext_branch"])
+        return cls(ConvNeXtBranchConfig(**{**asdict(config), "checkpoint": str(directory)}))

@@ -1,0 +1,250 @@
+"""FILA's hybrid encoder: anyres CLIP-ViT views fused with a high-resolution ConvNeXt through CVFM.
+
+Data side: ``HybridImageProcessor`` turns one image into a global view + canvas tiles (for the
+ViT) and the same canvas at 32/14 scale (for the ConvNeXt), so the last ConvNeXt stage has
+exactly the ViT token grid of the canvas. Model side: ``HybridVisionEncoder`` drives the
+transformers CLIP modules block by block and applies one CVFM block after each configured
+ViT layer. Output contract: ``VisionOutput``, as ``ClipVisionEncoder``.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, global_view, select_canvas, tile_grid
+from .base import VisionOutput
+from .clip_encoder import CLIP_MEAN, CLIP_STD, to_normalized_tensor
+from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
+from .cvfm import CVFMConfig, build_cvfm
+
+
+@dataclass
+class HybridEncoderConfig:
+    anyres: AnyresConfig = field(default_factory=AnyresConfig)
+    convnext: ConvNeXtBranchConfig = field(default_factory=ConvNeXtBranchConfig)
+    cvfm: CVFMConfig = field(default_factory=CVFMConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types, for storing inside a transformers PretrainedConfig."""
+        return {"anyres": self.anyres.to_dict(), "convnext": self.convnext.to_dict(), "cvfm": self.cvfm.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HybridEncoderConfig:
+        return cls(
+            anyres=AnyresConfig.from_dict(data.get("anyres", {})),
+            convnext=ConvNeXtBranchConfig.from_dict(data.get("convnext", {})),
+            cvfm=CVFMConfig.from_dict(data.get("cvfm", {})),
+        )
+
+
+@dataclass(frozen=True)
+class HybridImageProcessor:
+    """One image -> ViT views [1 + tiles, 3, t, t] (global first), the high-res canvas, and the tile grid."""
+
+    anyres: AnyresConfig
+    patch_size: int = 14
+    convnext_stride: int = ConvNeXtBranch.total_stride
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self) -> None:
+        if self.anyres.tile_size % self.patch_size:
+            raise ValueError(f"tile_size {self.anyres.tile_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def grid_side(self) -> int:
+        return self.anyres.tile_size // self.patch_size
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.grid_side**2
+
+    def high_res_size(self, canvas: tuple[int, int]) -> tuple[int, int]:
+        """(W, H) of the canvas at convnext_stride / patch_size scale (exact: one stride per ViT patch)."""
+        return canvas[0] // self.patch_size * self.convnext_stride, canvas[1] // self.patch_size * self.convnext_stride
+
+    def __call__(self, image: Image.Image) -> dict[str, Any]:
+        image = image.convert("RGB")
+        fill = tuple(int(round(255 * m)) for m in self.mean)
+        canvas = select_canvas(image.width, image.height, self.anyres.canvases)
+        canvas_image = fit_to_canvas(image, canvas, fill)
+        views = torch.cat([
+            to_normalized_tensor(global_view(image, canvas_image, self.anyres), self.mean, self.std).unsqueeze(0),
+            cut_tiles(to_normalized_tensor(canvas_image, self.mean, self.std), self.anyres.tile_size),
+        ])
+        # Resized from the original image, not upsampled from the tiles: the ConvNeXt must see real detail.
+        high_res = fit_to_canvas(image, self.high_res_size(canvas), fill)
+        return {
+            "pixel_values": views,
+            "hr_pixel_values": to_normalized_tensor(high_res, self.mean, self.std).unsqueeze(0),
+            "grid": tile_grid(canvas, self.anyres.tile_size),
+        }
+
+    def num_image_tokens(self, processed: dict[str, Any]) -> int:
+        return processed["pixel_values"].shape[0] * self.tokens_per_view
+
+    def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
+        """Views concatenated in image order; high-res canvases stacked if all alike, else a list."""
+        high_res = [p["hr_pixel_values"] for p in processed]
+        same_shape = len({tuple(h.shape) for h in high_res}) == 1
+        return {
+            "pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0),
+            "hr_pixel_values": torch.cat(high_res, dim=0) if same_shape else high_res,
+            "grids": torch.tensor([list(p["grid"]) for p in processed], dtype=torch.long).reshape(-1, 2),
+        }
+
+
+def _grid_list(grids: Any) -> list[tuple[int, int]]:
+    if isinstance(grids, torch.Tensor):
+        grids = grids.tolist()
+    return [(int(rows), int(cols)) for rows, cols in grids]
+
+
+def _split_images(high_res: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A list of high-res canvases ([1, 3, H, W] or [3, H, W]) -> one [3, H, W] per image."""
+    return [h.squeeze(0) if h.dim() == 4 else h for h in high_res]
+
+
+class HybridVisionEncoder(nn.Module):
+    """CLIP-ViT on anyres views + ConvNeXt on the high-res canvas, fused by CVFM between ViT blocks."""
+
+    def __init__(self, vision_config: CLIPVisionConfig, config: HybridEncoderConfig, feature_layer: int = -2,
+                 tower: CLIPVisionModel | None = None):
+        super().__init__()
+        self.hybrid_config = config
+        self.feature_layer = feature_layer
+        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
+        vision_config = self.clip.config
+        if config.anyres.tile_size != vision_config.image_size:
+            raise ValueError(f"anyres tile_size {config.anyres.tile_size} != ViT image_size {vision_config.image_size}")
+        self.convnext = ConvNeXtBranch(config.convnext)
+        # Both branches read the same CLIP-normalised pixels from the processor.
+        self.convnext.check_normalization(CLIP_MEAN, CLIP_STD)
+        num_layers = vision_config.num_hidden_layers
+        if config.cvfm.vit_layers[-1] > num_layers:
+            raise ValueError(f"vit_layers {config.cvfm.vit_layers} exceed the ViT's {num_layers} layers")
+        self.cvfm = build_cvfm(config.cvfm, vision_config.hidden_size, self.convnext.stage_channels,
+                               self.grid_side, vision_config.num_attention_heads)
+        if config.cvfm.vit_layers[-1] > feature_layer % (num_layers + 1):
+            warnings.warn(f"CVFM after ViT layer {config.cvfm.vit_layers[-1]} comes after feature_layer "
+                          f"{feature_layer}: it only shows in hidden_states, never in the features", stacklevel=2)
+        self._stage_after_layer = {layer: stage for stage, layer in enumerate(config.cvfm.vit_layers)}
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.clip.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.clip.config.hidden_size
+
+    @property
+    def grid_side(self) -> int:
+        return self.clip.config.image_size // self.clip.config.patch_size
+
+    @property
+    def _vit(self) -> nn.Module:
+        # transformers 5 puts embeddings/encoder on CLIPVisionModel itself; older versions under .vision_model.
+        return getattr(self.clip, "vision_model", self.clip)
+
+    def image_processor(self) -> HybridImageProcessor:
+        return HybridImageProcessor(self.hybrid_config.anyres, self.clip.config.patch_size)
+
+    def _stage_maps(self, high_res: torch.Tensor | list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """ConvNeXt on every image's canvas, batching images of equal size -> per image, 4 maps [C, H, W]."""
+        device = self.clip.device
+        if isinstance(high_res, torch.Tensor):  # collate stacked them: all canvases alike, one batch
+            maps = self.convnext(high_res.to(device))
+            return [[stage[row] for stage in maps] for row in range(high_res.shape[0])]
+        images = _split_images(high_res)
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_shape[tuple(image.shape)].append(index)
+        per_image: list[list[torch.Tensor]] = [[] for _ in images]
+        for indices in by_shape.values():
+            maps = self.convnext(torch.stack([images[i] for i in indices]).to(device))
+            for row, index in enumerate(indices):
+                per_image[index] = [stage[row] for stage in maps]
+        return per_image
+
+    def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
+        pixel_values = images["pixel_values"].to(device=self.clip.device, dtype=self.clip.dtype)
+        grids = _grid_list(images["grids"])
+        num_views = sum(1 + rows * cols for rows, cols in grids)
+        if num_views != pixel_values.shape[0]:
+            raise ValueError(f"grids {grids} imply {num_views} views, got {pixel_values.shape[0]}")
+        stage_maps = self._stage_maps(images["hr_pixel_values"])
+
+        vit = self._vit
+        layers = vit.encoder.layers
+        feature_index = self.feature_layer % (len(layers) + 1)
+        # Without hidden states, blocks past the feature layer cannot change the output: skip them.
+        last = len(layers) if output_hidden_states else feature_index
+        hidden = vit.pre_layrnorm(vit.embeddings(pixel_values))
+        states = [hidden[:, 1:]]  # only grows when asked: 24 layers of tokens are not free
+        for index in range(last):
+            hidden = layers[index](hidden, None)  # CLIPEncoderLayer(hidden_states, attention_mask)
+            stage = self._stage_after_layer.get(index + 1)
+            if stage is not None:
+                hidden = self.cvfm[stage](hidden, [maps[stage] for maps in stage_maps], grids)
+            if output_hidden_states:
+                states.append(hidden[:, 1:])
+        if not output_hidden_states:
+            return VisionOutput(features=hidden[:, 1:])  # the loop stopped at the feature layer
+        return VisionOutput(features=states[feature_index], hidden_states=tuple(states))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of each part; ``overhead`` is what FILA adds to the ViT (ConvNeXt + CVFM)."""
+        counts = {name: sum(p.numel() for p in getattr(self, name).parameters())
+                  for name in ("clip", "convnext", "cvfm")}
+        return {"vit": counts["clip"], "convnext": counts["convnext"], "cvfm": counts["cvfm"],
+                "overhead": counts["convnext"] + counts["cvfm"]}
+
+    def vision_flops_per_image(self, canvas: tuple[int, int] = (672, 672)) -> dict[str, float]:
+        """Forward TFLOPs (2 x multiply-adds of matmuls/convs, attention included) for one image on ``canvas``.
+
+        Counted by ``FlopCounterMode`` on shape-only fake tensors, so it costs no real compute
+        even at full size. ``vit`` is the ViT on all 1 + tiles views (everything not ConvNeXt/CVFM).
+        """
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        processor = self.image_processor()
+        tile = processor.anyres.tile_size
+        rows, cols = tile_grid(canvas, tile)
+        high_w, high_h = processor.high_res_size(canvas)
+        grids = [(rows, cols)]  # python ints: fake tensors have no values to read back
+        # The math SDPA backend decomposes into matmuls the counter sees (CPU flash attention is uncounted).
+        with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+            fake_images = {
+                "pixel_values": torch.empty(1 + rows * cols, 3, tile, tile, device=self.clip.device),
+                "hr_pixel_values": torch.empty(1, 3, high_h, high_w, device=self.clip.device),
+                "grids": grids,
+            }
+            with FlopCounterMode(display=False) as counter:
+                self(fake_images)
+        per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+        root = type(self).__name__
+        convnext = per_module.get(f"{root}.convnext", 0)
+        cvfm = sum(v for k, v in per_module.items() if k.startswith(f"{root}.cvfm.") and k.count(".") == 2)
+        total = counter.get_total_flops()
+        return {"vit": (total - convnext - cvfm) / 1e12, "convnext": convnext / 1e12, "cvfm": cvfm / 1e12,
+                "total": total / 1e12}
+
+    def overhead_report(self, canvas: tuple[int, int] = (672, 672)) -> str:
+        """One line for logs: FLOP and parameter overhead of FILA over the same ViT on the same views."""
+        flops, params = self.vision_flops_per_image(canvas), self.parameter_counts()
+        return (f"vision per image on {canvas[0]}x{canvas[1]}: {flops['total']:.3f} TFLOPs "
+                f"(ViT {flops['vit']:.3f} + ConvNeXt {flops['convnext']:.3f} + CVFM {flops['cvfm']:.4f}; "
+                f"+{100 * (flops['total'] / flops['vit'] - 1):.1f}% over ViT-only); "
+                f"params ViT {params['vit'] / 1e6:.1f}M "
+                f"+ ConvNeXt {params['convnext'] / 1e6:.1f}M + CVFM {params['cvfm'] / 1e6:.1f}M "
+                f"(+{100 * params['overhead'] / params['vit']:.1f}%)")

@@ -1,0 +1,327 @@
+"""Templates + per-turn tokenization: exactly the answers are trained, for every template.
+
+Runs with the local demo byte-level BPE tokenizer and, where the asset folder exists, with the
+real Llama-2 SentencePiece tokenizer (``<repo>/../shared/assets/llama2-tokenizer``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fila_train.data.templates import TEMPLATES, get_template  # noqa: E402
+from fila_train.data.tokenization import (  # noqa: E402
+    IGNORE_INDEX,
+    ConversationError,
+    ConversationTokenizer,
+    TokenizedSample,
+)
+from fila_train.demo.tokenizer import CHAT_SPECIAL_TOKENS, build_demo_tokenizer  # noqa: E402
+from fila_train.model.configuration import IMAGE_TOKEN_ID  # noqa: E402
+
+LLAMA2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "llama2-tokenizer"
+TEMPLATE_NAMES = ("plain", "vicuna_v1", "llama3", "chatml")
+# vicuna_v1 trains " answer</s>": the space after "ASSISTANT:" belongs to the first answer token,
+# exactly as when the whole string is tokenized at once (and as the model generates it).
+TRAINED_PREFIX = {"vicuna_v1": " "}
+
+CORPUS_LINES = (
+    "What is shown in the picture? A red apple on a wooden table.",
+    "How many apples are there? There are 3 apples, all on one plate.",
+    "USER: ASSISTANT: system user assistant human gpt",
+    "Describe the chart. A bar chart of sales in paris and london.",
+    "You are a helpful assistant. Answer briefly. Thanks! You're welcome.",
+)
+
+
+def human(text: str) -> dict:
+    return {"from": "human", "value": text}
+
+
+def gpt(text: str) -> dict:
+    return {"from": "gpt", "value": text}
+
+
+def system(text: str) -> dict:
+    return {"from": "system", "value": text}
+
+
+# name -> (conversations, image token counts)
+RECORDS: dict[str, tuple[list[dict], list[int]]] = {
+    "single": ([human("<image>\nWhat is shown in the picture?"), gpt("A red apple on a wooden table.")], [5]),
+    "text_only": ([human("Say something."), gpt("Hello there!")], []),
+    "multi_turn": ([
+        human("<image>\nWhat color is the apple?"), gpt("It is red."),
+        human("How many apples are there?"), gpt("There are 3 apples,\nall on one plate."),
+        human("Thanks!"), gpt("You're welcome."),
+    ], [4]),
+    "multi_turn_system_two_images": ([
+        system("Answer briefly."),
+        human("<image>\n<image>\nCompare the two charts."), gpt("The left one is taller."),
+        human("And the sales in paris?"), gpt("Sales in paris are 42."),
+    ], [3, 2]),
+    "image_in_later_turn": ([
+        human("<image> Describe it."), gpt("A bar chart."),
+        human("<image>\nAnd this one?"), gpt("A table of sales."),
+    ], [2, 6]),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("demo_tok")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS_LINES * 20) + "\n", encoding="utf-8")
+    return build_demo_tokenizer([corpus], root / "tokenizer", vocab_size=400)
+
+
+def load_llama2_tokenizer(with_chat_specials: bool):
+    if not (LLAMA2_DIR / "tokenizer.model").is_file():
+        pytest.skip(f"no Llama-2 SentencePiece tokenizer at {LLAMA2_DIR}")
+    from transformers import LlamaTokenizer
+
+    tokenizer = LlamaTokenizer.from_pretrained(str(LLAMA2_DIR))
+    assert tokenizer.tokenize("Hello world") == ["\u2581Hello", "\u2581world"]  # really SentencePiece Llama-2
+    if with_chat_specials:
+        added = tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIAL_TOKENS)})
+        assert added == len(CHAT_SPECIAL_TOKENS)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama2_tokenizer():
+    return load_llama2_tokenizer(with_chat_specials=False)
+
+
+@pytest.fixture(scope="module")
+def llama2_chat_tokenizer():
+    return load_llama2_tokenizer(with_chat_specials=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def encode(tokenizer, template: str, conversations: list[dict], counts: list[int],
+           add_generation_prompt: bool = False) -> TokenizedSample:
+    conversation_tokenizer = ConversationTokenizer(tokenizer, get_template(template), IMAGE_TOKEN_ID)
+    return conversation_tokenizer.encode(conversations, counts, add_generation_prompt=add_generation_prompt)
+
+
+def runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of every maximal run of True."""
+    out, start = [], None
+    for position, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = position
+        elif not flag and start is not None:
+            out.append((start, position))
+            start = None
+    return out
+
+
+def split_after(ids: list[int], marker: int) -> list[list[int]]:
+    pieces, current = [], []
+    for token in ids:
+        current.append(token)
+        if token == marker:
+            pieces.append(current)
+            current = []
+    return pieces + ([current] if current else [])
+
+
+def answers(conversations: list[dict]) -> list[str]:
+    return [turn["value"] for turn in conversations if turn["from"] == "gpt"]
+
+
+def assert_trained_exactly_answers(tokenizer, template: str, conversations: list[dict], counts: list[int],
+                                   sentencepiece: bool) -> TokenizedSample:
+    """Decoding exactly the trained positions, per answer, gives answer + end-of-turn."""
+    sample = encode(tokenizer, template, conversations, counts)
+    ids, labels = sample.input_ids, sample.labels
+    assert len(ids) == len(labels)
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
+    trained = runs([label != IGNORE_INDEX for label in labels])
+    n_answers = len(answers(conversations))
+    if template != "plain":  # plain drops the human text, so consecutive answers may touch
+        assert len(trained) == n_answers, f"{len(trained)} trained spans for {n_answers} answers"
+    end_of_turn = get_template(template).end_of_turn
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+    pieces = [piece for start, end in trained for piece in split_after(labels[start:end], eot_id)]
+    decoded = [tokenizer.decode(piece, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+               for piece in pieces]
+    expected = [TRAINED_PREFIX.get(template, "") + answer + end_of_turn for answer in answers(conversations)]
+    if sentencepiece:  # decoding drops the word-start marker of the first piece, nothing else
+        expected = [text.removeprefix(" ") for text in expected]
+    assert decoded == expected
+    return sample
+
+
+def assert_image_runs(sample: TokenizedSample, counts: list[int]) -> None:
+    """The i-th <image> became exactly counts[i] consecutive image ids, none of them trained.
+
+    Placeholders with nothing between them (plain drops the text) give one run of their summed counts.
+    """
+    is_image = [token == IMAGE_TOKEN_ID for token in sample.input_ids]
+    remaining = list(counts)
+    for start, end in runs(is_image):
+        length = 0
+        while remaining and length < end - start:
+            length += remaining.pop(0)
+        assert length == end - start, f"image runs {runs(is_image)} do not match counts {counts}"
+    assert not remaining, f"image runs {runs(is_image)} do not match counts {counts}"
+    assert all(label == IGNORE_INDEX for label, flag in zip(sample.labels, is_image) if flag)
+    assert IMAGE_TOKEN_ID not in sample.labels
+
+
+# ------------------------------------------------------------------------------------------------
+# label masking
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("record", sorted(RECORDS))
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_demo_tokenizer_trains_exactly_the_answers(demo_tokenizer, template: str, record: str) -> None:
+    conversations, counts = RECORDS[record]
+    sample = assert_trained_exactly_answers(demo_tokenizer, template, conversations, counts, sentencepiece=False)
+    assert_image_runs(sample, counts)
+
+
+@pytest.mark.parametrize("record", sorted(RECORDS))
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
+def test_llama2_sentencepiece_trains_exactly_the_answers(llama2_tokenizer, template: str, record: str) -> None:
+    conversations, counts = RECORDS[record]
+    sample = assert_trained_exactly_answers(llama2_tokenizer, template, conversations, counts, sentencepiece=True)
+    assert_image_runs(sample, counts)
+
+
+@pytest.mark.parametrize("record", sorted(RECORDS))
+@pytest.mark.parametrize("template", ["llama3", "chatml"])
+def test_llama2_with_added_chat_specials_trains_exactly_the_answers(llama2_chat_tokenizer, template: str,
+                                                                    record: str) -> None:
+    conversations, counts = RECORDS[record]
+    sample = assert_trained_exactly_answers(llama2_chat_tokenizer, template, conversations, counts,
+                                            sentencepiece=True)
+    assert_image_runs(sample, counts)
+
+
+@pytest.mark.parametrize(("template", "missing"), [("llama3", "<|begin_of_text|>"), ("chatml", "<|im_start|>")])
+def test_llama2_without_chat_specials_raises_clear_error(llama2_tokenizer, template: str, missing: str) -> None:
+    conversations, counts = RECORDS["single"]
+    with pytest.raises(ValueError, match=re.escape(f"template {template!r} needs the special token {missing!r}")):
+        encode(llama2_tokenizer, template, conversations, counts)
+
+
+@pytest.mark.parametrize("tokenizer_fixture", ["demo_tokenizer", "llama2_tokenizer"])
+def test_vicuna_answer_tokens_match_whole_string_tokenization(request, tokenizer_fixture: str) -> None:
+    """Per-turn tokenization of the answer gives the ids the full LLaVA prompt string would give."""
+    tokenizer = request.getfixturevalue(tokenizer_fixture)
+    conversations, _ = RECORDS["text_only"]
+    sample = encode(tokenizer, "vicuna_v1", conversations, [])
+    trained = [label for label in sample.labels if label != IGNORE_INDEX]
+    whole = tokenizer("USER: Say something. ASSISTANT: Hello there!</s>", add_special_tokens=False)["input_ids"]
+    header = tokenizer("USER: Say something. ASSISTANT:", add_special_tokens=False)["input_ids"]
+    assert whole[:len(header)] == header
+    assert trained == whole[len(header):]
+
+
+# ------------------------------------------------------------------------------------------------
+# templates and errors
+# ------------------------------------------------------------------------------------------------
+def test_registered_templates_are_exactly_the_documented_ones() -> None:
+    assert TEMPLATES.names() == sorted(TEMPLATE_NAMES)
+
+
+def test_unknown_template_lists_the_known_names() -> None:
+    with pytest.raises(ValueError) as error:
+        get_template("vicuna_v2")
+    message = str(error.value)
+    assert "'vicuna_v2'" in message
+    for name in TEMPLATE_NAMES:
+        assert name in message
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_context_tokens_are_ignored_and_rendering_is_complete(demo_tokenizer, template: str) -> None:
+    """Untrained ids are -100; the whole rendering holds every turn's text (plain: answers only)."""
+    conversations, counts = RECORDS["multi_turn_system_two_images"]
+    sample = encode(demo_tokenizer, template, conversations, counts)
+    context = [token for token, label in zip(sample.input_ids, sample.labels) if label == IGNORE_INDEX]
+    assert context, "a rendered conversation always has context tokens"
+    text = demo_tokenizer.decode([t for t in sample.input_ids if t != IMAGE_TOKEN_ID], skip_special_tokens=False)
+    shown = answers(conversations) if template == "plain" else [turn["value"].replace("<image>", "")
+                                                                for turn in conversations]
+    for value in shown:
+        assert value in text
+    if template != "plain":  # plain has no system prompt and drops the human text
+        assert "Compare the two charts." in demo_tokenizer.decode(context, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_image_placeholder_expands_to_exact_count(demo_tokenizer, template: str) -> None:
+    for counts in ([1], [7], [3, 5]):
+        conversations = [human("<image>\n" * len(counts) + "Look."), gpt("Done.")]
+        assert_image_runs(encode(demo_tokenizer, template, conversations, counts), counts)
+
+
+ERROR_CASES = {
+    "more_images_than_placeholders": ([human("<image>\nq"), gpt("a"), human("<image> q2"), gpt("b")],
+                                      [4, 4, 4], "conversations[2]"),
+    "fewer_images_than_placeholders": ([human("q"), gpt("a"), human("<image>\n<image>\nq2"), gpt("b")],
+                                       [4], "conversations[2]: 2"),
+    "image_but_no_placeholder": ([human("q"), gpt("a")], [4], "field 'image'"),
+    "non_alternating": ([human("q"), human("q again"), gpt("a")], [], "conversations[1]"),
+    "assistant_first": ([gpt("a"), human("q")], [], "conversations[0]"),
+    "empty_answer": ([human("q"), gpt("a"), human("q2"), gpt("  \n")], [], "conversations[3]"),
+    "system_shifts_indices": ([system("s"), human("q"), gpt("a"), gpt("b")], [], "conversations[3]"),
+    "ends_with_human": ([human("q"), gpt("a"), human("q2")], [], "conversations[2]"),
+    "image_in_answer": ([human("<image>\nq"), gpt("<image> a")], [4], "conversations[1]"),
+    "system_not_first": ([human("q"), system("s"), gpt("a")], [], "conversations[1]"),
+    "unknown_role": ([human("q"), {"from": "bot", "value": "a"}], [], "conversations[1]"),
+    "value_not_string": ([human("q"), {"from": "gpt", "value": ["a"]}], [], "conversations[1]"),
+    "image_in_system_prompt": ([system("<image>"), human("q"), gpt("a")], [4], "conversations[0]"),
+    "system_only": ([system("s")], [], "conversations"),
+    "not_a_list": ("human: q", [], "field 'conversations'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
+def test_bad_conversations_raise_naming_the_field(demo_tokenizer, template: str, case: str) -> None:
+    conversations, counts, where = ERROR_CASES[case]
+    with pytest.raises(ConversationError, match=re.escape(where)):
+        encode(demo_tokenizer, template, conversations, counts)
+
+
+# ------------------------------------------------------------------------------------------------
+# generation prompt
+# ------------------------------------------------------------------------------------------------
+def assert_generation_prompt_is_training_prefix(tokenizer, template: str) -> None:
+    conversations, counts = RECORDS["multi_turn_system_two_images"]
+    full = encode(tokenizer, template, conversations, counts)
+    # Up to the first answer, then up to the second one (index 3 = second human turn).
+    for last_human in (1, 3):
+        prompt = encode(tokenizer, template, conversations[:last_human + 1], counts, add_generation_prompt=True)
+        n = len(prompt.input_ids)
+        assert full.input_ids[:n] == prompt.input_ids
+        assert all(label == IGNORE_INDEX for label in prompt.labels)
+        # The prompt ends exactly where an answer starts: the next id is trained, the last one is not.
+        assert full.labels[n] != IGNORE_INDEX and full.labels[n - 1] == IGNORE_INDEX
+    with pytest.raises(ConversationError, match=re.escape("conversations[2]")):
+        encode(tokenizer, template, conversations[:3], counts, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_generation_prompt_is_prefix_of_training_ids(demo_tokenizer, template: str) -> None:
+    assert_generation_prompt_is_training_prefix(demo_tokenizer, template)
+
+
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
+def test_llama2_generation_prompt_is_prefix_of_training_ids(llama2_tokenizer, template: str) -> None:
+    assert_generation_prompt_is_training_prefix(llama2_tokenizer, template)
+
+
+@pytest.mark.parametrize("template", ["llama3", "chatml"])
+def test_llama2_chat_specials_generation_prompt_is_prefix(llama2_chat_tokenizer, template: str) -> None:
+    assert_generation_prompt_is_training_prefix(llama2_chat_tokenizer, template)
