@@ -66,11 +66,9 @@ def _json_list_spans(data: bytes | mmap.mmap, path: Path, offset: int) -> np.nda
             depth -= 1
             if depth == 1:
                 spans.append((start, match.end()))
-            elif depth == 0:
+            elif depth == 0:  # the list is closed: anything after it is reported below
                 close_at = match.start()
                 break
-            elif depth < 0:
-                raise AnnotationError(f"{path}: unbalanced brackets at byte {match.start()}")
     if close_at < 0:
         raise AnnotationError(f"{path}: truncated JSON (unclosed list, object or string)")
     # What lies between the elements: '[' ws elem ws ',' ws elem ... ws ']' and nothing else.

@@ -106,7 +106,9 @@ class ConversationTokenizer:
             text = text[1:]
         if not text:
             return []
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # Text never yields special ids: a literal "</s>" (an HTML strike-through in OCR data) or
+        # "<|im_start|>" in a record stays text instead of ending a turn or forging a role header.
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def _encode_segment(self, segment: Segment, image_counts: list[int], next_image: list[int]) -> list[int]:
         if segment.special:

@@ -1,0 +1,193 @@
+"""AnnotationFile: lazy JSONL / JSON-list access gives exactly what json.load gives, or a clear error."""
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from fila_train.data.annotations import AnnotationError, AnnotationFile
+
+TRICKY_STRINGS = (
+    'say "hi"', 'a \\" b', "ends with a backslash \\", "\\\\\\", "[not a list]", "{not: an object}",
+    "}]]}", '"}, {"id": "fake"}', "]\n[", "line\nbreak\ttab\r", "café ☕ 日本語 😀 \u2028 \u0000",
+    "", " ", ",", "<image>\n", "\\u0041 is not an escape here",
+)
+STRUCTURAL = '"\\{}[],: \n\té😀'
+
+
+def tricky_records() -> list[dict]:
+    records = [
+        {"id": str(i), "image": f"dir/{i}.png",
+         "conversations": [{"from": "human", "value": f"<image>\n{text}"}, {"from": "gpt", "value": text}]}
+        for i, text in enumerate(TRICKY_STRINGS)
+    ]
+    records.append({"id": "nested", "image": ["a.png", "b.png"], "meta": {"boxes": [[1, 2, [3, [4]]], []],
+                    "empty": {}, "n": -1.5e3, "flag": True, "none": None, "deep": [[[[{"x": "]"}]]]]}})
+    rng = random.Random(0)  # fixed: strings made of structural characters and escapes
+    for i in range(30):
+        text = "".join(rng.choice(STRUCTURAL) for _ in range(rng.randrange(0, 40)))
+        records.append({"id": f"random-{i}", "conversations": [{"from": "gpt", "value": text}],
+                        "list": [text, [text], {"k": text}]})
+    return records
+
+
+RECORDS = tricky_records()
+
+
+def write_jsonl(path: Path, records: list, **dump_options) -> Path:
+    path.write_text("".join(json.dumps(r, **dump_options) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# name -> writer(path, records)
+FORMATS = {
+    "jsonl": lambda path, records: write_jsonl(path, records),
+    "jsonl_unicode_minified": lambda path, records: write_jsonl(path, records, ensure_ascii=False,
+                                                                separators=(",", ":")),
+    "jsonl_blank_lines_crlf_no_final_newline": lambda path, records: path.write_bytes(
+        b"\r\n\r\n".join(json.dumps(r).encode() for r in records)),
+    "json_pretty": lambda path, records: path.write_text(json.dumps(records, indent=2), encoding="utf-8"),
+    "json_pretty_unicode": lambda path, records: path.write_text(
+        json.dumps(records, indent=4, ensure_ascii=False), encoding="utf-8"),
+    "json_minified": lambda path, records: path.write_text(
+        json.dumps(records, separators=(",", ":"), ensure_ascii=False), encoding="utf-8"),
+    "json_leading_whitespace": lambda path, records: path.write_text(
+        "\n \t\r\n" + json.dumps(records) + "\n\n", encoding="utf-8"),
+}
+
+
+def reference_records(path: Path) -> list:
+    """What json gives for the whole file: json.load for a list, json.loads per line for JSONL."""
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        with open(path, encoding="utf-8-sig") as handle:
+            return json.load(handle)
+    return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines: U+2028
+
+
+def read_all(annotations: AnnotationFile) -> list[dict]:
+    return [annotations[i] for i in range(len(annotations))]
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_records_equal_json_load(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "data.json"
+    FORMATS[fmt](path, RECORDS)
+    assert reference_records(path) == RECORDS  # the writer itself is right
+    annotations = AnnotationFile(path)
+    assert annotations.is_json_list == fmt.startswith("json_")
+    assert len(annotations) == len(RECORDS)
+    assert read_all(annotations) == RECORDS
+    # Random access in any order, and after pickling (dataloader workers get a pickled copy).
+    order = list(range(len(RECORDS)))
+    random.Random(1).shuffle(order)
+    copy = pickle.loads(pickle.dumps(annotations))
+    assert [copy[i] for i in order] == [RECORDS[i] for i in order]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json_pretty"])
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "bom.json"
+    FORMATS[fmt](path, RECORDS[:3])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read_all(AnnotationFile(path)) == reference_records(path) == RECORDS[:3]
+
+
+def test_leading_whitespace_longer_than_a_read_block(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n" * 5000 + "".join(json.dumps(r) + "\n" for r in RECORDS[:2]), encoding="utf-8")
+    annotations = AnnotationFile(path)
+    assert read_all(annotations) == RECORDS[:2]
+    assert annotations.location(1) == f"{path}:5002"
+
+
+def test_jsonl_location_is_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(f"{json.dumps(RECORDS[0])}\n\n   \n{json.dumps(RECORDS[1])}\n", encoding="utf-8")
+    annotations = AnnotationFile(path)
+    assert [annotations.location(i) for i in range(2)] == [f"{path}:1", f"{path}:4"]
+
+
+def test_json_list_location_is_file_and_index(tmp_path: Path) -> None:
+    path = tmp_path / "data.json"
+    FORMATS["json_pretty"](path, RECORDS[:3])
+    assert AnnotationFile(path).location(2) == f"{path}[2]"
+
+
+@pytest.mark.parametrize("bad_line", ['{"id": "x", "conversations": [}', '{"id": "x"', "not json", '{"a": 1}}'])
+def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path, bad_line: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join([json.dumps(RECORDS[0]), "", json.dumps(RECORDS[1]), bad_line,
+                               json.dumps(RECORDS[2])]) + "\n", encoding="utf-8")
+    annotations = AnnotationFile(path)  # lazy: the index pass does not parse records
+    assert len(annotations) == 4
+    assert [annotations[i] for i in (0, 1, 3)] == RECORDS[:3]  # the others still load
+    with pytest.raises(AnnotationError, match=re.escape(f"{path}:4: malformed JSON")):
+        annotations[2]
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '"a string"', "42", "null"])
+def test_jsonl_record_that_is_not_an_object(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(RECORDS[0]) + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(AnnotationError, match=re.escape(f"{path}:2: a record must be a JSON object")):
+        AnnotationFile(path)[1]
+
+
+def test_every_truncation_of_a_json_list_is_an_error(tmp_path: Path) -> None:
+    """Cut anywhere (mid-string, mid-escape, after a comma, before ']'): an error, never fewer records."""
+    text = json.dumps(RECORDS[:4], ensure_ascii=False)
+    data = text.encode("utf-8")
+    path = tmp_path / "cut.json"
+    cuts = [cut for cut in range(1, len(data)) if data[:cut].strip()]
+    for cut in cuts:
+        path.write_bytes(data[:cut])
+        with pytest.raises(AnnotationError, match="truncated JSON") as error:
+            AnnotationFile(path)
+        assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[{"id": 1}, 5, {"id": 2}]', "element 1"),          # json.load gives 3 elements: never skip one
+    ('["a string", {"id": 2}]', "element 0"),
+])
+def test_json_list_element_that_is_not_an_object_is_reported(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(AnnotationError, match=re.escape(message)):
+        AnnotationFile(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[{"id": 1} {"id": 2}]', "element 1"),              # missing comma
+    ('[{"id": 1},, {"id": 2}]', "element 1"),
+    ('[{"id": 1},]', "element 1"),                        # trailing comma
+    ('[{"id": 1}]\n[{"id": 2}]', "extra data"),           # two lists
+    ('[{"id": 1}] x', "extra data"),
+    ('[{"id": 1}]}', "extra data"),
+    ('[{"id": 1}}, {"id": 2}]', "extra data"),
+])
+def test_invalid_json_list_is_an_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    with pytest.raises(AnnotationError, match=re.escape(message)) as error:
+        AnnotationFile(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \t\n", b"[]", b"[ \n ]\n", b"\xef\xbb\xbf"])
+def test_empty_files_have_no_records(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "empty.json"
+    path.write_bytes(content)
+    assert len(AnnotationFile(path)) == 0
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.jsonl"))):
+        AnnotationFile(tmp_path / "nope.jsonl")
