@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# Stage 2 (instruction tuning): load the stage-1 connector and train connector + LLM. Defaults
-# are the real-size LLaVA-1.5 recipe (global batch 128, lr 2e-5, 1 epoch, cosine, warmup 0.03,
-# ZeRO-3, max length 2048); override by environment variable, extra flags go to `fila-train train`.
+# Stage 2 (instruction tuning): load the stage-1 artifact (connector + CVFM / fuser) and train
+# them with the LLM. Defaults are the real-size FILA-7B recipe (CLIP-ViT-L/14-336 + ConvNeXt-L-d-320
+# + Vicuna-7B-v1.5; global batch 128, lr 2e-5, 1 epoch, cosine, warmup 0.03, ZeRO-3, max length
+# 2048); VISION_ENCODER=clip and CONNECTOR=mmfuser select the baselines as in pretrain.sh. Override
+# by environment variable (model options: scripts/lib/model_flags.sh); extra flags go to `fila-train train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL=${MODEL:-lmsys/vicuna-7b-v1.5}
 VISION_TOWER=${VISION_TOWER:-openai/clip-vit-large-patch14-336}
-VISION_ENCODER=${VISION_ENCODER:-clip}
-CONNECTOR=${CONNECTOR:-mlp2x_gelu}
 TEMPLATE=${TEMPLATE:-vicuna_v1}
 PRETRAINED_CONNECTOR=${PRETRAINED_CONNECTOR:-checkpoints/fila-7b-pretrain/connector.safetensors}
 DATA_PATH=${DATA_PATH:-playground/data/llava_v1_5_mix665k.json}
 IMAGE_FOLDER=${IMAGE_FOLDER:-playground/data}
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/fila-7b}
-TUNE_PARTS=${TUNE_PARTS:-connector,llm}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-128}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-16}
 LEARNING_RATE=${LEARNING_RATE:-2e-5}
@@ -28,10 +27,12 @@ SAVE_STEPS=${SAVE_STEPS:-500}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
 GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-True}
+source scripts/lib/model_flags.sh
+TUNE_PARTS=${TUNE_PARTS:-connector,llm$EXTRA_PARTS}
 
 TRAIN_ARGS=(
-  --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" --vision_encoder "$VISION_ENCODER"
-  --connector_type "$CONNECTOR" --conversation_template "$TEMPLATE"
+  --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" "${MODEL_ARGS[@]}"
+  --conversation_template "$TEMPLATE"
   --pretrained_connector "$PRETRAINED_CONNECTOR"
   --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" --output_dir "$OUTPUT_DIR"
   --tune_parts "$TUNE_PARTS" --connector_lr "$CONNECTOR_LR" --deepspeed "$ZERO_CONFIG"

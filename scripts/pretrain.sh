@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Stage 1 (alignment): train the connector on captions with the "plain" template; the LLM and
-# the vision towers stay frozen. Defaults are the real-size LLaVA-1.5 recipe (global batch 256,
-# lr 1e-3, 1 epoch, cosine, warmup 0.03, ZeRO-2); every value can be overridden by environment
-# variable, and extra flags are passed to `fila-train train`.
+# Stage 1 (alignment): train the connector (+ FILA's CVFM / MMFuser's fuser) on captions with
+# the "plain" template; the LLM and the vision towers stay frozen. Defaults are the real-size
+# FILA-7B recipe: CLIP-ViT-L/14-336 + ConvNeXt-L-d-320 (OpenCLIP laion2B soup) + Vicuna-7B-v1.5,
+# LLaVA-1.5 schedule (global batch 256, lr 1e-3, 1 epoch, cosine, warmup 0.03, ZeRO-2).
+#   VISION_ENCODER=clip bash scripts/pretrain.sh     the plain LLaVA-1.5-7B baseline
+#   CONNECTOR=mmfuser VISION_ENCODER=clip ...        LLaVA-1.5-7B + MMFuser (fuser lr FUSER_LR=1e-4,
+#                                                    the MMFuser-13B recipe's separate fuser lr)
+# Every value can be overridden by environment variable (model options: scripts/lib/model_flags.sh),
+# and extra flags are passed to `fila-train train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODEL=${MODEL:-lmsys/vicuna-7b-v1.5}
 VISION_TOWER=${VISION_TOWER:-openai/clip-vit-large-patch14-336}
-VISION_ENCODER=${VISION_ENCODER:-clip}
-CONNECTOR=${CONNECTOR:-mlp2x_gelu}
 DATA_PATH=${DATA_PATH:-playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}
 IMAGE_FOLDER=${IMAGE_FOLDER:-playground/data/LLaVA-Pretrain/images}
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/fila-7b-pretrain}
-TUNE_PARTS=${TUNE_PARTS:-connector}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-256}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-32}
 LEARNING_RATE=${LEARNING_RATE:-1e-3}
+FUSER_LR=${FUSER_LR:-1e-4}
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}
 MAX_LENGTH=${MAX_LENGTH:-2048}
@@ -25,10 +28,12 @@ REPORT_TO=${REPORT_TO:-wandb}
 SAVE_STEPS=${SAVE_STEPS:-500}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
+source scripts/lib/model_flags.sh
+TUNE_PARTS=${TUNE_PARTS:-connector$EXTRA_PARTS}
 
 TRAIN_ARGS=(
-  --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" --vision_encoder "$VISION_ENCODER"
-  --connector_type "$CONNECTOR" --conversation_template plain
+  --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" "${MODEL_ARGS[@]}"
+  --conversation_template plain
   --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" --output_dir "$OUTPUT_DIR"
   --tune_parts "$TUNE_PARTS" --deepspeed "$ZERO_CONFIG"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine

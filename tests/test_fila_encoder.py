@@ -200,7 +200,8 @@ def run_with_planted(encoder: HybridVisionEncoder, batch: dict, stage: int, poin
 
     def plant(_module, _inputs, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         maps = [m.clone() for m in maps]
-        if point is not None:
+        # The branch also runs (empty) for every configured canvas this batch does not use.
+        if point is not None and maps[stage].shape[0] > 0:
             maps[stage][:, :, point[0], point[1]] += feature
         return maps
 

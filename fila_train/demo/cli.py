@@ -11,7 +11,7 @@ from ..utils.files import write_json_atomic
 def prepare(output: Path, num_images: int, seed: int) -> dict:
     from .pretrain_llm import pretrain_tiny_llm
     from .synthetic_docs import make_synthetic_dataset
-    from .tiny_models import save_tiny_clip, save_tiny_llm
+    from .tiny_models import TinyFila, save_tiny_llm
     from .tokenizer import build_demo_tokenizer
 
     dataset = make_synthetic_dataset(output / "data", num_images=num_images, seed=seed)
@@ -21,13 +21,18 @@ def prepare(output: Path, num_images: int, seed: int) -> dict:
     texts = [line for line in dataset.corpus_path.read_text().splitlines() if line and line not in captions]
     losses = pretrain_tiny_llm(llm, texts, seed=seed)
     print(f"pre-trained the tiny LLM on {len(texts)} text lines: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    tiny = TinyFila()
+    convnext = tiny.save_convnext(output / "models" / "tiny-convnext", seed=seed)
     paths = {
         "llm": str(llm),
-        "vision_tower": str(save_tiny_clip(output / "models" / "tiny-clip", seed=seed)),
+        "vision_tower": str(tiny.save_clip(output / "models" / "tiny-clip", seed=seed)),
         "image_folder": str(dataset.image_dir),
         "stage1_data": str(dataset.stage1_path),
         "stage2_data": str(dataset.stage2_path),
         "eval_data": str(dataset.eval_path),
+        # Training flags of the tiny FILA hybrid encoder and MMFuser, read by scripts/demo.sh.
+        **tiny.hybrid_flags(convnext),
+        **tiny.fuser_flags(),
     }
     write_json_atomic(output / "paths.json", paths)
     return paths
@@ -46,7 +51,7 @@ def summarize(output: Path, stages: dict[str, Path]) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fila-train demo")
     commands = parser.add_subparsers(dest="command", required=True)
-    make = commands.add_parser("prepare", help="synthetic document/OCR data, tokenizer, tiny CLIP + LLM")
+    make = commands.add_parser("prepare", help="synthetic document/OCR data, tokenizer, tiny CLIP + ConvNeXt + LLM")
     make.add_argument("--output", type=Path, default=Path("playground/demo"))
     make.add_argument("--num_images", type=int, default=240)
     make.add_argument("--seed", type=int, default=0)
@@ -57,7 +62,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "prepare":
         for name, path in prepare(args.output, args.num_images, args.seed).items():
-            print(f"{name:>13}: {path}")
+            print(f"{name:>19}: {path}")
         return 0
     summary = summarize(args.output, {"stage1": args.stage1, "stage2": args.stage2})
     for stage, values in summary.items():

@@ -1,4 +1,4 @@
-"""Tiny random-init components (CLIP tower, LLMs) saved like real checkpoints, for demo and tests.
+"""Tiny random-init components (CLIP tower, ConvNeXt, LLMs) saved like real checkpoints, for demo and tests.
 
 They are written with ``save_pretrained`` and read back by the same loading code a
 real run uses, so nothing here bypasses the production path.
@@ -6,6 +6,7 @@ real run uses, so nothing here bypasses the production path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import (
@@ -46,6 +47,59 @@ def save_tiny_clip(output_dir: str | Path, seed: int = 0, **config) -> Path:
     torch.manual_seed(seed)
     CLIPVisionModel(tiny_clip_config(**config)).save_pretrained(output_dir)
     return Path(output_dir)
+
+
+def _joined(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class TinyFila:
+    """A tiny FILA (+ MMFuser) set-up: every layer choice valid for a ``clip_layers``-deep tiny ViT.
+
+    Canvases are multiples of the ``tile``; CVFM fuses after ViT blocks 1-4 (all before the
+    feature layer -2); the fuser reads blocks 1-4 like MMFuser reads blocks 3/8/13/18 of 24.
+    """
+
+    tile: int = 56
+    clip_width: int = 64
+    clip_layers: int = 6
+    convnext_dims: tuple[int, ...] = (16, 32, 64, 128)
+    convnext_depths: tuple[int, ...] = (1, 1, 1, 1)
+    # 2x2, 1x2 and 2x1 tiles (+ the global view): batches mix images with different tile counts.
+    canvases: tuple[tuple[int, int], ...] = ((112, 112), (56, 112), (112, 56))
+    cvfm_layers: tuple[int, ...] = (1, 2, 3, 4)
+    fuser_key_layers: tuple[int, ...] = (-6, -5, -4, -3)
+
+    def save_clip(self, output_dir: str | Path, seed: int = 0) -> Path:
+        return save_tiny_clip(output_dir, seed=seed, image_size=self.tile, hidden_size=self.clip_width,
+                              num_layers=self.clip_layers)
+
+    def save_convnext(self, output_dir: str | Path, seed: int = 0) -> Path:
+        """Random tiny ConvNeXt written through the branch's own save path (an OpenCLIP HF-format folder)."""
+        import torch
+
+        from ..model.vision.convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
+
+        torch.manual_seed(seed)
+        branch = ConvNeXtBranch(ConvNeXtBranchConfig(dims=self.convnext_dims, depths=self.convnext_depths))
+        return branch.save(output_dir)
+
+    def hybrid_flags(self, convnext_checkpoint: str | Path) -> dict[str, str]:
+        """``fila-train train`` option flags (names without ``--``) of this tiny hybrid encoder."""
+        return {"convnext_checkpoint": str(convnext_checkpoint),
+                "convnext_dims": _joined(self.convnext_dims), "convnext_depths": _joined(self.convnext_depths),
+                "anyres_canvases": _joined(f"{w}x{h}" for w, h in self.canvases),
+                "cvfm_layers": _joined(self.cvfm_layers)}
+
+    def fuser_flags(self) -> dict[str, str]:
+        """Option flags of an MMFuser connector on this tiny ViT."""
+        return {"fuser_key_layers": _joined(self.fuser_key_layers), "fuser_query_layer": "-2"}
+
+
+def as_cli(flags: dict[str, str]) -> list[str]:
+    # "--name=value": argparse would take a value such as "-6,-5" for an option of its own.
+    return [f"--{name}={value}" for name, value in flags.items()]
 
 
 def save_tiny_llm(

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
 
 from .configuration import FilaConfig
 from .modeling import FilaForConditionalGeneration
@@ -19,6 +19,32 @@ def is_fila_checkpoint(path: str) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("model_type") == FilaConfig.model_type
 
 
+def local_checkpoint(path_or_repo: str) -> str:
+    """A local file/folder as is; otherwise an OpenCLIP hub repo id, resolved to its local snapshot
+    folder (the HF cache when offline) holding its config and ONE weights file (safetensors first)."""
+    if Path(path_or_repo).exists():
+        return path_or_repo
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from .vision.convnext_branch import CONFIG_FILE, WEIGHT_FILES
+
+    hf_hub_download(path_or_repo, CONFIG_FILE)
+    for name in WEIGHT_FILES:
+        try:
+            return str(Path(hf_hub_download(path_or_repo, name)).parent)
+        except EntryNotFoundError:
+            continue
+    raise FileNotFoundError(f"{path_or_repo} has none of {WEIGHT_FILES} (locally or on the hub)")
+
+
+def with_local_convnext(vision_options: dict | None) -> dict | None:
+    convnext = (vision_options or {}).get("convnext", {})
+    if not convnext.get("checkpoint"):
+        return vision_options
+    return {**vision_options, "convnext": {**convnext, "checkpoint": local_checkpoint(convnext["checkpoint"])}}
+
+
 def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vision_encoder: str = "clip",
                 vision_options: dict | None = None, vision_feature_layer: int = -2,
                 connector_type: str = "mlp2x_gelu", connector_options: dict | None = None,
@@ -26,6 +52,8 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vis
                 attn_implementation: str = "sdpa") -> FilaForConditionalGeneration:
     """A saved fila model folder loads as is; otherwise LLM + CLIP tower are joined with a new connector.
 
+    ``vision_options``/``connector_options`` may be partial (e.g. from command-line flags): the
+    encoder and connector complete them, and the model's config stores the complete result.
     Nothing runs remote code: every ``from_pretrained`` keeps ``trust_remote_code`` off.
     """
     if is_fila_checkpoint(model_name_or_path):
@@ -38,10 +66,13 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vis
     tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
     config = FilaConfig(
         vision_config=tower.config, text_config=language_model.config, vision_encoder=vision_encoder,
-        vision_options=vision_options, vision_feature_layer=vision_feature_layer,
+        vision_options=with_local_convnext(vision_options), vision_feature_layer=vision_feature_layer,
         connector_type=connector_type, connector_options=connector_options,
         conversation_template=conversation_template,
-        tie_word_embeddings=bool(getattr(language_model.config, "tie_word_embeddings", False)))
+        tie_word_embeddings=bool(getattr(language_model.config, "tie_word_embeddings", False)),
+        # Set on the composite, it is set on both sub-configs too; left unset, the composite's None
+        # overwrites the LLM's, which then runs without its causal mask.
+        attn_implementation=attn_implementation)
     model = FilaForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
     return model.to(dtype)
 

@@ -15,7 +15,10 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin,
 
 from .configuration import FilaConfig
 from .connector import build_connector
+from .connector.mmfuser import MMFuser
 from .vision import build_vision_encoder
+from .vision.convnext_branch import ConvNeXtBranch
+from .vision.cvfm import CVFMBlock
 
 # Parameter-name prefixes -> tunable part; the first match wins, so sub-parts come first.
 PART_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -26,6 +29,41 @@ PART_PREFIXES: tuple[tuple[str, str], ...] = (
     ("language_model.", "llm"),
 )
 PARTS: tuple[str, ...] = ("vision", "cvfm", "connector", "fuser", "llm")
+
+# Modules whose own init the generic transformers one would destroy: MMFuser (zero offset
+# weights + directional bias, zero attention weights, xavier value/output, zero gammas) and
+# CVFM (zero gates, strided conv = average pooling). Their reset_parameters() is the spec's init.
+SELF_INITIALISED: tuple[type[nn.Module], ...] = (MMFuser, CVFMBlock)
+# Modules that are initialised by their constructor (the ConvNeXt: its checkpoint, or timm's
+# init); a fresh build must keep that, as it keeps the pretrained ViT and LLM.
+CONSTRUCTOR_INITIALISED: tuple[type[nn.Module], ...] = (ConvNeXtBranch,)
+
+
+def _is_loaded(parameter: torch.Tensor) -> bool:
+    return getattr(parameter, "_is_hf_initialized", False)
+
+
+@torch.no_grad()
+def reset_keeping_loaded(module: nn.Module) -> None:
+    """``module.reset_parameters()``, except for parameters already loaded from a checkpoint.
+
+    reset_parameters may write tensors directly (e.g. the offsets' directional bias), which the
+    loaded-flag guard of transformers' init functions cannot see, so loaded values are restored.
+    """
+    parameters = dict(module.named_parameters())
+    loaded = {name: p.detach().clone() for name, p in parameters.items() if _is_loaded(p)}
+    if len(loaded) == len(parameters):
+        return
+    module.reset_parameters()
+    for name, value in loaded.items():
+        parameters[name].copy_(value)
+
+
+def mark_as_loaded(module: nn.Module) -> None:
+    """Flag the parameters like loaded weights, so transformers' init skips them. Parameters only:
+    from_pretrained replaces the objects it loads, and any missing one must still be initialised."""
+    for parameter in module.parameters():
+        parameter._is_hf_initialized = True
 
 
 def part_of(parameter_name: str) -> str:
@@ -44,6 +82,20 @@ class FilaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules: list[str] = []
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # For custom code, transformers marks a module with no direct parameters (CVFMBlock) as
+        # initialised without calling _init_weights on it; a SELF_INITIALISED one must be called.
+        super()._initialize_weights(module, is_custom_code and not isinstance(module, SELF_INITIALISED))
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # smart_apply visits children before their parent, so a SELF_INITIALISED module's own
+        # reset runs after (and overrides) the generic init of its Linear/LayerNorm children.
+        if isinstance(module, SELF_INITIALISED):
+            reset_keeping_loaded(module)
+        else:
+            super()._init_weights(module)
+
 
 class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
     def __init__(self, config: FilaConfig, vision_tower: CLIPVisionModel | None = None,
@@ -52,8 +104,14 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
         self.vision_tower = build_vision_encoder(config, tower=vision_tower)
         self.language_model = (language_model if language_model is not None
                                else AutoModelForCausalLM.from_config(config.text_config))
-        self.connector = build_connector(config.connector_type, config.vision_config.hidden_size,
+        self.connector = build_connector(config.connector_type, config.vision_config,
                                          config.text_config.hidden_size, config.connector_options)
+        stored = self.connector.stored_options()
+        if stored is not None:  # the complete options, so a saved config does not depend on defaults
+            config.connector_options = stored
+        for module in self.modules():
+            if isinstance(module, CONSTRUCTOR_INITIALISED):
+                mark_as_loaded(module)
         self.post_init()
 
     # --- transformers plumbing -------------------------------------------------------------

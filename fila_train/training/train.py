@@ -15,11 +15,12 @@ from ..data.dataset import ConversationDataset, DatasetOptions
 from ..data.templates import get_template
 from ..data.tokenization import ConversationTokenizer
 from ..model.builder import build_model, load_tokenizer
-from ..utils.distributed import is_main_process, world_size
+from ..model.vision.flops import VisionFlops, vision_flops
+from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import write_json_atomic
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .connector_artifact import load_connector_artifact, save_connector_artifact
-from .parts import apply_tune_parts, format_parameter_table
+from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
 from .trainer import FilaTrainer
 
@@ -32,9 +33,37 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
 
 
 def setup_logging(args: TrainingArguments) -> None:
-    level = logging.INFO if is_main_process() else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    # Rank 0 logs at --log_level (info by default), other ranks at --log_level_replica (warning),
+    # each line tagged with its rank so multi-node logs stay readable.
+    level = args.get_process_log_level()
+    if args.should_log and args.log_level == "passive":
+        level = logging.INFO
+    logging.basicConfig(format=f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s",
+                        level=level, force=True)
     transformers.utils.logging.set_verbosity(level)
+
+
+HYBRID_FLOP_ROWS = (("total", "hybrid encoder (ViT + ConvNeXt + CVFM)"), ("vit", "ViT alone"),
+                    ("convnext", "  ConvNeXt"), ("cvfm", "  CVFM"))
+
+
+def count_vision_flops(config) -> VisionFlops | None:
+    try:
+        return vision_flops(config)
+    except Exception as error:  # the count is informational: it must never stop a training run
+        logger.warning("vision FLOPs not counted (%s: %s)", type(error).__name__, error)
+        return None
+
+
+def format_vision_flops(flops: VisionFlops) -> str:
+    parts = flops.parts
+    if "total" in parts:
+        rows = [[label, f"{parts[key]:.4g}"] for key, label in HYBRID_FLOP_ROWS]
+        rows.append(["overhead over ViT alone", f"+{100 * (parts['total'] / parts['vit'] - 1):.1f}%"])
+    else:
+        rows = [["ViT", f"{parts['vit']:.4g}"]]
+    width, height = flops.canvas
+    return format_table([f"vision forward per image ({width}x{height}, {flops.views} view(s))", "TFLOPs"], rows)
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
@@ -49,10 +78,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     model = build_model(
         model_args.model_name_or_path, model_args.vision_tower, vision_encoder=model_args.vision_encoder,
-        vision_feature_layer=model_args.vision_feature_layer, connector_type=model_args.connector_type,
+        vision_options=model_args.vision_options(), vision_feature_layer=model_args.vision_feature_layer,
+        connector_type=model_args.connector_type, connector_options=model_args.connector_options(),
         conversation_template=model_args.conversation_template, dtype=dtype,
         attn_implementation=model_args.attn_implementation)
     model.config.conversation_template = model_args.conversation_template
+    # Counted from the config on a meta-device copy: cheap, and blind to ZeRO-3 partitioning.
+    flops = count_vision_flops(model.config) if is_main_process() else None
     model.config.use_cache = False
     tokenizer = load_tokenizer(model_args.model_name_or_path, model, args.model_max_length)
     if model_args.pretrained_connector:
@@ -69,6 +101,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                                   processor, DatasetOptions(args.model_max_length, data_args.on_overlong))
     logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
                 format_parameter_table(model))
+    if flops is not None:
+        logger.info("vision encoder %s:\n%s", model.config.vision_encoder, format_vision_flops(flops))
     logger.info("data: %d records from %s; template %s; %d process(es)", len(dataset), data_args.data_path,
                 model_args.conversation_template, world_size())
 
@@ -86,6 +120,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     summary.update(output_dir=str(Path(args.output_dir).resolve()),
                    vision_encoder=model.config.vision_encoder, connector_type=model.config.connector_type,
                    tune_parts=args.parts(), dropped_overlong_rank0=dataset.dropped_overlong)
+    if flops is not None:
+        summary["vision_tflops_per_image"] = {"canvas": list(flops.canvas), "views": flops.views, **flops.parts}
     if is_main_process():
         write_json_atomic(Path(args.output_dir) / "train_summary.json", summary)
         logger.info("wrote %s", Path(args.output_dir) / "train_summary.json")

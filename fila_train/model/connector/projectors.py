@@ -5,6 +5,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers import CLIPVisionConfig
 
 from ...registry import Registry
 from ..vision.base import VisionOutput
@@ -16,29 +17,41 @@ class Connector(nn.Module):
     # Multi-layer connectors set this so the vision encoder returns every hidden state.
     needs_hidden_states: bool = False
 
+    def stored_options(self) -> dict | None:
+        """The complete options to save in FilaConfig.connector_options (None: nothing to store)."""
+        return None
+
     def forward(self, vision: VisionOutput) -> torch.Tensor:
         raise NotImplementedError
 
 
-class MLPProjector(Connector):
+def mlp(vision_hidden: int, llm_hidden: int, depth: int) -> nn.Sequential:
     """``depth`` Linear layers with GELU between them (depth 1 = LLaVA's ``linear``)."""
+    layers: list[nn.Module] = [nn.Linear(vision_hidden, llm_hidden)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(llm_hidden, llm_hidden)]
+    return nn.Sequential(*layers)
+
+
+class MLPProjector(Connector):
+    """The selected layer's patch tokens through ``mlp(depth)``."""
 
     def __init__(self, vision_hidden: int, llm_hidden: int, depth: int):
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(vision_hidden, llm_hidden)]
-        for _ in range(depth - 1):
-            layers += [nn.GELU(), nn.Linear(llm_hidden, llm_hidden)]
-        self.projector = nn.Sequential(*layers)
+        self.projector = mlp(vision_hidden, llm_hidden, depth)
 
     def forward(self, vision: VisionOutput) -> torch.Tensor:
         return self.projector(vision.features)
 
 
-ConnectorFactory = Callable[[int, int, dict], Connector]
+# A factory gets the ViT's config (width, depth: multi-layer connectors check their layer
+# indices against it), the LLM width and the connector's options dict from FilaConfig.
+ConnectorFactory = Callable[[CLIPVisionConfig, int, dict], Connector]
 CONNECTORS: Registry[ConnectorFactory] = Registry("connector")
-CONNECTORS.register("linear")(lambda vision_hidden, llm_hidden, options: MLPProjector(vision_hidden, llm_hidden, 1))
-CONNECTORS.register("mlp2x_gelu")(lambda vision_hidden, llm_hidden, options: MLPProjector(vision_hidden, llm_hidden, 2))
+CONNECTORS.register("linear")(lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 1))
+CONNECTORS.register("mlp2x_gelu")(lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 2))
 
 
-def build_connector(name: str, vision_hidden: int, llm_hidden: int, options: dict | None = None) -> Connector:
-    return CONNECTORS.get(name)(vision_hidden, llm_hidden, options or {})
+def build_connector(name: str, vision_config: CLIPVisionConfig, llm_hidden: int,
+                    options: dict | None = None) -> Connector:
+    return CONNECTORS.get(name)(vision_config, llm_hidden, options or {})

@@ -69,7 +69,9 @@ def _build_trunk(config: ConvNeXtBranchConfig) -> tuple[nn.Module, tuple | None,
         return ConvNeXt(depths=config.depths, dims=config.dims, num_classes=0, global_pool=""), None, None
     import open_clip
 
-    model = open_clip.create_model(config.model_name, pretrained=None)
+    # Build on the current default device: from_pretrained builds on meta, and open_clip would
+    # otherwise move the model to the CPU.
+    model = open_clip.create_model(config.model_name, pretrained=None, device=torch.get_default_device())
     trunk = getattr(model.visual, "trunk", None)
     if trunk is None or not hasattr(trunk, "forward_intermediates"):
         raise ValueError(f"OpenCLIP model {config.model_name!r} has no timm trunk with forward_intermediates")

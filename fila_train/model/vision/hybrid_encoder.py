@@ -9,7 +9,6 @@ ViT layer. Output contract: ``VisionOutput``, as ``ClipVisionEncoder``.
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,20 +157,28 @@ class HybridVisionEncoder(nn.Module):
         return HybridImageProcessor(self.hybrid_config.anyres, self.clip.config.patch_size)
 
     def _stage_maps(self, high_res: torch.Tensor | list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """ConvNeXt on every image's canvas, batching images of equal size -> per image, 4 maps [C, H, W]."""
+        """ConvNeXt on every image's canvas -> per image, 4 maps [C, H, W].
+
+        The ConvNeXt runs once per *configured* canvas, in config order, even for canvases this
+        batch does not use (an empty batch): under ZeRO-3 every forward call gathers parameters
+        collectively, so the number of calls must not depend on which canvases a rank drew.
+        """
         device = self.clip.device
-        if isinstance(high_res, torch.Tensor):  # collate stacked them: all canvases alike, one batch
-            maps = self.convnext(high_res.to(device))
-            return [[stage[row] for stage in maps] for row in range(high_res.shape[0])]
-        images = _split_images(high_res)
-        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for index, image in enumerate(images):
-            by_shape[tuple(image.shape)].append(index)
-        per_image: list[list[torch.Tensor]] = [[] for _ in images]
-        for indices in by_shape.values():
-            maps = self.convnext(torch.stack([images[i] for i in indices]).to(device))
+        images = list(high_res) if isinstance(high_res, torch.Tensor) else _split_images(high_res)
+        processor = self.image_processor()
+        per_image: list[list[torch.Tensor] | None] = [None] * len(images)
+        for canvas in dict.fromkeys(self.hybrid_config.anyres.canvases):
+            width, height = processor.high_res_size(canvas)
+            indices = [i for i, image in enumerate(images) if tuple(image.shape[-2:]) == (height, width)]
+            batch = (torch.stack([images[i] for i in indices]) if indices
+                     else torch.zeros(0, 3, height, width, dtype=self.clip.dtype))
+            maps = self.convnext(batch.to(device))
             for row, index in enumerate(indices):
                 per_image[index] = [stage[row] for stage in maps]
+        unmatched = [i for i, maps in enumerate(per_image) if maps is None]
+        if unmatched:
+            raise ValueError(f"high-resolution canvases {[tuple(images[i].shape) for i in unmatched]} match "
+                             f"none of the configured canvases {self.hybrid_config.anyres.canvases}")
         return per_image
 
     def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:

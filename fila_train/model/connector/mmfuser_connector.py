@@ -1,0 +1,55 @@
+"""The ``mmfuser`` connector: MMFuser over the ViT's hidden states, then LLaVA's mlp2x_gelu.
+
+projector = [fuser, Linear, GELU, Linear] as in the public MMFuser code; the fuser is the
+attribute ``fuser`` so its parameters are the tunable part "fuser" (``connector.fuser.*``)
+and the MLP keeps the ``connector.projector.*`` names of the plain mlp2x_gelu connector.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import CLIPVisionConfig
+
+from ..vision.base import VisionOutput
+from .mmfuser import MMFuser, MMFuserConfig
+from .projectors import CONNECTORS, Connector, mlp
+
+# Where each layer index comes from on the command line, for error messages.
+OPTION_FLAGS = {"query_layer": "--fuser_query_layer", "key_layers": "--fuser_key_layers"}
+
+
+def check_layer_indices(config: MMFuserConfig, num_layers: int) -> None:
+    """Every index must name one of the ``num_layers + 1`` hidden states (0 = embeddings)."""
+    num_states = num_layers + 1
+    for option, flag in OPTION_FLAGS.items():
+        value = getattr(config, option)
+        for index in (value if isinstance(value, tuple) else (value,)):
+            if not -num_states <= index < num_states:
+                raise ValueError(
+                    f"MMFuser option {option}={value} ({flag}): layer {index} is out of range for a ViT with "
+                    f"{num_layers} layers ({num_states} hidden states, valid indices {-num_states}..{num_states - 1}); "
+                    "the defaults assume a 24-layer ViT-L, so small towers need their own layers")
+
+
+class MMFuserConnector(Connector):
+    needs_hidden_states = True
+
+    def __init__(self, vision_config: CLIPVisionConfig, llm_hidden: int, config: MMFuserConfig):
+        super().__init__()
+        check_layer_indices(config, vision_config.num_hidden_layers)
+        self.fuser = MMFuser(vision_config.hidden_size, config)
+        self.projector = mlp(vision_config.hidden_size, llm_hidden, 2)
+
+    def stored_options(self) -> dict:
+        return self.fuser.config.to_dict()
+
+    def forward(self, vision: VisionOutput) -> torch.Tensor:
+        states = vision.hidden_states
+        if states is None:
+            raise ValueError("the mmfuser connector needs VisionOutput.hidden_states (needs_hidden_states=True)")
+        config = self.fuser.config
+        fused = self.fuser(states[config.query_layer], [states[i] for i in config.key_layers])
+        return self.projector(fused)
+
+
+CONNECTORS.register("mmfuser")(
+    lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)))

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sourced by pretrain.sh / finetune.sh: the model choice as flags (MODEL_ARGS) and the parts it
+# adds to the stage's default TUNE_PARTS (EXTRA_PARTS).
+#   VISION_ENCODER=fila_hybrid (default): CLIP-ViT + ConvNeXt through CVFM (FILA); trains "cvfm"
+#   VISION_ENCODER=clip:                  the plain LLaVA-1.5 vision side
+#   CONNECTOR=mlp2x_gelu (default) | linear | mmfuser (MMFuser fuser + mlp2x_gelu; trains "fuser")
+# Unset option variables leave the flag out, so the spec's defaults apply (e.g. ConvNeXt model
+# convnext_large_d_320, CVFM after ViT layers 2,6,12,20, fuser keys -22,-17,-12,-7, query -2).
+VISION_ENCODER=${VISION_ENCODER:-fila_hybrid}
+CONNECTOR=${CONNECTOR:-mlp2x_gelu}
+CVFM_LR=${CVFM_LR:-$LEARNING_RATE}
+FUSER_LR=${FUSER_LR:-$LEARNING_RATE}
+
+MODEL_ARGS=(--vision_encoder "$VISION_ENCODER" --connector_type "$CONNECTOR")
+EXTRA_PARTS=""
+optional_flag() {  # optional_flag NAME VALUE: add --NAME=VALUE when VALUE is set ("=": values may start with "-")
+  if [ -n "${2:-}" ]; then MODEL_ARGS+=("--$1=$2"); fi
+}
+
+if [ "$VISION_ENCODER" = fila_hybrid ]; then
+  CONVNEXT_CHECKPOINT=${CONVNEXT_CHECKPOINT:-laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup}
+  MODEL_ARGS+=(--convnext_checkpoint "$CONVNEXT_CHECKPOINT" --cvfm_lr "$CVFM_LR")
+  optional_flag convnext_model "${CONVNEXT_MODEL:-}"
+  optional_flag convnext_dims "${CONVNEXT_DIMS:-}"
+  optional_flag convnext_depths "${CONVNEXT_DEPTHS:-}"
+  optional_flag anyres_canvases "${ANYRES_CANVASES:-}"
+  optional_flag cvfm_layers "${CVFM_LAYERS:-}"
+  optional_flag cvfm_align "${CVFM_ALIGN:-}"
+  optional_flag cvfm_fusion "${CVFM_FUSION:-}"
+  EXTRA_PARTS+=",cvfm"
+fi
+if [ "$CONNECTOR" = mmfuser ]; then
+  MODEL_ARGS+=(--fuser_lr "$FUSER_LR")
+  optional_flag fuser_key_layers "${FUSER_KEY_LAYERS:-}"
+  optional_flag fuser_query_layer "${FUSER_QUERY_LAYER:-}"
+  EXTRA_PARTS+=",fuser"
+fi

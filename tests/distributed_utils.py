@@ -1,0 +1,197 @@
+"""Helpers for the FILA / MMFuser training tests: tiny assets built once, tiny composites, torchrun runs.
+
+The assets are cached in this module (not a conftest fixture) so every test module that asks
+for them shares one build: tiny synthetic documents, a demo tokenizer, a tiny LLM, a tiny CLIP
+(tile 28 = 2x2 patches, 6 layers) and a tiny ConvNeXt saved like an OpenCLIP checkpoint folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from fila_train.demo.tiny_models import TinyFila, as_cli
+
+REPO = Path(__file__).resolve().parents[1]
+# 2x2, 1x2 and 2x1 tiles of 2x2 patches (+ global view): ranks draw different canvases.
+TINY = TinyFila(tile=28, clip_width=32, canvases=((56, 56), (28, 56), (56, 28)))
+ALIGNED_PREFIXES = ("connector.", "vision_tower.cvfm.")  # what a stage-1 artifact holds
+
+
+@dataclass(frozen=True)
+class FilaAssets:
+    root: Path
+    llm: Path
+    clip: Path
+    convnext: Path
+    image_folder: Path
+    stage1_data: Path
+    stage2_data: Path
+
+    def model_flags(self, hybrid: bool, fuser: bool, convnext: Path | None = None) -> dict[str, str]:
+        """``fila-train train`` model flags (names without ``--``): this tiny LLM + CLIP, with the
+        FILA encoder (ConvNeXt from ``convnext``, default the shared one) and/or MMFuser."""
+        flags = {"model_name_or_path": str(self.llm), "vision_tower": str(self.clip)}
+        if hybrid:
+            flags |= {"vision_encoder": "fila_hybrid", **TINY.hybrid_flags(convnext or self.convnext)}
+        if fuser:
+            flags |= {"connector_type": "mmfuser", **TINY.fuser_flags()}
+        return flags
+
+
+_ASSETS: dict[str, FilaAssets] = {}
+
+
+def fila_assets(tmp_path_factory) -> FilaAssets:
+    """Build (once per session) the tiny data and models."""
+    if "assets" not in _ASSETS:
+        from fila_train.demo.synthetic_docs import make_synthetic_dataset
+        from fila_train.demo.tiny_models import save_tiny_llm
+        from fila_train.demo.tokenizer import build_demo_tokenizer
+
+        root = tmp_path_factory.mktemp("fila_assets")
+        data = make_synthetic_dataset(root / "data", num_images=24, num_eval=2)
+        tokenizer = build_demo_tokenizer([data.corpus_path], root / "tokenizer", vocab_size=512)
+        _ASSETS["assets"] = FilaAssets(
+            root=root, llm=save_tiny_llm(root / "llm", tokenizer, hidden_size=64),
+            clip=TINY.save_clip(root / "clip"), convnext=TINY.save_convnext(root / "convnext"),
+            image_folder=data.image_dir, stage1_data=data.stage1_path, stage2_data=data.stage2_path)
+    return _ASSETS["assets"]
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> FilaAssets:
+    """The tiny assets as a fixture; test modules import it by name."""
+    return fila_assets(tmp_path_factory)
+
+
+# ---------------------------------------------------------------- in-process composites
+
+
+def build_tiny_model(assets: FilaAssets, hybrid: bool, fuser: bool, convnext: Path | None = None,
+                     extra: dict[str, str] | None = None):
+    """The composite exactly as ``fila-train train`` builds it from these flags."""
+    from transformers import HfArgumentParser
+
+    from fila_train.model.builder import build_model
+    from fila_train.training.arguments import ModelArguments
+
+    flags = assets.model_flags(hybrid, fuser, convnext) | (extra or {})
+    (args,) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(args=as_cli(flags))
+    torch.manual_seed(0)
+    return build_model(args.model_name_or_path, args.vision_tower, vision_encoder=args.vision_encoder,
+                       vision_options=args.vision_options(), connector_type=args.connector_type,
+                       connector_options=args.connector_options())
+
+
+def with_mlp_connector(assets: FilaAssets, model, hybrid: bool):
+    """The same composite with the plain mlp2x_gelu connector, holding ``model``'s projector weights."""
+    twin = build_tiny_model(assets, hybrid=hybrid, fuser=False)
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("connector.projector.")},
+                         strict=False)
+    return twin.eval()
+
+
+def tiny_batch(model, assets: FilaAssets, size: int = 4, stage2: bool = False) -> dict:
+    """A real collated batch (dataset + collator of the training path) for ``model``."""
+    from fila_train.data.collator import ConversationCollator
+    from fila_train.data.dataset import ConversationDataset, DatasetOptions
+    from fila_train.data.templates import get_template
+    from fila_train.data.tokenization import ConversationTokenizer
+    from fila_train.model.builder import load_tokenizer
+
+    tokenizer = load_tokenizer(str(assets.llm), model, 512)
+    template = get_template("vicuna_v1" if stage2 else "plain")
+    processor = model.image_processor()
+    dataset = ConversationDataset(assets.stage2_data if stage2 else assets.stage1_data, assets.image_folder,
+                                  ConversationTokenizer(tokenizer, template, model.config.image_token_id),
+                                  processor, DatasetOptions(512))
+    batch = ConversationCollator(tokenizer.pad_token_id, processor)([dataset[i] for i in range(size)])
+    batch.pop("sample_ids")
+    return batch
+
+
+def aligned_state(model) -> dict[str, torch.Tensor]:
+    """Copies of the stage-1 parts' parameters (connector incl. fuser, CVFM)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if name.startswith(ALIGNED_PREFIXES)}
+
+
+def train_steps(model, batch: dict, parts: list[str], steps: int, lr: float = 1e-2) -> dict[str, torch.Tensor | None]:
+    """``steps`` real optimizer steps on ``parts`` (the rest frozen as the trainer does); the last
+    step's gradients by parameter name (None where no gradient arrived)."""
+    from fila_train.training.parts import apply_tune_parts
+
+    apply_tune_parts(model, parts)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        grads = {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()}
+        optimizer.step()
+    return grads
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_args(assets: FilaAssets, *, hybrid: bool, fuser: bool, stage: int, zero: int, steps: int = 6) -> list[str]:
+    """A few-step stage-1 (captions, plain) or stage-2 (instructions, vicuna_v1, + LLM) run."""
+    parts = ["connector"] + ["cvfm"] * hybrid + ["fuser"] * fuser + ["llm"] * (stage == 2)
+    flags = assets.model_flags(hybrid, fuser) | {
+        "data_path": str(assets.stage1_data if stage == 1 else assets.stage2_data),
+        "conversation_template": "plain" if stage == 1 else "vicuna_v1",
+        "image_folder": str(assets.image_folder), "tune_parts": ",".join(parts),
+        "learning_rate": "1e-2" if stage == 1 else "3e-3", "deepspeed": f"zero_configs/zero{zero}.json",
+        "per_device_train_batch_size": "2", "max_steps": str(steps), "logging_steps": "1",
+        "model_max_length": "512", "save_strategy": "no", "seed": "7"}
+    return as_cli(flags)
+
+
+def torchrun_train(args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 240) -> dict:
+    """``torchrun --nproc_per_node N -m fila_train.cli train ...`` on CPU; returns train_summary.json
+    with the combined log of all ranks under "log"."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                   str(Path.home() / ".cache/fila_train/torch_extensions")))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port()), "-m", "fila_train.cli", "train",
+               "--output_dir", str(output_dir), "--report_to", "none", *args]
+    log_path = output_dir.parent / f"{output_dir.name}.log"
+    with log_path.open("w") as log_file:
+        # Own session, so a hung run is killed with all its workers, not just the launcher.
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            returncode = f"timeout after {timeout} s"
+    log = log_path.read_text()
+    if returncode != 0:
+        raise AssertionError(f"torchrun failed ({returncode}):\n{log[-5000:]}")
+    summary = json.loads((output_dir / "train_summary.json").read_text())
+    summary["log"] = log
+    return summary
+
+
+def assert_loss_falls(summary: dict) -> None:
+    losses = summary["losses"]
+    half = len(losses) // 2
+    assert summary["loss_last"] < summary["loss_first"], losses
+    assert sum(losses[half:]) / (len(losses) - half) < sum(losses[:half]) / half, losses
