@@ -149,6 +149,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class DistributedRun:
+    output_dir: Path
+    log_dir: Path
+    output: str
+
+    def summary(self) -> dict:
+        return json.loads((self.output_dir / "train_summary.json").read_text())
+
+    def rank_log(self, rank: int) -> str:
+        """Everything rank ``rank`` printed (torchrun --redirects keeps ranks apart)."""
+        return "".join(f.read_text() for f in sorted(self.log_dir.rglob(f"attempt_0/{rank}/std*.log")))
+
+
+def run_torchrun(train_args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 300) -> DistributedRun:
+    """``torchrun --nproc_per_node N -m fila_train.cli train ...`` on CPU (gloo), ranks logged apart."""
+    log_dir = output_dir.parent / f"{output_dir.name}_logs"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                   str(Path.home() / ".cache/fila_train/torch_extensions")))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port()), "--log-dir", str(log_dir), "--redirects", "3",
+               "-m", "fila_train.cli", "train", "--output_dir", str(output_dir), *train_args]
+    # Own session, so a hung run is killed with all its workers, not just the launcher.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        returncode: int | str = process.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        returncode = f"timeout after {timeout} s"
+    run = DistributedRun(output_dir, log_dir, output)
+    if returncode != 0:
+        logs = "\n".join(f"--- rank {r} ---\n{run.rank_log(r)[-3000:]}" for r in range(nproc))
+        raise AssertionError(f"torchrun failed ({returncode}):\n{output[-3000:]}\n{logs}")
+    return run
+
+
 def train_args(assets: FilaAssets, *, hybrid: bool, fuser: bool, stage: int, zero: int, steps: int = 6) -> list[str]:
     """A few-step stage-1 (captions, plain) or stage-2 (instructions, vicuna_v1, + LLM) run."""
     parts = ["connector"] + ["cvfm"] * hybrid + ["fuser"] * fuser + ["llm"] * (stage == 2)
@@ -163,31 +203,9 @@ def train_args(assets: FilaAssets, *, hybrid: bool, fuser: bool, stage: int, zer
 
 
 def torchrun_train(args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 240) -> dict:
-    """``torchrun --nproc_per_node N -m fila_train.cli train ...`` on CPU; returns train_summary.json
-    with the combined log of all ranks under "log"."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline",
-               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                   str(Path.home() / ".cache/fila_train/torch_extensions")))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), "-m", "fila_train.cli", "train",
-               "--output_dir", str(output_dir), "--report_to", "none", *args]
-    log_path = output_dir.parent / f"{output_dir.name}.log"
-    with log_path.open("w") as log_file:
-        # Own session, so a hung run is killed with all its workers, not just the launcher.
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            returncode = f"timeout after {timeout} s"
-    log = log_path.read_text()
-    if returncode != 0:
-        raise AssertionError(f"torchrun failed ({returncode}):\n{log[-5000:]}")
-    summary = json.loads((output_dir / "train_summary.json").read_text())
-    summary["log"] = log
-    return summary
+    """A run's train_summary.json, with the log of all ranks under "log"."""
+    run = run_torchrun(["--report_to", "none", *args], output_dir, nproc, timeout)
+    return run.summary() | {"log": "".join(run.rank_log(r) for r in range(nproc))}
 
 
 def assert_loss_falls(summary: dict) -> None:

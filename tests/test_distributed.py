@@ -5,14 +5,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_torchrun
+from distributed_utils import run_torchrun
 
 STEPS = 6
 CHECKPOINT_STEP = 3
 
 
 def common_args(assets, zero: int) -> list[str]:
-    return ["--model_name_or_path", str(assets.llm), "--vision_tower", str(assets.vision_tower),
+    return ["--model_name_or_path", str(assets.llm), "--vision_tower", str(assets.clip),
             "--image_folder", str(assets.image_folder), "--deepspeed", f"zero_configs/zero{zero}.json",
             "--per_device_train_batch_size", "2", "--max_steps", str(STEPS), "--logging_steps", "1",
             "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_STEP), "--report_to", "none",
@@ -59,7 +59,7 @@ def test_stage1_artifact_loads_bit_exact_into_stage2_model(stage1, tiny_assets):
     from fila_train.training.connector_artifact import load_connector_artifact
 
     artifact = load_file(stage1.output_dir / "connector.safetensors")
-    model = build_model(str(tiny_assets.llm), str(tiny_assets.vision_tower))
+    model = build_model(str(tiny_assets.llm), str(tiny_assets.clip))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("connector.")}
     load_connector_artifact(model, stage1.output_dir / "connector.safetensors")
     trained = FilaForConditionalGeneration.from_pretrained(stage1.output_dir)
