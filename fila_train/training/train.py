@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def setup_logging(args: TrainingArguments) -> None:
     logging.basicConfig(format=f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s",
                         level=level, force=True)
     transformers.utils.logging.set_verbosity(level)
+    # DeepSpeed's ZeRO reduce path calls this once per bucket: thousands of identical lines.
+    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor` is deprecated", category=FutureWarning)
 
 
 HYBRID_FLOP_ROWS = (("total", "hybrid encoder (ViT + ConvNeXt + CVFM)"), ("vit", "ViT alone"),
