@@ -62,14 +62,10 @@ class ClipImageProcessor:
         return {"pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0)}
 
 
-class ClipVisionEncoder(nn.Module):
-    """CLIP-ViT through transformers; returns patch tokens (CLS dropped) of ``feature_layer``."""
+class ClipTowerMixin:
+    """What every encoder built around a CLIP tower (``self.clip``) exposes to the model."""
 
-    def __init__(self, vision_config: CLIPVisionConfig, feature_layer: int = -2,
-                 tower: CLIPVisionModel | None = None):
-        super().__init__()
-        self.feature_layer = feature_layer
-        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
+    clip: CLIPVisionModel
 
     @property
     def config(self) -> CLIPVisionConfig:
@@ -78,6 +74,16 @@ class ClipVisionEncoder(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.clip.config.hidden_size
+
+
+class ClipVisionEncoder(ClipTowerMixin, nn.Module):
+    """CLIP-ViT through transformers; returns patch tokens (CLS dropped) of ``feature_layer``."""
+
+    def __init__(self, vision_config: CLIPVisionConfig, feature_layer: int = -2,
+                 tower: CLIPVisionModel | None = None):
+        super().__init__()
+        self.feature_layer = feature_layer
+        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
 
     def image_processor(self) -> ClipImageProcessor:
         return ClipImageProcessor(self.config.image_size, self.config.patch_size)

@@ -19,7 +19,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, global_view, select_canvas, tile_grid
 from .base import VisionOutput
-from .clip_encoder import CLIP_MEAN, CLIP_STD, to_normalized_tensor
+from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, to_normalized_tensor
 from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
 from .cvfm import CVFMConfig, build_cvfm
 
@@ -111,7 +111,7 @@ def _split_images(high_res: list[torch.Tensor]) -> list[torch.Tensor]:
     return [h.squeeze(0) if h.dim() == 4 else h for h in high_res]
 
 
-class HybridVisionEncoder(nn.Module):
+class HybridVisionEncoder(ClipTowerMixin, nn.Module):
     """CLIP-ViT on anyres views + ConvNeXt on the high-res canvas, fused by CVFM between ViT blocks."""
 
     def __init__(self, vision_config: CLIPVisionConfig, config: HybridEncoderConfig, feature_layer: int = -2,
@@ -135,14 +135,6 @@ class HybridVisionEncoder(nn.Module):
             warnings.warn(f"CVFM after ViT layer {config.cvfm.vit_layers[-1]} comes after feature_layer "
                           f"{feature_layer}: it only shows in hidden_states, never in the features", stacklevel=2)
         self._stage_after_layer = {layer: stage for stage, layer in enumerate(config.cvfm.vit_layers)}
-
-    @property
-    def config(self) -> CLIPVisionConfig:
-        return self.clip.config
-
-    @property
-    def hidden_size(self) -> int:
-        return self.clip.config.hidden_size
 
     @property
     def grid_side(self) -> int:
