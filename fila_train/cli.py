@@ -1,30 +1,39 @@
 """``fila-train``: one console command, one subcommand per job."""
 from __future__ import annotations
 
+import importlib
 import sys
 
-USAGE = """usage: fila-train <command> [options]
+# Subcommand -> ("module:function", one-line help). Modules are imported only when their
+# command runs, so `fila-train generate` does not pay for DeepSpeed and friends.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("fila_train.training.train:main", "run stage 1 or stage 2 training (HF TrainingArguments-style flags)"),
+    "data": ("fila_train.data.cli:main", "convert public datasets, inspect a mixture (data convert|inspect)"),
+    "export": ("fila_train.export.cli:main", "write one merged, self-contained checkpoint folder"),
+    "generate": ("fila_train.inference.cli:main", "answer a prompt about an image with a checkpoint"),
+    "eval": ("fila_train.evaluation.cli:main", "score a checkpoint on a benchmark file (vqa, anls, relaxed, exact)"),
+    "bench": ("fila_train.bench.cli:main", "measure step time, tokens/s, MFU and memory (or the data pipeline)"),
+    "demo": ("fila_train.demo.cli:main", "build the synthetic demo dataset and tiny models (used by scripts/demo.sh)"),
+}
 
-commands:
-  train     run stage 1 or stage 2 training (HF TrainingArguments-style flags)
-  demo      build the synthetic demo dataset and tiny models (used by scripts/demo.sh)
-"""
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "usage: fila-train <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        from .training.train import main as train_main
-        return train_main(rest)
-    if command == "demo":
-        from .demo.cli import main as demo_main
-        return demo_main(rest)
-    print(f"fila-train: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    if command not in COMMANDS:
+        print(f"fila-train: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    return getattr(importlib.import_module(module_name), function)(rest)
 
 
 if __name__ == "__main__":
