@@ -153,7 +153,7 @@ def test_overlong_sample_is_replaced_by_the_next_and_counted(tmp_path: Path, tok
         replaced = dataset[1]
     assert replaced["id"] == "short-2" and dataset.dropped_overlong == 1
     assert_final_labels(replaced, tokenizer, "Green.")  # the whole next sample, not a cut one
-    assert f"{dataset.annotations.path}:2" in caplog.text and "'long-1'" in caplog.text
+    assert f"{dataset.annotations.paths[0]}:2" in caplog.text and "'long-1'" in caplog.text
     assert dataset[3]["id"] == "short-0" and dataset.dropped_overlong == 2  # wraps around
     assert all(len(dataset[i]["input_ids"]) <= max_length for i in range(len(dataset)))
 

@@ -139,3 +139,34 @@ class AnnotationFile:
         if not isinstance(record, dict):
             raise AnnotationError(f"{self.location(index)}: a record must be a JSON object")
         return record
+
+
+class AnnotationSet:
+    """Several annotation files read as one: index i is record i of the concatenation."""
+
+    def __init__(self, paths: list[str | Path]):
+        if not paths:
+            raise ValueError("an annotation set needs at least one file")
+        self.files = [AnnotationFile(path) for path in paths]
+        self.offsets = np.cumsum([0] + [len(f) for f in self.files])
+
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _find(self, index: int) -> tuple[AnnotationFile, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range for {len(self)} records")
+        which = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.files[which], index - int(self.offsets[which])
+
+    def location(self, index: int) -> str:
+        annotation, local = self._find(index)
+        return annotation.location(local)
+
+    def __getitem__(self, index: int) -> dict:
+        annotation, local = self._find(index)
+        return annotation[local]

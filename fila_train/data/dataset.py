@@ -1,7 +1,13 @@
-"""LLaVA conversation records -> model-ready samples (ids, final labels, processed images)."""
+"""LLaVA conversation records -> model-ready samples (ids, final labels, processed images).
+
+An unusable record is an error naming file, line/index, record id and field, or, with
+``on_bad_sample="skip"``, it is replaced by the next record and counted by kind. The kinds
+travel with the sample (``skipped``) so counts made in dataloader workers reach the trainer.
+"""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,73 +15,148 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import AnnotationFile
-from .images import load_rgb_image, resolve_image_path
+from .annotations import AnnotationError, AnnotationSet
+from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
 from .tokenization import ConversationTokenizer
+from .validation import RecordError, check_record
 
 logger = logging.getLogger(__name__)
 
 OVERLONG_POLICIES = ("drop", "error")
+BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
 class SampleError(ValueError):
     """A record that cannot be trained on; the message names file, record and field."""
+
+    def __init__(self, message: str, kind: str = "invalid_record"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
 class DatasetOptions:
     max_length: int
     on_overlong: str = "drop"  # "drop": replace by the next sample and count it; "error": raise
+    on_bad_sample: str = "error"  # "skip": replace by the next sample and count it by kind
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.on_overlong not in OVERLONG_POLICIES:
             raise ValueError(f"on_overlong must be one of {OVERLONG_POLICIES}, got {self.on_overlong!r}")
+        if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}")
 
 
-class ConversationDataset(Dataset):
-    """Reads one annotation file lazily; a sample is built only when it is asked for."""
+class ReplacesUnusableSamples(Dataset):
+    """``__getitem__`` for datasets whose unusable samples are replaced by the next one.
 
-    def __init__(self, annotation_path: str | Path, image_folder: str | Path | None,
-                 tokenizer: ConversationTokenizer, image_processor: Any, options: DatasetOptions):
-        self.annotations = AnnotationFile(annotation_path)
+    Never cut (that loses answers or image tokens), never trained with loss 0: an over-long
+    or (when skipping) bad sample is replaced by the next position, deterministically, and
+    its kind is counted here and attached to the sample that replaced it.
+    """
+
+    options: DatasetOptions
+
+    def __init__(self) -> None:
+        self.skip_counts: Counter[str] = Counter()
+
+    def build(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def dropped_overlong(self) -> int:
+        return self.skip_counts["overlong"]
+
+    def _skip(self, kind: str, message: str, skipped: list[str]) -> None:
+        self.skip_counts[kind] += 1
+        skipped.append(kind)
+        logger.warning("skipped sample (%s): %s (%d %s skipped so far in this process)", kind, message,
+                       self.skip_counts[kind], kind)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[str] = []
+        for offset in range(len(self)):
+            try:
+                sample = self.build((index + offset) % len(self))
+            except SampleError as error:
+                if self.options.on_bad_sample != "skip":
+                    raise
+                self._skip(error.kind, str(error), skipped)
+                continue
+            length = len(sample["input_ids"])
+            if length <= self.options.max_length:
+                sample["skipped"] = skipped
+                return sample
+            message = (f"{sample['where']}: {length} tokens after image expansion exceed "
+                       f"model_max_length {self.options.max_length}")
+            if self.options.on_overlong == "error":
+                raise SampleError(message, "overlong")
+            self._skip("overlong", message, skipped)
+        if set(self.skip_counts) == {"overlong"}:
+            raise SampleError(f"{self.describe()}: every sample exceeds model_max_length "
+                              f"{self.options.max_length}", "overlong")
+        raise SampleError(f"no usable sample in {self.describe()}: every record was skipped "
+                          f"({dict(self.skip_counts)})", "no_usable_sample")
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class ConversationDataset(ReplacesUnusableSamples):
+    """One source: annotation file(s) read lazily; a sample is built only when it is asked for."""
+
+    def __init__(self, annotation_path: str | Path | list[str | Path], image_folder: str | Path | None,
+                 tokenizer: ConversationTokenizer, image_processor: Any, options: DatasetOptions,
+                 allow_absolute_paths: bool = False, name: str | None = None):
+        super().__init__()
+        paths = annotation_path if isinstance(annotation_path, list) else [annotation_path]
+        self.annotations = AnnotationSet(paths)
         self.image_folder = Path(image_folder) if image_folder else None
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.options = options
-        self.dropped_overlong = 0
+        self.allow_absolute_paths = allow_absolute_paths
+        self.name = name or Path(paths[0]).stem
 
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def _images(self, record: dict, where: str) -> list:
-        field = record.get("image")
-        if field is None:
-            return []
-        paths = field if isinstance(field, list) else [field]
-        if not all(isinstance(p, str) and p for p in paths):
-            raise SampleError(f"{where}: field 'image' must be a path or a list of paths")
-        if self.image_folder is None:
-            raise SampleError(f"{where}: the record has an image but no --image_folder was given")
-        images = []
-        for path in paths:
-            try:
-                images.append(load_rgb_image(resolve_image_path(self.image_folder, path)))
-            except ValueError as error:
-                raise SampleError(f"{where}: field 'image': {error}") from None
-        return images
+    def describe(self) -> str:
+        return f"source {self.name!r} ({', '.join(map(str, self.annotations.paths))})"
+
+    def checked_record(self, index: int) -> tuple[dict, str, list[Path]]:
+        """Record ``index``, where it is (file:line (id ...)), and its resolved image paths."""
+        try:
+            record = self.annotations[index]
+        except AnnotationError as error:
+            raise SampleError(str(error), "malformed_json") from None
+        where = f"{self.annotations.location(index)} (id {record.get('id', '?')!r})"
+        try:
+            paths = check_record(record, where, allow_absolute_images=self.allow_absolute_paths)
+        except RecordError as error:
+            raise SampleError(str(error), "invalid_record") from None
+        if paths and self.image_folder is None:
+            raise SampleError(f"{where}: the record has an image but no --image_folder (or mixture image_root) "
+                              f"was given",
+                              "invalid_record")
+        return record, where, [resolve_image_path(self.image_folder, p, self.allow_absolute_paths) for p in paths]
 
     def build(self, index: int) -> dict[str, Any]:
         """The sample at ``index``, or SampleError naming the file, record and field."""
-        record = self.annotations[index]
-        where = f"{self.annotations.location(index)} (id {record.get('id', '?')!r})"
-        processed = [self.image_processor(image) for image in self._images(record, where)]
+        record, where, paths = self.checked_record(index)
+        try:
+            images = [load_rgb_image(path, self.options.max_image_pixels) for path in paths]
+        except ImageLoadError as error:
+            raise SampleError(f"{where}: field 'image': {error}", error.kind) from None
+        processed = [self.image_processor(image) for image in images]
         counts = [self.image_processor.num_image_tokens(p) for p in processed]
         try:
-            sample = self.tokenizer.encode(record.get("conversations"), counts)
+            sample = self.tokenizer.encode(record["conversations"], counts)
         except ValueError as error:
-            raise SampleError(f"{where}: {error}") from None
+            raise SampleError(f"{where}: {error}", "invalid_record") from None
         if sample.num_trained == 0:
-            raise SampleError(f"{where}: no token is trained (it would train with loss 0)")
+            raise SampleError(f"{where}: no token is trained (it would train with loss 0)", "nothing_trained")
         return {
             "id": str(record.get("id", index)),
             "input_ids": torch.tensor(sample.input_ids, dtype=torch.long),
@@ -83,21 +164,3 @@ class ConversationDataset(Dataset):
             "images": processed,
             "where": where,
         }
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        # Over-long samples are never cut (that loses answers or image tokens): they are
-        # replaced by the next sample in file order, deterministically, and counted.
-        for offset in range(len(self)):
-            sample = self.build((index + offset) % len(self))
-            length = len(sample["input_ids"])
-            if length <= self.options.max_length:
-                return sample
-            if self.options.on_overlong == "error":
-                raise SampleError(f"{sample['where']}: {length} tokens after image expansion exceed "
-                                  f"model_max_length {self.options.max_length}")
-            self.dropped_overlong += 1
-            logger.warning("dropped over-long sample %s: %d tokens > model_max_length %d "
-                           "(%d dropped so far in this process)", sample["where"], length,
-                           self.options.max_length, self.dropped_overlong)
-        raise SampleError(f"{self.annotations.path}: every sample exceeds model_max_length "
-                          f"{self.options.max_length}")

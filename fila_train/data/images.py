@@ -2,48 +2,92 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image
 
 
+# PIL's own limit (about 89.5 Mpixels); beyond it a record's image is refused, not decoded.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
 class ImageLoadError(ValueError):
     """An image that cannot be used (missing, unreadable, outside the root)."""
 
+    kind = "bad_image_path"
 
-def resolve_image_path(image_root: Path, relative: str) -> Path:
-    """``image_root / relative``, refusing absolute paths and ``..`` that leave the folder.
+
+class MissingImageError(ImageLoadError):
+    kind = "missing_image"
+
+
+class UnreadableImageError(ImageLoadError):
+    kind = "unreadable_image"
+
+
+class ImageTooLargeError(ImageLoadError):
+    kind = "image_too_large"
+
+
+def check_relative_image_path(relative: str, allow_absolute: bool = False) -> str:
+    """The normalised path, refusing absolute paths (unless allowed) and ``..`` that leave the root.
 
     The check is lexical on purpose: symlinks *inside* the image folder (the usual way
     datasets stored elsewhere are put under one root) are followed, not rejected.
     """
     if Path(relative).is_absolute():
+        if allow_absolute:
+            return os.path.normpath(relative)
         raise ImageLoadError(f"absolute image path {relative!r} is not allowed (paths are relative "
-                             f"to the image folder {image_root})")
+                             f"to the image folder; a mixture source may set allow_absolute_paths)")
     normalized = os.path.normpath(relative)
     if normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
-        raise ImageLoadError(f"image path {relative!r} escapes the image folder {image_root}")
-    return Path(image_root) / normalized
+        raise ImageLoadError(f"image path {relative!r} escapes the image folder")
+    return normalized
 
 
-def load_rgb_image(path: Path) -> Image.Image:
-    """Decode fully (so truncated files fail here, not in a worker later) and convert to RGB."""
+def resolve_image_path(image_root: Path, relative: str, allow_absolute: bool = False) -> Path:
+    """``image_root / relative`` after check_relative_image_path (absolute paths stay as they are)."""
+    try:
+        return Path(image_root) / check_relative_image_path(relative, allow_absolute)
+    except ImageLoadError as error:
+        raise ImageLoadError(f"{error} (image folder {image_root})") from None
+
+
+def load_rgb_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode fully (so truncated files fail here, not in a worker later) and convert to RGB.
+
+    ``max_pixels`` is checked from the header, before decoding: PIL only warns between its
+    limit and twice it, and a decompression bomb must not reach a dataloader worker's memory.
+    """
     if not path.is_file():
-        raise ImageLoadError(f"image file not found: {path}")
+        raise MissingImageError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
-            image.load()
-            if image.mode == "RGB":
-                return image.copy()
-            # Palette/alpha/CMYK/16-bit: composite alpha on white, then RGB.
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return image.point(lambda value: value / 256).convert("L").convert("RGB")
-            return image.convert("RGB")
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageTooLargeError(f"image {path} has {image.width}x{image.height} = "
+                                         f"{image.width * image.height} pixels, over the limit of {max_pixels} "
+                                         f"(a decompression bomb guard; raise --max_image_pixels if intended)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above
+                image.load()
+            return to_rgb(image)
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"unreadable image {path}: {error}") from None
+        raise UnreadableImageError(f"unreadable image {path}: {error}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: alpha composited on white, 16-bit scaled, palette/CMYK converted."""
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # convert("L") would clip 16-bit values at 255 (a white image); scale them instead.
+        return image.point(lambda value: value / 256).convert("L").convert("RGB")
+    return image.convert("RGB")

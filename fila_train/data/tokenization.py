@@ -32,7 +32,7 @@ class TokenizedSample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def _parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]], list[int]]:
+def parse_turns_indexed(conversations: object) -> tuple[str | None, list[tuple[str, str]], list[int]]:
     """``parse_turns`` plus, for every turn, its index in ``conversations`` (for error messages)."""
     if not isinstance(conversations, list) or not conversations:
         raise ConversationError("field 'conversations' must be a non-empty list")
@@ -72,9 +72,26 @@ def _parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str
     return system, turns, indices
 
 
+def check_ends_with_answer(turns: list[tuple[str, str]], indices: list[int]) -> None:
+    if turns[-1][0] != ASSISTANT:
+        raise ConversationError(f"conversations[{indices[-1]}]: the conversation must end with an "
+                                f"assistant answer, not a human turn")
+
+
+def check_image_count(turns: list[tuple[str, str]], indices: list[int], images: int) -> None:
+    """As many ``<image>`` placeholders in the turns as images in the record."""
+    per_turn = [(index, text.count(IMAGE_PLACEHOLDER)) for index, (_, text) in zip(indices, turns)]
+    placeholders = sum(count for _, count in per_turn)
+    if placeholders != images:
+        where = ", ".join(f"conversations[{index}]: {count}" for index, count in per_turn if count)
+        raise ConversationError(
+            f"{placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) in field 'conversations' "
+            f"({where or 'none in any turn'}) but {images} image(s) in field 'image'")
+
+
 def parse_turns(conversations: object) -> tuple[str | None, list[tuple[str, str]]]:
     """Validate a ``conversations`` list: optional system first, then human/gpt alternating."""
-    system, turns, _ = _parse_turns(conversations)
+    system, turns, _ = parse_turns_indexed(conversations)
     return system, turns
 
 
@@ -126,21 +143,14 @@ class ConversationTokenizer:
                add_generation_prompt: bool = False) -> TokenizedSample:
         """Tokenize one record's conversation; ``image_token_counts[i]`` ids replace the i-th ``<image>``."""
         image_counts = list(image_token_counts or [])
-        system, turns, indices = _parse_turns(conversations)
+        system, turns, indices = parse_turns_indexed(conversations)
         if add_generation_prompt:
             if turns[-1][0] != HUMAN:
                 raise ConversationError(f"conversations[{indices[-1]}]: a generation prompt must end "
                                         f"with a human turn")
-        elif turns[-1][0] != ASSISTANT:
-            raise ConversationError(f"conversations[{indices[-1]}]: the conversation must end with an "
-                                    f"assistant answer, not a human turn")
-        per_turn = [(index, text.count(IMAGE_PLACEHOLDER)) for index, (_, text) in zip(indices, turns)]
-        placeholders = sum(count for _, count in per_turn)
-        if placeholders != len(image_counts):
-            where = ", ".join(f"conversations[{index}]: {count}" for index, count in per_turn if count)
-            raise ConversationError(
-                f"{placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) in field 'conversations' "
-                f"({where or 'none in any turn'}) but {len(image_counts)} image(s) in field 'image'")
+        else:
+            check_ends_with_answer(turns, indices)
+        check_image_count(turns, indices, len(image_counts))
         input_ids: list[int] = []
         labels: list[int] = []
         next_image = [0]
