@@ -55,4 +55,5 @@ def format_summary(summary: dict) -> str:
     rows = [["steps", str(summary["steps"])], ["seconds", f"{summary['seconds']:.1f}"],
             ["loss (first 10%)", fmt(summary["loss_first"])], ["loss (last 10%)", fmt(summary["loss_last"])],
             ["tokens/s (all ranks)", f"{summary['tokens_per_second']:.1f}"]]
+    rows += [[f"skipped: {kind}", str(count)] for kind, count in (summary.get("skipped") or {}).items()]
     return format_table(["run summary", "value"], rows)

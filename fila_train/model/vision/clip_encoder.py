@@ -58,6 +58,12 @@ class ClipImageProcessor:
     def num_image_tokens(self, processed: dict[str, Any]) -> int:
         return processed["pixel_values"].shape[0] * self.tokens_per_view
 
+    # One view whatever the image's size: token counts need no image header.
+    image_size_matters = False
+
+    def num_image_tokens_for_size(self, width: int, height: int) -> int:
+        return self.tokens_per_view
+
     def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
         return {"pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0)}
 

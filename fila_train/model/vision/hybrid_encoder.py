@@ -89,6 +89,14 @@ class HybridImageProcessor:
     def num_image_tokens(self, processed: dict[str, Any]) -> int:
         return processed["pixel_values"].shape[0] * self.tokens_per_view
 
+    # The canvas (and so the tile count) follows the image's aspect ratio and size.
+    image_size_matters = True
+
+    def num_image_tokens_for_size(self, width: int, height: int) -> int:
+        """What num_image_tokens gives for an image of this size, without decoding it."""
+        rows, cols = tile_grid(select_canvas(width, height, self.anyres.canvases), self.anyres.tile_size)
+        return (1 + rows * cols) * self.tokens_per_view
+
     def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
         """Views concatenated in image order; high-res canvases stacked if all alike, else a list."""
         high_res = [p["hr_pixel_values"] for p in processed]

@@ -1,0 +1,51 @@
+"""The training dataset of a run: a mixture spec (or one annotation file), its plan and lengths."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.dataset import DatasetOptions
+from ..data.mixed_dataset import MixtureDataset
+from ..data.mixture import load_mixture, single_source
+from ..utils.distributed import is_main_process
+from ..utils.files import write_json_atomic
+from .arguments import DataArguments, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "data_plan.json"
+
+
+def build_train_dataset(data_args: DataArguments, args: TrainingArguments, tokenizer, template: str,
+                        image_token_id: int, image_processor: Any) -> MixtureDataset:
+    spec = (load_mixture(data_args.data_path, data_args.data_root) if data_args.is_mixture()
+            else single_source(data_args.data_path, data_args.image_folder))
+    options = DatasetOptions(args.model_max_length, data_args.on_overlong, data_args.on_bad_sample,
+                             data_args.max_image_pixels)
+    dataset = MixtureDataset(spec, tokenizer, template, image_token_id, image_processor, options)
+    logger.info("data plan (seed %d, on_bad_sample=%s):\n%s", spec.seed, options.on_bad_sample,
+                dataset.plan.format_table())
+    if is_main_process():
+        write_json_atomic(Path(args.output_dir) / PLAN_FILE, dataset.plan.to_dict())
+    if args.group_by_modality_length:
+        # One process per node tokenizes (and caches); the others then read the cache.
+        with args.main_process_first(local=True, desc="token lengths"):
+            dataset.modality_lengths = dataset.lengths(data_args.length_cache_dir)
+        images = int((dataset.modality_lengths > 0).sum())
+        logger.info("modality-length grouping: %d samples with images, %d text-only", images,
+                    len(dataset) - images)
+    return dataset
+
+
+def total_skip_counts(local: Counter) -> dict[str, int]:
+    """Skip counts by kind, summed over ranks (every rank must call this)."""
+    total = Counter(local)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[dict | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, dict(local))
+        total = sum((Counter(counts) for counts in gathered), Counter())
+    return dict(sorted(total.items()))
