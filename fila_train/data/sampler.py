@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Sampler
 
+STEPS_PER_GROUP = 50  # steps whose samples are sorted together: wider groups, narrower batches
+
 
 def _even_chunks(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list[list[int]]:
     """Split ``indices`` (longest first) into ``parts`` equal-size chunks of similar total length."""
@@ -26,16 +28,23 @@ def _even_chunks(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list[l
     return chunks
 
 
-def length_grouped(indices: np.ndarray, lengths: np.ndarray, megabatch: int, world_size: int,
-                   rng: np.random.Generator) -> list[list[int]]:
-    """Random megabatches (``world_size`` x batch), each sorted longest first and split across ranks."""
+def length_grouped(indices: np.ndarray, lengths: np.ndarray, step: int, world_size: int,
+                   rng: np.random.Generator, steps_per_group: int = STEPS_PER_GROUP) -> list[list[int]]:
+    """Steps of ``step`` (= world_size x batch) samples of similar length, split evenly across ranks.
+
+    Random groups of ``steps_per_group`` steps are sorted by length and cut into consecutive
+    steps (as HF's LengthGroupedSampler does with its megabatches): each step's batches are
+    then narrow in length, and every rank in a step gets a similar number of tokens.
+    """
     shuffled = rng.permutation(indices)
-    megabatches = []
-    for start in range(0, len(shuffled), megabatch):
-        chunk = shuffled[start:start + megabatch]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        megabatches.append([i for part in _even_chunks(chunk, lengths, world_size) for i in part])
-    return megabatches
+    steps = []
+    for start in range(0, len(shuffled), step * steps_per_group):
+        group = shuffled[start:start + step * steps_per_group]
+        group = group[np.argsort(-lengths[group], kind="stable")]
+        for offset in range(0, len(group), step):
+            chunk = group[offset:offset + step]
+            steps.append([i for part in _even_chunks(chunk, lengths, world_size) for i in part])
+    return steps
 
 
 class ModalityLengthGroupedSampler(Sampler[int]):
@@ -57,20 +66,21 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 
     def order(self) -> list[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        megabatch = self.batch_size * self.world_size
-        groups = [np.flatnonzero(self.has_image), np.flatnonzero(~self.has_image)]
-        groups = [g for g in groups if len(g)]
-        megabatches: list[list[int]] = []
+        step = self.batch_size * self.world_size
+        modalities = [np.flatnonzero(self.has_image), np.flatnonzero(~self.has_image)]
+        steps: list[list[int]] = []
         leftovers: list[int] = []
-        for group in groups:
-            batches = length_grouped(group, self.lengths, megabatch, self.world_size, rng)
-            if len(batches[-1]) < megabatch:  # partial megabatches of both modalities go last
-                leftovers.extend(batches.pop())
-            megabatches.extend(batches)
-        megabatches = [megabatches[i] for i in rng.permutation(len(megabatches))]
-        if leftovers:
-            megabatches.append(sorted(leftovers, key=lambda i: -self.lengths[i]))
-        return [i for batch in megabatches for i in batch]
+        for indices in (m for m in modalities if len(m)):
+            for chunk in length_grouped(indices, self.lengths, step, self.world_size, rng):
+                # Partial steps (at most one per sorted group) are pooled and go last, as in LLaVA.
+                if len(chunk) == step:
+                    steps.append(chunk)
+                else:
+                    leftovers.extend(chunk)
+        steps = [steps[i] for i in rng.permutation(len(steps))]
+        leftovers.sort(key=lambda i: -self.lengths[i])
+        steps.extend(leftovers[i:i + step] for i in range(0, len(leftovers), step))
+        return [i for chunk in steps for i in chunk]
 
     def __iter__(self):
         return iter(self.order())

@@ -1,0 +1,231 @@
+"""Mixture specs, the seeded sampling plan, real token lengths and the modality-length sampler."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fila_train.data.dataset import DatasetOptions
+from fila_train.data.lengths import source_lengths
+from fila_train.data.mixed_dataset import MixtureDataset
+from fila_train.data.mixture import MixtureError, load_mixture, resolve_plan, select
+from fila_train.data.sampler import ModalityLengthGroupedSampler
+from fila_train.model.configuration import IMAGE_TOKEN_ID
+from fila_train.model.vision.anyres import AnyresConfig
+from fila_train.model.vision.hybrid_encoder import HybridImageProcessor
+from test_dataset import PROCESSOR, record, tokenizer  # noqa: F401  (tokenizer is a fixture)
+
+
+def write_source(folder: Path, name: str, count: int, with_images: bool = True) -> None:
+    """``folder/name/train.jsonl`` with ``count`` records (images of varied shapes) and its images."""
+    (folder / name / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(count):
+        image = None
+        if with_images:
+            image = f"{index}.png"
+            Image.new("RGB", (28 * (1 + index % 3), 28), (index % 255, 40, 90)).save(folder / name / "images" / image)
+        lines.append(json.dumps(record(f"{name}-{index}", answer="word " * (1 + index % 7), images=image)))
+    (folder / name / "train.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def write_spec(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+MIX = """
+seed: 3
+root: data
+sources:
+  - name: docs
+    annotations: docs/train.jsonl
+    image_root: docs/images
+    repeat: 2.5
+  - name: charts
+    annotations: [charts/train.jsonl]
+    image_root: charts/images
+    samples: 7
+  - name: text
+    annotations: text/train.jsonl
+    repeat: 0.5
+"""
+
+
+@pytest.fixture
+def mixture_dir(tmp_path: Path) -> Path:
+    write_source(tmp_path / "data", "docs", 10)
+    write_source(tmp_path / "data", "charts", 4)
+    write_source(tmp_path / "data", "text", 9, with_images=False)
+    write_spec(tmp_path / "mix.yaml", MIX)
+    return tmp_path
+
+
+def test_plan_counts_follow_each_rule(mixture_dir: Path) -> None:
+    spec = load_mixture(mixture_dir / "mix.yaml")
+    plan = resolve_plan(spec, [10, 4, 9])
+    assert [(s.name, s.records, s.sampled) for s in plan.sources] == [
+        ("docs", 10, 25), ("charts", 4, 7), ("text", 9, 4)]  # 2.5 x 10; 7; round(0.5 x 9) = 4
+    docs = plan.record_of[plan.source_of == 0]
+    assert np.bincount(docs, minlength=10).tolist().count(3) == 5  # every record twice, a random half thrice
+    assert set(np.bincount(docs, minlength=10).tolist()) == {2, 3}
+    charts = plan.record_of[plan.source_of == 1]
+    assert set(np.bincount(charts, minlength=4).tolist()) <= {1, 2} and len(charts) == 7
+    text = plan.record_of[plan.source_of == 2]
+    assert len(set(text.tolist())) == 4  # subsampled without replacement
+
+
+def test_plan_is_seeded_and_keyed_by_source_name(mixture_dir: Path) -> None:
+    spec = load_mixture(mixture_dir / "mix.yaml")
+    first, again = resolve_plan(spec, [10, 4, 9]), resolve_plan(spec, [10, 4, 9])
+    assert (first.record_of == again.record_of).all() and (first.source_of == again.source_of).all()
+    # Dropping a source does not change what the others select.
+    reordered = write_spec(mixture_dir / "two.yaml", MIX.replace("""  - name: docs
+    annotations: docs/train.jsonl
+    image_root: docs/images
+    repeat: 2.5
+""", ""))
+    other = resolve_plan(load_mixture(reordered), [4, 9])
+    assert (other.record_of[other.source_of == 1] == first.record_of[first.source_of == 2]).all()
+    reseeded = resolve_plan(load_mixture(write_spec(mixture_dir / "s.yaml", MIX.replace("seed: 3", "seed: 4"))),
+                            [10, 4, 9])
+    assert not (reseeded.record_of == first.record_of).all()
+
+
+def test_weights_share_the_total(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path / "w.yaml", """
+total: 100
+sources:
+  - {name: a, annotations: a.jsonl, weight: 3}
+  - {name: b, annotations: b.jsonl, weight: 1}
+  - {name: c, annotations: c.jsonl, repeat: 1}
+""")
+    plan = resolve_plan(load_mixture(spec_path), [10, 1000, 5])
+    assert [s.sampled for s in plan.sources] == [75, 25, 5]
+    assert plan.to_dict()["sources"][0]["rule"] == "weight: 3"
+
+
+def test_select_repeats_and_subsamples() -> None:
+    rng = np.random.default_rng(0)
+    assert select(4, 8, rng).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    half = select(10, 5, rng)
+    assert len(set(half.tolist())) == 5 and half.max() < 10
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("sources: []", "non-empty list"),
+    ("sources:\n  - {annotations: a.jsonl}", "sources[0]: field 'name' is required"),
+    ("sources:\n  - {name: a}", "source 'a': field 'annotations' is required"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, repeat: 1, samples: 3}", "one sampling rule"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, weight: 1}", "needs a top-level 'total'"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, repeat: -1}", "field 'repeat': must be > 0"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, samples: 2.5}", "field 'samples': must be an integer"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, repeats: 2}", "unknown field(s) ['repeats']"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, template: vicuna}", "unknown template 'vicuna'"),
+    ("sources:\n  - {name: a, annotations: a.jsonl}\n  - {name: a, annotations: b.jsonl}", "more than once"),
+    ("sources: [", "not valid YAML"),
+])
+def test_bad_spec_names_file_source_and_field(tmp_path: Path, body: str, message: str) -> None:
+    path = write_spec(tmp_path / "bad.yaml", body)
+    with pytest.raises(MixtureError) as error:
+        load_mixture(path)
+    assert str(path) in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_shipped_mixtures_parse() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("stage1_captions.yaml", "stage2_doc_ocr.yaml"):
+        spec = load_mixture(repo / "data" / name)
+        assert spec.sources and all("playground/data" in str(s.annotations[0]) for s in spec.sources)
+
+
+# ------------------------------------------------------------------------------------------------
+# the dataset over a mixture: per-source roots, templates and canvas overrides; lengths
+# ------------------------------------------------------------------------------------------------
+def hybrid_processor() -> HybridImageProcessor:
+    return HybridImageProcessor(AnyresConfig(tile_size=28, canvases=((28, 56), (56, 28), (56, 56), (84, 28))))
+
+
+def mixture_dataset(mixture_dir: Path, tokenizer, processor=PROCESSOR, spec_name: str = "mix.yaml"):
+    return MixtureDataset(load_mixture(mixture_dir / spec_name), tokenizer, "vicuna_v1", IMAGE_TOKEN_ID, processor,
+                          DatasetOptions(max_length=2048))
+
+
+def test_mixture_dataset_reads_every_source_from_its_root(mixture_dir: Path, tokenizer) -> None:
+    dataset = mixture_dataset(mixture_dir, tokenizer)
+    assert len(dataset) == 36
+    sources = {dataset[i]["source"] for i in range(len(dataset))}
+    assert sources == {"docs", "charts", "text"}
+    text = next(i for i in range(len(dataset)) if dataset.plan.source_of[i] == 2)
+    assert dataset[text]["images"] == [] and dataset[text]["id"].startswith("text-")
+
+
+@pytest.mark.parametrize("processor", [PROCESSOR, hybrid_processor()], ids=["clip", "anyres"])
+def test_lengths_are_real_token_counts_with_modality_sign(mixture_dir: Path, tokenizer, processor,
+                                                          tmp_path: Path) -> None:
+    dataset = mixture_dataset(mixture_dir, tokenizer, processor)
+    lengths = dataset.lengths(tmp_path / "cache")
+    for position in range(len(dataset)):
+        sample = dataset[position]
+        expected = len(sample["input_ids"]) * (1 if sample["images"] else -1)
+        assert lengths[position] == expected, (position, sample["id"])
+    # Cached: a second call reads the files instead of tokenizing.
+    cached = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 3
+    docs = dataset.sources[0]
+    np.save(cached[[p.name.startswith("docs") for p in cached].index(True)], np.full(len(docs), 123))
+    assert (source_lengths(docs, tmp_path / "cache") == 123).all()
+
+
+def test_source_overrides_canvases_and_template(mixture_dir: Path, tokenizer) -> None:
+    spec = MIX.replace("    repeat: 2.5\n", "    repeat: 2.5\n    max_tiles: 2\n    template: plain\n")
+    write_spec(mixture_dir / "over.yaml", spec)
+    dataset = mixture_dataset(mixture_dir, tokenizer, hybrid_processor(), "over.yaml")
+    docs = dataset.sources[0]
+    assert docs.image_processor.anyres.canvases == ((28, 56), (56, 28))  # <= 2 tiles of the model's four
+    assert docs.tokenizer.template.name == "plain" and dataset.sources[1].tokenizer.template.name == "vicuna_v1"
+    sample = docs.build(2)  # 84x28 image: the capped set has no 3-tile canvas
+    assert sample["images"][0]["pixel_values"].shape[0] <= 3
+    write_spec(mixture_dir / "bad.yaml", MIX.replace("    repeat: 2.5\n", "    canvases: [112x112]\n"))
+    with pytest.raises(MixtureError, match="not among the model's canvases"):
+        mixture_dataset(mixture_dir, tokenizer, hybrid_processor(), "bad.yaml")
+    with pytest.raises(MixtureError, match="no anyres canvases"):
+        mixture_dataset(mixture_dir, tokenizer, PROCESSOR, "over.yaml")
+
+
+# ------------------------------------------------------------------------------------------------
+# modality-length grouped sampler
+# ------------------------------------------------------------------------------------------------
+def sampler_lengths() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    image = rng.integers(50, 500, size=64)
+    text = -rng.integers(5, 300, size=40)
+    return rng.permutation(np.concatenate([image, text]))
+
+
+def test_sampler_separates_modalities_and_groups_lengths() -> None:
+    lengths = sampler_lengths()
+    batch, world = 4, 2
+    order = ModalityLengthGroupedSampler(lengths, batch, world, seed=1).order()
+    assert sorted(order) == list(range(len(lengths)))
+    steps = [order[i:i + batch * world] for i in range(0, len(order), batch * world)]
+    full = steps[:-2]  # the last steps hold the pooled leftovers of both modalities
+    for step in full:
+        assert len({lengths[i] > 0 for i in step}) == 1  # one modality per step
+    # Each rank's batch spans a narrow length band compared with random batching.
+    spread = np.mean([np.ptp(np.abs(lengths[m[r * batch:(r + 1) * batch]])) for m in full for r in range(world)])
+    rng = np.random.default_rng(0)
+    random_spread = np.mean([np.ptp(np.abs(lengths[rng.choice(len(lengths), batch)])) for _ in range(200)])
+    assert spread < random_spread / 4, (spread, random_spread)
+
+
+def test_sampler_is_deterministic_per_seed_and_epoch() -> None:
+    lengths = sampler_lengths()
+    sampler = ModalityLengthGroupedSampler(lengths, 4, 2, seed=1)
+    first = list(sampler)
+    assert list(ModalityLengthGroupedSampler(lengths, 4, 2, seed=1)) == first  # every rank agrees
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == sorted(first)
