@@ -4,6 +4,9 @@
 # + Vicuna-7B-v1.5; global batch 128, lr 2e-5, 1 epoch, cosine, warmup 0.03, ZeRO-3, max length
 # 2048); VISION_ENCODER=clip and CONNECTOR=mmfuser select the baselines as in pretrain.sh. Override
 # by environment variable (model options: scripts/lib/model_flags.sh); extra flags go to `fila-train train`.
+# Launch (scripts/lib/launch.sh): all local GPUs by default; several nodes with HOSTFILE=hostfile
+# (DeepSpeed over ssh), with NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT / GPUS_PER_NODE on
+# every node (torchrun), or under SLURM (scripts/slurm/train.sbatch). DRY_RUN=1 prints the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +30,15 @@ SAVE_STEPS=${SAVE_STEPS:-500}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
 GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-True}
+# LoRA on the LLM (0 = full fine-tuning). LLaVA-1.5's LoRA recipe: r 128, alpha 256 (the default,
+# 2 x r), lr 2e-4 for the adapters, 2e-5 for the connector (and CVFM / fuser):
+#   LORA_R=128 LEARNING_RATE=2e-4 CONNECTOR_LR=2e-5 CVFM_LR=2e-5 FUSER_LR=2e-5 bash scripts/finetune.sh
+# With LoRA the tune part "llm" trains the adapters only (the base LLM stays frozen); --lora_alpha,
+# --lora_dropout, --lora_target (a regex over full module paths inside the LLM) and --bits 4|8
+# (QLoRA: bitsandbytes + CUDA) go as extra flags. The saved model holds the adapters; export merges them.
+LORA_R=${LORA_R:-0}
 source scripts/lib/model_flags.sh
+source scripts/lib/speed_flags.sh
 TUNE_PARTS=${TUNE_PARTS:-connector,llm$EXTRA_PARTS}
 
 TRAIN_ARGS=(
@@ -35,12 +46,12 @@ TRAIN_ARGS=(
   --conversation_template "$TEMPLATE"
   --pretrained_connector "$PRETRAINED_CONNECTOR"
   --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" --output_dir "$OUTPUT_DIR"
-  --tune_parts "$TUNE_PARTS" --connector_lr "$CONNECTOR_LR" --deepspeed "$ZERO_CONFIG"
+  --tune_parts "$TUNE_PARTS" --connector_lr "$CONNECTOR_LR" --deepspeed "$ZERO_CONFIG" --lora_r "$LORA_R"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
   --gradient_checkpointing "$GRADIENT_CHECKPOINTING"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1
-  --logging_steps "$LOGGING_STEPS" --report_to "$REPORT_TO" --dataloader_num_workers "$DATALOADER_WORKERS"
+  --logging_steps "$LOGGING_STEPS" --report_to "$REPORT_TO" "${SPEED_ARGS[@]}"
   --max_grad_norm 1.0
 )
 source scripts/lib/launch.sh

@@ -8,6 +8,9 @@
 #                                                    the MMFuser-13B recipe's separate fuser lr)
 # Every value can be overridden by environment variable (model options: scripts/lib/model_flags.sh),
 # and extra flags are passed to `fila-train train`.
+# Launch (scripts/lib/launch.sh): all local GPUs by default; several nodes with HOSTFILE=hostfile
+# (DeepSpeed over ssh), with NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT / GPUS_PER_NODE on
+# every node (torchrun), or under SLURM (scripts/slurm/train.sbatch). DRY_RUN=1 prints the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,7 @@ SAVE_STEPS=${SAVE_STEPS:-500}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
 source scripts/lib/model_flags.sh
+source scripts/lib/speed_flags.sh
 TUNE_PARTS=${TUNE_PARTS:-connector$EXTRA_PARTS}
 
 TRAIN_ARGS=(
@@ -39,7 +43,7 @@ TRAIN_ARGS=(
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1
-  --logging_steps "$LOGGING_STEPS" --report_to "$REPORT_TO" --dataloader_num_workers "$DATALOADER_WORKERS"
+  --logging_steps "$LOGGING_STEPS" --report_to "$REPORT_TO" "${SPEED_ARGS[@]}"
   --max_grad_norm 1.0
 )
 source scripts/lib/launch.sh

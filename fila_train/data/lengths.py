@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .dataset import ConversationDataset, SampleError
-from .images import MissingImageError, UnreadableImageError
+from .images import ImageLoadError, MissingImageError, UnreadableImageError, load_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -36,22 +37,39 @@ def image_size(path: Path) -> tuple[int, int]:
         raise UnreadableImageError(f"unreadable image {path}: {error}") from None
 
 
-def record_length(source: ConversationDataset, index: int) -> int:
-    """Token count of record ``index``: positive with images, negative text-only (LLaVA's sign)."""
+@dataclass
+class RecordMeasure:
+    length: int  # tokens after image expansion; positive with images, negative text-only (LLaVA's sign)
+    image_sizes: list[tuple[int, int]]
+
+
+def measure_record(source: ConversationDataset, index: int, decode: bool = False) -> RecordMeasure:
+    """Token count and image sizes of record ``index``; SampleError (with its kind) if unusable.
+
+    Image sizes come from file headers (what the anyres canvas choice needs) unless ``decode``
+    asks for a full decode, which also finds truncated and corrupt files.
+    """
     record, where, paths = source.checked_record(index)
     processor = source.image_processor
-    counts = []
+    sizes = []
     for path in paths:
         try:
-            size = image_size(path) if processor.image_size_matters else (0, 0)
-        except (MissingImageError, UnreadableImageError) as error:
+            if decode:
+                sizes.append(load_rgb_image(path, source.options.max_image_pixels).size)
+            elif processor.image_size_matters:
+                sizes.append(image_size(path))
+        except ImageLoadError as error:
             raise SampleError(f"{where}: field 'image': {error}", error.kind) from None
-        counts.append(processor.num_image_tokens_for_size(*size))
+    counts = [processor.num_image_tokens_for_size(*size) for size in (sizes or [(0, 0)] * len(paths))]
     try:
         ids = source.tokenizer.encode(record["conversations"], counts).input_ids
     except ValueError as error:
         raise SampleError(f"{where}: {error}", "invalid_record") from None
-    return len(ids) if paths else -len(ids)
+    return RecordMeasure(len(ids) if paths else -len(ids), sizes)
+
+
+def record_length(source: ConversationDataset, index: int) -> int:
+    return measure_record(source, index).length
 
 
 def cache_key(source: ConversationDataset) -> str:

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
 
 from .configuration import FilaConfig
+from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
 
 logger = logging.getLogger(__name__)
@@ -49,20 +50,26 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vis
                 vision_options: dict | None = None, vision_feature_layer: int = -2,
                 connector_type: str = "mlp2x_gelu", connector_options: dict | None = None,
                 conversation_template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
-                attn_implementation: str = "sdpa") -> FilaForConditionalGeneration:
+                attn_implementation: str = "sdpa", lora: dict | None = None) -> FilaForConditionalGeneration:
     """A saved fila model folder loads as is; otherwise LLM + CLIP tower are joined with a new connector.
 
     ``vision_options``/``connector_options`` may be partial (e.g. from command-line flags): the
     encoder and connector complete them, and the model's config stores the complete result.
+    ``lora`` (LoraSettings as a dict) adds LoRA adapters to the LLM; bits 4/8 loads it quantized (QLoRA).
     Nothing runs remote code: every ``from_pretrained`` keeps ``trust_remote_code`` off.
     """
+    settings = None if lora is None else LoraSettings.from_dict(lora)
     if is_fila_checkpoint(model_name_or_path):
-        return FilaForConditionalGeneration.from_pretrained(
+        model = FilaForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+        return with_lora(model, settings, model_name_or_path)
     if vision_tower is None:
         raise ValueError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
-    language_model = AutoModelForCausalLM.from_pretrained(
-        model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+    if settings is not None and settings.bits != 16:
+        language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
+    else:
+        language_model = AutoModelForCausalLM.from_pretrained(
+            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
     tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
     config = FilaConfig(
         vision_config=tower.config, text_config=language_model.config, vision_encoder=vision_encoder,
@@ -72,9 +79,26 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vis
         tie_word_embeddings=bool(getattr(language_model.config, "tie_word_embeddings", False)),
         # Set on the composite, it is set on both sub-configs too; left unset, the composite's None
         # overwrites the LLM's, which then runs without its causal mask.
-        attn_implementation=attn_implementation)
+        attn_implementation=attn_implementation, lora=None if settings is None else settings.to_dict())
     model = FilaForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
+    if is_quantized(language_model):  # .to(dtype) must not touch the packed k-bit weights
+        model.vision_tower.to(dtype)
+        model.connector.to(dtype)
+        return model
     return model.to(dtype)
+
+
+def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None,
+              path: str) -> FilaForConditionalGeneration:
+    """A saved model with the requested adapters: added to a plain one, or already there (same settings)."""
+    if settings is None:
+        return model
+    if model.config.lora is None:
+        add_lora(model, settings)
+    elif LoraSettings.from_dict(model.config.lora) != settings:
+        raise ValueError(f"{path} already has LoRA adapters {model.config.lora}, but the flags ask for "
+                         f"{settings.to_dict()}: merge them first (merge_lora) or drop the --lora_* flags")
+    return model
 
 
 def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: int) -> PreTrainedTokenizerBase:

@@ -35,3 +35,6 @@ class FilaConfig(PreTrainedConfig):
     image_token_id: int = IMAGE_TOKEN_ID
     conversation_template: str = "vicuna_v1"
     tie_word_embeddings: bool = False
+    # LoRA adapters of the LLM (fila_train.model.lora.LoraSettings as a dict: r, alpha, dropout,
+    # target_modules, bits), or None. Set, the model rebuilds the adapters from the config.
+    lora: dict | None = None

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin, PreTrainedModel
 
+from .checkpointing import set_part_checkpointing
 from .configuration import FilaConfig
 from .connector import build_connector
 from .connector.mmfuser import MMFuser
+from .lora import LoraSettings, add_lora
 from .vision import build_vision_encoder
 from .vision.convnext_branch import ConvNeXtBranch
 from .vision.cvfm import CVFMBlock
@@ -109,6 +111,8 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
         stored = self.connector.stored_options()
         if stored is not None:  # the complete options, so a saved config does not depend on defaults
             config.connector_options = stored
+        if config.lora is not None:  # the adapters are architecture: a saved LoRA model rebuilds them
+            add_lora(self, LoraSettings.from_dict(config.lora))
         for module in self.modules():
             if isinstance(module, CONSTRUCTOR_INITIALISED):
                 mark_as_loaded(module)
@@ -126,6 +130,15 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
 
     def image_processor(self):
         return self.vision_tower.image_processor()
+
+    # Parts --gradient_checkpointing applies to (None: all the model has); the train entry point sets it.
+    checkpointing_parts: tuple[str, ...] | None = None
+
+    def _set_gradient_checkpointing(self, enable: bool = True,
+                                    gradient_checkpointing_func=torch.utils.checkpoint.checkpoint,
+                                    every_n_layers: int = 1) -> None:
+        # transformers' gradient_checkpointing_enable / _disable end here: route it per part.
+        set_part_checkpointing(self, self.checkpointing_parts, enable, gradient_checkpointing_func, every_n_layers)
 
     def named_parts(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         parts: dict[str, list[tuple[str, nn.Parameter]]] = {}
@@ -162,8 +175,22 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 images: dict[str, Any] | None = None, images_are_placeholders: bool = False,
                 labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0,
                 **kwargs: Any):
+        # position_ids and logits_to_keep are named so that generate() sees them in the signature:
+        # it then derives positions from a left-padded attention mask and keeps only the last logits.
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, images, images_are_placeholders)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   labels=labels, **kwargs)
+                                   position_ids=position_ids, labels=labels, logits_to_keep=logits_to_keep,
+                                   **kwargs)
+
+    # --- generation ----------------------------------------------------------------------------
+    def prepare_inputs_for_generation(self, *args: Any, images: dict[str, Any] | None = None,
+                                      is_first_iteration: bool | None = False, **kwargs: Any) -> dict[str, Any]:
+        """transformers' own preparation (cache slicing, positions), plus ``images`` on the prefill only:
+        later steps feed just the new token, whose image context already sits in the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["images"] = images
+        return model_inputs

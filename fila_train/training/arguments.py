@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
+from ..data.images import DEFAULT_MAX_PIXELS
+from ..data.lengths import DEFAULT_CACHE_DIR
 from ..model import PARTS
+from ..model.checkpointing import CHECKPOINT_PARTS
+from ..model.lora import BITS, DEFAULT_TARGET, LoraSettings, require_kbit_support
 
 
 def parse_ints(text: str) -> list[int]:
@@ -72,8 +76,25 @@ class ModelArguments:
         default=None, metadata={"help": "stage-1 connector artifact (connector.safetensors) to start from"})
     conversation_template: str = field(default="vicuna_v1", metadata={"help": "plain, vicuna_v1, llama3, chatml"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
+    # LoRA / QLoRA on the LLM (PEFT): with --lora_r > 0, tune part "llm" trains the adapters only.
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank of the LLM adapters; 0 = no LoRA (full tuning)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x lora_r)"})
+    lora_dropout: float | None = field(default=None, metadata={"help": "LoRA dropout (default 0.05)"})
+    lora_target: str | None = field(default=None, metadata={
+        "help": f"regex fully matching the module paths to adapt, inside the LLM (default {DEFAULT_TARGET})"})
+    bits: int = field(default=16, metadata={
+        "help": f"one of {BITS}: 4 or 8 load the LLM quantized for QLoRA (needs bitsandbytes and a CUDA GPU)"})
 
     def __post_init__(self) -> None:
+        if self.lora_r < 0:
+            raise ValueError(f"--lora_r must be >= 0 (0 = no LoRA), got {self.lora_r}")
+        lora_given = [f"--{name}" for name in ("lora_alpha", "lora_dropout", "lora_target")
+                      if getattr(self, name) is not None] + ["--bits"] * (self.bits != 16)
+        if lora_given and self.lora_r == 0:
+            raise ValueError(f"{', '.join(lora_given)} only apply with LoRA: set --lora_r (e.g. 128)")
+        self.lora_settings()  # bad values fail at parse time, not after the model is loaded
+        if self.bits != 16:
+            require_kbit_support()
         # An option of a part that is not selected would be silently ignored: refuse it.
         for flags, owner, current, wanted in (
                 (HYBRID_FLAGS, "--vision_encoder", self.vision_encoder, "fila_hybrid"),
@@ -92,6 +113,14 @@ class ModelArguments:
                 options[section][key] = parse(getattr(self, name))
         return options
 
+    def lora_settings(self) -> dict | None:
+        """Complete LoraSettings dict for --lora_r > 0 (stored in FilaConfig.lora), else None."""
+        if self.lora_r == 0:
+            return None
+        given = {"alpha": self.lora_alpha, "dropout": self.lora_dropout, "target_modules": self.lora_target}
+        return LoraSettings(r=self.lora_r, bits=self.bits,
+                            **{key: value for key, value in given.items() if value is not None}).to_dict()
+
     def connector_options(self) -> dict | None:
         """Partial MMFuserConfig dict for mmfuser, else None."""
         if self.connector_type != "mmfuser":
@@ -102,10 +131,22 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(metadata={"help": "LLaVA annotation file (JSON list or JSONL)"})
-    image_folder: str | None = None
+    data_path: str = field(metadata={
+        "help": "a LLaVA annotation file (JSON list or JSONL) or a mixture spec (.yaml, see data/README.md)"})
+    image_folder: str | None = field(default=None, metadata={"help": "image root for a single annotation file"})
+    data_root: str | None = field(default=None, metadata={"help": "overrides the mixture's 'root' folder"})
     on_overlong: str = field(default="drop", metadata={
         "help": "over-long samples (after image expansion): 'drop' (counted, logged) or 'error'"})
+    on_bad_sample: str = field(default="error", metadata={
+        "help": "unusable records (missing/corrupt image, malformed record): 'error' names file, line, id and "
+                "field; 'skip' replaces them by the next sample and reports the counts at the end"})
+    max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
+        "help": "images with more pixels are refused before decoding (decompression-bomb guard)"})
+    length_cache_dir: str = field(default=str(DEFAULT_CACHE_DIR), metadata={
+        "help": "where token lengths for --group_by_modality_length are cached"})
+
+    def is_mixture(self) -> bool:
+        return self.data_path.endswith((".yaml", ".yml"))
 
 
 @dataclass
@@ -117,10 +158,20 @@ class TrainingArguments(transformers.TrainingArguments):
     fuser_lr: float | None = field(default=None, metadata={"help": "learning rate of the MMFuser fuser"})
     vision_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision tower"})
     model_max_length: int = 2048
+    group_by_modality_length: bool = field(default=False, metadata={
+        "help": "batch image and text-only samples separately, similar token lengths together (LLaVA)"})
     log_sample_ids: bool = field(default=False, metadata={
         "help": "write the record ids each rank trains on to OUTPUT_DIR/sample_ids/rank<R>.txt"})
     warmup_ratio: float | None = field(default=None, metadata={
         "help": "LLaVA-style warmup fraction of the total steps (transformers 5 spells it --warmup_steps 0.03)"})
+    packing: bool = field(default=False, metadata={
+        "help": "padding-free batches: each batch's samples packed into one row, attention kept per sample "
+                "(block-diagonal); pays off with --attn_implementation flash_attention_2"})
+    gradient_checkpointing_parts: str | None = field(default=None, metadata={
+        "help": f"with --gradient_checkpointing: the parts to checkpoint, of {', '.join(CHECKPOINT_PARTS)} "
+                "(default: all the model has)"})
+    use_liger: bool = field(default=False, metadata={
+        "help": "Liger kernels on the LLM (fused linear cross-entropy, RMSNorm, SwiGLU); needs liger-kernel and a GPU"})
     remove_unused_columns: bool = False
     output_dir: str = "output"
 
@@ -139,9 +190,29 @@ class TrainingArguments(transformers.TrainingArguments):
         unknown = sorted(set(self.parts()) - set(PARTS))
         if unknown:
             raise ValueError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(PARTS)}")
+        self._check_speed_options()
+
+    def _check_speed_options(self) -> None:
+        if self.gradient_checkpointing_parts is not None:
+            unknown = sorted(set(self.checkpointing_parts()) - set(CHECKPOINT_PARTS))
+            if unknown:
+                raise ValueError(f"--gradient_checkpointing_parts: unknown part(s) {unknown}; "
+                                 f"known: {list(CHECKPOINT_PARTS)}")
+            if not self.activation_checkpointing:
+                raise ValueError("--gradient_checkpointing_parts needs --gradient_checkpointing True")
+        if self.use_liger_kernel:
+            # HF's flag patches by the top-level model type, which Liger does not know for the
+            # composite: it would silently patch nothing.
+            raise ValueError("--use_liger_kernel cannot patch the fila composite; use --use_liger (patches the LLM)")
 
     def parts(self) -> list[str]:
         return [p.strip() for p in self.tune_parts.split(",") if p.strip()]
+
+    def checkpointing_parts(self) -> tuple[str, ...] | None:
+        """--gradient_checkpointing_parts as a tuple; None when unset (every part the model has)."""
+        if self.gradient_checkpointing_parts is None:
+            return None
+        return tuple(p.strip() for p in self.gradient_checkpointing_parts.split(",") if p.strip())
 
     def part_learning_rate(self, part: str) -> float:
         specific = {"connector": self.connector_lr, "cvfm": self.cvfm_lr, "fuser": self.fuser_lr,

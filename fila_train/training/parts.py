@@ -4,13 +4,27 @@ from __future__ import annotations
 from torch import nn
 
 from ..model import PARTS
+from ..model.lora import is_lora_parameter
+from ..utils.tables import format_table  # noqa: F401  (re-exported for callers)
+
+
+# With LoRA the LLM's adapters get their own row next to the (frozen) base LLM.
+LORA_ROW = "llm (lora)"
+TABLE_ROWS: tuple[str, ...] = tuple(row for part in PARTS for row in ((part, LORA_ROW) if part == "llm" else (part,)))
 
 
 def apply_tune_parts(model, parts: list[str]) -> None:
-    """Train exactly the named parts; everything else is frozen."""
+    """Train exactly the named parts; everything else is frozen. With LoRA adapters on the LLM,
+    part "llm" means the adapter weights only: the base LLM stays frozen."""
+    lora = model.config.lora is not None
     for part, params in model.named_parts().items():
-        for _, parameter in params:
-            parameter.requires_grad_(part in parts)
+        for name, parameter in params:
+            frozen_base = lora and part == "llm" and not is_lora_parameter(name)
+            parameter.requires_grad_(part in parts and not frozen_base)
+
+
+def table_row(part: str, name: str) -> str:
+    return LORA_ROW if part == "llm" and is_lora_parameter(name) else part
 
 
 def numel(parameter: nn.Parameter) -> int:
@@ -19,22 +33,13 @@ def numel(parameter: nn.Parameter) -> int:
 
 
 def parameter_table(model) -> list[tuple[str, int, int]]:
-    """(part, total, trainable) for every part present, in architecture order."""
-    parts = model.named_parts()
-    rows = []
-    for part in PARTS:
-        if part in parts:
-            params = [p for _, p in parts[part]]
-            rows.append((part, sum(numel(p) for p in params),
-                         sum(numel(p) for p in params if p.requires_grad)))
-    return rows
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    """(part, total, trainable) for every part present, in architecture order; LoRA adapters as "llm (lora)"."""
+    by_row: dict[str, list[nn.Parameter]] = {}
+    for part, params in model.named_parts().items():
+        for name, parameter in params:
+            by_row.setdefault(table_row(part, name), []).append(parameter)
+    return [(row, sum(numel(p) for p in by_row[row]), sum(numel(p) for p in by_row[row] if p.requires_grad))
+            for row in TABLE_ROWS if row in by_row]
 
 
 def format_parameter_table(model) -> str:

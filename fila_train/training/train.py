@@ -11,15 +11,14 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
-from ..data.collator import ConversationCollator
-from ..data.dataset import ConversationDataset, DatasetOptions
-from ..data.templates import get_template
-from ..data.tokenization import ConversationTokenizer
+from ..data.packing import build_collator
 from ..model.builder import build_model, load_tokenizer
+from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import write_json_atomic
 from .arguments import DataArguments, ModelArguments, TrainingArguments
+from .datasets import build_train_dataset, total_skip_counts
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
@@ -70,6 +69,9 @@ def format_vision_flops(flops: VisionFlops) -> str:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    if model_args.lora_r and "llm" not in args.parts():
+        raise ValueError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
+                         f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
     if args.deepspeed:
         import deepspeed
 
@@ -84,11 +86,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         vision_options=model_args.vision_options(), vision_feature_layer=model_args.vision_feature_layer,
         connector_type=model_args.connector_type, connector_options=model_args.connector_options(),
         conversation_template=model_args.conversation_template, dtype=dtype,
-        attn_implementation=model_args.attn_implementation)
+        attn_implementation=model_args.attn_implementation, lora=model_args.lora_settings())
     model.config.conversation_template = model_args.conversation_template
     # Counted from the config on a meta-device copy: cheap, and blind to ZeRO-3 partitioning.
     flops = count_vision_flops(model.config) if is_main_process() else None
     model.config.use_cache = False
+    model.checkpointing_parts = args.checkpointing_parts()
+    if args.use_liger:
+        apply_liger_kernels(model.language_model)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model, args.model_max_length)
     if model_args.pretrained_connector:
         load_connector_artifact(model, model_args.pretrained_connector)
@@ -98,23 +103,25 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         model.language_model.enable_input_require_grads()
 
     processor = model.image_processor()
-    conversation_tokenizer = ConversationTokenizer(
-        tokenizer, get_template(model_args.conversation_template), model.config.image_token_id)
-    dataset = ConversationDataset(data_args.data_path, data_args.image_folder, conversation_tokenizer,
-                                  processor, DatasetOptions(args.model_max_length, data_args.on_overlong))
+    dataset = build_train_dataset(data_args, args, tokenizer, model_args.conversation_template,
+                                  model.config.image_token_id, processor)
     logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
                 format_parameter_table(model))
     if flops is not None:
         logger.info("vision encoder %s:\n%s", model.config.vision_encoder, format_vision_flops(flops))
-    logger.info("data: %d records from %s; template %s; %d process(es)", len(dataset), data_args.data_path,
+    logger.info("data: %d samples from %s; template %s; %d process(es)", len(dataset), data_args.data_path,
                 model_args.conversation_template, world_size())
 
     trainer = FilaTrainer(model=model, args=args, train_dataset=dataset,
-                          data_collator=ConversationCollator(tokenizer.pad_token_id, processor),
+                          data_collator=build_collator(args.packing, model_args.attn_implementation,
+                                                       tokenizer.pad_token_id, processor),
                           processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     seconds = time.perf_counter() - start
+    skipped = total_skip_counts(trainer.skipped)
+    if skipped:
+        logger.warning("skipped records over the run (all ranks, by kind): %s", skipped)
 
     trainer.save_model(args.output_dir)
     save_connector_artifact(trainer.model, args.output_dir)
@@ -122,7 +129,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     summary = run_summary(trainer.state.log_history, trainer.state.global_step, seconds, tokens_per_second)
     summary.update(output_dir=str(Path(args.output_dir).resolve()),
                    vision_encoder=model.config.vision_encoder, connector_type=model.config.connector_type,
-                   tune_parts=args.parts(), dropped_overlong_rank0=dataset.dropped_overlong)
+                   tune_parts=args.parts(), skipped=skipped)
     if flops is not None:
         summary["vision_tflops_per_image"] = {"canvas": list(flops.canvas), "views": flops.views, **flops.parts}
     if is_main_process():

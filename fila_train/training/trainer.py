@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 from transformers import Trainer
 
+from ..bench.training_metrics import TrainingMetrics
 from ..utils.distributed import rank, world_size
+from ..data.sampler import ModalityLengthGroupedSampler
 from .connector_artifact import save_connector_artifact
 from .parts import optimizer_groups
 
@@ -21,11 +24,24 @@ class FilaTrainer(Trainer):
         self._tokens_since_log = 0
         self._tokens_total = 0
         self._last_log_time = time.perf_counter()
+        # Model TFLOP/s, MFU and peak memory per logging step (docs/performance.md).
+        self._step_metrics = TrainingMetrics(self.model, self.args)
         self._sample_log = None
+        self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
         if self.args.log_sample_ids:
             path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sample_log = open(path, "a")
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        # Megabatches of world_size x (micro batch x accumulation), as LLaVA groups them.
+        return ModalityLengthGroupedSampler(
+            dataset.modality_lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            self.args.world_size, seed=seed)
 
     # Per-part learning rates: one optimizer group per (part, weight decay); the scheduler
     # scales each group's own lr, so the cosine schedule applies to every part.
@@ -42,12 +58,17 @@ class FilaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         sample_ids = inputs.pop("sample_ids", None)
+        self.skipped.update(inputs.pop("skipped", None) or [])
         if self._sample_log is not None and model.training and sample_ids is not None:
             self._sample_log.write("\n".join(sample_ids) + "\n")
             self._sample_log.flush()
-        tokens = int(inputs["attention_mask"].sum())
+        # A packed batch (--packing) has no padding and so no attention mask: every position counts.
+        mask = inputs.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self._tokens_since_log += tokens
         self._tokens_total += tokens
+        if model.training:
+            self._step_metrics.add_batch(inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -57,6 +78,7 @@ class FilaTrainer(Trainer):
             # Tokens (including image-context positions) through the LLM per second, per device.
             logs["tokens_per_second_per_device"] = round(self._tokens_since_log / elapsed, 2)
             logs["tokens_per_second"] = round(self._tokens_since_log * world_size() / elapsed, 2)
+            logs.update(self._step_metrics.log_values(elapsed))
             self._tokens_since_log = 0
             self._last_log_time = now
         super().log(logs, start_time)

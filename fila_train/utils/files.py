@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,6 +28,15 @@ def write_json_atomic(path: str | Path, data: object) -> None:
         with open(temporary, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
+    _replace_atomically(Path(path), write)
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[object]) -> None:
+    """One JSON object per line (UTF-8, non-ASCII kept readable)."""
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     _replace_atomically(Path(path), write)
 
 

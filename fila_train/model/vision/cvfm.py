@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 ALIGN_MODES = ("avg_pool", "interpolate", "strided_conv")
 FUSION_MODES = ("concat", "add", "cross_attn")
@@ -150,8 +151,12 @@ class CrossAttnFusion(nn.Module):
 FUSIONS: dict[str, type[nn.Module]] = {"concat": ConcatFusion, "add": AddFusion, "cross_attn": CrossAttnFusion}
 
 
-class CVFMBlock(nn.Module):
-    """One interaction point: align stage k to every view, fuse into the patch tokens, CLS untouched."""
+class CVFMBlock(GradientCheckpointingLayer):
+    """One interaction point: align stage k to every view, fuse into the patch tokens, CLS untouched.
+
+    A GradientCheckpointingLayer, so it can be checkpointed like the ViT layers it sits between
+    (model/checkpointing.py): call it with positional arguments only.
+    """
 
     def __init__(self, config: CVFMConfig, dim: int, channels: int, factor: int, grid: int, num_heads: int):
         super().__init__()

@@ -13,8 +13,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ...registry import Registry
 from .anyres import AnyresConfig
-from .clip_encoder import ClipVisionEncoder
-from .hybrid_encoder import HybridEncoderConfig, HybridVisionEncoder
+from .clip_encoder import ClipImageProcessor, ClipVisionEncoder
+from .hybrid_encoder import HybridEncoderConfig, HybridImageProcessor, HybridVisionEncoder
 
 VisionEncoderFactory = Callable[..., nn.Module]
 VISION_ENCODERS: Registry[VisionEncoderFactory] = Registry("vision encoder")
@@ -52,3 +52,11 @@ def _fila_hybrid(config, tower: CLIPVisionModel | None = None) -> nn.Module:
 def build_vision_encoder(config, tower: CLIPVisionModel | None = None) -> nn.Module:
     """Build the encoder named by ``config.vision_encoder`` (a FilaConfig), around ``tower`` if given."""
     return VISION_ENCODERS.get(config.vision_encoder)(config, tower=tower)
+
+
+def build_image_processor(vision_encoder: str, vision_config: CLIPVisionConfig, vision_options: dict | None = None):
+    """The image processor an encoder would use, from configs alone (no weights: for data tools)."""
+    VISION_ENCODERS.get(vision_encoder)  # an unknown name fails here, listing the known ones
+    if vision_encoder == "fila_hybrid":
+        return HybridImageProcessor(hybrid_config_for(vision_config, vision_options).anyres, vision_config.patch_size)
+    return ClipImageProcessor(vision_config.image_size, vision_config.patch_size)

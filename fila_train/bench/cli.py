@@ -1,0 +1,102 @@
+"""``fila-train bench CONFIG [options]``: training-step throughput, MFU and memory; ``--data`` for
+the data pipeline; ``--dry_run`` for parameters and FLOPs without running; ``--list`` for names."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..training.arguments import parse_canvases
+from ..utils.files import write_json_atomic
+from .configs import BENCH_CONFIGS
+from .device import torch_threads
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"1000x800" -> (1000, 800) (W x H)."""
+    try:
+        ((width, height),) = parse_canvases(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WxH (e.g. 1000x800)") from None
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(prog="fila-train bench", description=__doc__)
+    parser.add_argument("config", nargs="?", help="a named configuration (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the named configurations")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=2,
+                        help="1: connector side (projector, + CVFM, + fuser); 2: + LLM")
+    parser.add_argument("--batch_size", type=int, default=1, help="samples per step")
+    parser.add_argument("--seq_len", type=int, default=None,
+                        help="tokens per sample to reach (image tokens included); default: the records as they are")
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16" if cuda else "fp32")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--image_size", type=parse_size, default=(1000, 800), help="WxH of the document JPEGs")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for MFU (default: the table for known GPUs)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads on a CPU (default: torch's choice)")
+    parser.add_argument("--attn_implementation", default="sdpa", help="sdpa, eager or flash_attention_2")
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the synthetic data and tiny models go (default: a temporary folder)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry_run", action="store_true",
+                      help="build on the meta device, print parameters and FLOPs per sample, run nothing")
+    mode.add_argument("--data", action="store_true", help="measure the data pipeline (ours vs the reference)")
+    parser.add_argument("--num_images", type=int, default=16, help="--data: documents to process")
+    parser.add_argument("--repeats", type=int, default=2, help="--data: passes over the documents")
+    return parser
+
+
+def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
+    from . import report
+
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        result = dry_run(args.config, args.stage, args.seq_len, workdir)
+        return result, report.format_dry_run(result)
+    if args.data:
+        from .data_bench import run_data_bench
+
+        result = run_data_bench(args.config, workdir, args.num_images, args.image_size, args.stage, args.repeats)
+        return result, report.format_data(result)
+    from .runner import BenchOptions, run_training_bench
+
+    options = BenchOptions(
+        config=args.config, stage=args.stage, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing, device=args.device, steps=args.steps,
+        warmup=args.warmup, image_size=args.image_size, peak_tflops=args.peak_tflops,
+        attn_implementation=args.attn_implementation)
+    with torch_threads(args.threads):
+        result = run_training_bench(options, workdir)
+    return result, report.format_training(result)
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list or args.config is None:
+        for name in BENCH_CONFIGS.names():
+            print(f"{name:<14} {BENCH_CONFIGS.get(name).description}")
+        return 0 if args.list else 2
+    BENCH_CONFIGS.get(args.config)  # an unknown name fails here, listing the known ones
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        result, table = _run(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fila-bench-") as workdir:
+            result, table = _run(args, Path(workdir))
+    print(table)
+    if args.output is not None:
+        write_json_atomic(args.output, result)
+        print(f"wrote {args.output}")
+    return 0

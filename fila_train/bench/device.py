@@ -1,0 +1,59 @@
+"""What the MFU and memory numbers need to know about the device a process runs on."""
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .mfu import peak_tflops
+
+GIB = 2**30
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def matmul_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """Which peak column applies: bf16 (also fp16), tf32 (fp32 matmuls on tensor cores) or fp32."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return "bf16"
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "fp32"
+
+
+def device_peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> float | None:
+    return peak_tflops(device_name(device) if device.type == "cuda" else None,
+                       matmul_precision(dtype, device), override)
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(GiB, what was measured): the CUDA allocator's peak on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GIB, "torch.cuda.max_memory_allocated"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return (peak if sys.platform == "darwin" else peak * 1024) / GIB, "peak RSS of the process"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op threads (None: leave as is), restored afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

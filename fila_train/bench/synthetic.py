@@ -1,0 +1,88 @@
+"""Benchmark inputs on disk: rendered documents as fixed-size JPEGs, LLaVA records, a tokenizer.
+
+Everything the timed steps see goes through the real annotation reader, image loader, processor,
+per-turn tokenizer and collator, so the benchmark also exercises the data code paths.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..data.tokenization import ConversationTokenizer
+from ..demo.synthetic_docs import make_synthetic_dataset
+from ..demo.tokenizer import build_demo_tokenizer
+
+STAGE_TEMPLATES = {1: "plain", 2: "vicuna_v1"}  # captions for stage 1, instructions for stage 2
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class BenchData:
+    image_folder: Path
+    records: dict[int, list[dict]]  # stage -> records with one image each, as written by synthetic_docs
+    tokenizer_dir: Path
+
+    def image_paths(self) -> list[Path]:
+        return [self.image_folder / record["image"] for record in self.records[1]]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_bench_data(root: Path, num_images: int, image_size: tuple[int, int]) -> BenchData:
+    """``num_images`` synthetic documents resized to ``image_size`` (W, H) and saved as JPEGs, their
+    caption (stage 1) and question (stage 2) records, and a tokenizer trained on their text."""
+    docs = make_synthetic_dataset(root / "docs", num_images=num_images, num_eval=0)
+    folder = root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    records: dict[int, list[dict]] = {}
+    for stage, path in ((1, docs.stage1_path), (2, docs.stage2_path)):
+        # Text-only records are left out: every sample of a benchmark batch has the same image shape.
+        records[stage] = [r for r in _read_jsonl(path) if "image" in r]
+        for record in records[stage]:
+            name = Path(record["image"]).with_suffix(".jpg").name
+            if not (folder / name).exists():
+                with Image.open(docs.image_dir / record["image"]) as page:
+                    page.convert("RGB").resize(image_size, Image.Resampling.BICUBIC).save(
+                        folder / name, quality=JPEG_QUALITY)
+            record["image"] = name
+    build_demo_tokenizer([docs.corpus_path], root / "tokenizer")
+    return BenchData(folder, records, root / "tokenizer")
+
+
+def _with_rounds(conversations: list[dict], stage: int, rounds: int) -> list[dict]:
+    """``rounds`` more rounds of text: stage 1 repeats the caption, stage 2 asks its questions again."""
+    if stage == 1:
+        caption = conversations[1]["value"]
+        return [conversations[0], {"from": "gpt", "value": " ".join([caption] * (rounds + 1))}]
+    pairs = [(conversations[i]["value"].replace("<image>\n", ""), conversations[i + 1]["value"])
+             for i in range(0, len(conversations) - 1, 2)]
+    extra = [pairs[k % len(pairs)] for k in range(rounds)]
+    return conversations + [{"from": role, "value": text}
+                            for question, answer in extra for role, text in (("human", question), ("gpt", answer))]
+
+
+def fit_to_length(record: dict, stage: int, tokenizer: ConversationTokenizer, image_tokens: int,
+                  target: int | None) -> dict:
+    """The record with text added until it has at least ``target`` tokens (image positions
+    included); None keeps it as it is. A target below the image tokens alone is an error."""
+    if target is None:
+        return record
+    if target <= image_tokens:
+        raise ValueError(f"--seq_len {target} leaves no room for text: one image alone is {image_tokens} "
+                         f"tokens with this configuration (give --seq_len above {image_tokens})")
+    rounds = 0
+    while True:
+        conversations = _with_rounds(record["conversations"], stage, rounds)
+        if len(tokenizer.encode(conversations, [image_tokens]).input_ids) >= target:
+            return {**record, "conversations": conversations}
+        rounds += 1
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path

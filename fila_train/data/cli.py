@@ -1,0 +1,106 @@
+"""``fila-train data convert|inspect``."""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+USAGE = """usage: fila-train data <command> [options]
+
+commands:
+  convert   write LLaVA-format JSONL from a public dataset release (see `data convert --help`)
+  inspect   check a mixture (or one annotation file) with the real tokenizer and image processor
+"""
+
+
+@dataclass
+class InspectArguments:
+    data_path: str = field(metadata={"help": "mixture spec (.yaml) or one annotation file"})
+    image_folder: str | None = field(default=None, metadata={"help": "image root for a single annotation file"})
+    data_root: str | None = field(default=None, metadata={"help": "overrides the mixture's 'root'"})
+    model_max_length: int = 2048
+    decode: bool = field(default=True, metadata={
+        "help": "decode every image (finds truncated/corrupt files); --decode false reads headers only"})
+    limit: int | None = field(default=None, metadata={"help": "inspect at most this many records per source"})
+    max_errors_shown: int = field(default=20, metadata={"help": "errors printed per source (all go to --output)"})
+    output: str | None = field(default=None, metadata={"help": "write the full report as JSON here"})
+
+
+def load_inspection_parts(model_args):
+    """Tokenizer, image processor and template from a fila folder or LLM + vision tower configs (no weights)."""
+    from transformers import AutoTokenizer, CLIPVisionConfig
+
+    from ..model.builder import is_fila_checkpoint
+    from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
+    from ..model.vision.registry import build_image_processor
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    if is_fila_checkpoint(model_args.model_name_or_path):
+        config = FilaConfig.from_pretrained(model_args.model_name_or_path)
+        processor = build_image_processor(config.vision_encoder, config.vision_config, config.vision_options)
+        return tokenizer, processor, config.conversation_template, config.image_token_id
+    if model_args.vision_tower is None:
+        raise ValueError(f"{model_args.model_name_or_path} is an LLM, so --vision_tower is required")
+    vision_config = CLIPVisionConfig.from_pretrained(model_args.vision_tower)
+    processor = build_image_processor(model_args.vision_encoder, vision_config, model_args.vision_options())
+    return tokenizer, processor, model_args.conversation_template, IMAGE_TOKEN_ID
+
+
+def inspect_main(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from ..training.arguments import ModelArguments
+    from ..utils.files import write_json_atomic
+    from .dataset import DatasetOptions, SampleError
+    from .inspect import format_report, inspect_mixture, report_dict
+    from .mixed_dataset import MixtureDataset
+    from .mixture import MixtureError, load_mixture, single_source
+
+    parser = HfArgumentParser((InspectArguments, ModelArguments))
+    parser.prog = "fila-train data inspect"
+    if argv and not argv[0].startswith("-"):  # the spec may be given positionally
+        argv = ["--data_path", argv[0], *argv[1:]]
+    args, model_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tokenizer, processor, template, image_token_id = load_inspection_parts(model_args)
+    try:
+        spec = (load_mixture(args.data_path, args.data_root) if args.data_path.endswith((".yaml", ".yml"))
+                else single_source(args.data_path, args.image_folder))
+        dataset = MixtureDataset(spec, tokenizer, template, image_token_id, processor,
+                                 DatasetOptions(args.model_max_length))
+    except (MixtureError, SampleError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    reports = inspect_mixture(dataset, args.model_max_length, decode=args.decode, limit=args.limit)
+    print(f"mixture {args.data_path} (template {template}, processor {type(processor).__name__}, "
+          f"max length {args.model_max_length}):")
+    print(format_report(reports, args.model_max_length))
+    for report in reports:
+        for message in report.errors[:args.max_errors_shown]:
+            print(f"error [{report.name}]: {message}", file=sys.stderr)
+        if len(report.errors) > args.max_errors_shown:
+            print(f"... and {len(report.errors) - args.max_errors_shown} more errors in {report.name}",
+                  file=sys.stderr)
+    if args.output:
+        write_json_atomic(Path(args.output), report_dict(reports) | {"plan": dataset.plan.to_dict()})
+        print(f"report written to {args.output}")
+    errors = sum(len(r.errors) for r in reports)
+    if errors:
+        print(f"{errors} unusable record(s): fix them, or train with --on_bad_sample skip to skip and count them",
+              file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "convert":
+        from .converters.cli import main as convert_main
+        return convert_main(rest)
+    if command == "inspect":
+        return inspect_main(rest)
+    print(f"fila-train data: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2

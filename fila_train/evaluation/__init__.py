@@ -1,0 +1,1 @@
+"""Benchmark scoring: metrics and `fila-train eval`."""

@@ -1,0 +1,72 @@
+"""Benchmark files: LLaVA question-format JSONL, one question per line, checked before any inference.
+
+A record is ``{"id", "image" (optional, relative to --image_folder), "question", "answers": [...]}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.annotations import AnnotationFile
+from ..data.images import ImageLoadError, check_relative_image_path
+from .metrics import Metric
+
+
+class BenchError(ValueError):
+    """A benchmark record that cannot be evaluated; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class BenchQuestion:
+    id: str
+    question: str
+    answers: list[str]
+    image: str | None  # relative to the image folder
+    where: str  # file:line, for messages
+
+
+def _question(record: dict, where: str, metric: Metric, image_folder: Path | None) -> BenchQuestion:
+    record_id = record.get("id")
+    if isinstance(record_id, bool) or not isinstance(record_id, (str, int)) or str(record_id) == "":
+        raise BenchError(f"{where}: field 'id' must be a non-empty string or an integer, got {record_id!r}")
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise BenchError(f"{where}: field 'question' must be a non-empty string, got {question!r}")
+    answers = record.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise BenchError(f"{where}: field 'answers' must be a non-empty list of strings, got {answers!r}")
+    try:
+        metric.check_answers(answers)
+    except ValueError as error:
+        raise BenchError(f"{where}: field 'answers': {error}") from None
+    image = record.get("image")
+    if image is not None:
+        if not isinstance(image, str) or not image.strip():
+            raise BenchError(f"{where}: field 'image' must be one image path, got {image!r}")
+        if image_folder is None:
+            raise BenchError(f"{where}: field 'image': the record has an image but no --image_folder was given")
+        try:
+            image = check_relative_image_path(image)
+        except ImageLoadError as error:
+            raise BenchError(f"{where}: field 'image': {error}") from None
+    return BenchQuestion(str(record_id), question, answers, image, where)
+
+
+def read_bench(path: str | Path, metric: Metric, image_folder: Path | None, limit: int | None = None) -> list[BenchQuestion]:
+    """The first ``limit`` (default all) questions, every one checked; ids must be unique."""
+    annotations = AnnotationFile(path)
+    if annotations.is_json_list:
+        raise BenchError(f"{path}: a benchmark file is JSONL (one question per line), not a JSON list")
+    count = len(annotations) if limit is None else min(limit, len(annotations))
+    questions: list[BenchQuestion] = []
+    first_seen: dict[str, str] = {}
+    for index in range(count):
+        where = annotations.location(index)
+        item = _question(annotations[index], where, metric, image_folder)
+        if item.id in first_seen:
+            raise BenchError(f"{where}: field 'id': {item.id!r} was already used at {first_seen[item.id]}")
+        first_seen[item.id] = where
+        questions.append(item)
+    if not questions:
+        raise BenchError(f"{path}: no questions to evaluate")
+    return questions

@@ -1,0 +1,62 @@
+"""``fila-train eval``: score a saved model on a benchmark file (LLaVA question-format JSONL).
+
+Writes OUTPUT/predictions.jsonl (id, question, prediction, answers, score per question) and
+OUTPUT/score.json (metric, score = mean per-question score in [0, 1], count, bench, model).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from ..inference.loading import ModelOptions
+from .bench import read_bench
+from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
+from .metrics import METRICS, get_metric
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalArguments:
+    bench: str = field(metadata={"help": "benchmark JSONL: id, image, question, answers (list)"})
+    metric: str = field(metadata={"help": "how answers are scored", "choices": METRICS.names()})
+    image_folder: str | None = field(default=None, metadata={"help": "folder the records' image paths are relative to"})
+    output: str | None = field(default=None, metadata={"help": "output folder (default: MODEL/eval/<bench name>)"})
+    batch_size: int = field(default=8, metadata={"help": "questions per generation batch"})
+    max_new_tokens: int = field(default=128, metadata={"help": "most tokens per answer"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N questions"})
+    short_answer_prompt: bool = field(default=True, metadata={
+        "help": f"append LLaVA's {SHORT_ANSWER_PROMPT!r} to every question (--no_short_answer_prompt: don't)"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("--batch_size, --max_new_tokens and --limit must be positive")
+
+    def output_dir(self, model: str) -> Path:
+        return Path(self.output) if self.output else Path(model) / "eval" / Path(self.bench).stem
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser((ModelOptions, EvalArguments), prog="fila-train eval", description=__doc__)
+    model_options, args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metric = get_metric(args.metric)
+    image_folder = Path(args.image_folder) if args.image_folder else None
+    # Every record is checked before the model is loaded: a bad line fails in seconds, not hours.
+    questions = read_bench(args.bench, metric, image_folder, args.limit)
+    loaded = model_options.load()
+    logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
+                len(questions), args.bench, metric.name, args.batch_size)
+    predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
+                          SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
+    result = score(metric, questions, predictions, str(Path(args.bench).resolve()),
+                   str(Path(model_options.model).resolve()))
+    output = args.output_dir(model_options.model)
+    write_results(result, output)
+    print(f"{metric.name}: {100 * result.summary['score']:.2f} on {result.summary['count']} questions "
+          f"of {args.bench} (written to {output})")
+    return 0

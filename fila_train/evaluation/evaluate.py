@@ -1,0 +1,73 @@
+"""Batched greedy answers to benchmark questions, scored per question and written atomically."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.images import load_rgb_image
+from ..inference.generation import GenerationOptions, Prompt, build_prompt, generate_answers
+from ..inference.loading import InferenceModel
+from ..utils.files import write_json_atomic, write_jsonl_atomic
+from .bench import BenchError, BenchQuestion
+from .metrics import Metric, mean_score
+
+# LLaVA-1.5's instruction for short-answer benchmarks (TextVQA, VQAv2, DocVQA, ChartQA, ...).
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+
+
+def with_instruction(question: str, instruction: str | None) -> str:
+    if not instruction or question.rstrip().endswith(instruction):
+        return question  # converted LLaVA files may carry it already
+    return f"{question}\n{instruction}"
+
+
+def _prompt(loaded: InferenceModel, item: BenchQuestion, image_folder: Path | None,
+            instruction: str | None) -> Prompt:
+    image: Image.Image | None = None
+    if item.image is not None:
+        try:
+            image = load_rgb_image(Path(image_folder) / item.image)
+        except ValueError as error:
+            raise BenchError(f"{item.where}: field 'image': {error}") from None
+    try:
+        return build_prompt(loaded, with_instruction(item.question, instruction), image)
+    except ValueError as error:
+        raise BenchError(f"{item.where}: field 'question': {error}") from None
+
+
+def predict(loaded: InferenceModel, questions: list[BenchQuestion], image_folder: Path | None,
+            max_new_tokens: int, batch_size: int, instruction: str | None) -> list[str]:
+    """Greedy answers in question order, ``batch_size`` prompts per left-padded batch."""
+    options = GenerationOptions(max_new_tokens=max_new_tokens)
+    predictions: list[str] = []
+    with tqdm(total=len(questions), desc="eval", unit="question") as progress:
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start:start + batch_size]
+            prompts = [_prompt(loaded, item, image_folder, instruction) for item in batch]
+            predictions.extend(generate_answers(loaded, prompts, options))
+            progress.update(len(batch))
+    return predictions
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]  # predictions.jsonl
+    summary: dict  # score.json
+
+
+def score(metric: Metric, questions: list[BenchQuestion], predictions: list[str], bench: str,
+          model: str) -> EvalResult:
+    rows = [{"id": item.id, "question": item.question, "prediction": prediction, "answers": item.answers,
+             "score": metric.score(prediction, item.answers)}
+            for item, prediction in zip(questions, predictions, strict=True)]
+    summary = {"metric": metric.name, "score": mean_score([row["score"] for row in rows]), "count": len(rows),
+               "bench": bench, "model": model}
+    return EvalResult(rows, summary)
+
+
+def write_results(result: EvalResult, output: Path) -> None:
+    write_jsonl_atomic(output / "predictions.jsonl", result.rows)
+    write_json_atomic(output / "score.json", result.summary)

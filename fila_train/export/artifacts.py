@@ -1,0 +1,41 @@
+"""The small files next to the weights: generation settings and the image-processor settings."""
+from __future__ import annotations
+
+import dataclasses
+
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from ..data.templates import get_template
+from ..data.tokenization import ConversationTokenizer
+from ..model import FilaForConditionalGeneration
+
+IMAGE_PROCESSOR_FILE = "fila_image_processor.json"
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template_name: str, image_token_id: int) -> list[int]:
+    """The template's end-of-turn token (what training taught the model to emit), then EOS if different."""
+    prompter = ConversationTokenizer(tokenizer, get_template(template_name), image_token_id)
+    ids = [prompter.special_id(prompter.template.end_of_turn)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def generation_config(tokenizer: PreTrainedTokenizerBase, template_name: str, image_token_id: int,
+                      **extra) -> GenerationConfig:
+    """Greedy decoding that stops where training taught the model to stop; padding with the tokenizer's pad."""
+    eos = stop_token_ids(tokenizer, template_name, image_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
+                            pad_token_id=pad, do_sample=False, **extra)
+
+
+def image_processor_settings(model: FilaForConditionalGeneration) -> dict:
+    """Everything the model's image processor is built from (its dataclass fields), plus the token count
+    per view: what a non-fila_train client needs to preprocess images as training did."""
+    processor = model.image_processor()
+    config = model.config
+    return {"vision_encoder": config.vision_encoder, "processor": type(processor).__name__,
+            **dataclasses.asdict(processor), "tokens_per_view": processor.tokens_per_view,
+            "vision_feature_layer": config.vision_feature_layer, "resample": "bicubic",
+            "image_token_id": config.image_token_id}

@@ -1,0 +1,80 @@
+"""Export: read a checkpoint, rebuild and merge the model, write one self-contained folder atomically."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from ..utils.files import write_json_atomic
+from .artifacts import IMAGE_PROCESSOR_FILE, generation_config, image_processor_settings
+from .errors import ExportError
+from .folder import atomic_folder
+from .llava import LLAVA_FOLDER, check_llava_compatible, write_llava
+from .model_card import CardFacts, render_model_card
+from .rebuild import load_config, rebuild_model
+from .run_records import read_run_records
+from .source import find_source, has_safetensors, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FORMATS = ("fila", "llava")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    dtype: str = "bf16"  # a DTYPES key
+    format: str = "fila"  # "llava": also write a transformers-native Llava copy in llava/
+    max_shard_size: str = "5GB"
+    source: str = "auto"  # see source.find_source
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ExportError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.format not in FORMATS:
+            raise ExportError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+
+
+def load_tokenizer(folder: Path, config):
+    try:
+        # Given the config, AutoTokenizer does not re-read config.json as a generic config.
+        return AutoTokenizer.from_pretrained(str(folder), config=config)
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{folder}: no usable tokenizer files (tokenizer.json / tokenizer_config.json, saved by "
+                          f"the trainer next to the weights): {error}") from None
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path, options: ExportOptions = ExportOptions()) -> Path:
+    """Write ``output``: config, safetensors shards + index, tokenizer, generation config, image-processor
+    settings and README.md; with ``format="llava"`` also ``output/llava/``. Returns ``output``."""
+    folder, output = Path(checkpoint), Path(output)
+    source = find_source(folder, options.source)
+    if source.kind == "deepspeed" and has_safetensors(folder):
+        logger.info("%s holds both a DeepSpeed checkpoint and a safetensors save: using the DeepSpeed fp32 "
+                    "master weights (the safetensors save holds the training-dtype copy)", folder)
+    config = load_config(folder)
+    if options.format == "llava":
+        check_llava_compatible(config, folder)  # before the (slow) consolidation
+    tokenizer = load_tokenizer(folder, config)
+    records = read_run_records(folder)
+    merged_lora = config.lora
+    model = rebuild_model(config, read_state_dict(source), source.describe())
+    model.generation_config = generation_config(tokenizer, model.config.conversation_template,
+                                                model.config.image_token_id)
+    dtype = DTYPES[options.dtype]
+    with atomic_folder(output, options.overwrite) as staging:
+        model.to(dtype)
+        logger.info("writing %s weights (shards of at most %s)", options.dtype, options.max_shard_size)
+        model.save_pretrained(staging, max_shard_size=options.max_shard_size)
+        tokenizer.save_pretrained(staging)
+        write_json_atomic(staging / IMAGE_PROCESSOR_FILE, image_processor_settings(model))
+        if options.format == "llava":
+            write_llava(model, tokenizer, staging / LLAVA_FOLDER, dtype, options.max_shard_size)
+        facts = CardFacts(dtype=options.dtype, source=source.describe(), records=records, merged_lora=merged_lora,
+                          llava_folder=LLAVA_FOLDER if options.format == "llava" else None)
+        (staging / "README.md").write_text(render_model_card(model, facts))
+    return output

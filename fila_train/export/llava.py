@@ -1,0 +1,148 @@
+"""``--format llava``: the LLaVA-1.5 baseline as a transformers-native LlavaForConditionalGeneration folder.
+
+Only the baseline has a LLaVA counterpart: one CLIP view per image (``vision_encoder clip``), the
+Linear-GELU-Linear projector (``mlp2x_gelu``) and a Llama-family LLM. Weights are renamed to the
+module names of transformers' Llava (checked against 5.23) and loaded strictly into a Llava model
+before it saves itself, so transformers decides the on-disk layout. LLaVA looks image positions up
+in the embedding table, so the tokenizer gets an ``<image>`` token; when its id is past the
+embeddings, one row (the mean of the others, as transformers' resize does) is appended to the
+input and output embeddings, and generation suppresses that id.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from transformers import (
+    AddedToken,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+)
+from transformers.image_utils import PILImageResampling
+
+from ..model import FilaConfig, FilaForConditionalGeneration
+from .artifacts import generation_config
+from .errors import ExportError
+from .rebuild import load_strictly
+
+logger = logging.getLogger(__name__)
+
+LLAVA_FOLDER = "llava"
+IMAGE_TOKEN = "<image>"
+LLAMA_FAMILY = ("llama", "mistral")  # LLMs whose Llava text model is the same decoder under the same names
+# Our parameter-name prefix -> Llava's (transformers 5.23 LlavaForConditionalGeneration module names).
+RENAMES: tuple[tuple[str, str], ...] = (
+    ("vision_tower.clip.", "model.vision_tower."),
+    ("connector.projector.0.", "model.multi_modal_projector.linear_1."),
+    ("connector.projector.2.", "model.multi_modal_projector.linear_2."),
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+
+
+def check_llava_compatible(config: FilaConfig, folder: Path) -> None:
+    """Raise ExportError with every reason ``config`` has no LlavaForConditionalGeneration equivalent."""
+    reasons = []
+    if config.vision_encoder != "clip":
+        reasons.append(f"vision_encoder is {config.vision_encoder!r}: LLaVA encodes one CLIP view per image, "
+                       f"it has no {config.vision_encoder} encoder (only 'clip' converts)")
+    if config.connector_type != "mlp2x_gelu":
+        reasons.append(f"connector_type is {config.connector_type!r}: LLaVA's projector is Linear-GELU-Linear "
+                       f"(only 'mlp2x_gelu' converts)")
+    if config.vision_config.model_type != "clip_vision_model":
+        reasons.append(f"the vision tower is {config.vision_config.model_type!r}, not a CLIP vision model")
+    if config.text_config.model_type not in LLAMA_FAMILY:
+        reasons.append(f"the LLM is {config.text_config.model_type!r}: only Llama-family LLMs {LLAMA_FAMILY} "
+                       f"are converted")
+    if not isinstance(config.vision_feature_layer, int):
+        reasons.append(f"vision_feature_layer {config.vision_feature_layer!r} is not a single layer")
+    if reasons:
+        raise ExportError(f"--format llava cannot convert {folder}: " + "; ".join(reasons)
+                          + ". Export with --format fila instead.")
+
+
+def llava_name(name: str) -> str:
+    for ours, theirs in RENAMES:
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    raise ExportError(f"parameter {name!r} has no counterpart in LlavaForConditionalGeneration")
+
+
+def tokenizer_with_image_token(tokenizer: PreTrainedTokenizerBase) -> tuple[PreTrainedTokenizerBase, int]:
+    """A copy of ``tokenizer`` that has ``<image>`` as a special token, and its id."""
+    tokenizer = copy.deepcopy(tokenizer)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    encoded = tokenizer.encode(IMAGE_TOKEN, add_special_tokens=False)
+    if encoded != [image_token_id]:
+        raise ExportError(f"the tokenizer encodes {IMAGE_TOKEN!r} as {encoded}, not as its own id {image_token_id}")
+    return tokenizer, image_token_id
+
+
+def _with_mean_row(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    extra = rows - weight.shape[0]
+    if extra <= 0:
+        return weight
+    return torch.cat([weight, weight.mean(dim=0, keepdim=True).expand(extra, -1)])
+
+
+def llava_state_dict(model: FilaForConditionalGeneration, vocab_rows: int) -> dict[str, torch.Tensor]:
+    """Our weights under Llava's names, embeddings (and an untied lm_head) grown to ``vocab_rows``."""
+    state_dict = {llava_name(name): tensor for name, tensor in model.state_dict().items()}
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        if name in state_dict:
+            state_dict[name] = _with_mean_row(state_dict[name], vocab_rows)
+    return state_dict
+
+
+def llava_config(config: FilaConfig, image_token_id: int, vocab_rows: int) -> LlavaConfig:
+    text_config = copy.deepcopy(config.text_config)
+    text_config.vocab_size = vocab_rows
+    vision = config.vision_config
+    return LlavaConfig(vision_config=copy.deepcopy(vision), text_config=text_config,
+                       image_token_index=image_token_id,
+                       image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+                       # Our features: patch tokens (CLS dropped = "default") of hidden state vision_feature_layer.
+                       vision_feature_layer=config.vision_feature_layer, vision_feature_select_strategy="default",
+                       projector_hidden_act="gelu", multimodal_projector_bias=True,
+                       tie_word_embeddings=config.tie_word_embeddings)
+
+
+def llava_processor(model: FilaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
+    """LLaVA-1.5 preprocessing as ours: pad to a square with the mean colour, bicubic resize, CLIP normalise;
+    ``<image>`` expands to one token per patch (CLS dropped)."""
+    ours = model.image_processor()
+    size = ours.image_size
+    image_processor = LlavaImageProcessorPil(
+        do_pad=True, do_resize=True, size={"shortest_edge": size}, resample=PILImageResampling.BICUBIC,
+        do_center_crop=True, crop_size={"height": size, "width": size}, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=list(ours.mean), image_std=list(ours.std), do_convert_rgb=True)
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=ours.patch_size,
+                          vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                          num_additional_image_tokens=1)
+
+
+def write_llava(model: FilaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, folder: Path,
+                dtype: torch.dtype, max_shard_size: str) -> None:
+    """``folder``: a LlavaForConditionalGeneration with ``model``'s weights, its processor and tokenizer."""
+    config = model.config
+    llava_tokenizer, image_token_id = tokenizer_with_image_token(tokenizer)
+    vocab_rows = max(config.text_config.vocab_size, image_token_id + 1)
+    with init_empty_weights(include_buffers=False):
+        llava = LlavaForConditionalGeneration(llava_config(config, image_token_id, vocab_rows))
+    load_strictly(llava, llava_state_dict(model, vocab_rows), "the renamed fila weights")
+    llava.to(dtype)
+    # The <image> id must never be generated: it only marks where image features go.
+    llava.generation_config = generation_config(tokenizer, config.conversation_template, config.image_token_id,
+                                                 suppress_tokens=[image_token_id])
+    llava.save_pretrained(folder, max_shard_size=max_shard_size)
+    llava_processor(model, llava_tokenizer).save_pretrained(folder)
+    logger.info("wrote the LlavaForConditionalGeneration copy to %s (<image> = id %d, vocabulary %d)",
+                folder, image_token_id, vocab_rows)

@@ -1,0 +1,127 @@
+"""README.md of an exported folder: architecture, parameters per part, training, data mix, dtype, usage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import PARTS, FilaForConditionalGeneration
+from .run_records import RunRecords, trainer_state_summary
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the card reports beyond the model itself."""
+
+    dtype: str
+    source: str  # where the weights came from (CheckpointSource.describe())
+    records: RunRecords
+    merged_lora: dict | None = None  # the LoRA settings merged into the LLM, if any
+    llava_folder: str | None = None  # subfolder holding the transformers-native Llava copy, if written
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def parameter_rows(model: FilaForConditionalGeneration) -> list[list[object]]:
+    parts = model.named_parts()
+    counts = {part: sum(p.numel() for _, p in parts[part]) for part in PARTS if part in parts}
+    rows: list[list[object]] = [[part, f"{count:,}"] for part, count in counts.items()]
+    return rows + [["**total**", f"**{sum(counts.values()):,}**"]]
+
+
+def _origin(config) -> str:
+    return getattr(config, "_name_or_path", "") or "n/a"
+
+
+def architecture_rows(model: FilaForConditionalGeneration) -> list[list[object]]:
+    config = model.config
+    text, vision = config.text_config, config.vision_config
+    llm = (f"{text.model_type} ({_origin(text)}): {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+           f"vocabulary {text.vocab_size}")
+    tower = (f"`{config.vision_encoder}`: CLIP-ViT ({_origin(vision)}) {vision.image_size}px / patch "
+             f"{vision.patch_size}, {vision.num_hidden_layers} layers, hidden {vision.hidden_size}; features of "
+             f"layer {config.vision_feature_layer}")
+    rows: list[list[object]] = [["LLM", llm], ["vision encoder", tower]]
+    if config.vision_encoder == "fila_hybrid":
+        options = config.vision_options or {}
+        convnext, cvfm, anyres = options.get("convnext", {}), options.get("cvfm", {}), options.get("anyres", {})
+        trunk = f"dims {convnext.get('dims')}" if convnext.get("dims") else convnext.get("model_name")
+        rows.append(["FILA hybrid", (f"ConvNeXt {trunk}; CVFM after ViT layers {cvfm.get('vit_layers')}; "
+                                     f"canvases {anyres.get('canvases')} in {anyres.get('tile_size')}px tiles")])
+    connector = f"`{config.connector_type}`"
+    if config.connector_options:
+        connector += f" ({', '.join(f'{k}={v}' for k, v in sorted(config.connector_options.items()))})"
+    rows.append(["connector", connector])
+    processor = model.image_processor()
+    views = " (global view + tiles per image)" if config.vision_encoder == "fila_hybrid" else ""
+    rows.append(["image tokens", f"{processor.tokens_per_view} per view{views}"])
+    rows.append(["conversation template", f"`{config.conversation_template}`"])
+    return rows
+
+
+def training_section(records: RunRecords) -> list[str]:
+    lines = ["## Training", ""]
+    summary, state = records.train_summary, records.trainer_state
+    if summary is None and state is None:
+        return lines + ["No train_summary.json or trainer_state.json was found next to the weights.", ""]
+    rows = []
+    if summary is not None:
+        rows.append(["train_summary.json", ", ".join(summary.get("tune_parts") or []) or "n/a",
+                     summary.get("steps", "n/a"), _loss(summary.get("loss_first")), _loss(summary.get("loss_last"))])
+    if state is not None:
+        from_state = trainer_state_summary(state)
+        rows.append(["trainer_state.json", "n/a", from_state["steps"], _loss(from_state["loss_first"]),
+                     _loss(from_state["loss_last"])])
+    return lines + [markdown_table(["record", "tune_parts", "steps", "loss (first 10%)", "loss (last 10%)"], rows),
+                    ""]
+
+
+def data_section(records: RunRecords) -> list[str]:
+    lines = ["## Data mix", ""]
+    plan = records.data_plan
+    if plan is None:
+        return lines + ["No data_plan.json was found in the run's output folder.", ""]
+    rows = [[source.get("name", "?"), ", ".join(map(str, source.get("annotations", []))), source.get("image_root", ""),
+             source.get("records", "n/a"), source.get("sampled", "n/a"), source.get("rule", "")]
+            for source in plan.get("sources", [])]
+    table = markdown_table(["source", "annotations", "image root", "records", "sampled", "rule"], rows)
+    intro = (f"From `{records.data_plan_path}`: seed {plan.get('seed', 'n/a')}, "
+             f"{plan.get('total', 'n/a')} samples in total.")
+    return [*lines, intro, "", table, ""]
+
+
+def usage_section(facts: CardFacts) -> list[str]:
+    lines = ["## Usage", "", "```python",
+             "import fila_train.model  # registers FilaConfig / FilaForConditionalGeneration with transformers",
+             "from transformers import AutoModelForImageTextToText",
+             "", "model = AutoModelForImageTextToText.from_pretrained(PATH)",
+             "processor = model.image_processor()  # settings also in fila_image_processor.json", "```", ""]
+    if facts.llava_folder:
+        folder = facts.llava_folder
+        lines += [(f"`{folder}/` holds the same weights as a transformers-native `LlavaForConditionalGeneration` "
+                   "(no fila_train needed):"), "", "```python",
+                  "from transformers import AutoProcessor, LlavaForConditionalGeneration", "",
+                  f'model = LlavaForConditionalGeneration.from_pretrained(PATH, subfolder="{folder}")',
+                  '# backend="pil" resizes with PIL as training did (the torchvision backend differs slightly)',
+                  f'processor = AutoProcessor.from_pretrained(PATH, subfolder="{folder}", backend="pil")',
+                  "```", ""]
+    return lines
+
+
+def render_model_card(model: FilaForConditionalGeneration, facts: CardFacts) -> str:
+    config = model.config
+    lines = [f"# {config.vision_encoder} + {config.connector_type} + {config.text_config.model_type}", "",
+             f"Exported by `fila-train export` from the {facts.source}. Weights are stored in **{facts.dtype}**.", ""]
+    if facts.merged_lora:
+        lora = facts.merged_lora
+        lines += [f"LoRA adapters (r={lora.get('r')}, alpha={lora.get('alpha')}) are merged into the LLM weights.", ""]
+    lines += ["## Architecture", "", markdown_table(["part", "description"], architecture_rows(model)), "",
+              "## Parameters", "", markdown_table(["part", "parameters"], parameter_rows(model)), ""]
+    lines += training_section(facts.records) + data_section(facts.records) + usage_section(facts)
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Inference with a saved model folder: loading, prompts, generation and `fila-train generate`."""

@@ -1,0 +1,34 @@
+"""``fila-train generate``: answer one prompt about one image, streaming the answer to stdout."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TextStreamer, set_seed
+
+from ..data.images import load_rgb_image
+from .generation import GenerationOptions, build_prompt, generate_ids
+from .loading import ModelOptions
+
+
+@dataclass
+class GenerateArguments:
+    prompt: str = field(metadata={"help": "the question or instruction"})
+    image: str | None = field(default=None, metadata={"help": "image file (omit for a text-only prompt)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed for --do_sample"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser((ModelOptions, GenerateArguments, GenerationOptions),
+                              prog="fila-train generate", description=__doc__)
+    model_options, args, options = parser.parse_args_into_dataclasses(
+        args=sys.argv[1:] if argv is None else argv)
+    if args.seed is not None:
+        set_seed(args.seed)
+    loaded = model_options.load()
+    image = load_rgb_image(Path(args.image)) if args.image else None
+    prompt = build_prompt(loaded, args.prompt, image)
+    streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    generate_ids(loaded, [prompt], options, streamer=streamer)
+    return 0

@@ -1,0 +1,94 @@
+"""Prompts in the model's training format, and batched generation with left padding."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
+
+from ..data.tokenization import IMAGE_PLACEHOLDER
+from .loading import InferenceModel
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]  # image placeholders already expanded to image-context ids
+    image: dict[str, Any] | None  # the processed image, or None for a text-only prompt
+
+
+def build_prompt(loaded: InferenceModel, question: str, image: Image.Image | None) -> Prompt:
+    """One human turn plus the assistant header, through the same per-turn tokenization as training,
+    so the ids are exactly a prefix of what the model saw for such a conversation."""
+    placeholders = question.count(IMAGE_PLACEHOLDER)
+    if placeholders > (image is not None):
+        raise ValueError(f"the prompt contains {placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) but "
+                         f"{int(image is not None)} image was given")
+    processed = None if image is None else loaded.processor(image)
+    if processed is not None and not placeholders:
+        question = f"{IMAGE_PLACEHOLDER}\n{question}"  # where LLaVA-style training data puts it
+    counts = [] if processed is None else [loaded.processor.num_image_tokens(processed)]
+    sample = loaded.prompter.encode([{"from": "human", "value": question}], counts, add_generation_prompt=True)
+    return Prompt(sample.input_ids, processed)
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = field(default=128, metadata={"help": "most tokens to generate per answer"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (with --do_sample)"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (with --do_sample)"})
+    top_k: int | None = field(default=None, metadata={"help": "sample among the k likeliest (with --do_sample)"})
+
+    def config(self, loaded: InferenceModel) -> GenerationConfig:
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else {}
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, use_cache=True,
+                                eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.pad_token_id, **sampling)
+
+
+def left_padded(prompts: list[Prompt], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask with every prompt ending at the last column, where generation continues."""
+    length = max(len(p.input_ids) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        n = len(prompt.input_ids)
+        input_ids[row, length - n:] = torch.tensor(prompt.input_ids, dtype=torch.long)
+        attention_mask[row, length - n:] = 1
+    return input_ids, attention_mask
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    return value
+
+
+def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
+    for index, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:index]
+    return ids
+
+
+@torch.inference_mode()
+def generate_ids(loaded: InferenceModel, prompts: list[Prompt], options: GenerationOptions,
+                 streamer: BaseStreamer | None = None) -> list[list[int]]:
+    """The new token ids of every prompt (one batch), up to (without) its stop token."""
+    input_ids, attention_mask = left_padded(prompts, loaded.pad_token_id)
+    processed = [p.image for p in prompts if p.image is not None]
+    images = to_device(loaded.processor.collate(processed), loaded.device) if processed else None
+    output = loaded.model.generate(input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),
+                                   images=images, generation_config=options.config(loaded), streamer=streamer)
+    new_tokens = output[:, input_ids.shape[1]:].tolist()
+    return [cut_at_stop(ids, loaded.stop_token_ids) for ids in new_tokens]
+
+
+def generate_answers(loaded: InferenceModel, prompts: list[Prompt], options: GenerationOptions) -> list[str]:
+    """Decoded, stripped answers of one batch of prompts."""
+    return [loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for ids in generate_ids(loaded, prompts, options)]

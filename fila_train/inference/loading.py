@@ -1,0 +1,91 @@
+"""Load a saved model folder for inference: the model, its tokenizer, image processor and template."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+
+from ..data.templates import get_template
+from ..data.tokenization import ConversationTokenizer
+from ..model import FilaForConditionalGeneration
+from ..model.builder import is_fila_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that has it, float32 otherwise; else one of DTYPES by name."""
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose auto or one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class InferenceModel:
+    """A model in eval mode with everything needed to prompt it as it was trained."""
+
+    model: FilaForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    processor: Any  # the vision encoder's ImageProcessor
+    prompter: ConversationTokenizer  # the model's conversation template on its tokenizer
+    path: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The template's end-of-turn token (what training taught the model to emit), and EOS."""
+        ids = [self.prompter.special_id(self.prompter.template.end_of_turn)]
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    @property
+    def pad_token_id(self) -> int:
+        # Padding is masked out, so any id serves; a training save always has a pad token.
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_token_ids[0]
+
+
+def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device | None = None) -> InferenceModel:
+    """One ``from_pretrained`` of a saved model folder (``save_pretrained`` + its tokenizer)."""
+    path = str(path)
+    if not is_fila_checkpoint(path):
+        raise ValueError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila'); "
+                         f"give the output folder of a training run or of `fila-train export`")
+    device = torch.device(device) if device is not None else default_device()
+    model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+    model.to(device).eval()
+    # generate() fills every option we leave unset from the folder's generation_config.json (e.g. an
+    # LLM's sampling or beam defaults); GenerationOptions alone decides, so that file is not used.
+    model.generation_config = GenerationConfig()
+    # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
+    tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
+    prompter = ConversationTokenizer(tokenizer, get_template(model.config.conversation_template),
+                                     model.config.image_token_id)
+    return InferenceModel(model, tokenizer, model.image_processor(), prompter, path)
+
+
+@dataclass
+class ModelOptions:
+    """The model flags shared by `fila-train generate` and `fila-train eval`."""
+
+    model: str = field(metadata={"help": "a saved model folder (training output or `fila-train export`)"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or float16"})
+    device: str | None = field(default=None, metadata={"help": "e.g. cuda:0 or cpu; unset: cuda if available"})
+
+    def load(self) -> InferenceModel:
+        return load_model(self.model, self.dtype, self.device)

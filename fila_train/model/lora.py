@@ -1,0 +1,175 @@
+"""LoRA / QLoRA adapters on the LLM through PEFT, described by ``FilaConfig.lora``.
+
+The adapters are part of the architecture: ``FilaForConditionalGeneration.__init__`` injects them
+when ``config.lora`` is set, so ``save_pretrained`` / ``from_pretrained``, HF Trainer resume and
+ZeRO-2/3 checkpoints all see the same parameter names (``...q_proj.base_layer.weight``,
+``...q_proj.lora_A.default.weight``). ``merge_lora`` folds them back into plain weights for export.
+
+Targets are a regex over FULL module paths of the composite (``language_model.model.layers.3.
+self_attn.q_proj``), never suffixes: the CLIP tower has q_proj/k_proj/v_proj/out_proj too
+(anchors.md failure 10). A pattern reaching outside the LLM, or matching nothing, is an error.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+LLM_PREFIX = "language_model."
+# Every linear projection of the decoder layers of Llama-family LLMs (Vicuna, Llama-3, Mistral, Qwen2).
+DEFAULT_TARGET = r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+BITS = (4, 8, 16)
+ADAPTER = "default"
+KBIT_REQUIREMENT = "QLoRA needs bitsandbytes and a CUDA GPU"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """``r``, ``alpha`` (default 2 r, LLaVA's ratio), ``dropout``, ``target_modules`` (a regex
+    fully matching module paths of the composite, inside the LLM) and ``bits`` (16, or 4/8 = QLoRA)."""
+
+    r: int
+    alpha: float | None = None
+    dropout: float = 0.05
+    target_modules: str = DEFAULT_TARGET
+    bits: int = 16
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.r, int) and self.r > 0):
+            raise ValueError(f"lora r must be a positive integer, got {self.r!r}")
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", float(2 * self.r))
+        if self.alpha <= 0:
+            raise ValueError(f"lora alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+        if self.bits not in BITS:
+            raise ValueError(f"lora bits must be one of {BITS}, got {self.bits}")
+        try:
+            re.compile(self.target_modules)
+        except re.error as error:
+            raise ValueError(f"lora target_modules {self.target_modules!r} is not a valid regex: {error}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoraSettings":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"FilaConfig.lora: unknown key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lora_targets(model: nn.Module, pattern: str) -> list[str]:
+    """Full paths of the modules ``pattern`` selects; every one must be an ``nn.Linear`` of the LLM."""
+    matched = [(name, module) for name, module in model.named_modules() if re.fullmatch(pattern, name)]
+    outside = [name for name, _ in matched if not name.startswith(LLM_PREFIX)]
+    if outside:
+        raise ValueError(f"--lora_target {pattern!r} matches modules outside the LLM, e.g. {outside[:3]}; "
+                         f"LoRA applies to the LLM only: anchor the pattern at 'language_model\\.'")
+    # nn.Linear or a quantized subclass (bitsandbytes' Linear4bit / Linear8bitLt under QLoRA).
+    not_linear = [f"{name} ({type(module).__name__})" for name, module in matched if not isinstance(module, nn.Linear)]
+    if not_linear:
+        raise ValueError(f"--lora_target {pattern!r} matches modules that are not nn.Linear: {not_linear[:3]}")
+    if not matched:
+        examples = [name for name, module in model.named_modules()
+                    if name.startswith(LLM_PREFIX) and isinstance(module, nn.Linear)][:4]
+        raise ValueError(f"--lora_target {pattern!r} matches no module (it must match full paths such as "
+                         f"{examples})")
+    return [name for name, _ in matched]
+
+
+def add_lora(model: nn.Module, settings: LoraSettings) -> None:
+    """Inject the adapters into ``model.language_model`` and record ``settings`` in ``model.config.lora``."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if lora_layers(model):
+        raise ValueError("the model already has LoRA adapters: merge them first (merge_lora)")
+    targets = lora_targets(model, settings.target_modules)
+    if settings.bits != 16 and not is_quantized(model.language_model):
+        require_kbit_support()
+        raise ValueError(f"config.lora.bits = {settings.bits}, but the LLM is not quantized: a QLoRA model is "
+                         f"built by build_model(..., lora=...); rebuilding one from a saved config is not supported")
+    relative = [name[len(LLM_PREFIX):] for name in targets]
+    # PEFT matches a string by re.fullmatch on paths inside the module it is given: exactly these.
+    peft_config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                             target_modules="|".join(re.escape(name) for name in relative), bias="none")
+    inject_adapter_in_model(peft_config, model.language_model, adapter_name=ADAPTER)
+    injected = sorted(LLM_PREFIX + name for name in lora_layers(model.language_model))
+    if injected != sorted(targets):
+        raise RuntimeError(f"PEFT adapted {len(injected)} modules, expected the {len(targets)} targets")
+    for name, parameter in model.named_parameters():
+        if is_lora_parameter(name):
+            # PEFT's init (kaiming A, zero B: the adapter starts as a no-op) must survive post_init;
+            # the flag makes transformers' init skip them, as for loaded weights.
+            parameter._is_hf_initialized = True
+    model.config.lora = settings.to_dict()
+
+
+def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name: layer for name, layer in module.named_modules() if isinstance(layer, LoraLayer)}
+
+
+def is_lora_parameter(name: str) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return any(f".{layer}." in name for layer in LoraLayer.adapter_layer_names)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights (PEFT's merge), drop the wrappers so parameter names
+    are the plain ones again, and set ``config.lora = None``: the result is a plain FILA model."""
+    if model.config.lora is None:
+        raise ValueError("merge_lora: the model has no LoRA adapters (config.lora is None)")
+    if LoraSettings.from_dict(model.config.lora).bits != 16:
+        raise ValueError("merge_lora: the LLM is quantized (QLoRA); merge into a 16/32-bit rebuild instead")
+    language_model = model.language_model
+    for name, layer in lora_layers(language_model).items():
+        if any(hasattr(p, "ds_id") for p in layer.parameters()):
+            raise ValueError(f"merge_lora: {name} is ZeRO-3 partitioned; merge a consolidated model")
+        layer.merge(safe_merge=True, adapter_names=[ADAPTER])
+        parent, _, child = name.rpartition(".")
+        setattr(language_model.get_submodule(parent), child, layer.get_base_layer())
+    if hasattr(language_model, "peft_config"):
+        del language_model.peft_config
+    model.config.lora = None
+    return model
+
+
+# --------------------------------------------------------------------------- QLoRA (bitsandbytes)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return getattr(model, "hf_quantizer", None) is not None
+
+
+def require_kbit_support() -> None:
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible")
+    if missing:
+        raise RuntimeError(f"{KBIT_REQUIREMENT} (--bits 4/8): {'; '.join(missing)}. Use --bits 16 for LoRA.")
+
+
+def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementation: str) -> nn.Module:
+    """The LLM loaded in 4-bit NF4 (double quantisation) or 8-bit on this rank's GPU, as LLaVA's QLoRA."""
+    require_kbit_support()
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_compute_dtype=dtype,
+                                      bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization,
+        device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
+    # Gradient checkpointing is the trainer's choice (--gradient_checkpointing), not switched on here.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

@@ -1,0 +1,149 @@
+"""fila-train bench: MFU arithmetic by hand, FLOP counting against the encoder's own count, a tiny
+CPU run and --data through the CLI, real sizes on the meta device, MFU/memory in training logs."""
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+import torch
+from distributed_utils import TINY, assets, build_tiny_model, tiny_batch  # noqa: F401 (fixture)
+
+from fila_train.bench.cli import main as bench_main
+from fila_train.bench.flop_count import ModelFlopCounter, sample_lengths
+from fila_train.bench.mfu import (ImageForward, LLMSize, llm_flops, mfu, peak_tflops, stage_multipliers,
+                                  step_flops, trained_stages)
+from fila_train.demo.tiny_models import as_cli
+from fila_train.training.parts import apply_tune_parts
+
+SIZE = LLMSize(params=1000, layers=2, attention_width=8)
+
+
+def test_llm_flops_by_hand() -> None:
+    # Samples of 10 and 6 tokens; attention 12*L*d*T per token in training (4*L*d*T forward), no causal halving.
+    assert llm_flops(SIZE, [10, 6], multiplier=3) == 10 * (6000 + 1920) + 6 * (6000 + 1152) == 122112  # stage 2: 6N
+    assert llm_flops(SIZE, [10, 6], multiplier=2) == 10 * (4000 + 1920) + 6 * (4000 + 1152) == 90112  # stage 1: 4N
+    assert llm_flops(SIZE, [10, 6], multiplier=1) == 10 * (2000 + 640) + 6 * (2000 + 384) == 40704  # forward only
+
+
+def test_stage_1_vs_stage_2_and_frozen_vs_trained_vision() -> None:
+    clip = ImageForward(vit_before_fusion=100.0, projector=10.0)
+    stage1 = step_flops(SIZE, [10], [clip], trained_stages(["connector"]))
+    assert (stage1.llm, stage1.vision, stage1.connector) == (59200, 100, 30)  # LLM 4N, frozen ViT forward only
+    stage2 = step_flops(SIZE, [10], [clip], trained_stages(["connector", "llm"]))
+    assert (stage2.llm, stage2.vision, stage2.connector, stage2.total) == (79200, 100, 30, 79330)
+    vision_trained = step_flops(SIZE, [10], [clip], trained_stages(["vision", "connector", "llm"]))
+    assert vision_trained.vision == 300
+
+    # FILA stage 1: CVFM trains, so the ViT blocks after the first fusion pass gradients (x2);
+    # the ConvNeXt and the ViT blocks before the fusion stay forward-only.
+    fila = ImageForward(convnext=50.0, vit_before_fusion=20.0, cvfm=5.0, vit_after_fusion=80.0, projector=10.0)
+    flops = step_flops(SIZE, [10], [fila, fila], trained_stages(["connector", "cvfm"]))
+    assert (flops.vision, flops.connector) == (2 * (50 + 20 + 15 + 160), 2 * 30)
+    assert stage_multipliers(trained_stages(["connector", "cvfm"]))["llm"] == 2
+
+    # LoRA: "llm" trains the adapters (x3); the frozen base LLM passes gradients (4N).
+    lora_size = LLMSize(params=1000, layers=2, attention_width=8, adapter_params=50)
+    lora = step_flops(lora_size, [10], [], trained_stages(["connector", "llm"], lora=True))
+    assert lora.llm == 10 * (4000 + 300 + 1920)
+
+
+def test_mfu_and_peak_table() -> None:
+    assert mfu(1e12, 2.0, 1.0) == 0.5
+    assert mfu(1e12, 2.0, None) is None
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 66.9
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "tf32") == 156.0
+    assert peak_tflops("H100", "bf16") is None  # exact device names only, no substring guessing
+    assert peak_tflops(None, "bf16") is None
+    assert peak_tflops(None, "bf16", override=12.5) == 12.5
+    with pytest.raises(ValueError, match="peak_tflops"):
+        peak_tflops(None, "bf16", override=0)
+
+
+def test_packed_batches_count_every_sample() -> None:
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    assert sample_lengths({"position_ids": positions, "input_ids": torch.zeros(1, 9)}) == [3, 2, 4]
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert sample_lengths({"attention_mask": mask, "input_ids": torch.zeros(2, 4)}) == [3, 4]
+
+
+def test_counter_agrees_with_the_encoders_own_count_and_the_batch(assets) -> None:  # noqa: F811
+    model = build_tiny_model(assets, hybrid=True, fuser=False)
+    apply_tune_parts(model, ["connector", "cvfm", "llm"])
+    counter = ModelFlopCounter.for_model(model)
+    assert counter.trained == {"projector", "cvfm", "llm"}
+    for rows, cols in ((2, 2), (1, 2)):
+        image = counter.image_forward((rows, cols))
+        own = model.vision_tower.vision_flops_per_image((cols * TINY.tile, rows * TINY.tile))
+        vision = image.convnext + image.vit_before_fusion + image.cvfm + image.vit_after_fusion
+        assert vision == pytest.approx(own["total"] * 1e12, rel=1e-9)
+        assert image.convnext == pytest.approx(own["convnext"] * 1e12, rel=1e-9)
+        assert image.vit_after_fusion > image.vit_before_fusion > 0  # CVFM after block 1 of 6
+    batch = tiny_batch(model, assets, size=4, stage2=True)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    layouts = [tuple(grid) for grid in batch["images"]["grids"].tolist()]
+    flops = counter.batch_flops(batch)
+    assert flops.llm == llm_flops(counter.llm, lengths, 3)
+    expected = step_flops(counter.llm, lengths, [counter.image_forward(g) for g in layouts], counter.trained)
+    assert flops == expected and flops.vision > 0 and flops.connector > 0
+
+
+def test_tiny_cpu_bench_through_the_cli(tmp_path, capsys) -> None:
+    output = tmp_path / "bench.json"
+    code = bench_main(["tiny-fila", "--stage", "2", "--batch_size", "2", "--steps", "2", "--warmup", "1",
+                       "--threads", "1", "--seq_len", "300", "--peak_tflops", "0.5", "--output", str(output)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "median step time" in printed and "MFU" in printed and "no DeepSpeed" in printed
+    result = json.loads(output.read_text())
+    for key in ("median_step_seconds", "samples_per_second", "tokens_per_second_per_device",
+                "model_tflops_per_step", "mfu", "peak_memory_gib"):
+        assert result[key] > 0, key
+    assert result["tune_parts"] == ["connector", "cvfm", "llm"]
+    assert 300 <= result["tokens_per_sample"] < 340  # the target, overshot by at most one QA turn
+    assert result["image_tokens_per_sample"] == 80  # 2x2 tiles + global view, 16 tokens each
+
+
+def test_data_bench_reports_ours_and_the_reference(tmp_path, capsys) -> None:
+    output = tmp_path / "data.json"
+    assert bench_main(["tiny-fila", "--data", "--num_images", "3", "--repeats", "1", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "reference (LLaVA-NeXT style)" in printed
+    result = json.loads(output.read_text())
+    assert result["ours"]["images_per_second"] > 0 and result["baseline"]["images_per_second"] > 0
+    assert result["max_abs_difference"] < 1e-5  # the reference computes the same tensors
+    assert result["samples_per_second"] > 0 and result["tokenization"]["text_tokens_per_second"] > 0
+
+
+def test_real_size_config_builds_on_meta_and_matches_the_anchors(tmp_path) -> None:
+    output = tmp_path / "dry.json"
+    assert bench_main(["fila-7b", "--dry_run", "--stage", "2", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["llm"]["params"] == 6_607_343_616  # Llama-2-7B without its input embedding
+    assert result["canvas"] == [672, 672] and result["image_tokens"] == 2880
+    vision = result["vision_forward_tflops_per_image"]
+    # anchors.md: ViT-L/14-336 ~0.38 TFLOP per view (here 23 of 24 blocks run, up to layer -2);
+    # ConvNeXt-L ~3.2 TFLOP at 1536.
+    assert (vision["vit_before_fusion"] + vision["vit_after_fusion"]) / 5 == pytest.approx(0.38 * 23 / 24, rel=0.03)
+    assert vision["convnext"] == pytest.approx(3.2, rel=0.05)
+    assert result["model_tflops_per_sample"]["total"] > result["model_tflops_per_sample"]["llm"] > 100
+
+
+def test_training_log_has_mfu_model_tflops_and_peak_memory(assets, tmp_path, capsys) -> None:  # noqa: F811
+    from fila_train.training.train import parse_args, train
+
+    flags = assets.model_flags(hybrid=False, fuser=False) | {
+        "data_path": str(assets.stage1_data), "image_folder": str(assets.image_folder),
+        "conversation_template": "plain", "tune_parts": "connector", "per_device_train_batch_size": "2",
+        "max_steps": "2", "logging_steps": "1", "model_max_length": "512", "save_strategy": "no",
+        "report_to": "none", "output_dir": str(tmp_path / "run")}
+    model_args, data_args, args = parse_args(as_cli(flags))
+    args.peak_tflops = 0.5  # a CPU has no known peak; --peak_tflops is how a run names one
+    train(model_args, data_args, args)
+    logs = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{") and "'loss'" in line]
+    assert len(logs) == 2
+    for entry in logs:
+        assert entry["mfu"] > 0 and entry["model_tflops_per_second_per_device"] > 0
+        assert entry["peak_memory_gib"] > 0

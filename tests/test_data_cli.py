@@ -1,0 +1,140 @@
+"""`fila-train data inspect` and a 2-process run on a mixture with bad records skipped and counted."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from distributed_utils import TINY, run_torchrun
+from fila_train.cli import main as cli_main
+
+
+def broken_source(folder: Path, image_folder: Path) -> Path:
+    """Three good records and three bad ones (missing image, corrupt image, malformed JSON)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good_image = sorted(p.name for p in image_folder.iterdir())[0]
+    (image_folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+
+    def rec(record_id: str, image: str) -> str:
+        return json.dumps({"id": record_id, "image": image, "conversations": [
+            {"from": "human", "value": "<image>\nWhat is the title?"}, {"from": "gpt", "value": "A form."}]})
+
+    lines = [rec("ok-1", good_image), rec("lost-1", "no_such.png"), rec("ok-2", good_image),
+             rec("corrupt-1", "corrupt.png"), '{"id": "cut-1", "conversations": [', rec("ok-3", good_image)]
+    path = folder / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_mixture(tmp_path: Path, assets, with_broken: bool) -> Path:
+    sources = [{"name": "instructions", "annotations": str(assets.stage2_data), "image_root": str(assets.image_folder),
+                "repeat": 1.0}]
+    if with_broken:
+        sources.append({"name": "broken", "annotations": str(broken_source(tmp_path / "broken", assets.image_folder)),
+                        "image_root": str(assets.image_folder), "repeat": 3.0})
+    path = tmp_path / "mix.yaml"
+    path.write_text(json.dumps({"seed": 11, "sources": sources}))  # JSON is YAML
+    return path
+
+
+def inspect(assets, spec: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    report = tmp_path / "report.json"
+    flags = assets.model_flags(hybrid=True, fuser=False)
+    argv = ["data", "inspect", str(spec), "--model_name_or_path", flags["model_name_or_path"],
+            "--vision_tower", flags["vision_tower"], "--vision_encoder", "fila_hybrid",
+            "--anyres_canvases", flags["anyres_canvases"], "--model_max_length", "300", "--output", str(report), *extra]
+    code = cli_main(argv)
+    return code, json.loads(report.read_text())
+
+
+def test_inspect_reports_each_source_and_fails_on_bad_records(tiny_assets, tmp_path: Path, capsys) -> None:
+    code, report = inspect(tiny_assets, write_mixture(tmp_path, tiny_assets, with_broken=True), tmp_path)
+    out = capsys.readouterr()
+    assert code == 1
+    broken = next(s for s in report["sources"] if s["name"] == "broken")
+    assert broken["records"] == 6 and broken["sampled"] == 18
+    assert broken["error_kinds"] == {"missing_image": 1, "unreadable_image": 1, "malformed_json": 1}
+    path = tmp_path / "broken" / "broken.jsonl"
+    for fragment in (f"{path}:2 (id 'lost-1')", f"{path}:4 (id 'corrupt-1')", f"{path}:5: malformed JSON"):
+        assert fragment in out.err, out.err
+    good = next(s for s in report["sources"] if s["name"] == "instructions")
+    assert good["errors"] == [] and good["with_images"] + good["text_only"] == good["records"]
+    assert 0 < good["token_percentiles"]["p50"] <= good["token_percentiles"]["max"]
+    assert good["image_width_percentiles"]["max"] > 0 and "broken" in out.out
+
+
+def test_inspect_lengths_match_the_dataset_and_clean_mix_passes(tiny_assets, tmp_path: Path) -> None:
+    from fila_train.data.dataset import DatasetOptions
+    from fila_train.data.mixed_dataset import MixtureDataset
+    from fila_train.data.mixture import load_mixture
+    from fila_train.model.builder import build_model, load_tokenizer
+
+    spec = write_mixture(tmp_path, tiny_assets, with_broken=False)
+    code, report = inspect(tiny_assets, spec, tmp_path)
+    assert code == 0 and report["errors"] == 0
+    # The same numbers as the samples the real model-side processor builds.
+    flags = tiny_assets.model_flags(hybrid=True, fuser=False)
+    from fila_train.training.arguments import ModelArguments
+    model_args = ModelArguments(**{k: v for k, v in flags.items()})
+    model = build_model(model_args.model_name_or_path, model_args.vision_tower, vision_encoder="fila_hybrid",
+                        vision_options=model_args.vision_options())
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model, 2048)
+    dataset = MixtureDataset(load_mixture(spec), tokenizer, "vicuna_v1", model.config.image_token_id,
+                             model.image_processor(), DatasetOptions(2048))
+    source = dataset.sources[0]
+    lengths = sorted(len(source.build(i)["input_ids"]) for i in range(len(source)))
+    assert report["sources"][0]["token_percentiles"]["max"] == lengths[-1]
+    assert report["sources"][0]["over_max_length"] == sum(length > 300 for length in lengths)
+
+
+STEPS, CHECKPOINT = 6, 3
+
+
+def mixture_train_args(assets, spec: Path) -> list[str]:
+    flags = assets.model_flags(hybrid=True, fuser=False)
+    args = [f"--{k}={v}" for k, v in flags.items()]
+    return args + ["--data_path", str(spec), "--conversation_template", "vicuna_v1",
+                   "--tune_parts", "connector,cvfm,llm", "--learning_rate", "3e-3",
+                   "--deepspeed", "zero_configs/zero2.json", "--per_device_train_batch_size", "2",
+                   "--max_steps", str(STEPS), "--logging_steps", "1", "--model_max_length", "512",
+                   "--save_strategy", "steps", "--save_steps", str(CHECKPOINT), "--seed", "7", "--report_to", "none",
+                   "--on_bad_sample", "skip", "--group_by_modality_length", "--log_sample_ids",
+                   "--dataloader_num_workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def mixture_run(tiny_assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixture_run")
+    spec = write_mixture(root, tiny_assets, with_broken=True)
+    args = mixture_train_args(tiny_assets, spec) + ["--length_cache_dir", str(root / "lengths")]
+    return args, run_torchrun(args, root / "run")
+
+
+def test_mixture_run_skips_and_counts_bad_records_across_workers_and_ranks(mixture_run) -> None:
+    _, run = mixture_run
+    summary = run.summary()
+    assert summary["steps"] == STEPS
+    skipped = summary["skipped"]
+    assert set(skipped) <= {"missing_image", "unreadable_image", "malformed_json"} and sum(skipped.values()) > 0
+    plan = json.loads((run.output_dir / "data_plan.json").read_text())
+    assert [s["name"] for s in plan["sources"]] == ["instructions", "broken"] and plan["sources"][1]["sampled"] == 18
+    assert "skipped sample" in run.rank_log(0) + run.rank_log(1)
+    # Every trained id is a real, usable record: none of the bad ones.
+    ids = "".join((run.output_dir / "sample_ids" / f"rank{r}.txt").read_text() for r in range(2)).split()
+    assert ids and not {"lost-1", "corrupt-1", "cut-1"} & set(ids)
+
+
+def test_mixture_run_resumes_mid_epoch_on_the_same_samples(mixture_run, tmp_path: Path) -> None:
+    args, run = mixture_run
+    resumed_dir = tmp_path / "resumed"
+    checkpoint = run.output_dir / f"checkpoint-{CHECKPOINT}"
+    resumed = run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)], resumed_dir)
+    for rank in range(2):
+        full = (run.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split()
+        tail = (resumed.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split()
+        assert tail == full[len(full) - len(tail):] and len(tail) == len(full) // 2
+    losses, resumed_losses = run.summary()["losses"], resumed.summary()["losses"]
+    # The resumed run's history starts with the checkpoint's first CHECKPOINT losses.
+    assert resumed_losses[CHECKPOINT:] == pytest.approx(losses[CHECKPOINT:], rel=1e-4)

@@ -1,0 +1,280 @@
+"""fila-train export: ZeRO-2/3 checkpoints and HF saves -> one merged folder; shards, dtype, LoRA, llava.
+
+Two short 2-process runs cover the matrix: the baseline (CLIP + mlp2x_gelu) under ZeRO-2 (stage 2:
+connector + LLM trained, vision frozen) and FILA + MMFuser under ZeRO-3 (stage 1: connector, CVFM
+and fuser trained, vision and LLM frozen, so both trainable and frozen partitions are consolidated).
+Everything else uses tiny composites saved in-process (~1 s each).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from distributed_utils import REPO, assets, build_tiny_model, run_torchrun, tiny_batch, train_args  # noqa: F401
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from fila_train.export.cli import main as export_main
+from fila_train.export.errors import ExportError
+from fila_train.export.exporter import ExportOptions, export_checkpoint
+from fila_train.export.source import find_source
+from fila_train.model import FilaForConditionalGeneration
+from fila_train.model.builder import build_model, load_tokenizer
+
+STEPS = 2
+# The fewest runs covering {baseline, FILA, MMFuser} x {ZeRO-2, ZeRO-3}.
+RUNS = {"baseline_zero2": {"hybrid": False, "fuser": False, "stage": 2, "zero": 2},
+        "fila_mmfuser_zero3": {"hybrid": True, "fuser": True, "stage": 1, "zero": 3}}
+
+
+def export(checkpoint: Path, output: Path, *flags: str) -> Path:
+    assert export_main(["--checkpoint", str(checkpoint), "--output", str(output), *flags]) == 0
+    return output
+
+
+def logits(model, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def save_as_training_output(model, assets, folder: Path) -> Path:
+    """What trainer.save_model leaves: save_pretrained weights + config, and the tokenizer."""
+    tokenizer = load_tokenizer(str(assets.llm), model, 512)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def run(request, assets, tmp_path_factory):
+    output = tmp_path_factory.mktemp(request.param) / "run"
+    args = train_args(assets, **RUNS[request.param], steps=STEPS) + ["--save_strategy=steps", f"--save_steps={STEPS}"]
+    return run_torchrun(["--report_to", "none", *args], output)
+
+
+@pytest.fixture(scope="module")
+def baseline_folder(assets, tmp_path_factory) -> Path:
+    return save_as_training_output(build_tiny_model(assets, hybrid=False, fuser=False),
+                                   assets, tmp_path_factory.mktemp("baseline") / "run")
+
+
+@pytest.fixture(scope="module")
+def hybrid_folder(assets, tmp_path_factory) -> Path:
+    return save_as_training_output(build_tiny_model(assets, hybrid=True, fuser=True),
+                                   assets, tmp_path_factory.mktemp("hybrid") / "run")
+
+
+# ----------------------------------------------------------------------------- (a) ZeRO checkpoints
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "output"])
+def test_export_reproduces_the_trained_model_exactly(run, which, assets, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fila_train.export")
+    folder = run.output_dir / f"checkpoint-{STEPS}" if which == "checkpoint" else run.output_dir
+    expected_kind = "deepspeed" if which == "checkpoint" else "safetensors"
+    assert find_source(folder).kind == expected_kind
+    out = export(folder, tmp_path / "export", "--dtype", "fp32")
+    if which == "checkpoint":  # both kinds are there: the fp32 masters win, and the log says so
+        assert (folder / "model.safetensors").is_file()
+        assert "using the DeepSpeed fp32 master weights" in caplog.text
+        assert f"DeepSpeed ZeRO checkpoint {folder / f'global_step{STEPS}'}" in caplog.text
+
+    exported = FilaForConditionalGeneration.from_pretrained(out)
+    reference = FilaForConditionalGeneration.from_pretrained(run.output_dir)  # the run's own HF save
+    assert exported.dtype == torch.float32
+    ours, theirs = exported.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
+    batch = tiny_batch(reference, assets, size=2, stage2=reference.config.conversation_template != "plain")
+    assert torch.equal(logits(exported, batch), logits(reference, batch))
+
+    card = (out / "README.md").read_text()
+    for part, params in exported.named_parts().items():
+        assert f"| {part} | {sum(p.numel() for _, p in params):,} |" in card
+    record = "trainer_state.json" if which == "checkpoint" else "train_summary.json"
+    summary = run.summary()
+    assert f"| {record} |" in card and f"| {summary['steps']} | {summary['loss_first']:.4f} |" in card
+
+
+# ----------------------------------------------------------------------------- (b) shards, index, dtype
+
+
+def test_sharded_bf16_export_round_trips(hybrid_folder, assets, tmp_path):
+    plan = {"seed": 3, "total": 30, "sources": [
+        {"name": "docs", "annotations": ["docs.jsonl"], "image_root": "images", "records": 24, "sampled": 20,
+         "rule": "repeat 0.8"},
+        {"name": "captions", "annotations": ["cap.jsonl"], "image_root": "images", "records": 10, "sampled": 10,
+         "rule": "all"}]}
+    (hybrid_folder / "data_plan.json").write_text(json.dumps(plan))
+    out = export(hybrid_folder, tmp_path / "export", "--dtype", "bf16", "--max_shard_size", "150KB")
+
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and not (out / "model.safetensors").exists()
+    assert sorted(set(index["weight_map"].values())) == [s.name for s in shards]
+    original = FilaForConditionalGeneration.from_pretrained(hybrid_folder)
+    assert set(index["weight_map"]) == set(original.state_dict())
+    for shard in shards:
+        with safe_open(shard, "pt") as handle:
+            keys = list(handle.keys())
+            assert all(index["weight_map"][key] == shard.name for key in keys)
+            assert {handle.get_tensor(key).dtype for key in keys} == {torch.bfloat16}
+
+    from transformers import AutoModelForImageTextToText  # knows fila: importing fila_train.model registered it
+
+    loaded = AutoModelForImageTextToText.from_pretrained(out)
+    assert type(loaded) is FilaForConditionalGeneration and loaded.dtype == torch.bfloat16
+    expected = original.to(torch.bfloat16).state_dict()
+    assert [k for k, v in loaded.state_dict().items() if not torch.equal(v, expected[k])] == []
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+    tokenizer = load_tokenizer(str(out), loaded, 512)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.eos_token_id and generation["pad_token_id"] == tokenizer.pad_token_id
+    settings = json.loads((out / "fila_image_processor.json").read_text())
+    processor = loaded.image_processor()
+    assert settings["vision_encoder"] == "fila_hybrid" and settings["processor"] == "HybridImageProcessor"
+    assert settings["anyres"]["tile_size"] == processor.anyres.tile_size
+    assert [tuple(c) for c in settings["anyres"]["canvases"]] == list(processor.anyres.canvases)
+    assert tuple(settings["mean"]) == processor.mean and settings["tokens_per_view"] == processor.tokens_per_view
+    card = (out / "README.md").read_text()
+    assert "**bf16**" in card and "seed 3, 30 samples" in card
+    assert "| docs | docs.jsonl | images | 24 | 20 | repeat 0.8 |" in card
+
+
+def test_lora_adapters_are_merged(assets, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(str(assets.llm), str(assets.clip), lora={"r": 4, "alpha": 8.0, "dropout": 0.0})
+    with torch.no_grad():  # B starts at zero (a no-op adapter): make the merge matter
+        for name, parameter in model.named_parameters():
+            if ".lora_B." in name:
+                parameter.normal_(0, 0.1)
+    folder = save_as_training_output(model, assets, tmp_path / "run")
+    out = export(folder, tmp_path / "export", "--dtype", "fp32")
+
+    merged = FilaForConditionalGeneration.from_pretrained(out)
+    assert merged.config.lora is None and json.loads((out / "config.json").read_text()).get("lora") is None
+    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
+    saved = load_file(folder / "model.safetensors")
+    q_proj = "language_model.model.layers.0.self_attn.q_proj"
+    assert not torch.allclose(merged.state_dict()[f"{q_proj}.weight"], saved[f"{q_proj}.base_layer.weight"])
+    batch = tiny_batch(model, assets, size=2, stage2=True)
+    torch.testing.assert_close(logits(merged, batch), logits(model, batch), rtol=1e-5, atol=1e-5)
+    assert "LoRA adapters (r=4, alpha=8.0) are merged" in (out / "README.md").read_text()
+
+
+def test_importing_the_model_needs_no_training_code():
+    code = ("import sys, fila_train.model; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'deepspeed' or m.startswith('fila_train.training')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ----------------------------------------------------------------------------- (c) --format llava
+
+
+def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from fila_train.data.templates import get_template
+    from fila_train.data.tokenization import ConversationTokenizer
+
+    out = export(baseline_folder, tmp_path / "export", "--dtype", "fp32", "--format", "llava")
+    ours = FilaForConditionalGeneration.from_pretrained(out).eval()
+    # Loaded as the model card says: the Llava copy is the "llava" subfolder of the export.
+    llava = LlavaForConditionalGeneration.from_pretrained(out, subfolder="llava", dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(out, subfolder="llava", backend="pil")
+    image_token_id = llava.config.image_token_id
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == image_token_id == ours.config.text_config.vocab_size
+    assert llava.generation_config.suppress_tokens == [image_token_id]
+
+    image = Image.open(min(assets.image_folder.iterdir())).convert("RGB")
+    assert image.width != image.height
+    our_processor = ours.image_processor()
+    pixels = our_processor(image)["pixel_values"]
+    theirs = processor(text="USER: <image>\nRead it. ASSISTANT:", images=image, return_tensors="pt")
+    num_image_tokens = our_processor.num_image_tokens({"pixel_values": pixels})
+    assert int((theirs["input_ids"] == image_token_id).sum()) == num_image_tokens
+    # Same geometry and resampling; the padding colour differs by at most one grey level (LLaVA fills
+    # with int(255 * mean), our ClipImageProcessor with round(255 * mean)); a square image needs no padding.
+    torch.testing.assert_close(theirs["pixel_values"], pixels, rtol=0, atol=1.01 / 255 / min(our_processor.std))
+    square = image.crop((0, 0, image.height, image.height))
+    assert torch.equal(processor(text="<image>", images=square, return_tensors="pt")["pixel_values"],
+                       our_processor(square)["pixel_values"])
+
+    tokenizer = load_tokenizer(str(out), ours, 512)
+    prompter = ConversationTokenizer(tokenizer, get_template("vicuna_v1"), ours.config.image_token_id)
+    sample = prompter.encode([{"from": "human", "value": "<image>\nWhat is written here?"}],
+                             [num_image_tokens], add_generation_prompt=True)
+    input_ids = torch.tensor([sample.input_ids])
+    with torch.no_grad():
+        expected = ours(input_ids=input_ids, images={"pixel_values": pixels}).logits
+        got = llava(input_ids=input_ids.masked_fill(input_ids == ours.config.image_token_id, image_token_id),
+                    pixel_values=pixels).logits
+    assert got.shape[-1] == expected.shape[-1] + 1  # the <image> row
+    torch.testing.assert_close(got[..., :-1], expected, rtol=0, atol=1e-5)
+
+
+def test_llava_format_refuses_non_baseline_models(hybrid_folder, tmp_path):
+    with pytest.raises(ExportError) as error:
+        export_checkpoint(hybrid_folder, tmp_path / "export", ExportOptions(format="llava"))
+    message = str(error.value)
+    assert str(hybrid_folder) in message and "'fila_hybrid'" in message and "'mmfuser'" in message
+    assert not (tmp_path / "export").exists()
+
+
+# ----------------------------------------------------------------------------- (d) bad input
+
+
+def test_folder_of_neither_kind_is_an_error_naming_it(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export_main(["--checkpoint", str(empty), "--output", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert str(empty) in error and "config.json" in error and "model.safetensors" in error and "global_stepN" in error
+
+    # A run folder that crashed before its final save: config copied, weights only in checkpoint-N.
+    run = tmp_path / "run"
+    (run / "checkpoint-3").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model_type": "fila"}))
+    with pytest.raises(ExportError, match=r"holds no weights to export: looked for .*model\.safetensors.*"
+                                          r"global_stepN.*it holds checkpoint-3"):
+        find_source(run)
+    with pytest.raises(ExportError, match="does not exist"):
+        find_source(tmp_path / "missing")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_unexpected_weights_are_named(baseline_folder, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in baseline_folder.iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    tensors = load_file(baseline_folder / "model.safetensors")
+    tensors.pop("connector.projector.2.bias")
+    tensors["connector.extra.weight"] = torch.zeros(2)
+    save_file(tensors, broken / "model.safetensors")
+    with pytest.raises(ExportError, match=r"missing keys: \[connector\.projector\.2\.bias\]; "
+                                          r"unexpected keys: \[connector\.extra\.weight\]"):
+        export_checkpoint(broken, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_folder, tmp_path):
+    out = tmp_path / "export"
+    with pytest.raises(ValueError):  # save_pretrained rejects the shard size after the staging folder exists
+        export_checkpoint(baseline_folder, out, ExportOptions(max_shard_size="lots"))
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a staging folder
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export_checkpoint(baseline_folder, out)
+    export_checkpoint(baseline_folder, out, ExportOptions(overwrite=True))
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

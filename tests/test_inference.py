@@ -1,0 +1,233 @@
+"""Generation with the KV cache, the loader, and the generate / eval commands, on tiny saved models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from distributed_utils import build_tiny_model
+
+from fila_train.data.images import load_rgb_image
+from fila_train.evaluation.bench import BenchError, read_bench
+from fila_train.evaluation.evaluate import SHORT_ANSWER_PROMPT, with_instruction
+from fila_train.evaluation.metrics import get_metric
+from fila_train.inference.generation import (
+    GenerationOptions,
+    build_prompt,
+    generate_answers,
+    generate_ids,
+    left_padded,
+)
+from fila_train.inference.loading import load_model
+from fila_train.model.builder import load_tokenizer
+
+ENCODERS = ("clip", "fila_hybrid")
+STEPS = 4
+
+
+@pytest.fixture(scope="module", params=ENCODERS)
+def saved_model(request, tiny_assets, tmp_path_factory) -> Path:
+    """A tiny composite saved as a training run saves it: save_pretrained + its tokenizer."""
+    model = build_tiny_model(tiny_assets, hybrid=request.param == "fila_hybrid", fuser=False)
+    tokenizer = load_tokenizer(str(tiny_assets.llm), model, 512)
+    folder = tmp_path_factory.mktemp(f"saved_{request.param}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(saved_model):
+    return load_model(saved_model, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tiny_assets) -> list:
+    # Documents of different aspect ratios: FILA picks different canvases, so prompt lengths differ.
+    return [load_rgb_image(path) for path in sorted(tiny_assets.image_folder.iterdir())[:3]]
+
+
+def batch_prompts(loaded, images):
+    """Image prompts of different lengths and a text-only one, in one batch (left padding)."""
+    return [build_prompt(loaded, "What is the title of this document?", images[0]),
+            build_prompt(loaded, "What is 3 plus 4?", None),
+            build_prompt(loaded, "<image>\nHow many rows?", images[1])]
+
+
+def greedy_with_logits(loaded, prompts):
+    """model.generate on one left-padded batch: new tokens [B, STEPS] and logits [STEPS, B, V]."""
+    input_ids, attention_mask = left_padded(prompts, loaded.pad_token_id)
+    processed = [p.image for p in prompts if p.image is not None]
+    config = GenerationOptions(max_new_tokens=STEPS).config(loaded)
+    config.return_dict_in_generate = config.output_logits = True
+    out = loaded.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                images=loaded.processor.collate(processed) if processed else None,
+                                generation_config=config)
+    return out.sequences[:, input_ids.shape[1]:], torch.stack(out.logits)
+
+
+def until_stop(tokens: list[int], stop_ids: list[int]) -> int:
+    """How many of ``tokens`` generate produces: up to and including the first stop token."""
+    return next((i + 1 for i, token in enumerate(tokens) if token in stop_ids), len(tokens))
+
+
+@torch.no_grad()
+def argmax_without_cache(loaded, prompt, steps: int):
+    """The reference: the full forward (images every time, no cache) over the growing sequence."""
+    ids = torch.tensor([prompt.input_ids])
+    images = loaded.processor.collate([prompt.image]) if prompt.image is not None else None
+    tokens, logits = [], []
+    for _ in range(steps):
+        last = loaded.model(input_ids=ids, images=images, use_cache=False).logits[0, -1]
+        logits.append(last)
+        tokens.append(int(last.argmax()))
+        ids = torch.cat([ids, torch.tensor([[tokens[-1]]])], dim=1)
+    return tokens, torch.stack(logits)
+
+
+def test_loader_restores_model_tokenizer_and_template(loaded, saved_model):
+    config = json.loads((saved_model / "config.json").read_text())
+    assert loaded.model.config.vision_encoder == config["vision_encoder"]
+    assert not loaded.model.training
+    assert loaded.prompter.template.name == config["conversation_template"] == "vicuna_v1"
+    assert loaded.stop_token_ids == [loaded.tokenizer.convert_tokens_to_ids("</s>")]
+    assert loaded.tokenizer.pad_token_id is not None
+
+
+def test_folder_generation_config_does_not_change_greedy_decoding(loaded, saved_model, images, tmp_path):
+    for file in saved_model.iterdir():
+        (tmp_path / file.name).symlink_to(file)
+    (tmp_path / "generation_config.json").unlink()
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 5.0, "num_beams": 3, "repetition_penalty": 3.0, "eos_token_id": 2}))
+    prompts = batch_prompts(loaded, images)
+    options = GenerationOptions(max_new_tokens=STEPS)
+    assert generate_ids(load_model(tmp_path, "float32", "cpu"), prompts, options) == generate_ids(loaded, prompts, options)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ValueError, match="not a saved fila model folder"):
+        load_model(tmp_path)
+
+
+def test_prompt_is_a_prefix_of_the_training_ids(loaded, images):
+    prompt = build_prompt(loaded, "What is the title?", images[0])
+    count = loaded.processor.num_image_tokens(prompt.image)
+    trained = loaded.prompter.encode([{"from": "human", "value": "<image>\nWhat is the title?"},
+                                      {"from": "gpt", "value": "travel form"}], [count])
+    assert trained.input_ids[:len(prompt.input_ids)] == prompt.input_ids
+    assert trained.labels[len(prompt.input_ids) - 1] == -100  # the answer starts right after
+    assert trained.labels[len(prompt.input_ids)] != -100
+    assert prompt.input_ids.count(loaded.model.config.image_token_id) == count
+    with pytest.raises(ValueError, match="1 '<image>' placeholder.* but 0 image"):
+        build_prompt(loaded, "<image>\nWhat is the title?", None)
+    with pytest.raises(ValueError, match="2 '<image>' placeholder.* but 1 image"):
+        build_prompt(loaded, "<image><image>\nWhat is the title?", images[0])
+
+
+def test_greedy_batched_equals_single_equals_full_forward(loaded, images):
+    prompts = batch_prompts(loaded, images)
+    assert len({len(p.input_ids) for p in prompts}) == len(prompts)  # every row is padded differently
+    batched_tokens, batched_logits = greedy_with_logits(loaded, prompts)
+    answers = []
+    for row, prompt in enumerate(prompts):
+        single_tokens, single_logits = greedy_with_logits(loaded, [prompt])
+        reference_tokens, reference_logits = argmax_without_cache(loaded, prompt, STEPS)
+        n = until_stop(reference_tokens, loaded.stop_token_ids)
+        assert single_tokens[0].tolist() == reference_tokens[:n]
+        assert batched_tokens[row, :n].tolist() == reference_tokens[:n]
+        torch.testing.assert_close(single_logits[:, 0], reference_logits[:n], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(batched_logits[:n, row], reference_logits[:n], rtol=1e-4, atol=1e-4)
+        answers.append([token for token in reference_tokens[:n] if token not in loaded.stop_token_ids])
+    # The public helper returns the same tokens, without the stop token.
+    assert generate_ids(loaded, prompts, GenerationOptions(max_new_tokens=STEPS)) == answers
+
+
+def test_images_are_encoded_once_per_generate(loaded, images):
+    calls = []
+    handle = loaded.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        greedy_with_logits(loaded, batch_prompts(loaded, images))
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_generate_cli_streams_the_answer(saved_model, tiny_assets, loaded, images, capsys):
+    from fila_train.cli import main
+
+    image_path = sorted(tiny_assets.image_folder.iterdir())[0]
+    expected = generate_answers(loaded, [build_prompt(loaded, "What is the title?", images[0])],
+                                GenerationOptions(max_new_tokens=STEPS))[0]
+    capsys.readouterr()
+    assert main(["generate", "--model", str(saved_model), "--image", str(image_path), "--prompt",
+                 "What is the title?", "--max_new_tokens", str(STEPS), "--dtype", "float32"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    assert expected  # a random tiny model still says something in 5 tokens
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def test_eval_cli_scores_its_predictions(saved_model, tiny_assets, loaded, tmp_path, capsys):
+    from fila_train.cli import main
+
+    bench = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
+             .read_text().splitlines()][:3]
+    bench.append({"id": 99, "question": "What is 3 plus 4?", "answers": ["7"]})  # text-only, integer id
+    # Make the score informative for a random model: half the answers are near its own answers.
+    prompts = [build_prompt(loaded, with_instruction(r["question"], SHORT_ANSWER_PROMPT),
+                            load_rgb_image(tiny_assets.image_folder / r["image"]) if "image" in r else None)
+               for r in bench]
+    own = generate_answers(loaded, prompts, GenerationOptions(max_new_tokens=STEPS))
+    for record, answer in zip(bench[::2], own[::2]):
+        record["answers"] = ["zzzzzzzz", answer + "x"]
+    output = tmp_path / "out"
+    assert main(["eval", "--model", str(saved_model), "--bench", str(write_jsonl(tmp_path / "bench.jsonl", bench)),
+                 "--metric", "anls", "--image_folder", str(tiny_assets.image_folder), "--output", str(output),
+                 "--batch_size", "3", "--max_new_tokens", str(STEPS), "--dtype", "float32"]) == 0
+    rows = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == [str(r["id"]) for r in bench]
+    assert [row["prediction"] for row in rows] == own
+    assert [row["answers"] for row in rows] == [r["answers"] for r in bench]
+    by_hand = [get_metric("anls").score(row["prediction"], row["answers"]) for row in rows]
+    assert [row["score"] for row in rows] == by_hand
+    summary = json.loads((output / "score.json").read_text())
+    assert summary["score"] == pytest.approx(sum(by_hand) / len(by_hand)) and summary["score"] > 0
+    assert summary["metric"] == "anls" and summary["count"] == len(bench)
+    assert Path(summary["model"]) == saved_model.resolve()
+    assert f"anls: {100 * summary['score']:.2f}" in capsys.readouterr().out
+
+
+def test_short_answer_instruction():
+    assert with_instruction("What?", SHORT_ANSWER_PROMPT) == f"What?\n{SHORT_ANSWER_PROMPT}"
+    assert with_instruction(f"What?\n{SHORT_ANSWER_PROMPT}", SHORT_ANSWER_PROMPT) == f"What?\n{SHORT_ANSWER_PROMPT}"
+    assert with_instruction("What?", None) == "What?"
+
+
+@pytest.mark.parametrize("line, field, metric", [
+    ('{"id": "a", "image": "x.png", "question": "q?", "answers": "yes"}', "'answers'", "exact"),
+    ('{"id": "a", "image": "x.png", "question": "q?", "answers": []}', "'answers'", "exact"),
+    ('{"id": "a", "image": "x.png", "question": "q?", "answers": ["yes"]}', "'answers'.*needs 10", "vqa"),
+    ('{"id": "a", "image": "x.png", "answers": ["yes"]}', "'question'", "exact"),
+    ('{"image": "x.png", "question": "q?", "answers": ["yes"]}', "'id'", "exact"),
+    ('{"id": "a", "image": ["x.png"], "question": "q?", "answers": ["yes"]}', "'image'", "exact"),
+    ('{"id": "a", "image": "../x.png", "question": "q?", "answers": ["yes"]}', "'image'.*escapes", "exact"),
+    ('{"id": "first", "question": "q?", "answers": ["yes"]}', "'id'.*already used at .*bench.jsonl:1", "exact"),
+    ('{"id": "a", "question": "q?", "answers": ["yes"]', "malformed JSON", "exact"),
+])
+def test_bad_bench_records_name_file_line_and_field(tmp_path, line, field, metric):
+    good = {"id": "first", "question": "q?", "answers": ["yes"] * 10}
+    path = write_jsonl(tmp_path / "bench.jsonl", [good, line])
+    with pytest.raises(ValueError, match=f"bench.jsonl:2.*{field}"):
+        read_bench(path, get_metric(metric), tmp_path)
+
+
+def test_image_without_image_folder(tmp_path):
+    path = write_jsonl(tmp_path / "bench.jsonl", [{"id": 1, "image": "x.png", "question": "q?", "answers": ["a"]}])
+    with pytest.raises(BenchError, match="bench.jsonl:1: field 'image'.*no --image_folder"):
+        read_bench(path, get_metric("exact"), None)
+    assert read_bench(path, get_metric("exact"), tmp_path, limit=1)[0].id == "1"

@@ -1,0 +1,154 @@
+"""Benchmark metrics against hand-computed cases from each benchmark's official definition."""
+from __future__ import annotations
+
+import pytest
+
+from fila_train.evaluation.metrics import (
+    METRICS,
+    anls,
+    exact_match,
+    get_metric,
+    levenshtein,
+    mean_score,
+    normalize_vqa_answer,
+    relaxed_accuracy,
+    vqa_accuracy,
+)
+
+
+def test_registry_is_keyed_by_exact_names():
+    assert METRICS.names() == ["anls", "exact", "relaxed", "vqa"]
+    assert get_metric("relaxed").score is relaxed_accuracy
+    with pytest.raises(ValueError, match="unknown metric 'VQA'.*anls, exact, relaxed, vqa"):
+        get_metric("VQA")
+
+
+# ------------------------------------------------------------------------------------- vqa
+
+
+@pytest.mark.parametrize("raw, normalized", [
+    ("The Dog", "dog"),                # articles go, case folds
+    ("a cat", "cat"),
+    ("an apple on the table", "apple on table"),
+    ("Two", "2"),                      # number words become digits
+    ("none", "0"),
+    ("ten dogs", "10 dogs"),
+    ("eleven", "eleven"),              # only zero..ten (and none) are mapped
+    ("dont", "don't"),                 # a missing apostrophe is restored
+    ("isnt it", "isn't it"),
+    ("yall'll", "y'all'll"),
+    ("somebody'd", "somebodyd"),       # the official table maps this one backwards
+    ("yes!", "yes"),                   # a mark touching no space becomes a space
+    ("e-mail", "e mail"),
+    ("e-mail - now", "email now"),     # a mark next to a space: every such mark is deleted
+    ("1,000 e-mail", "1000 email"),    # digit,digit anywhere: all marks are deleted
+    ("2.5", "2.5"),                    # a period before a digit stays
+    ("e.g.", "eg"),
+    ("3.", "3"),
+    (" yes\tno\n", "yes no"),
+    ("it's", "it's"),                  # apostrophes are not punctuation in VQA
+])
+def test_vqa_normalization(raw, normalized):
+    assert normalize_vqa_answer(raw) == normalized
+
+
+@pytest.mark.parametrize("matching, expected", [
+    # 10 human answers, `matching` of them equal to the prediction. Leaving out a matching answer
+    # leaves matching - 1 matches, leaving out another leaves `matching`; each is min(1, m / 3).
+    (0, 0.0),
+    (1, (1 * 0 + 9 * (1 / 3)) / 10),          # 0.3
+    (2, (2 * (1 / 3) + 8 * (2 / 3)) / 10),    # 0.6
+    (3, (3 * (2 / 3) + 7 * 1) / 10),          # 0.9
+    (4, 1.0),
+    (10, 1.0),
+])
+def test_vqa_leave_one_out_arithmetic(matching, expected):
+    answers = ["cat"] * matching + ["dog"] * (10 - matching)
+    assert vqa_accuracy("cat", answers) == pytest.approx(expected)
+
+
+def test_vqa_normalizes_prediction_and_answers():
+    answers = ["Two", "2", "two."] + ["three"] * 7
+    assert vqa_accuracy("2", answers) == pytest.approx(0.9)
+    assert vqa_accuracy("The two!", answers) == pytest.approx(0.9)
+    assert vqa_accuracy("3", answers) == pytest.approx(1.0)
+
+
+def test_vqa_needs_ten_answers():
+    metric = get_metric("vqa")
+    metric.check_answers(["a"] * 10)
+    with pytest.raises(ValueError, match="needs 10 ground-truth answers per question, got 1"):
+        metric.check_answers(["yes"])
+    for name in ("anls", "relaxed", "exact"):
+        get_metric(name).check_answers(["one answer"])
+
+
+# ------------------------------------------------------------------------------------ anls
+
+
+def test_levenshtein():
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("", "abc") == 3
+    assert levenshtein("abc", "abc") == 0
+
+
+def test_anls_lowercases_and_strips():
+    assert anls("  Denver Broncos ", ["denver broncos"]) == 1.0
+
+
+def test_anls_threshold():
+    target = "abcdefghijklmnopqrst"  # 20 characters
+    assert anls("abcdefghijk" + "X" * 9, [target]) == pytest.approx(1 - 9 / 20)  # 0.55: kept
+    assert anls("abcdefghij" + "X" * 10, [target]) == pytest.approx(0.5)  # exactly 0.5: kept
+    assert anls("abcdefghi" + "X" * 11, [target]) == 0.0  # 0.45: below the threshold counts 0
+
+
+def test_anls_takes_the_best_answer():
+    # Lengths differ: distance 2 over the longer length 5.
+    assert anls("abce", ["zzzz", "abcd", "abcdef"]) == pytest.approx(0.75)
+    assert anls("abcdX", ["abcd"]) == pytest.approx(1 - 1 / 5)
+
+
+# --------------------------------------------------------------------------------- relaxed
+
+
+@pytest.mark.parametrize("prediction, answer, correct", [
+    ("105", "100", True),       # exactly 5% above
+    ("95", "100", True),        # exactly 5% below
+    ("21", "20", True),
+    ("105.1", "100", False),
+    ("94.9", "100", False),
+    (" 100 ", "100.0", True),
+    ("46%", "45%", True),       # 0.46 vs 0.45: 2.2%
+    ("0.45", "45%", True),      # "x%" is x / 100 ...
+    ("45", "45%", False),       # ... so a bare 45 is 100 times too large (as in ChartQA's evaluation)
+    ("1,000", "1000", False),   # thousands separators are not numbers: compared as text
+    ("1,000", "1,000", True),
+    ("0", "0", True),           # a zero target is compared as text
+    ("0.0", "0", False),
+    ("Yes", "yes", True),
+    (" Blue ", "blue", True),
+    ("blue", "red", False),
+    ("12 apples", "12", False),
+])
+def test_relaxed_correctness(prediction, answer, correct):
+    assert relaxed_accuracy(prediction, [answer]) == float(correct)
+
+
+def test_relaxed_any_answer():
+    assert relaxed_accuracy("50", ["fifty", "51"]) == 1.0
+    assert relaxed_accuracy("50", ["fifty", "60"]) == 0.0
+
+
+# ----------------------------------------------------------------------------------- exact
+
+
+def test_exact_match():
+    assert exact_match(" yes ", ["no", "yes"]) == 1.0
+    assert exact_match("Yes", ["yes"]) == 0.0
+
+
+def test_mean_score():
+    assert mean_score([1.0, 0.0, 0.5]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="empty"):
+        mean_score([])

@@ -1,0 +1,207 @@
+"""The stage scripts and their launcher (scripts/lib/launch.sh): one real 2-process torchrun run
+through scripts/finetune.sh on CPU, and DRY_RUN=1 previews of the hostfile, multi-node torchrun and
+SLURM layouts, plus the misconfigurations that must stop before anything launches."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from distributed_utils import REPO, TINY, assert_loss_falls, build_tiny_model, free_port
+
+DRY_RUN_PREFIX = "[fila-train] dry run: "
+# Layout variables a developer's shell may hold; each test sets the ones it means.
+LAYOUT_VARIABLES = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "HOSTFILE", "LAUNCHER", "GPUS_PER_NODE",
+                    "NPROC_PER_NODE", "PRECISION", "DRY_RUN", "GLOBAL_BATCH_SIZE", "PER_DEVICE_BATCH_SIZE")
+# A 2-node step (task 1 of 2) as srun sets it up.
+SRUN_STEP = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_NNODES": "2", "SLURM_STEP_ID": "0",
+             "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2",
+             "SLURM_PROCID": "1", "SLURM_NODEID": "1"}
+MULTI_NODE = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.2.3", "GPUS_PER_NODE": "2"}
+
+
+@dataclass
+class ScriptRun:
+    returncode: int | str
+    stdout: str
+    stderr: str
+
+    def command(self) -> list[str]:
+        """The launch command a dry run printed, split as the shell would."""
+        assert self.returncode == 0, self.stderr
+        (line,) = [line for line in self.stdout.splitlines() if line.startswith(DRY_RUN_PREFIX)]
+        return shlex.split(line[len(DRY_RUN_PREFIX):])
+
+
+def run_script(script: str, env: dict[str, str], args: tuple[str, ...] = (), cuda: bool = False,
+               timeout: int = 120) -> ScriptRun:
+    """``bash script args`` from the repository root with ``env`` over a clean layout; CUDA hidden
+    unless ``cuda``, so the previews are the same on every machine."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in LAYOUT_VARIABLES}
+    base |= {"PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    if not cuda:
+        base["CUDA_VISIBLE_DEVICES"] = ""
+    # Own session, so a hung run is killed with all its workers.
+    process = subprocess.Popen(["bash", script, *args], cwd=REPO, env=base | env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+        return ScriptRun(process.returncode, stdout, stderr)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        return ScriptRun(f"timeout after {timeout} s", stdout, stderr)
+
+
+def dry_run(script: str, env: dict[str, str], args: tuple[str, ...] = (), **kwargs) -> ScriptRun:
+    return run_script(script, {"DRY_RUN": "1", "GLOBAL_BATCH_SIZE": "16", "PER_DEVICE_BATCH_SIZE": "2"} | env,
+                      args, **kwargs)
+
+
+def launcher_options(command: list[str]) -> dict[str, str]:
+    """The launcher's options, from after ``python -m <launcher>`` to the module flag ("" for bare flags)."""
+    options, i = {}, 3
+    while command[i] not in ("-m", "--module"):
+        bare = command[i + 1].startswith("-")
+        options[command[i]] = "" if bare else command[i + 1]
+        i += 1 if bare else 2
+    return options
+
+
+def train_args(command: list[str]) -> list[str]:
+    return command[command.index("fila_train.cli") + 2:]
+
+
+def has_flag(args: list[str], name: str, value: str) -> bool:
+    return any(args[i:i + 2] == [name, value] for i in range(len(args) - 1))
+
+
+# ---------------------------------------------------------------- the real run
+
+
+def test_finetune_sh_trains_with_torchrun_on_two_processes(tiny_assets, tmp_path) -> None:
+    from fila_train.training.connector_artifact import save_connector_artifact
+
+    artifact = save_connector_artifact(build_tiny_model(tiny_assets, hybrid=True, fuser=False), tmp_path / "stage1")
+    output = tmp_path / "stage2"
+    model = {name.upper(): value for name, value in TINY.hybrid_flags(tiny_assets.convnext).items()}
+    env = model | {
+        "MODEL": str(tiny_assets.llm), "VISION_TOWER": str(tiny_assets.clip), "VISION_ENCODER": "fila_hybrid",
+        "DATA_PATH": str(tiny_assets.stage2_data), "IMAGE_FOLDER": str(tiny_assets.image_folder),
+        "PRETRAINED_CONNECTOR": str(artifact), "OUTPUT_DIR": str(output),
+        "GLOBAL_BATCH_SIZE": "4", "PER_DEVICE_BATCH_SIZE": "2", "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()),
+        "LEARNING_RATE": "3e-3", "MAX_STEPS": "6", "MAX_LENGTH": "512", "REPORT_TO": "none",
+        "DATALOADER_WORKERS": "0", "GRADIENT_CHECKPOINTING": "False", "OMP_NUM_THREADS": "1"}
+    run = run_script("scripts/finetune.sh", env, ("--seed", "7", "--save_strategy", "no"), timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    assert "[fila-train] torchrun: 1 node(s), world size 2" in run.stdout
+    assert "backend gloo" in run.stdout and "accumulation 1" in run.stdout
+    assert "template vicuna_v1; 2 process(es)" in log, "the trainer did not see a world of 2 processes"
+    assert "loaded connector artifact" in log
+    summary = json.loads((output / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and set(summary["tune_parts"]) == {"connector", "llm", "cvfm"}
+    assert_loss_falls(summary)
+
+
+# ---------------------------------------------------------------- dry runs of each layout
+
+
+def test_dry_run_torchrun_multi_node() -> None:
+    run = dry_run("scripts/finetune.sh", MULTI_NODE | {"MASTER_PORT": "29611"}, ("--seed", "3"))
+    command = run.command()
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert launcher_options(command) == {"--nnodes": "2", "--node_rank": "1", "--master_addr": "10.1.2.3",
+                                         "--master_port": "29611", "--nproc_per_node": "2"}
+    args = train_args(command)
+    # 16 = 2 per device x (2 nodes x 2 processes) x 2 accumulation steps
+    assert args[:4] == ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
+    assert has_flag(args, "--deepspeed", "zero_configs/zero3.json") and args[-2:] == ["--seed", "3"]
+    assert "world size 4, node rank 1, master 10.1.2.3:29611" in run.stdout and "backend gloo" in run.stdout
+
+
+def test_dry_run_deepspeed_hostfile(tmp_path) -> None:
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two nodes\nnode-a slots=4\n\n  node-b slots=4  \n")
+    run = dry_run("scripts/pretrain.sh", {"HOSTFILE": str(hostfile), "GLOBAL_BATCH_SIZE": "32"})
+    command = run.command()
+    assert command[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+    # No --master_addr: DeepSpeed asks the first host for its address.
+    assert launcher_options(command) == {"--hostfile": str(hostfile), "--master_port": "29500", "--no_local_rank": ""}
+    args = train_args(command)
+    assert args[:4] == ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
+    assert has_flag(args, "--deepspeed", "zero_configs/zero2.json") and has_flag(args, "--conversation_template", "plain")
+    assert "deepspeed: 2 node(s), world size 8" in run.stdout and "node-a:4 node-b:4" in run.stdout
+
+
+def test_dry_run_inside_an_srun_step_takes_the_layout_from_slurm_and_the_backend_from_cuda() -> None:
+    # CUDA left visible: on a GPU machine this is nccl / bf16 on all its GPUs.
+    run = dry_run("scripts/finetune.sh", SRUN_STEP | {"GLOBAL_BATCH_SIZE": "256", "PER_DEVICE_BATCH_SIZE": "1"},
+                  cuda=True)
+    cuda = torch.cuda.is_available()
+    assert launcher_options(run.command()) == {
+        "--nnodes": "2", "--node_rank": "1", "--master_addr": "gpu07", "--master_port": str(29500 + 4242 % 1000),
+        "--nproc_per_node": str(torch.cuda.device_count()) if cuda else "2"}
+    assert "layout from SLURM step 4242.0" in run.stdout
+    assert f"backend {'nccl' if cuda else 'gloo'}" in run.stdout
+    assert f"precision {'bf16' if cuda else 'fp32'}" in run.stdout
+    assert ("--bf16" in train_args(run.command())) == cuda
+
+
+def test_sbatch_runs_the_stage_script_as_one_srun_task_per_node(tmp_path) -> None:
+    # No SLURM here: scontrol and srun are stand-ins that behave as they do for task 1 of 2.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\n[ "$1 $2" = "show hostnames" ] && printf "%s\\n" gpu-a17 gpu-a18\n')
+    (bin_dir / "srun").write_text(
+        '#!/usr/bin/env bash\necho "srun $*" >&2\nwhile [[ "$1" == -* ]]; do shift; done\n'
+        'export SLURM_STEP_ID=0 SLURM_STEP_NUM_NODES=$SLURM_NNODES SLURM_STEP_NUM_TASKS=$SLURM_NNODES '
+        'SLURM_STEP_NODELIST=$SLURM_JOB_NODELIST SLURM_PROCID=1 SLURM_NODEID=1\nexec "$@"\n')
+    for shim in bin_dir.iterdir():
+        shim.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "777", "SLURM_JOB_NODELIST": "gpu-a[17-18]",
+           "SLURM_NNODES": "2", "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "2"}
+    run = dry_run("scripts/slurm/train.sbatch", env, ("scripts/finetune.sh", "--seed", "3"))
+    command = run.command()
+    assert launcher_options(command) == {"--nnodes": "2", "--node_rank": "1", "--master_addr": "gpu-a17",
+                                         "--master_port": str(29500 + 777 % 1000), "--nproc_per_node": "2"}
+    assert train_args(command)[-2:] == ["--seed", "3"]
+    assert "--ntasks-per-node=1" in run.stderr
+
+
+# ---------------------------------------------------------------- misconfigurations
+
+
+MISCONFIGURATIONS = {
+    "nnodes_without_master": ({"NNODES": "2", "NODE_RANK": "1"}, "NNODES=2 needs MASTER_ADDR"),
+    "node_rank_out_of_range": (MULTI_NODE | {"NODE_RANK": "2"}, "NODE_RANK=2 is out of range for NNODES=2 (0 to 1)"),
+    "loopback_master": (MULTI_NODE | {"MASTER_ADDR": "127.0.0.1"}, "MASTER_ADDR=127.0.0.1 is a loopback address"),
+    "hostfile_missing": ({"HOSTFILE": "no/such/hostfile"}, "HOSTFILE=no/such/hostfile: no such file"),
+    "hostfile_bad_line": ({"HOSTFILE": "{tmp}/bad_hostfile"}, "bad_hostfile line 2: expected 'hostname slots=N'"),
+    "hostfile_slots_conflict": ({"HOSTFILE": "{tmp}/hostfile", "GPUS_PER_NODE": "4"},
+                                "GPUS_PER_NODE=4 but HOSTFILE={tmp}/hostfile gives node-a slots=2"),
+    "srun_task_per_gpu": (SRUN_STEP | {"SLURM_STEP_NUM_TASKS": "16"}, "run one task per node"),
+    "srun_rank_exported": (SRUN_STEP | {"NODE_RANK": "0"}, "NODE_RANK=0 but this is srun task 1"),
+    "batch_not_divisible": (MULTI_NODE | {"GLOBAL_BATCH_SIZE": "12"},
+                            "GLOBAL_BATCH_SIZE=12 is not a multiple of PER_DEVICE_BATCH_SIZE=2 x world size 4 = 8"),
+}
+
+
+@pytest.mark.parametrize("case", MISCONFIGURATIONS)
+def test_misconfiguration_fails_before_launch_with_one_line(case, tmp_path) -> None:
+    env, reason = MISCONFIGURATIONS[case]
+    (tmp_path / "hostfile").write_text("node-a slots=2\nnode-b slots=2\n")
+    (tmp_path / "bad_hostfile").write_text("node-a slots=2\nnode-b\n")
+    run = dry_run("scripts/finetune.sh", {k: v.format(tmp=tmp_path) for k, v in env.items()})
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("[fila-train] error: "), run.stderr
+    assert reason.format(tmp=tmp_path) in run.stderr
+    assert DRY_RUN_PREFIX not in run.stdout
