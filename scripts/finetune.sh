@@ -14,8 +14,12 @@ MODEL=${MODEL:-lmsys/vicuna-7b-v1.5}
 VISION_TOWER=${VISION_TOWER:-openai/clip-vit-large-patch14-336}
 TEMPLATE=${TEMPLATE:-vicuna_v1}
 PRETRAINED_CONNECTOR=${PRETRAINED_CONNECTOR:-checkpoints/fila-7b-pretrain/connector.safetensors}
-DATA_PATH=${DATA_PATH:-playground/data/llava_v1_5_mix665k.json}
-IMAGE_FOLDER=${IMAGE_FOLDER:-playground/data}
+# A mixture spec (data/*.yaml; files under playground/data, see playground/README.md), or one
+# LLaVA annotation file with IMAGE_FOLDER. ON_BAD_SAMPLE=skip skips and counts unusable records.
+DATA_PATH=${DATA_PATH:-data/stage2_doc_ocr.yaml}
+IMAGE_FOLDER=${IMAGE_FOLDER:-}
+ON_BAD_SAMPLE=${ON_BAD_SAMPLE:-error}
+GROUP_BY_MODALITY=${GROUP_BY_MODALITY:-True}  # image / text-only batches apart, similar lengths together
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/fila-7b}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-128}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-16}
@@ -45,10 +49,11 @@ TRAIN_ARGS=(
   --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" "${MODEL_ARGS[@]}"
   --conversation_template "$TEMPLATE"
   --pretrained_connector "$PRETRAINED_CONNECTOR"
-  --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" --output_dir "$OUTPUT_DIR"
+  --data_path "$DATA_PATH" ${IMAGE_FOLDER:+--image_folder "$IMAGE_FOLDER"} --on_bad_sample "$ON_BAD_SAMPLE"
+  --output_dir "$OUTPUT_DIR"
   --tune_parts "$TUNE_PARTS" --connector_lr "$CONNECTOR_LR" --deepspeed "$ZERO_CONFIG" --lora_r "$LORA_R"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
-  --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
+  --group_by_modality_length "$GROUP_BY_MODALITY" --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
   --gradient_checkpointing "$GRADIENT_CHECKPOINTING"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1
   --logging_steps "$LOGGING_STEPS" --report_to "$REPORT_TO" "${SPEED_ARGS[@]}"

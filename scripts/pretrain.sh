@@ -16,8 +16,11 @@ cd "$(dirname "$0")/.."
 
 MODEL=${MODEL:-lmsys/vicuna-7b-v1.5}
 VISION_TOWER=${VISION_TOWER:-openai/clip-vit-large-patch14-336}
-DATA_PATH=${DATA_PATH:-playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}
-IMAGE_FOLDER=${IMAGE_FOLDER:-playground/data/LLaVA-Pretrain/images}
+# A mixture spec (data/*.yaml; files under playground/data, see playground/README.md), or one
+# LLaVA annotation file with IMAGE_FOLDER. ON_BAD_SAMPLE=skip skips and counts unusable records.
+DATA_PATH=${DATA_PATH:-data/stage1_captions.yaml}
+IMAGE_FOLDER=${IMAGE_FOLDER:-}
+ON_BAD_SAMPLE=${ON_BAD_SAMPLE:-error}
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/fila-7b-pretrain}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-256}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-32}
@@ -38,7 +41,8 @@ TUNE_PARTS=${TUNE_PARTS:-connector$EXTRA_PARTS}
 TRAIN_ARGS=(
   --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" "${MODEL_ARGS[@]}"
   --conversation_template plain
-  --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" --output_dir "$OUTPUT_DIR"
+  --data_path "$DATA_PATH" ${IMAGE_FOLDER:+--image_folder "$IMAGE_FOLDER"} --on_bad_sample "$ON_BAD_SAMPLE"
+  --output_dir "$OUTPUT_DIR"
   --tune_parts "$TUNE_PARTS" --deepspeed "$ZERO_CONFIG"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"

@@ -148,6 +148,14 @@ class DataArguments:
     def is_mixture(self) -> bool:
         return self.data_path.endswith((".yaml", ".yml"))
 
+    def __post_init__(self) -> None:
+        # Each mixture source names its own image root; a global one would be silently ignored.
+        if self.is_mixture() and self.image_folder:
+            raise ValueError(f"--image_folder does not apply to a mixture ({self.data_path}): set image_root "
+                             f"per source in the YAML (and --data_root to move them all)")
+        if not self.is_mixture() and self.data_root:
+            raise ValueError("--data_root only applies to a mixture spec (.yaml)")
+
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
