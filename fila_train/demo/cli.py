@@ -38,12 +38,21 @@ def prepare(output: Path, num_images: int, seed: int) -> dict:
     return paths
 
 
-def summarize(output: Path, stages: dict[str, Path]) -> dict:
-    summary = {}
+def summarize(output: Path, stages: dict[str, Path], export: Path | None = None, question: dict | None = None,
+              answer_file: Path | None = None, eval_dir: Path | None = None) -> dict:
+    summary: dict = {}
     for stage, folder in stages.items():
         run = json.loads((folder / "train_summary.json").read_text())
         summary[stage] = {key: run[key] for key in ("loss_first", "loss_last", "steps", "seconds",
                                                      "output_dir", "vision_encoder", "connector_type")}
+    if export is not None:
+        summary["export_dir"] = str(export.resolve())
+    if answer_file is not None:
+        summary["answer"] = {**(question or {}), "prediction": answer_file.read_text().strip()}
+    if eval_dir is not None:
+        score = json.loads((eval_dir / "score.json").read_text())
+        summary["eval"] = {"metric": score["metric"], "score": score["score"], "count": score["count"],
+                           "predictions": str((eval_dir / "predictions.jsonl").resolve())}
     write_json_atomic(output / "summary.json", summary)
     return summary
 
@@ -59,14 +68,26 @@ def main(argv: list[str]) -> int:
     report.add_argument("--output", type=Path, default=Path("playground/demo"))
     report.add_argument("--stage1", type=Path, required=True)
     report.add_argument("--stage2", type=Path, required=True)
+    report.add_argument("--export", type=Path, help="the exported model folder")
+    report.add_argument("--question", type=json.loads, help="the eval record asked with generate (JSON)")
+    report.add_argument("--answer_file", type=Path, help="generate's output")
+    report.add_argument("--eval", type=Path, help="fila-train eval's output folder")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         for name, path in prepare(args.output, args.num_images, args.seed).items():
             print(f"{name:>19}: {path}")
         return 0
-    summary = summarize(args.output, {"stage1": args.stage1, "stage2": args.stage2})
-    for stage, values in summary.items():
+    summary = summarize(args.output, {"stage1": args.stage1, "stage2": args.stage2}, args.export, args.question,
+                        args.answer_file, args.eval)
+    for stage in ("stage1", "stage2"):
+        values = summary[stage]
         print(f"{stage}: loss {values['loss_first']:.3f} -> {values['loss_last']:.3f} over {values['steps']} "
               f"steps in {values['seconds']:.0f} s; written to {values['output_dir']}")
+    if "answer" in summary:
+        answer = summary["answer"]
+        print(f"answer: {answer.get('question')!r} -> {answer['prediction']!r} (reference {answer.get('answers')})")
+    if "eval" in summary:
+        print(f"eval: {summary['eval']['metric']} {summary['eval']['score']:.3f} on {summary['eval']['count']} "
+              f"held-out questions")
     print(f"summary: {args.output / 'summary.json'}")
     return 0
