@@ -109,8 +109,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 format_parameter_table(model))
     if flops is not None:
         logger.info("vision encoder %s:\n%s", model.config.vision_encoder, format_vision_flops(flops))
-    logger.info("data: %d samples from %s; template %s; %d process(es)", len(dataset), data_args.data_path,
-                model_args.conversation_template, world_size())
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+    logger.info("data: %d samples from %s; template %s; %d process(es), backend %s", len(dataset),
+                data_args.data_path, model_args.conversation_template, world_size(), backend)
 
     trainer = FilaTrainer(model=model, args=args, train_dataset=dataset,
                           data_collator=build_collator(args.packing, model_args.attn_implementation,
