@@ -15,14 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed_utils import REPO, assets, build_tiny_model, run_torchrun, tiny_batch, train_args  # noqa: F401
+from distributed_utils import (  # noqa: F401  (assets is a fixture)
+    REPO,
+    assets,
+    build_tiny_model,
+    run_torchrun,
+    tiny_batch,
+    train_args,
+)
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
 
 from fila_train.export.cli import main as export_main
 from fila_train.export.errors import ExportError
 from fila_train.export.exporter import ExportOptions, export_checkpoint
+from fila_train.export.folder import atomic_folder
 from fila_train.export.source import find_source
 from fila_train.model import FilaForConditionalGeneration
 from fila_train.model.builder import build_model, load_tokenizer
@@ -100,6 +109,9 @@ def test_export_reproduces_the_trained_model_exactly(run, which, assets, tmp_pat
     record = "trainer_state.json" if which == "checkpoint" else "train_summary.json"
     summary = run.summary()
     assert f"| {record} |" in card and f"| {summary['steps']} | {summary['loss_first']:.4f} |" in card
+    plan = json.loads((run.output_dir / "data_plan.json").read_text())  # the run's; also for its checkpoints
+    assert f"seed {plan['seed']}, {plan['total']} samples in total" in card
+    assert all(f"| {source['name']} |" in card for source in plan["sources"])
 
 
 # ----------------------------------------------------------------------------- (b) shards, index, dtype
@@ -125,8 +137,6 @@ def test_sharded_bf16_export_round_trips(hybrid_folder, assets, tmp_path):
             keys = list(handle.keys())
             assert all(index["weight_map"][key] == shard.name for key in keys)
             assert {handle.get_tensor(key).dtype for key in keys} == {torch.bfloat16}
-
-    from transformers import AutoModelForImageTextToText  # knows fila: importing fila_train.model registered it
 
     loaded = AutoModelForImageTextToText.from_pretrained(out)
     assert type(loaded) is FilaForConditionalGeneration and loaded.dtype == torch.bfloat16
@@ -170,7 +180,8 @@ def test_lora_adapters_are_merged(assets, tmp_path):
 
 
 def test_importing_the_model_needs_no_training_code():
-    code = ("import sys, fila_train.model; "
+    # The export command itself imports DeepSpeed only to consolidate a ZeRO checkpoint.
+    code = ("import sys, fila_train.model, fila_train.export.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] == 'deepspeed' or m.startswith('fila_train.training')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
@@ -187,9 +198,10 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
 
     out = export(baseline_folder, tmp_path / "export", "--dtype", "fp32", "--format", "llava")
     ours = FilaForConditionalGeneration.from_pretrained(out).eval()
-    # Loaded as the model card says: the Llava copy is the "llava" subfolder of the export.
-    llava = LlavaForConditionalGeneration.from_pretrained(out, subfolder="llava", dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(out, subfolder="llava", backend="pil")
+    # Loaded as the model card says, from the path of the "llava" folder (transformers 5.23 reads a local
+    # subfolder="llava" generation_config.json from the parent folder).
+    llava = LlavaForConditionalGeneration.from_pretrained(out / "llava", dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(out / "llava", backend="pil")
     image_token_id = llava.config.image_token_id
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == image_token_id == ours.config.text_config.vocab_size
     assert llava.generation_config.suppress_tokens == [image_token_id]
@@ -201,9 +213,8 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     theirs = processor(text="USER: <image>\nRead it. ASSISTANT:", images=image, return_tensors="pt")
     num_image_tokens = our_processor.num_image_tokens({"pixel_values": pixels})
     assert int((theirs["input_ids"] == image_token_id).sum()) == num_image_tokens
-    # Same geometry and resampling; the padding colour differs by at most one grey level (LLaVA fills
-    # with int(255 * mean), our ClipImageProcessor with round(255 * mean)); a square image needs no padding.
-    torch.testing.assert_close(theirs["pixel_values"], pixels, rtol=0, atol=1.01 / 255 / min(our_processor.std))
+    # Same geometry, resampling and pad colour (int(255 * mean), as LLaVA): identical pixels.
+    assert torch.equal(theirs["pixel_values"], pixels)
     square = image.crop((0, 0, image.height, image.height))
     assert torch.equal(processor(text="<image>", images=square, return_tensors="pt")["pixel_values"],
                        our_processor(square)["pixel_values"])
@@ -268,8 +279,11 @@ def test_missing_and_unexpected_weights_are_named(baseline_folder, tmp_path):
 
 def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_folder, tmp_path):
     out = tmp_path / "export"
-    with pytest.raises(ValueError):  # save_pretrained rejects the shard size after the staging folder exists
-        export_checkpoint(baseline_folder, out, ExportOptions(max_shard_size="lots"))
+    with pytest.raises(ExportError, match="max_shard_size 'lots'"):
+        ExportOptions(max_shard_size="lots")
+    with pytest.raises(RuntimeError, match="crash"), atomic_folder(out) as staging:
+        (staging / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("crash while writing")
     assert list(tmp_path.iterdir()) == []  # neither the output nor a staging folder
     out.mkdir()
     (out / "keep.txt").write_text("x")

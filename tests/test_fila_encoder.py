@@ -31,7 +31,7 @@ TILE, PATCH, GRID = 28, 14, 2
 TINY_CANVASES = ((28, 56), (56, 28), (56, 56), (84, 28), (28, 84))  # the 336 set scaled to a 28 tile
 REAL_CANVASES = AnyresConfig().canvases
 TINY_DIMS, TINY_DEPTHS = (8, 16, 32, 64), (1, 1, 1, 1)
-FILL = tuple(int(round(255 * m)) for m in CLIP_MEAN)
+FILL = tuple(int(255 * m) for m in CLIP_MEAN)  # LLaVA truncates the mean colour
 
 
 # ---------------------------------------------------------------- helpers

@@ -73,7 +73,7 @@ def normalize(image: Image.Image, mean, std) -> np.ndarray:
 
 
 def _fill(mean) -> tuple[int, int, int]:
-    return tuple(int(round(255 * m)) for m in mean)
+    return tuple(int(255 * m) for m in mean)  # LLaVA truncates
 
 
 def llava_next_anyres(image: Image.Image, processor: HybridImageProcessor) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,9 @@ class ExportOptions:
             raise ExportError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.format not in FORMATS:
             raise ExportError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        # Checked up front: save_pretrained would only reject it after the (slow) consolidation.
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]B\s*", self.max_shard_size, flags=re.IGNORECASE):
+            raise ExportError(f"max_shard_size {self.max_shard_size!r} is not a size such as 5GB, 500MB or 200KB")
 
 
 def load_tokenizer(folder: Path, config):

@@ -87,11 +87,13 @@ def data_section(records: RunRecords) -> list[str]:
     plan = records.data_plan
     if plan is None:
         return lines + ["No data_plan.json was found in the run's output folder.", ""]
-    rows = [[source.get("name", "?"), ", ".join(map(str, source.get("annotations", []))), source.get("image_root", ""),
-             source.get("records", "n/a"), source.get("sampled", "n/a"), source.get("rule", "")]
+    rows = [[source.get("name", "?"), ", ".join(map(str, source.get("annotations") or [])),
+             source.get("image_root") or "", source.get("records", "n/a"), source.get("sampled", "n/a"),
+             source.get("rule") or ""]
             for source in plan.get("sources", [])]
     table = markdown_table(["source", "annotations", "image root", "records", "sampled", "rule"], rows)
-    intro = (f"From `{records.data_plan_path}`: seed {plan.get('seed', 'n/a')}, "
+    mixture = f" (mixture `{plan['mixture']}`)" if plan.get("mixture") else ""
+    intro = (f"From `{records.data_plan_path}`{mixture}: seed {plan.get('seed', 'n/a')}, "
              f"{plan.get('total', 'n/a')} samples in total.")
     return [*lines, intro, "", table, ""]
 
@@ -107,9 +109,9 @@ def usage_section(facts: CardFacts) -> list[str]:
         lines += [(f"`{folder}/` holds the same weights as a transformers-native `LlavaForConditionalGeneration` "
                    "(no fila_train needed):"), "", "```python",
                   "from transformers import AutoProcessor, LlavaForConditionalGeneration", "",
-                  f'model = LlavaForConditionalGeneration.from_pretrained(PATH, subfolder="{folder}")',
+                  f'model = LlavaForConditionalGeneration.from_pretrained(f"{{PATH}}/{folder}")',
                   '# backend="pil" resizes with PIL as training did (the torchvision backend differs slightly)',
-                  f'processor = AutoProcessor.from_pretrained(PATH, subfolder="{folder}", backend="pil")',
+                  f'processor = AutoProcessor.from_pretrained(f"{{PATH}}/{folder}", backend="pil")',
                   "```", ""]
     return lines
 

@@ -14,7 +14,7 @@ from .errors import ExportError
 
 TRAIN_SUMMARY = "train_summary.json"  # written by fila-train train at the end of a run
 TRAINER_STATE = "trainer_state.json"  # HF Trainer, in every checkpoint-N folder
-DATA_PLAN = "data_plan.json"  # the run's data mixture, in the run's output folder
+DATA_PLAN = "data_plan.json"  # the run's data mixture (fila_train.training.datasets.PLAN_FILE), in its output folder
 
 
 @dataclass(frozen=True)

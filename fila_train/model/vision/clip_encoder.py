@@ -16,6 +16,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def padding_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The pad colour: the mean colour truncated to 8 bits, exactly as LLaVA-1.5 and transformers'
+    LlavaImageProcessor compute it, so exported LLaVA folders see identical pixels."""
+    return tuple(int(255 * m) for m in mean)
+
+
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     """Pad to a centred square (LLaVA-1.5 ``image_aspect_ratio pad``), so nothing is cropped away."""
     width, height = image.size
@@ -46,7 +52,7 @@ class ClipImageProcessor:
     std: tuple[float, float, float] = CLIP_STD
 
     def __call__(self, image: Image.Image) -> dict[str, Any]:
-        fill = tuple(int(round(255 * m)) for m in self.mean)
+        fill = padding_fill(self.mean)
         square = expand_to_square(image.convert("RGB"), fill)
         resized = square.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return {"pixel_values": to_normalized_tensor(resized, self.mean, self.std).unsqueeze(0)}

@@ -19,7 +19,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, global_view, select_canvas, tile_grid
 from .base import VisionOutput
-from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, to_normalized_tensor
+from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
 from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
 from .cvfm import CVFMConfig, build_cvfm
 
@@ -71,7 +71,7 @@ class HybridImageProcessor:
 
     def __call__(self, image: Image.Image) -> dict[str, Any]:
         image = image.convert("RGB")
-        fill = tuple(int(round(255 * m)) for m in self.mean)
+        fill = padding_fill(self.mean)
         canvas = select_canvas(image.width, image.height, self.anyres.canvases)
         canvas_image = fit_to_canvas(image, canvas, fill)
         views = torch.cat([
