@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from distributed_utils import TINY, run_torchrun
+from distributed_utils import run_torchrun
 from fila_train.cli import main as cli_main
 
 
 def broken_source(folder: Path, image_folder: Path) -> Path:
-    """Three good records and three bad ones (missing image, corrupt image, malformed JSON)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Three good records and three bad ones (missing image, corrupt image, malformed JSON), with
+    images in ``folder/images`` (the shared assets' image folder must stay clean for other tests)."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
     good_image = sorted(p.name for p in image_folder.iterdir())[0]
-    (image_folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    shutil.copy(image_folder / good_image, images / good_image)
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
 
     def rec(record_id: str, image: str) -> str:
         return json.dumps({"id": record_id, "image": image, "conversations": [
@@ -33,7 +37,7 @@ def write_mixture(tmp_path: Path, assets, with_broken: bool) -> Path:
                 "repeat": 1.0}]
     if with_broken:
         sources.append({"name": "broken", "annotations": str(broken_source(tmp_path / "broken", assets.image_folder)),
-                        "image_root": str(assets.image_folder), "repeat": 3.0})
+                        "image_root": str(tmp_path / "broken" / "images"), "repeat": 3.0})
     path = tmp_path / "mix.yaml"
     path.write_text(json.dumps({"seed": 11, "sources": sources}))  # JSON is YAML
     return path
