@@ -146,7 +146,8 @@ class ConversationDataset(ReplacesUnusableSamples):
         """The sample at ``index``, or SampleError naming the file, record and field."""
         record, where, paths = self.checked_record(index)
         try:
-            images = [load_rgb_image(path, self.options.max_image_pixels) for path in paths]
+            images = [load_rgb_image(path, self.options.max_image_pixels, self.image_processor.decode_size)
+                      for path in paths]
         except ImageLoadError as error:
             raise SampleError(f"{where}: field 'image': {error}", error.kind) from None
         processed = [self.image_processor(image) for image in images]

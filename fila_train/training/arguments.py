@@ -192,8 +192,9 @@ class TrainingArguments(transformers.TrainingArguments):
             if not 0 <= self.warmup_ratio < 1:
                 raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
-        if self.gradient_checkpointing_kwargs is None:
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is None:
+            # transformers 5 names it activation_checkpointing_kwargs (the old name warns as deprecated).
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
         unknown = sorted(set(self.parts()) - set(PARTS))
         if unknown:

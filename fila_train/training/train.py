@@ -81,6 +81,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     setup_logging(args)
     configure_wandb(args.report_to, args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    # Seeded before the build: a new connector / CVFM / fuser gets the same initial weights on every
+    # rank and in every run with the same --seed (the Trainer seeds only after the model exists).
+    transformers.set_seed(args.seed)
     model = build_model(
         model_args.model_name_or_path, model_args.vision_tower, vision_encoder=model_args.vision_encoder,
         vision_options=model_args.vision_options(), vision_feature_layer=model_args.vision_feature_layer,
@@ -90,7 +93,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     model.config.conversation_template = model_args.conversation_template
     # Counted from the config on a meta-device copy: cheap, and blind to ZeRO-3 partitioning.
     flops = count_vision_flops(model.config) if is_main_process() else None
+    # No KV cache in training, on the LLM's own config too (the composite's flag does not reach it);
+    # generate() still caches, from its generation config.
     model.config.use_cache = False
+    model.language_model.config.use_cache = False
     model.checkpointing_parts = args.checkpointing_parts()
     if args.use_liger:
         apply_liger_kernels(model.language_model)

@@ -11,7 +11,10 @@
 #   GRADIENT_CHECKPOINTING_PARTS=                  with GRADIENT_CHECKPOINTING=True: e.g. llm or llm,vision
 #                                                  (empty: every part the model has: llm, vision, cvfm)
 #   USE_LIGER=False                                Liger kernels on the LLM (needs liger-kernel and a GPU)
-#   TORCH_COMPILE=False                            torch.compile the model (see README: speed options)
+#   TORCH_COMPILE=False                            torch.compile the model (HF --torch_compile). It runs, but
+#                                                  every new sequence length / image-grid mix recompiles
+#                                                  (graph breaks at the image scatter): on CPU a step takes
+#                                                  minutes; on GPU measure before keeping it
 DATALOADER_PREFETCH_FACTOR=${DATALOADER_PREFETCH_FACTOR:-2}
 DATALOADER_PIN_MEMORY=${DATALOADER_PIN_MEMORY:-True}
 DATALOADER_PERSISTENT_WORKERS=${DATALOADER_PERSISTENT_WORKERS:-True}

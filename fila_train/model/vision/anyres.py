@@ -72,9 +72,14 @@ def fitted_size(image_w: int, image_h: int, canvas: Size) -> Size:
     return max(1, min(math.ceil(image_w * scale_h), width)), height
 
 
-def fit_to_canvas(image: Image.Image, canvas: Size, fill: tuple[int, int, int]) -> Image.Image:
-    """Resize keeping the aspect ratio, then pad centred to exactly ``canvas`` with ``fill``."""
-    new_w, new_h = fitted_size(image.width, image.height, canvas)
+def fit_to_canvas(image: Image.Image, canvas: Size, fill: tuple[int, int, int],
+                  source: Size | None = None) -> Image.Image:
+    """Resize keeping the aspect ratio, then pad centred to exactly ``canvas`` with ``fill``.
+
+    ``source``: the file's (W, H) when ``image`` was decoded at reduced size, so the fitted size
+    (and the padding) is exactly that of the full image, not off by a rounding pixel.
+    """
+    new_w, new_h = fitted_size(*(source or image.size), canvas)
     resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     padded = Image.new(image.mode, canvas, fill)
     padded.paste(resized, ((canvas[0] - new_w) // 2, (canvas[1] - new_h) // 2))

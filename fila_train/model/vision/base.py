@@ -35,5 +35,9 @@ class ImageProcessor(Protocol):
     def num_image_tokens(self, processed: dict[str, Any]) -> int:
         """How many image-context tokens this processed image becomes in the LLM input."""
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest (W, H) a (W, H) file can be decoded at without changing what this returns
+        beyond resampling noise (the loader then decodes JPEGs at reduced size)."""
+
     def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
         """Batch processed images (image order is kept) into the encoder's forward input."""

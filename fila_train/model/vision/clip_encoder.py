@@ -1,6 +1,7 @@
 """The LLaVA baseline vision side: one CLIP-ViT view per image, patch tokens of one layer."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,11 @@ class ClipImageProcessor:
         square = expand_to_square(image.convert("RGB"), fill)
         resized = square.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return {"pixel_values": to_normalized_tensor(resized, self.mean, self.std).unsqueeze(0)}
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The image at the scale its padded square is resized to: all a reduced decode may drop."""
+        scale = self.image_size / max(width, height)
+        return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
     @property
     def tokens_per_view(self) -> int:

@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, global_view, select_canvas, tile_grid
+from ...data.images import source_size
+from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
 from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
 from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
@@ -69,17 +70,26 @@ class HybridImageProcessor:
         """(W, H) of the canvas at convnext_stride / patch_size scale (exact: one stride per ViT patch)."""
         return canvas[0] // self.patch_size * self.convnext_stride, canvas[1] // self.patch_size * self.convnext_stride
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The largest size any output takes from the image: its fit in the high-res canvas, and at
+        least one tile on each axis (the global view). A reduced decode may drop the rest."""
+        canvas = select_canvas(width, height, self.anyres.canvases)
+        fit_w, fit_h = fitted_size(width, height, self.high_res_size(canvas))
+        return max(fit_w, self.anyres.tile_size), max(fit_h, self.anyres.tile_size)
+
     def __call__(self, image: Image.Image) -> dict[str, Any]:
+        # The canvas (and so the token count) follows the file's size, also after a reduced decode.
+        width, height = source_size(image)
         image = image.convert("RGB")
         fill = padding_fill(self.mean)
-        canvas = select_canvas(image.width, image.height, self.anyres.canvases)
-        canvas_image = fit_to_canvas(image, canvas, fill)
+        canvas = select_canvas(width, height, self.anyres.canvases)
+        canvas_image = fit_to_canvas(image, canvas, fill, (width, height))
         views = torch.cat([
             to_normalized_tensor(global_view(image, canvas_image, self.anyres), self.mean, self.std).unsqueeze(0),
             cut_tiles(to_normalized_tensor(canvas_image, self.mean, self.std), self.anyres.tile_size),
         ])
         # Resized from the original image, not upsampled from the tiles: the ConvNeXt must see real detail.
-        high_res = fit_to_canvas(image, self.high_res_size(canvas), fill)
+        high_res = fit_to_canvas(image, self.high_res_size(canvas), fill, (width, height))
         return {
             "pixel_values": views,
             "hr_pixel_values": to_normalized_tensor(high_res, self.mean, self.std).unsqueeze(0),

@@ -1,0 +1,88 @@
+"""Reduced-size JPEG decoding (PIL draft) in the image loader, driven by the processor's decode_size.
+
+A draft decode keeps every processed tensor within a small tolerance of the full decode (same
+shapes, same anyres canvas and token count), and happens only for JPEGs at least 2x larger than
+the processor needs on both axes. Pure CPU image work; ~3 s.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from fila_train.data.images import SOURCE_SIZE, load_rgb_image, source_size
+from fila_train.model.vision.anyres import AnyresConfig
+from fila_train.model.vision.clip_encoder import ClipImageProcessor
+from fila_train.model.vision.hybrid_encoder import HybridImageProcessor
+
+PROCESSORS = {
+    "clip_336": ClipImageProcessor(336, 14),
+    "fila_336": HybridImageProcessor(AnyresConfig()),
+    "fila_tiny": HybridImageProcessor(AnyresConfig(tile_size=56, canvases=((112, 112), (56, 112), (112, 56)))),
+}
+
+
+def photo_like(width: int, height: int) -> Image.Image:
+    """Smooth gradients plus sharp shapes and lines: both kinds of content a decoder can get wrong."""
+    x = torch.linspace(0, 1, width).view(1, -1).expand(height, -1)
+    y = torch.linspace(0, 1, height).view(-1, 1).expand(-1, width)
+    pixels = torch.stack([x, y, (x + y) / 2]).mul(255).byte().permute(1, 2, 0).contiguous()
+    image = Image.fromarray(pixels.numpy())
+    draw = ImageDraw.Draw(image)
+    for k in range(12):
+        box = (k * width // 13, k * height // 17, k * width // 13 + width // 9, k * height // 17 + height // 7)
+        draw.ellipse(box, fill=(40 * k % 256, 255 - 20 * k, 90))
+        draw.line((0, k * height // 12, width, height - k * height // 12), fill=(250, 250, 250), width=3)
+    return image
+
+
+def save_jpeg(tmp_path, width: int, height: int):
+    path = tmp_path / f"photo_{width}x{height}.jpg"
+    photo_like(width, height).save(path, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_draft_decode_stays_close_to_full_decode(tmp_path, name):
+    processor = PROCESSORS[name]
+    path = save_jpeg(tmp_path, 3600, 2400)  # >= 2x what each processor needs, FILA's 1536 canvas included
+    full_image = load_rgb_image(path)
+    draft_image = load_rgb_image(path, decode_size=processor.decode_size)
+    assert full_image.size == (3600, 2400) and draft_image.width < 3600  # the draft was used...
+    need = processor.decode_size(3600, 2400)
+    assert draft_image.width >= need[0] and draft_image.height >= need[1]  # ...and nothing gets upsampled
+    assert source_size(draft_image) == (3600, 2400)
+
+    full, draft = processor(full_image), processor(draft_image)
+    assert full.keys() == draft.keys()
+    assert full.get("grid") == draft.get("grid")  # same canvas from the file's size: same token count
+    assert processor.num_image_tokens(full) == processor.num_image_tokens(draft)
+    for key, value in full.items():
+        if isinstance(value, torch.Tensor):
+            assert value.shape == draft[key].shape, key
+            difference = (value - draft[key]).abs()
+            # CLIP-normalised units (1/255 of intensity is ~0.015): resampling noise, not a shift.
+            assert difference.mean() < 0.02, (key, difference.mean())
+            assert difference.quantile(0.99) < 0.2, (key, difference.quantile(0.99))
+
+
+def test_draft_only_when_at_least_twice_the_needed_size(tmp_path):
+    processor = PROCESSORS["clip_336"]  # a square image needs 336 x 336
+    assert processor.decode_size(671, 671) == (336, 336)
+    just_below = load_rgb_image(save_jpeg(tmp_path, 671, 671), decode_size=processor.decode_size)
+    assert just_below.size == (671, 671)
+    at_twice = load_rgb_image(save_jpeg(tmp_path, 672, 672), decode_size=processor.decode_size)
+    assert at_twice.size == (336, 336) and at_twice.info[SOURCE_SIZE] == (672, 672)
+    # FILA's high-resolution canvas needs far more: the same file is decoded in full.
+    fila = PROCESSORS["fila_336"]
+    assert load_rgb_image(save_jpeg(tmp_path, 672, 672), decode_size=fila.decode_size).size == (672, 672)
+
+
+def test_no_draft_without_decode_size_or_for_other_formats(tmp_path):
+    processor = PROCESSORS["clip_336"]
+    jpeg = save_jpeg(tmp_path, 1600, 1600)
+    assert load_rgb_image(jpeg).size == (1600, 1600)
+    png = tmp_path / "photo.png"
+    photo_like(1600, 1600).save(png)
+    image = load_rgb_image(png, decode_size=processor.decode_size)
+    assert image.size == (1600, 1600) and source_size(image) == (1600, 1600)
