@@ -105,6 +105,20 @@ def test_tiny_cpu_bench_through_the_cli(tmp_path, capsys) -> None:
     assert result["image_tokens_per_sample"] == 80  # 2x2 tiles + global view, 16 tokens each
 
 
+def test_packed_bench_counts_the_same_tokens_with_no_padding(tmp_path) -> None:
+    results = {}
+    for packing in (False, True):
+        output = tmp_path / f"bench_{packing}.json"
+        flags = ["--packing"] * packing
+        assert bench_main(["tiny-clip", "--batch_size", "3", "--steps", "1", "--warmup", "0", "--threads", "1",
+                           "--output", str(output), *flags]) == 0
+        results[packing] = json.loads(output.read_text())
+    padded, packed = results[False], results[True]
+    assert packed["packing"] and packed["padding_fraction"] == 0 < padded["padding_fraction"]
+    assert packed["tokens_per_sample"] == padded["tokens_per_sample"]
+    assert packed["model_tflops_per_step"] > 0
+
+
 def test_data_bench_reports_ours_and_the_reference(tmp_path, capsys) -> None:
     output = tmp_path / "data.json"
     assert bench_main(["tiny-fila", "--data", "--num_images", "3", "--repeats", "1", "--output", str(output)]) == 0
@@ -112,7 +126,8 @@ def test_data_bench_reports_ours_and_the_reference(tmp_path, capsys) -> None:
     assert "reference (LLaVA-NeXT style)" in printed
     result = json.loads(output.read_text())
     assert result["ours"]["images_per_second"] > 0 and result["baseline"]["images_per_second"] > 0
-    assert result["max_abs_difference"] < 1e-5  # the reference computes the same tensors
+    # The same tensors, up to the resampling noise of our reduced-size JPEG decode (PIL draft).
+    assert result["mean_abs_difference"] < 1e-2 and result["max_abs_difference"] < 1
     assert result["samples_per_second"] > 0 and result["tokenization"]["text_tokens_per_second"] > 0
 
 
@@ -144,6 +159,6 @@ def test_training_log_has_mfu_model_tflops_and_peak_memory(assets, tmp_path, cap
     logs = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines()
             if line.startswith("{") and "'loss'" in line]
     assert len(logs) == 2
-    for entry in logs:
-        assert entry["mfu"] > 0 and entry["model_tflops_per_second_per_device"] > 0
-        assert entry["peak_memory_gib"] > 0
+    for entry in logs:  # the console shows the values formatted as strings
+        for key in ("mfu", "model_tflops_per_second_per_device", "peak_memory_gib"):
+            assert float(entry[key]) > 0, (key, entry)

@@ -9,9 +9,9 @@ patch) and stacked. For FILA the ConvNeXt's high-resolution canvas is one more
 resize-and-pad + normalise. LLaVA-1.5 (``image_aspect_ratio pad``) is ``expand2square`` + resize
 + normalise.
 
-Written from the published algorithm, not copied; padding uses the processor's fill colour
-(LLaVA-NeXT pads anyres canvases with black) so that both pipelines produce the same tensors
-and the comparison is of cost alone.
+Written from the published algorithm, not copied. It decodes every JPEG at full size, as LLaVA
+does; padding uses our fill colour (LLaVA-NeXT pads anyres canvases with black), so both
+pipelines produce the same tensors up to resampling noise and the comparison is of cost alone.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..model.vision.clip_encoder import ClipImageProcessor
+from ..model.vision.clip_encoder import ClipImageProcessor, padding_fill
 from ..model.vision.hybrid_encoder import HybridImageProcessor
 
 
@@ -72,13 +72,9 @@ def normalize(image: Image.Image, mean, std) -> np.ndarray:
     return pixels.transpose(2, 0, 1)
 
 
-def _fill(mean) -> tuple[int, int, int]:
-    return tuple(int(255 * m) for m in mean)  # LLaVA truncates
-
-
 def llava_next_anyres(image: Image.Image, processor: HybridImageProcessor) -> dict[str, Any]:
     """LLaVA-NeXT's anyres views (global first, then tiles row-major), plus FILA's high-res canvas."""
-    anyres, fill = processor.anyres, _fill(processor.mean)
+    anyres, fill = processor.anyres, padding_fill(processor.mean)
     tile = anyres.tile_size
     canvas = select_best_resolution(image.size, list(anyres.canvases))
     padded = resize_and_pad_image(image, canvas, fill)
@@ -95,7 +91,7 @@ def llava_pad(image: Image.Image, processor: ClipImageProcessor) -> dict[str, An
     """LLaVA-1.5 ``image_aspect_ratio pad``: expand2square with the mean colour, resize, normalise."""
     width, height = image.size
     side = max(width, height)
-    square = Image.new("RGB", (side, side), _fill(processor.mean))
+    square = Image.new("RGB", (side, side), padding_fill(processor.mean))
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     resized = square.resize((processor.image_size, processor.image_size), Image.Resampling.BICUBIC)
     return {"pixel_values": torch.from_numpy(normalize(resized, processor.mean, processor.std)[None])}

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads on a CPU (default: torch's choice)")
     parser.add_argument("--attn_implementation", default="sdpa", help="sdpa, eager or flash_attention_2")
+    parser.add_argument("--packing", action="store_true",
+                        help="padding-free packing of each batch into one row (as --packing in training)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the synthetic data and tiny models go (default: a temporary folder)")
@@ -75,7 +77,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
         config=args.config, stage=args.stage, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, steps=args.steps,
         warmup=args.warmup, image_size=args.image_size, peak_tflops=args.peak_tflops,
-        attn_implementation=args.attn_implementation)
+        attn_implementation=args.attn_implementation, packing=args.packing)
     with torch_threads(args.threads):
         result = run_training_bench(options, workdir)
     return result, report.format_training(result)
@@ -84,10 +86,12 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.list or args.config is None:
+    if args.list:
         for name in BENCH_CONFIGS.names():
             print(f"{name:<14} {BENCH_CONFIGS.get(name).description}")
-        return 0 if args.list else 2
+        return 0
+    if args.config is None:
+        parser.error(f"name a configuration: {', '.join(BENCH_CONFIGS.names())} (--list describes them)")
     BENCH_CONFIGS.get(args.config)  # an unknown name fails here, listing the known ones
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ process, tokenize) and per-turn tokenization alone.
 """
 from __future__ import annotations
 
+import functools
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,22 +40,23 @@ class PipelineTimes:
         return output
 
     def summary(self) -> dict[str, float]:
-        total = sum(self.decode) + sum(self.process)
-        return {"images_per_second": len(self.decode) / total,
-                "decode_ms": 1e3 * sum(self.decode) / len(self.decode),
-                "preprocess_ms": 1e3 * sum(self.process) / len(self.process)}
+        # Medians: on a shared machine a preempted image would otherwise weigh on the whole run.
+        per_image = statistics.median(d + p for d, p in zip(self.decode, self.process))
+        return {"images_per_second": 1 / per_image,
+                "decode_ms": 1e3 * statistics.median(self.decode),
+                "preprocess_ms": 1e3 * statistics.median(self.process)}
 
 
-def max_difference(ours: dict[str, Any], reference: dict[str, Any]) -> float:
-    """Largest absolute difference over the tensors both pipelines return (inf if shapes differ)."""
-    worst = 0.0
-    for key in ("pixel_values", "hr_pixel_values"):
-        if key not in ours:
-            continue
-        if ours[key].shape != reference[key].shape:
-            return float("inf")
-        worst = max(worst, float((ours[key] - reference[key]).abs().max()))
-    return worst if ours.get("grid") == reference.get("grid") else float("inf")
+def difference(ours: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
+    """(largest, mean) absolute difference over the tensors both pipelines return; inf where the
+    shapes or tile grids differ."""
+    if ours.get("grid") != reference.get("grid"):
+        return float("inf"), float("inf")
+    keys = [key for key in ("pixel_values", "hr_pixel_values") if key in ours]
+    if any(ours[key].shape != reference[key].shape for key in keys):
+        return float("inf"), float("inf")
+    gaps = torch.cat([(ours[key] - reference[key]).abs().flatten() for key in keys])
+    return float(gaps.max()), float(gaps.mean())
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -70,38 +73,43 @@ def run_data_bench(config_name: str, workdir: Path, num_images: int = 16, image_
     reference = baseline_for(processor)
     paths = data.image_paths()
     dataset, _ = build_dataset(model, tokenizer_path, data, stage, None, workdir)
+    # As ConversationDataset loads: JPEGs decoded at the reduced size the processor allows.
+    load = functools.partial(load_rgb_image, decode_size=processor.decode_size)
     ours, baseline = PipelineTimes(), PipelineTimes()
     with torch_threads(1):  # as a DataLoader worker runs
-        for path in paths:  # warm-up: files in the page cache, code paths run once
-            processor(load_rgb_image(path)), reference(decode(path))
+        # Warm-up (files in the page cache, code paths run once), checking on every image that the
+        # reference computes the same tensors as ours.
+        differences = [difference(processor(load(path)), reference(decode(path))) for path in paths]
         for turn, path in enumerate(tqdm(paths * repeats, desc="images: ours vs reference", unit="image")):
             # Alternating who goes first, so neither always finds the other's work in the CPU caches.
-            runs = [(ours, load_rgb_image, processor), (baseline, decode, reference)]
+            runs = [(ours, load, processor), (baseline, decode, reference)]
             for times, load, process in runs[::1 if turn % 2 else -1]:
                 times.run(load, process, path)
-        start = time.perf_counter()
+        sample_seconds = []
         for index in list(range(len(dataset))) * repeats:
+            start = time.perf_counter()
             dataset[index]
-        sample_seconds = time.perf_counter() - start
-        first = processor(load_rgb_image(paths[0])), reference(decode(paths[0]))
-        image_tokens = processor.num_image_tokens(first[0])
+            sample_seconds.append(time.perf_counter() - start)
+        processed = processor(load(paths[0]))
+        image_tokens = processor.num_image_tokens(processed)
         conversations = [record["conversations"] for record in data.records[stage]] * repeats
         start = time.perf_counter()
         encoded = [dataset.tokenizer.encode(conversation, [image_tokens]) for conversation in conversations]
         tokenize_seconds = time.perf_counter() - start
     tokens = sum(len(sample.input_ids) for sample in encoded)
     text_tokens = tokens - image_tokens * len(encoded)
-    tile = first[0]["pixel_values"].shape[-1]
-    rows, cols = first[0].get("grid", (1, 1))
+    tile = processed["pixel_values"].shape[-1]
+    rows, cols = processed.get("grid", (1, 1))
     result = {
         "config": config.name, "vision_encoder": model.config.vision_encoder,
         "processor": type(processor).__name__, "image_size": list(image_size),
-        "canvas": [cols * tile, rows * tile], "views_per_image": int(first[0]["pixel_values"].shape[0]),
+        "canvas": [cols * tile, rows * tile], "views_per_image": int(processed["pixel_values"].shape[0]),
         "image_tokens": image_tokens, "images": len(paths), "repeats": repeats, "torch_threads": 1,
         "ours": ours.summary(), "baseline": baseline.summary(),
         "baseline_description": "LLaVA-NeXT process_anyres_image style (fila_train/bench/baseline_pipeline.py)",
-        "max_abs_difference": max_difference(first[0], first[1]),
-        "samples_per_second": _rate(len(dataset) * repeats, sample_seconds),
+        "max_abs_difference": max(largest for largest, _ in differences),
+        "mean_abs_difference": sum(mean for _, mean in differences) / len(differences),
+        "samples_per_second": 1 / statistics.median(sample_seconds),
         "tokenization": {"samples_per_second": _rate(len(encoded), tokenize_seconds),
                          "text_tokens_per_second": _rate(text_tokens, tokenize_seconds)},
     }

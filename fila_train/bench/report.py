@@ -30,7 +30,8 @@ def format_training(result: dict[str, Any]) -> str:
         ["optimizer", result["optimizer"]],
         ["batch size", str(result["batch_size"])],
         ["tokens / sample (image tokens)", f"{result['tokens_per_sample']:.0f} ({result['image_tokens_per_sample']:.0f})"],
-        ["padding", f"{100 * result['padding_fraction']:.1f}%"],
+        ["padding", f"{100 * result['padding_fraction']:.1f}%" + (" (packed)" if result.get("packing") else "")],
+        ["attention", result["attn_implementation"]],
         ["gradient checkpointing", str(result["gradient_checkpointing"])],
         ["steps (warm-up)", f"{result['steps']} ({result['warmup_steps']})"],
         ["median step time", f"{result['median_step_seconds']:.4g} s"],
@@ -50,7 +51,8 @@ def format_training(result: dict[str, Any]) -> str:
 def format_dry_run(result: dict[str, Any]) -> str:
     llm, sample = result["llm"], result["model_tflops_per_sample"]
     vision = ", ".join(f"{k} {v:.4g}" for k, v in result["vision_forward_tflops_per_image"].items() if v)
-    multipliers = ", ".join(f"{k} x{v}" for k, v in result["stage_multipliers"].items())
+    present = {k for k, v in result["vision_forward_tflops_per_image"].items() if v} | {"llm"}
+    multipliers = ", ".join(f"{k} x{v}" for k, v in result["stage_multipliers"].items() if k in present)
     rows = [
         ["configuration", f"{result['config']}: {result['description']}"],
         ["stage / tuned parts", f"{result['stage']} / {','.join(result['tune_parts'])}"],
@@ -77,9 +79,10 @@ def format_data(result: dict[str, Any]) -> str:
     width, height = result["image_size"]
     head = (f"{result['config']} ({result['vision_encoder']}): {result['images']} document JPEGs {width}x{height} "
             f"x {result['repeats']} -> canvas {result['canvas'][0]}x{result['canvas'][1]}, "
-            f"{result['views_per_image']} views, {result['image_tokens']} image tokens; 1 worker, 1 torch thread")
-    tail = [f"ours / reference: {result['speedup_over_baseline']:.2f}x; largest difference between their tensors: "
-            f"{result['max_abs_difference']:.2e}",
+            f"{result['views_per_image']} views, {result['image_tokens']} image tokens; 1 worker, 1 torch thread; "
+            f"medians per image")
+    tail = [f"ours / reference: {result['speedup_over_baseline']:.2f}x; difference between their tensors: "
+            f"mean {result['mean_abs_difference']:.2e}, largest {result['max_abs_difference']:.2e}",
             f"whole samples (decode + process + tokenize): {result['samples_per_second']:.3g} samples/s per worker",
             f"tokenization alone: {result['tokenization']['samples_per_second']:.4g} samples/s, "
             f"{result['tokenization']['text_tokens_per_second']:.4g} text tokens/s per worker"]

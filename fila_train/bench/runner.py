@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.collator import ConversationCollator
+from ..data.packing import build_collator
 from ..data.dataset import ConversationDataset, DatasetOptions
 from ..data.images import load_rgb_image
 from ..data.templates import get_template
@@ -49,6 +50,7 @@ class BenchOptions:
     image_size: tuple[int, int] = (1000, 800)
     peak_tflops: float | None = None
     attn_implementation: str = "sdpa"
+    packing: bool = False  # one packed row per batch (padding-free), as --packing in training
     learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -69,7 +71,8 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 
 def build_dataset(model, tokenizer_path: str, data: BenchData, stage: int, seq_len: int | None,
-                  workdir: Path) -> tuple[ConversationDataset, ConversationCollator]:
+                  workdir: Path, packing: bool = False,
+                  attn_implementation: str = "sdpa") -> tuple[ConversationDataset, ConversationCollator]:
     """The training dataset and collator over the stage's synthetic records, lengthened to ``seq_len``."""
     max_length = model.config.text_config.max_position_embeddings
     tokenizer = load_tokenizer(tokenizer_path, model, max_length)
@@ -82,7 +85,7 @@ def build_dataset(model, tokenizer_path: str, data: BenchData, stage: int, seq_l
     # "error": a sample longer than the LLM's context is reported, never silently replaced.
     dataset = ConversationDataset(path, data.image_folder, conversation_tokenizer, processor,
                                   DatasetOptions(max_length, on_overlong="error"))
-    return dataset, ConversationCollator(tokenizer.pad_token_id, processor)
+    return dataset, build_collator(packing, attn_implementation, tokenizer.pad_token_id, processor)
 
 
 def prepare_model(config: BenchConfig, options: BenchOptions, workdir: Path, device: torch.device,
@@ -129,14 +132,18 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow (as in train.py).
         model.language_model.enable_input_require_grads()
-    dataset, collator = build_dataset(model, tokenizer_path, data, options.stage, options.seq_len, workdir)
+    dataset, collator = build_dataset(model, tokenizer_path, data, options.stage, options.seq_len, workdir,
+                                      options.packing, options.attn_implementation)
     size = options.batch_size
     batches = [collator([dataset[i] for i in range(b * size, (b + 1) * size)]) for b in range(DISTINCT_BATCHES)]
     for batch in batches:
         batch.pop("sample_ids")
+        batch.pop("skipped", None)
     counter = ModelFlopCounter.for_model(model)
     flops = [counter.batch_flops(batch) for batch in batches]
-    tokens = [int(batch["attention_mask"].sum()) for batch in batches]
+    # A packed batch has no padding and no attention mask: every position is a token.
+    tokens = [int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+              for batch in batches]
     image_tokens = [int((batch["input_ids"] == model.config.image_token_id).sum()) for batch in batches]
     padded = [int(batch["input_ids"].numel()) for batch in batches]
 
@@ -167,6 +174,7 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         "padding_fraction": 1 - sum(tokens[b] for b in timed) / sum(padded[b] for b in timed),
         "image_size": list(options.image_size), "gradient_checkpointing": options.gradient_checkpointing,
         "attn_implementation": options.attn_implementation,
+        "packing": options.packing,
         "optimizer": f"torch.optim.AdamW ({'fused' if device.type == 'cuda' else 'foreach'}), "
                      f"{options.dtype} weights and states",
         "parallelism": PARALLELISM, "warmup_steps": options.warmup, "steps": options.steps,

@@ -166,6 +166,9 @@ class TrainingArguments(transformers.TrainingArguments):
     fuser_lr: float | None = field(default=None, metadata={"help": "learning rate of the MMFuser fuser"})
     vision_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision tower"})
     model_max_length: int = 2048
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "peak TFLOP/s of one device for the logged MFU (default: from the known-GPU table in "
+                "fila_train/bench/mfu.py; CPUs and unknown GPUs log no MFU without it)"})
     group_by_modality_length: bool = field(default=False, metadata={
         "help": "batch image and text-only samples separately, similar token lengths together (LLaVA)"})
     log_sample_ids: bool = field(default=False, metadata={
