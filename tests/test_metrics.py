@@ -41,12 +41,27 @@ def test_registry_is_keyed_by_exact_names():
     ("yes!", "yes"),                   # a mark touching no space becomes a space
     ("e-mail", "e mail"),
     ("e-mail - now", "email now"),     # a mark next to a space: every such mark is deleted
-    ("1,000 e-mail", "1000 email"),    # digit,digit anywhere: all marks are deleted
     ("2.5", "2.5"),                    # a period before a digit stays
     ("e.g.", "eg"),
     ("3.", "3"),
+    ("x" + "." * 40, "x" + "." * 8),   # only the first 32 periods go (re.UNICODE passed as the count)
     (" yes\tno\n", "yes no"),
-    ("it's", "it's"),                  # apostrophes are not punctuation in VQA
+    # EvalAI's first step: commas and question marks are deleted before anything else ...
+    ("a,b", "ab"),                     # ... so no space is left for the article rule to see
+    ("red,blue", "redblue"),
+    ("red, blue", "red blue"),
+    ("1,000", "1000"),
+    ("1,000 e-mail", "1000 e mail"),   # no comma is left, so no digit,digit rule: "-" becomes a space
+    ("what?", "what"),
+    ("Why? No", "why no"),
+    ("e-mail?", "e mail"),
+    # ... and "'s" becomes a word of its own, also inside contractions
+    ("McDonald's", "mcdonald 's"),
+    ("mcdonald 's", "mcdonald 's"),
+    ("it's", "it 's"),
+    ("he's", "he 's"),
+    ("hes", "he's"),                   # a restored contraction keeps its "'s"
+    ("don't", "don't"),                # other apostrophes are not touched
 ])
 def test_vqa_normalization(raw, normalized):
     assert normalize_vqa_answer(raw) == normalized
@@ -74,6 +89,18 @@ def test_vqa_normalizes_prediction_and_answers():
     assert vqa_accuracy("3", answers) == pytest.approx(1.0)
 
 
+def test_vqa_commas_question_marks_and_possessives_match_as_evalai():
+    assert vqa_accuracy("mcdonald's", ["mcdonald 's"] * 10) == 1.0
+    assert vqa_accuracy("McDonald's", ["mcdonald's"] * 10) == 1.0
+    assert vqa_accuracy("mcdonald's", ["mcdonalds"] * 10) == 0.0
+    assert vqa_accuracy("a,b", ["ab"] * 10) == 1.0
+    assert vqa_accuracy("a,b", ["b"] * 10) == 0.0
+    # Two of ten answers are "red, blue" -> "red blue" and match; "redblue" would not.
+    answers = ["red, blue", "red blue?"] + ["green"] * 8
+    assert vqa_accuracy("Red blue", answers) == pytest.approx(0.6)
+    assert vqa_accuracy("red,blue", answers) == 0.0
+
+
 def test_vqa_needs_ten_answers():
     metric = get_metric("vqa")
     metric.check_answers(["a"] * 10)
@@ -94,6 +121,20 @@ def test_levenshtein():
 
 def test_anls_lowercases_and_strips():
     assert anls("  Denver Broncos ", ["denver broncos"]) == 1.0
+
+
+def test_anls_collapses_whitespace():
+    assert anls("hello  world", ["hello world"]) == 1.0
+    assert anls("Hello\tWorld", [" hello\n world "]) == 1.0
+    assert anls("helloworld", ["hello world"]) == pytest.approx(1 - 1 / 11)
+
+
+def test_anls_divides_by_the_raw_length():
+    # Distance 6 between "abcdefghij" and "abcdxxxxxx"; over the normalised length 10 that is 0.4,
+    # below the threshold, but the official scorer divides by the raw prediction's 12 characters.
+    assert anls("abcdXXXXXX", ["abcdefghij"]) == 0.0
+    assert anls("abcdXXXXXX  ", ["abcdefghij"]) == pytest.approx(0.5)
+    assert anls("abcdXXXXXX", ["  abcdefghij   "]) == pytest.approx(1 - 6 / 15)  # 0.6
 
 
 def test_anls_threshold():

@@ -3,10 +3,10 @@
 Each follows its benchmark's official evaluation, quirks included, so our numbers are comparable
 with published ones:
 
-- ``vqa`` (VQAv2, TextVQA, VizWiz): the VQA evaluation's answer normalisation and the average,
-  over the 10 leave-one-out subsets of the human answers, of min(1, matches / 3).
-- ``anls`` (DocVQA, InfographicVQA): 1 - normalised Levenshtein distance after lowercasing and
-  stripping, 0 when that is below 0.5, best over the answers.
+- ``vqa`` (TextVQA, VQAv2, VizWiz): the TextVQA/EvalAI answer normalisation of the prediction and
+  every human answer, and the average over the 10 leave-one-out subsets of min(1, matches / 3).
+- ``anls`` (DocVQA, InfographicVQA): 1 - Levenshtein distance between the lowercased, stripped,
+  whitespace-collapsed texts over the longer raw length, 0 below 0.5, best over the answers.
 - ``relaxed`` (ChartQA): numbers within 5% relative change of a non-zero target, other answers
   equal after lowercasing (pix2struct's ``relaxed_correctness``, which LLaVA and lmms-eval use).
 - ``exact``: the stripped prediction equals a stripped answer.
@@ -51,16 +51,19 @@ def mean_score(scores: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------- vqa
-# The VQA evaluation's tables (GT-Vision-Lab/VQA, vqaEval.py).
+# The TextVQA/EvalAI answer processor (MMF's EvalAIAnswerProcessor): VQAv2's vqaEval.py rules
+# (GT-Vision-Lab/VQA) behind one extra first step, applied alike to the prediction and every answer.
 _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                  "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = frozenset({"a", "an", "the"})
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-                ",", "?", "!")
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
+# vqaEval.py's list also has "," and "?", which the first step has already removed; with no comma
+# left, its "delete every mark when digit,digit occurs" rule can never fire either.
+_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", "!")
 # As written in vqaEval.py: "(?!<=\d)" is a look-ahead, not a look-behind, so every period that is
-# not followed by a digit is removed ("2.5" keeps its point, "e.g." loses both).
+# not followed by a digit is removed ("2.5" keeps its point, "e.g." loses both) ...
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# ... but only the first 32: re.UNICODE (= 32) is passed where sub() takes its count.
+_PERIODS_REMOVED = 32
 # The contractions vqaEval.py restores: each spelling with exactly one apostrophe missing maps to
 # the full form. (Its table also lists capitalised "I'm"/"I've" keys, which never match after
 # lowercasing, and identity entries; they are left out as they change nothing.)
@@ -79,15 +82,20 @@ _CONTRACTIONS = {full[:i] + full[i + 1:]: full
 _CONTRACTIONS["somebody'd"] = "somebodyd"  # sic: vqaEval.py maps this one the wrong way round
 
 
+def _evalai_first_step(text: str) -> str:
+    # Commas and question marks go outright ("a,b" -> "ab") and a possessive becomes its own word
+    # ("mcdonald's" -> "mcdonald 's"), so "he's" stays "he 's" while "hes" becomes "he's".
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+
+
 def _vqa_punctuation(text: str) -> str:
-    # A mark next to a space, or any mark in a text with a digit-comma-digit, is deleted;
-    # otherwise it becomes a space ("red/blue" -> "red blue", "red / blue" -> "red  blue").
-    delete_all = _DIGIT_COMMA_DIGIT.search(text) is not None
+    # A mark next to a space is deleted, otherwise it becomes a space, decided on the input text:
+    # "red/blue" -> "red blue", "red / blue" -> "red  blue".
     out = text
     for mark in _PUNCTUATION:
         spaced = mark + " " in text or " " + mark in text
-        out = out.replace(mark, "" if spaced or delete_all else " ")
-    return _PERIOD.sub("", out)
+        out = out.replace(mark, "" if spaced else " ")
+    return _PERIOD.sub("", out, count=_PERIODS_REMOVED)
 
 
 def _vqa_digits_articles(text: str) -> str:
@@ -96,20 +104,15 @@ def _vqa_digits_articles(text: str) -> str:
 
 
 def normalize_vqa_answer(text: str) -> str:
-    """The VQA evaluation's answer processing: whitespace, punctuation, number words, articles,
-    contractions."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
+    """The TextVQA/EvalAI answer processing: case, commas, question marks and possessives, then
+    VQA's whitespace, punctuation, number words, articles and contractions."""
+    text = _evalai_first_step(text).replace("\n", " ").replace("\t", " ").strip()
     return _vqa_digits_articles(_vqa_punctuation(text))
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Mean over the leave-one-out subsets of the human answers of min(1, matches / 3).
-
-    vqaEval.py normalises the prediction and only re-punctuates the ground truth, whose released
-    files are normalised already; converted benchmark files hold raw answers, so both sides get
-    the full normalisation here (as the TextVQA/EvalAI evaluator does). On normalised answers the
-    two agree.
-    """
+    """Mean over the 10 leave-one-out subsets of the human answers of min(1, matches / 3), the
+    prediction and every answer normalised alike (TextVQA's evaluator, also EvalAI's for VQAv2)."""
     predicted = normalize_vqa_answer(prediction)
     matches = [normalize_vqa_answer(answer) == predicted for answer in answers]
     total = sum(matches)
@@ -137,15 +140,20 @@ def levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
+def _anls_text(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
 def anls(prediction: str, answers: Sequence[str]) -> float:
     """Best 1 - normalised Levenshtein distance over the answers; below the threshold it counts 0
-    (the ST-VQA/DocVQA evaluation keeps a similarity of exactly 0.5)."""
-    predicted = prediction.lower().strip()
+    (the DocVQA/InfographicVQA scorer keeps a similarity of exactly 0.5)."""
+    predicted = _anls_text(prediction)
     best = 0.0
     for answer in answers:
-        target = answer.lower().strip()
-        length = max(len(target), len(predicted))
-        best = max(best, 1.0 - (levenshtein(target, predicted) / length if length else 0.0))
+        # As in the official scorer the distance is between the normalised texts but divided by
+        # the longer RAW text (upper-cased): stray whitespace raises a near miss's similarity.
+        length = max(len(answer.upper()), len(prediction.upper()))
+        best = max(best, 1.0 - (levenshtein(_anls_text(answer), predicted) / length if length else 0.0))
     return best if best >= ANLS_THRESHOLD else 0.0
 
 
