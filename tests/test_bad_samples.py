@@ -3,6 +3,9 @@ default; with on_bad_sample="skip" the sample is replaced by the next one and co
 from __future__ import annotations
 
 import json
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,8 @@ from PIL import Image
 
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import DatasetOptions, SampleError
-from fila_train.data.images import load_rgb_image
+from fila_train.data.images import (DEFAULT_MAX_PIXELS, ImageTooLargeError, UnreadableImageError, image_size,
+                                    load_rgb_image)
 from fila_train.data.mixed_dataset import MixtureDataset
 from fila_train.data.mixture import single_source
 from fila_train.model.configuration import IMAGE_TOKEN_ID
@@ -162,6 +166,52 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
     pixels = np.asarray(load_rgb_image(tmp_path / "deep.png"))
     assert pixels[0, :, 0].tolist() == [0, 128, 255, 4]  # convert("L") would clip all but 0 to 255
     assert (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_16_bit_big_endian_tiff_is_scaled_like_little_endian(tmp_path: Path) -> None:
+    values = np.array([[0, 32768, 65535, 1024]], dtype=">u2")
+    Image.fromarray(values).save(tmp_path / "deep.tif")
+    with Image.open(tmp_path / "deep.tif") as written:
+        assert written.mode == "I;16B"  # the mode PIL cannot point() directly
+    pixels = np.asarray(load_rgb_image(tmp_path / "deep.tif"))
+    assert pixels[0, :, 0].tolist() == [0, 128, 255, 4] and (pixels[..., 0] == pixels[..., 1]).all()
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A valid PNG header claiming ``width`` x ``height`` with (almost) no pixel data: a cheap bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+# PIL alone refuses over 2x its limit (DecompressionBombError) and only warns between 1x and 2x.
+@pytest.mark.parametrize("width,height", [(20_000, 10_000), (10_000, 10_000)], ids=["over_2x_pil", "1x_to_2x_pil"])
+def test_the_pixel_limit_is_ours_alone(tmp_path: Path, width: int, height: int) -> None:
+    path = header_only_png(tmp_path / "bomb.png", width, height)
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for read in (image_size, load_rgb_image):
+            with pytest.raises(ImageTooLargeError, match=f"{width}x{height} = {width * height} pixels, over the "
+                                                         f"limit of {DEFAULT_MAX_PIXELS}") as error:
+                read(path)
+            assert error.value.kind == "image_too_large"
+        # Raised above PIL's hard limit, ours decides: the header is accepted (the pixels are not
+        # there, so a decode would fail as unreadable, not as too large).
+        assert image_size(path, max_pixels=width * height) == (width, height)
+        assert image_size(path, max_pixels=None) == (width, height)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert Image.MAX_IMAGE_PIXELS == pil_limit  # PIL's global state is left alone
+
+
+def test_a_file_that_is_no_image_is_unreadable_from_its_header(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(UnreadableImageError, match="cannot identify image file"):
+        image_size(tmp_path / "notes.png")
 
 
 def test_image_just_under_the_pixel_limit_loads(tmp_path: Path) -> None:

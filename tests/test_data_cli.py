@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,14 +44,24 @@ def write_mixture(tmp_path: Path, assets, with_broken: bool) -> Path:
     return path
 
 
-def inspect(assets, spec: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
+def inspect(assets, spec: Path, tmp_path: Path, *extra: str, encoder: str = "fila_hybrid") -> tuple[int, dict]:
     report = tmp_path / "report.json"
-    flags = assets.model_flags(hybrid=True, fuser=False)
+    hybrid = encoder == "fila_hybrid"
+    flags = assets.model_flags(hybrid=hybrid, fuser=False)
     argv = ["data", "inspect", str(spec), "--model_name_or_path", flags["model_name_or_path"],
-            "--vision_tower", flags["vision_tower"], "--vision_encoder", "fila_hybrid",
-            "--anyres_canvases", flags["anyres_canvases"], "--model_max_length", "300", "--output", str(report), *extra]
+            "--vision_tower", flags["vision_tower"], "--vision_encoder", encoder,
+            *(["--anyres_canvases", flags["anyres_canvases"]] if hybrid else []),
+            "--model_max_length", "300", "--output", str(report), *extra]
     code = cli_main(argv)
     return code, json.loads(report.read_text())
+
+
+def table_row(output: str, source: str) -> dict[str, str]:
+    """The printed report table's row of ``source``, keyed by column header."""
+    lines = output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("source "))
+    row = next(line for line in lines[header:] if line.split()[0] == source)
+    return dict(zip(re.split(r"\s{2,}", lines[header].strip()), re.split(r"\s{2,}", row.strip())))
 
 
 def test_inspect_reports_each_source_and_fails_on_bad_records(tiny_assets, tmp_path: Path, capsys) -> None:
@@ -66,7 +77,32 @@ def test_inspect_reports_each_source_and_fails_on_bad_records(tiny_assets, tmp_p
     good = next(s for s in report["sources"] if s["name"] == "instructions")
     assert good["errors"] == [] and good["with_images"] + good["text_only"] == good["records"]
     assert 0 < good["token_percentiles"]["p50"] <= good["token_percentiles"]["max"]
-    assert good["image_width_percentiles"]["max"] > 0 and "broken" in out.out
+    assert good["image_width_percentiles"]["max"] > 0
+    row = table_row(out.out, "broken")
+    assert (row["errors"], row["missing img"], row["unreadable img"]) == ("3", "1", "1"), out.out
+
+
+def test_inspect_without_decoding_still_finds_bad_images_for_clip(tiny_assets, tmp_path: Path, capsys) -> None:
+    # CLIP's token count does not depend on the image size, so nothing else would open the files.
+    spec = write_mixture(tmp_path, tiny_assets, with_broken=True)
+    code, report = inspect(tiny_assets, spec, tmp_path, "--decode", "false", encoder="clip")
+    out = capsys.readouterr()
+    assert code == 1
+    broken = next(s for s in report["sources"] if s["name"] == "broken")
+    # The corrupt file has no valid header; a truncated one would need --decode true.
+    assert broken["error_kinds"] == {"missing_image": 1, "unreadable_image": 1, "malformed_json": 1}
+    assert f"{tmp_path / 'broken' / 'broken.jsonl'}:2 (id 'lost-1')" in out.err
+    assert table_row(out.out, "broken")["missing img"] == "1"
+    good = next(s for s in report["sources"] if s["name"] == "instructions")
+    assert good["errors"] == [] and good["image_width_percentiles"]["max"] > 0  # sizes from the headers
+
+    # --max_image_pixels means what it means in training: here every image is over it.
+    clean = write_mixture(tmp_path, tiny_assets, with_broken=False)
+    code, report = inspect(tiny_assets, clean, tmp_path, "--decode", "false", "--max_image_pixels", "100",
+                           encoder="clip")
+    assert code == 1
+    assert report["sources"][0]["error_kinds"] == {"image_too_large": good["with_images"]}
+    assert "over the limit of 100" in capsys.readouterr().err
 
 
 def test_inspect_lengths_match_the_dataset_and_clean_mix_passes(tiny_assets, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .images import DEFAULT_MAX_PIXELS
+
 USAGE = """usage: fila-train data <command> [options]
 
 commands:
@@ -21,7 +23,11 @@ class InspectArguments:
     data_root: str | None = field(default=None, metadata={"help": "overrides the mixture's 'root'"})
     model_max_length: int = 2048
     decode: bool = field(default=True, metadata={
-        "help": "decode every image (finds truncated/corrupt files); --decode false reads headers only"})
+        "help": "decode every image (finds truncated/corrupt files); --decode false reads headers only "
+                "(missing files and files that are no image are still found)"})
+    max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
+        "help": "images with more pixels are refused before decoding (decompression-bomb guard; the same "
+                "as training's --max_image_pixels)"})
     limit: int | None = field(default=None, metadata={"help": "inspect at most this many records per source"})
     max_errors_shown: int = field(default=20, metadata={"help": "errors printed per source (all go to --output)"})
     output: str | None = field(default=None, metadata={"help": "write the full report as JSON here"})
@@ -68,7 +74,7 @@ def inspect_main(argv: list[str]) -> int:
         spec = (load_mixture(args.data_path, args.data_root) if args.data_path.endswith((".yaml", ".yml"))
                 else single_source(args.data_path, args.image_folder))
         dataset = MixtureDataset(spec, tokenizer, template, image_token_id, processor,
-                                 DatasetOptions(args.model_max_length))
+                                 DatasetOptions(args.model_max_length, max_image_pixels=args.max_image_pixels))
     except (MixtureError, SampleError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
 """``fila-train data inspect``: what a mixture will feed the model, checked before any GPU time.
 
-Per source: records and sampled count, every unusable record (file, line, id, reason), token
-lengths with the real tokenizer and the encoder's image-token expansion, the share over the
-maximum length, and the distribution of image sizes.
+Per source: records and sampled count, every unusable record (file, line, id, reason), missing
+and unreadable images counted apart, token lengths with the real tokenizer and the encoder's
+image-token expansion, the share over the maximum length, and the distribution of image sizes.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def percentiles(values: np.ndarray, digits: int | None = None) -> dict[str, floa
 
 def inspect_mixture(dataset: MixtureDataset, max_length: int, decode: bool = True,
                     limit: int | None = None) -> list[SourceReport]:
+    """Every record of every source (up to ``limit``); images decoded, or only their headers read."""
     reports = []
     for source, plan in zip(dataset.sources, dataset.plan.sources):
         report = SourceReport(source.name, plan.records, plan.sampled)
@@ -55,7 +56,7 @@ def inspect_mixture(dataset: MixtureDataset, max_length: int, decode: bool = Tru
         count = len(source) if limit is None else min(limit, len(source))
         for index in tqdm(range(count), desc=f"inspect {source.name}", unit="rec", mininterval=1):
             try:
-                measure = measure_record(source, index, decode=decode)
+                measure = measure_record(source, index, check="decode" if decode else "header")
             except SampleError as error:
                 report.errors.append(str(error))
                 kinds[error.kind] += 1
@@ -82,11 +83,12 @@ def format_report(reports: list[SourceReport], max_length: int) -> str:
     def spread(values: dict) -> str:
         return " / ".join(str(values[k]) for k in ("p50", "p90", "p99", "max")) if values else "-"
 
-    rows = [[r.name, f"{r.records:,}", f"{r.sampled:,}", str(len(r.errors)), f"{r.with_images:,}",
-             f"{r.text_only:,}", spread(r.token_percentiles), f"{100 * r.over_max_share:.1f}%",
-             spread(r.megapixels_percentiles)] for r in reports]
-    return format_table(["source", "records", "sampled", "errors", "w/ image", "text", "tokens p50/p90/p99/max",
-                         f"> {max_length}", "Mpix p50/p90/p99/max"], rows)
+    rows = [[r.name, f"{r.records:,}", f"{r.sampled:,}", str(len(r.errors)),
+             str(r.error_kinds.get("missing_image", 0)), str(r.error_kinds.get("unreadable_image", 0)),
+             f"{r.with_images:,}", f"{r.text_only:,}", spread(r.token_percentiles),
+             f"{100 * r.over_max_share:.1f}%", spread(r.megapixels_percentiles)] for r in reports]
+    return format_table(["source", "records", "sampled", "errors", "missing img", "unreadable img", "w/ image",
+                         "text", "tokens p50/p90/p99/max", f"> {max_length}", "Mpix p50/p90/p99/max"], rows)
 
 
 def report_dict(reports: list[SourceReport]) -> dict:

@@ -15,26 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .dataset import ConversationDataset, SampleError
-from .images import ImageLoadError, MissingImageError, UnreadableImageError, load_rgb_image
+from .images import ImageLoadError, image_size, load_rgb_image, require_file
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "fila_train" / "lengths"
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the file header, without decoding pixels."""
-    if not path.is_file():
-        raise MissingImageError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UnreadableImageError(f"unreadable image {path}: {error}") from None
 
 
 @dataclass
@@ -43,24 +31,36 @@ class RecordMeasure:
     image_sizes: list[tuple[int, int]]
 
 
-def measure_record(source: ConversationDataset, index: int, decode: bool = False) -> RecordMeasure:
+# How measure_record looks at each image: decode it fully (finds truncated and corrupt files),
+# read its header (size; finds files that are no image), or only check that the file exists.
+IMAGE_CHECKS = ("decode", "header", "exists")
+
+
+def measure_record(source: ConversationDataset, index: int, check: str | None = None) -> RecordMeasure:
     """Token count and image sizes of record ``index``; SampleError (with its kind) if unusable.
 
-    Image sizes come from file headers (what the anyres canvas choice needs) unless ``decode``
-    asks for a full decode, which also finds truncated and corrupt files.
+    ``check`` is one of IMAGE_CHECKS; by default the header when the encoder's token count depends
+    on the image size (FILA's anyres canvas), else only the file's existence. A missing image is
+    always found; sizes come with "decode" and "header".
     """
+    if check is None:
+        check = "header" if source.image_processor.image_size_matters else "exists"
+    if check not in IMAGE_CHECKS:
+        raise ValueError(f"check must be one of {IMAGE_CHECKS}, got {check!r}")
     record, where, paths = source.checked_record(index)
-    processor = source.image_processor
+    max_pixels = source.options.max_image_pixels
     sizes = []
     for path in paths:
         try:
-            if decode:
-                sizes.append(load_rgb_image(path, source.options.max_image_pixels).size)
-            elif processor.image_size_matters:
-                sizes.append(image_size(path))
+            if check == "decode":
+                sizes.append(load_rgb_image(path, max_pixels).size)
+            elif check == "header":
+                sizes.append(image_size(path, max_pixels))
+            else:
+                require_file(path)
         except ImageLoadError as error:
             raise SampleError(f"{where}: field 'image': {error}", error.kind) from None
-    counts = [processor.num_image_tokens_for_size(*size) for size in (sizes or [(0, 0)] * len(paths))]
+    counts = [source.image_processor.num_image_tokens_for_size(*size) for size in (sizes or [(0, 0)] * len(paths))]
     try:
         ids = source.tokenizer.encode(record["conversations"], counts).input_ids
     except ValueError as error:
@@ -81,7 +81,8 @@ def cache_key(source: ConversationDataset) -> str:
         "template": source.tokenizer.template.name,
         "image_token_id": source.tokenizer.image_token_id,
         "processor": repr(source.image_processor),
-        "version": 1,
+        "max_image_pixels": source.options.max_image_pixels,
+        "version": 2,  # 2: missing images are unusable for every encoder
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
