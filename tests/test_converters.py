@@ -251,8 +251,8 @@ def ai2d_release(root: Path) -> Path:
 def test_ai2d_letters_text_abc_labels_and_splits(tmp_path, capsys):
     root = ai2d_release(tmp_path / "ai2d")
     options = "\nA. ears\nB. nose\nC. mouth\nD. face"
-    records = convert(tmp_path, "ai2d", "--input", str(root))
-    assert records == [
+    everything = convert(tmp_path, "ai2d", "--input", str(root), "--split", "all")
+    assert everything == [
         {"id": "ai2d_0.png-1", "image": "0.png", "conversations": [
             {"from": "human", "value": f"<image>\nWhich part is used to smell?{options}\n{LETTER}"},
             {"from": "gpt", "value": "B"}]},
@@ -261,7 +261,8 @@ def test_ai2d_letters_text_abc_labels_and_splits(tmp_path, capsys):
     ]
     assert "1 x abcLabel question" in capsys.readouterr().out
 
-    text = convert(tmp_path, "ai2d", "--input", str(root), "--answer_style", "text", "--abc_images", "abc_images")
+    text = convert(tmp_path, "ai2d", "--input", str(root), "--answer_style", "text", "--abc_images", "abc_images",
+                   "--split", "all")
     assert text[:2] == [
         qa("ai2d_0.png-0", "abc_images/0.png", (f"What is A in the diagram?{options}", "face")),
         qa("ai2d_0.png-1", "0.png", (f"Which part is used to smell?{options}", "nose")),
@@ -271,6 +272,18 @@ def test_ai2d_letters_text_abc_labels_and_splits(tmp_path, capsys):
     train_split = convert(tmp_path, "ai2d", "--input", str(root / "questions"), "--split", "train",
                           "--test_ids", str(root / "ai2d_test_ids.csv"))
     assert [record["id"] for record in train_split] == ["ai2d_0.png-1"]
+
+
+def test_ai2d_defaults_to_the_train_split_so_benchmark_questions_stay_out(tmp_path, capsys):
+    root = ai2d_release(tmp_path / "ai2d")
+    assert convert(tmp_path, "ai2d", "--input", str(root)) == [
+        qa("ai2d_0.png-1", "0.png", ("Which part is used to smell?\nA. ears\nB. nose\nC. mouth\nD. face", "B"),
+           instruction=LETTER)]
+    assert "1 x not in the train split (ai2d_test_ids.csv)" in capsys.readouterr().out
+    (root / "ai2d_test_ids.csv").unlink()  # without the split file nothing is guessed
+    assert main(["ai2d", "--input", str(root), "--output", str(tmp_path / "o.jsonl")]) == 1
+    assert "--split train needs ai2d_test_ids.csv" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 # ---------------------------------------------------------------- LLaVA pass-through
@@ -351,7 +364,8 @@ def test_missing_field_names_file_record_and_field(tmp_path, capsys):
 ])
 def test_bad_records_are_reported(tmp_path, capsys, source, document, expected):
     path = write_json(tmp_path / "source.json", document)
-    assert main([source, "--input", str(path), "--output", str(tmp_path / "out.jsonl")]) == 1
+    no_split_file = ["--split", "all"] if source == "ai2d" else []
+    assert main([source, "--input", str(path), *no_split_file, "--output", str(tmp_path / "out.jsonl")]) == 1
     error = capsys.readouterr().err
     assert f"{path}" in error and expected in error
     assert not (tmp_path / "out.jsonl").exists()

@@ -31,13 +31,15 @@ class AI2D(Converter):
     A in the diagram?"); the released images still show the original text, so these questions
     are skipped unless ``--abc_images`` names a folder (under the image root) holding the
     diagrams with the letters drawn in (the ``replacementText`` of annotations/<imageName>.json).
-    ``--split train|test`` follows the release's ai2d_test_ids.csv (image ids, one per line).
+    ``--split train`` (default) and ``test`` follow the official split file ai2d_test_ids.csv (image
+    ids, one per line; downloaded apart from ai2d-all.zip), looked for next to ``questions/``:
+    the release itself has no split, and training on ``all`` trains on the AI2D benchmark's questions.
     """
 
     name = "ai2d"
     instruction = OPTION_LETTER
-    splits = ("all", "train", "test")
-    default_split = "all"
+    splits = ("train", "test", "all")
+    default_split = "train"
 
     def __init__(self) -> None:
         self._test_ids: set[str] | None = None
@@ -49,7 +51,8 @@ class AI2D(Converter):
                             help="folder (relative to the image root) of the diagrams with letter labels "
                                  "drawn in; without it abcLabel questions are skipped")
         parser.add_argument("--test_ids", type=Path, default=None,
-                            help=f"{TEST_IDS_FILE} for --split train/test (default: next to questions/)")
+                            help=f"the official split file {TEST_IDS_FILE} for --split train/test "
+                                 f"(default: next to questions/)")
 
     def default_instruction(self, args: argparse.Namespace) -> str:
         return OPTION_LETTER if args.answer_style == "letter" else SHORT_ANSWER
@@ -67,8 +70,9 @@ class AI2D(Converter):
         if self._test_ids is None:
             csv = args.test_ids or path.parent.parent / TEST_IDS_FILE
             if not csv.is_file():
-                raise SourceFileError(f"--split {args.split} needs {TEST_IDS_FILE} (not found at {csv}); "
-                                      f"pass --test_ids or --split all")
+                raise SourceFileError(f"--split {args.split} needs {TEST_IDS_FILE} (not found at {csv}): the "
+                                      f"official AI2D split file, downloaded apart from the release; pass "
+                                      f"--test_ids, or --split all for every question (test ones included)")
             self._test_ids = {line.strip() for line in csv.read_text().splitlines() if line.strip()}
         return (image.split(".")[0] in self._test_ids) == (args.split == "test")
 
