@@ -1,6 +1,7 @@
-"""The stage scripts and their launcher (scripts/lib/launch.sh): one real 2-process torchrun run
-through scripts/finetune.sh on CPU, and DRY_RUN=1 previews of the hostfile, multi-node torchrun and
-SLURM layouts, plus the misconfigurations that must stop before anything launches."""
+"""The stage scripts and their launcher (scripts/lib/launch.sh): real 2-process runs on CPU through
+scripts/finetune.sh (torchrun) and scripts/pretrain.sh (DeepSpeed's launcher), DRY_RUN=1 previews
+of the hostfile, multi-node torchrun and SLURM layouts, and the misconfigurations that must stop
+before anything launches."""
 from __future__ import annotations
 
 import json
@@ -109,6 +110,27 @@ def test_finetune_sh_trains_with_torchrun_on_two_processes(tiny_assets, tmp_path
     summary = json.loads((output / "train_summary.json").read_text())
     assert summary["steps"] == 6 and set(summary["tune_parts"]) == {"connector", "llm", "cvfm"}
     assert_loss_falls(summary)
+
+
+def test_pretrain_sh_trains_with_the_deepspeed_launcher(tiny_assets, tmp_path) -> None:
+    # LAUNCHER=deepspeed on one node: DeepSpeed's own runner starts the ranks (a HOSTFILE run does the
+    # same per host, reached over ssh, which this machine has not got: its command is the dry run below).
+    output = tmp_path / "stage1"
+    env = {"LAUNCHER": "deepspeed", "MODEL": str(tiny_assets.llm), "VISION_TOWER": str(tiny_assets.clip),
+           "VISION_ENCODER": "clip", "DATA_PATH": str(tiny_assets.stage1_data),
+           "IMAGE_FOLDER": str(tiny_assets.image_folder), "OUTPUT_DIR": str(output),
+           "GLOBAL_BATCH_SIZE": "4", "PER_DEVICE_BATCH_SIZE": "2", "NPROC_PER_NODE": "2",
+           "MASTER_PORT": str(free_port()), "LEARNING_RATE": "1e-2", "MAX_STEPS": "4", "MAX_LENGTH": "512",
+           "REPORT_TO": "none", "DATALOADER_WORKERS": "0", "OMP_NUM_THREADS": "1"}
+    run = run_script("scripts/pretrain.sh", env, ("--seed", "7", "--save_strategy", "no"), timeout=300)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    assert "[fila-train] deepspeed: 1 node(s), world size 2" in run.stdout and "backend gloo" in run.stdout
+    assert "deepspeed.launcher.launch" in log, "DeepSpeed's runner did not start the ranks"
+    assert "; 2 process(es)" in log, "the trainer did not see a world of 2 processes"
+    summary = json.loads((output / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tune_parts"] == ["connector"]
+    assert (output / "connector.safetensors").is_file()
 
 
 # ---------------------------------------------------------------- dry runs of each layout
