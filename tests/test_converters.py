@@ -1,4 +1,8 @@
-"""`fila-train data convert SOURCE`: fixtures shaped like each public release, run through the real CLI."""
+"""`fila-train data convert SOURCE`: fixtures shaped like each public release, run through the real CLI.
+
+The ``*_release`` / ``*_file`` helpers write each release's annotation files under their released
+names; test_shipped_layout.py reuses them to lay out a whole playground/data tree.
+"""
 from __future__ import annotations
 
 import json
@@ -49,13 +53,17 @@ def docvqa_file(folder: Path, entries: list[dict]) -> Path:
         "dataset_name": "SP-DocVQA", "dataset_split": "train", "dataset_version": "1.0", "data": entries})
 
 
-def test_docvqa_first_answer_folder_input_and_prefix(tmp_path):
-    docvqa_file(tmp_path / "spdocvqa", [
+def docvqa_release(folder: Path) -> Path:
+    return docvqa_file(folder, [
         docvqa_entry(337, "what is the date mentioned in this letter?", "xnbl0037_1", ["1/8/93"]),
         docvqa_entry(338, "  what is the contact person name mentioned in letter?", "xnbl0037_1",
                      ["P. Carter", "p. carter"]),
         docvqa_entry(339, "Which corporation's letterhead is this?", "mxcj0037_1", ["", " Brown & Williamson "]),
     ])
+
+
+def test_docvqa_first_answer_folder_input_and_prefix(tmp_path):
+    docvqa_release(tmp_path / "spdocvqa")
     records = convert(tmp_path, "docvqa", "--input", str(tmp_path / "spdocvqa"), "--split", "train",
                       "--image_prefix", "docvqa/train")
     assert records[0] == {
@@ -72,15 +80,19 @@ def test_docvqa_first_answer_folder_input_and_prefix(tmp_path):
     ]
 
 
-def test_infographicvqa(tmp_path):
+def infographicvqa_file(folder: Path) -> Path:
     entry = {"questionId": 98313, "question": "Which social platform has heavy female audience?",
              "image_local_name": "37313.jpeg", "image_url": "https://example.org/37313.jpeg",
              "ocr_output_file": "37313.json", "answers": ["pinterest"], "answer_type": ["single span"],
              "evidence": ["text"], "operation/reasoning": []}
     second = {**entry, "questionId": 98314, "question": "How many platforms are compared?",
               "answers": ["4", "four"], "answer_type": ["non-extractive"], "operation/reasoning": ["counting"]}
-    path = write_json(tmp_path / "infographicsVQA_train_v1.0.json",
+    return write_json(folder / "infographicsVQA_train_v1.0.json",
                       {"dataset_name": "infographicVQA", "dataset_version": "1.0", "data": [entry, second]})
+
+
+def test_infographicvqa(tmp_path):
+    path = infographicvqa_file(tmp_path)
     records = convert(tmp_path, "infographicvqa", "--input", str(path), "--instruction", "")
     assert records == [
         {"id": "infographicvqa_98313", "image": "37313.jpeg", "conversations": [
@@ -90,12 +102,16 @@ def test_infographicvqa(tmp_path):
     ]
 
 
-def test_stvqa_most_common_answer(tmp_path):
+def stvqa_file(folder: Path) -> Path:
     entry = {"question_id": 3, "question": "What is the brand of the drink?", "dataset": "coco-text",
              "file_name": "COCO_train2014_000000313224.jpg",
              "file_path": "coco-text/COCO_train2014_000000313224.jpg", "set_name": "train",
              "answers": ["coca-cola", "coca cola", "coca cola"]}
-    path = write_json(tmp_path / "train_task_3.json", {"dataset_name": "ST-VQA", "data": [entry]})
+    return write_json(folder / "train_task_3.json", {"dataset_name": "ST-VQA", "data": [entry]})
+
+
+def test_stvqa_most_common_answer(tmp_path):
+    path = stvqa_file(tmp_path)
     assert convert(tmp_path, "stvqa", "--input", str(tmp_path)) == [
         qa("stvqa_3", "coco-text/COCO_train2014_000000313224.jpg", ("What is the brand of the drink?", "coca cola"))]
     assert path.is_file()
@@ -111,8 +127,8 @@ def textvqa_entry(question_id: int, image_id: str, question: str, answers: list[
             "question_id": question_id, "set_name": set_name}
 
 
-def test_textvqa_most_common_answer_ties_and_grouping(tmp_path):
-    path = write_json(tmp_path / "TextVQA_0.5.1_train.json", {
+def textvqa_file(folder: Path) -> Path:
+    return write_json(folder / "TextVQA_0.5.1_train.json", {
         "dataset_type": "train", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
             textvqa_entry(34602, "0054c91397f2fe05", "what is the brand of this camera?",
                           ["nous les gosses", "dakota", "clos culombu", "dakota digital", "dakota",
@@ -121,6 +137,10 @@ def test_textvqa_most_common_answer_ties_and_grouping(tmp_path):
                           ["copenhagen"] * 4 + ["copenhagen."] * 4 + ["thursday", "unanswerable"]),
             textvqa_entry(34604, "0054c91397f2fe05", "what is the camera model?", ["d-1"] * 10, set_name="val"),
         ]})
+
+
+def test_textvqa_most_common_answer_ties_and_grouping(tmp_path):
+    path = textvqa_file(tmp_path)
     one_per_question = convert(tmp_path, "textvqa", "--input", str(path))
     assert one_per_question == [
         # dakota and "dakota digital" tie 4-4: the one listed first wins
@@ -139,16 +159,20 @@ def test_textvqa_most_common_answer_ties_and_grouping(tmp_path):
     assert grouped[0]["conversations"][2]["value"] == f"what is the camera model?\n{SHORT}"  # <image> once
 
 
-def test_textcaps_caption_records(tmp_path):
+def textcaps_file(folder: Path) -> Path:
     def caption(caption_id: int, text: str) -> dict:
         return {"image_id": "011e7e629fb9ae7b", "image_classes": ["Vehicle"], "set_name": "train",
                 "image_name": "011e7e629fb9ae7b", "image_path": "train/011e7e629fb9ae7b.jpg",
                 "image_width": 1024, "image_height": 730, "caption_id": caption_id, "caption_str": text,
                 "caption_tokens": text.split(), "reference_strs": ["A bus says Airport.", "Bus 61 to the airport."],
                 "reference_tokens": [["a", "bus"], ["bus", "61"]]}
-    path = write_json(tmp_path / "TextCaps_0.1_train.json", {
+    return write_json(folder / "TextCaps_0.1_train.json", {
         "dataset_type": "train", "dataset_name": "textcaps", "dataset_version": "0.1",
         "data": [caption(1, "A bus says Airport."), caption(2, " Bus 61 to the airport. ")]})
+
+
+def test_textcaps_caption_records(tmp_path):
+    path = textcaps_file(tmp_path)
     assert convert(tmp_path, "textcaps", "--input", str(path), "--image_prefix", "textvqa") == [
         {"id": "textcaps_011e7e629fb9ae7b_1", "image": "textvqa/train_images/011e7e629fb9ae7b.jpg",
          "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "A bus says Airport."}]},
@@ -160,13 +184,19 @@ def test_textcaps_caption_records(tmp_path):
 
 # ---------------------------------------------------------------- charts
 
-def test_chartqa_subsets_from_the_dataset_folder(tmp_path):
-    split = tmp_path / "ChartQA Dataset" / "train"
+def chartqa_release(dataset: Path) -> Path:
+    """``ChartQA Dataset/`` with its train split's two question files; returns the split folder."""
+    split = dataset / "train"
     write_json(split / "train_human.json", [
         {"imgname": "41699051005347.png", "query": "How many food item is shown in the bar graph?", "label": "14"}])
     write_json(split / "train_augmented.json", [
         {"imgname": "two_col_1.png", "query": "What was the revenue in 2019?", "label": "30.5"},
         {"imgname": "two_col_1.png", "query": "How many bars are there?", "label": 12}])
+    return split
+
+
+def test_chartqa_subsets_from_the_dataset_folder(tmp_path):
+    split = chartqa_release(tmp_path / "ChartQA Dataset")
     both = convert(tmp_path, "chartqa", "--input", str(tmp_path / "ChartQA Dataset"))
     assert both == [
         qa("chartqa_train_human_0", "png/41699051005347.png", ("How many food item is shown in the bar graph?", "14")),
@@ -177,13 +207,18 @@ def test_chartqa_subsets_from_the_dataset_folder(tmp_path):
     assert human == both[:1]
 
 
-def test_dvqa(tmp_path):
-    path = write_json(tmp_path / "qa" / "train_qa.json", [
+def dvqa_file(folder: Path) -> Path:
+    """``qa/train_qa.json`` of the release's QA archive."""
+    return write_json(folder / "qa" / "train_qa.json", [
         {"question": "What is the label of the second bar from the bottom in each group?",
          "question_id": 120000013, "template_id": "data", "answer": "bond", "image": "bar_train_00200000.png",
          "answer_bbox": [295.4375, 379.85, 54.5, 35.0]},
         {"question": "Are the values in the chart presented in a logarithmic scale?", "question_id": 120000014,
          "template_id": "structure", "answer": "no", "image": "bar_train_00200000.png", "answer_bbox": []}])
+
+
+def test_dvqa(tmp_path):
+    path = dvqa_file(tmp_path)
     assert convert(tmp_path, "dvqa", "--input", str(tmp_path), "--image_prefix", "dvqa/images") == [
         qa("dvqa_120000013", "dvqa/images/bar_train_00200000.png",
            ("What is the label of the second bar from the bottom in each group?", "bond")),
@@ -195,8 +230,8 @@ def test_dvqa(tmp_path):
 
 # ---------------------------------------------------------------- OCR-VQA
 
-def ocrvqa_file(tmp_path: Path) -> Path:
-    return write_json(tmp_path / "dataset.json", {
+def ocrvqa_file(folder: Path) -> Path:
+    return write_json(folder / "dataset.json", {
         "761183272": {"imageURL": "http://ecx.images-amazon.com/images/I/61Y5cOdHJbL.jpg",
                       "questions": ["Who wrote this book?", "What is the title of this book?",
                                     "Is this a games related book?"],

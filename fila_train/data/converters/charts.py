@@ -58,7 +58,7 @@ class ChartQA(Converter):
 
 @register
 class DVQA(Converter):
-    """DVQA (train_qa.json, val_easy_qa.json, val_hard_qa.json).
+    """DVQA (``qa/train_qa.json``, ``qa/val_easy_qa.json``, ``qa/val_hard_qa.json`` of the QA archive).
 
     Entry: question_id, image ("bar_train_00000000.png"), question, answer, plus template_id
     and answer_bbox. Image root: the release's ``images/`` folder. Answer: ``answer``.

@@ -20,9 +20,10 @@ class OCRVQA(Converter):
     Entry: imageURL, questions (list), answers (list, same length), title, authorName, genre,
     split (1 train, 2 val, 3 test). Every question becomes one sample with id
     ``<image id>_<question index>``.
-    Image root: the ``images/`` folder written by the release's loadDataset.py, which names each
-    image ``<image id><extension of imageURL>``; ``--image_extension .jpg`` matches copies that
-    were re-encoded to JPEG (LLaVA-1.5's ocr_vqa/images). Answer: ``answers[i]``.
+    Image root: the ``images/`` folder (next to dataset.json) written by the release's
+    loadDataset.py, which names each image ``<image id><extension of imageURL>``;
+    ``--image_extension .jpg`` matches copies that were re-encoded to JPEG (LLaVA-1.5's
+    ocr_vqa/images). Answer: ``answers[i]``.
     """
 
     name = "ocrvqa"

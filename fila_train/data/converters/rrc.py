@@ -71,7 +71,7 @@ class STVQA(QuestionListConverter):
 
     Entry: question_id, question, answers (list), file_path ("<dataset>/<file_name>"), plus
     dataset, file_name, set_name. Image root: the folder the release's file_path values are
-    relative to (the extracted training images, with one subfolder per source dataset).
+    relative to (the training images archive unpacked as ``train/``, one subfolder per source dataset).
     Answer: the most common answer among annotators; a tie goes to the one listed first.
     """
 
