@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from distributed_utils import build_tiny_model
+from transformers import set_seed
 
 from fila_train.data.images import load_rgb_image
 from fila_train.evaluation.bench import BenchError, read_bench
@@ -167,6 +170,74 @@ def test_generate_cli_streams_the_answer(saved_model, tiny_assets, loaded, image
     assert expected  # a random tiny model still says something in 5 tokens
 
 
+TEXT_PROMPTS = ("What is 3 plus 4?", "Name a colour.")
+
+
+def test_sampling_options(loaded):
+    prompts = [build_prompt(loaded, text, None) for text in TEXT_PROMPTS]
+    greedy = generate_ids(loaded, prompts, GenerationOptions(max_new_tokens=STEPS))
+
+    def sampled(seed: int, **options) -> list[list[int]]:
+        set_seed(seed)
+        return generate_ids(loaded, prompts, GenerationOptions(max_new_tokens=STEPS, **options))
+
+    # Sampling settings mean nothing without --do_sample.
+    assert sampled(0, temperature=100.0, top_k=5, top_p=0.5) == greedy
+    # With it, keeping only the likeliest token (top_k 1, or a top_p below its probability) is greedy.
+    assert sampled(0, do_sample=True, temperature=100.0, top_k=1) == greedy
+    assert sampled(0, do_sample=True, temperature=100.0, top_p=1e-6) == greedy
+    hot = {"do_sample": True, "temperature": 100.0}  # close to uniform over the 512-token vocabulary
+    assert sampled(3, **hot) == sampled(3, **hot)
+    # Fixed seeds, so this is not flaky: 8 runs x 2 prompts of near-uniform draws all equal to
+    # greedy would have probability about (1/512)^16.
+    assert any(sampled(seed, **hot) != greedy for seed in range(8))
+
+
+def test_generate_cli_sampling_follows_the_seed(saved_model, loaded, capsys):
+    from fila_train.cli import main
+
+    flags = ["--do_sample", "--temperature", "100", "--top_k", "50", "--top_p", "0.9"]
+    set_seed(11)
+    expected = generate_answers(loaded, [build_prompt(loaded, TEXT_PROMPTS[0], None)], GenerationOptions(
+        max_new_tokens=STEPS, do_sample=True, temperature=100.0, top_k=50, top_p=0.9))[0]
+    capsys.readouterr()
+    assert main(["generate", "--model", str(saved_model), "--prompt", TEXT_PROMPTS[0], *flags, "--seed", "11",
+                 "--max_new_tokens", str(STEPS), "--dtype", "float32"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+
+
+def one_line_error(capsys, prog: str) -> str:
+    """The error line, the last of stderr (loading may print progress bars before it)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"fila-train {prog}: error: ")
+    return last
+
+
+@pytest.mark.parametrize("config, image, message", [
+    (None, "missing.png", "image file not found: .*missing.png"),  # found before the model is loaded
+    (None, None, "is not a saved fila model folder"),
+    ('{"model_type": "fi', None, "config.json: "),
+    ('{"model_type": "fila"}', None, "incomplete model folder: .*model.safetensors"),
+])
+def test_generate_cli_errors_are_one_line(tmp_path, capsys, config, image, message):
+    from fila_train.cli import main
+
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    image_flags = ["--image", str(tmp_path / image)] if image else []
+    assert main(["generate", "--model", str(tmp_path), *image_flags, "--prompt", "What?"]) == 1
+    assert re.search(message, one_line_error(capsys, "generate"))
+
+
+def test_generate_cli_prompt_error_is_one_line(saved_model, capsys):
+    from fila_train.cli import main
+
+    assert main(["generate", "--model", str(saved_model), "--prompt", "<image>\nWhat?", "--dtype", "float32"]) == 1
+    assert "1 '<image>' placeholder(s) but 0 image was given" in one_line_error(capsys, "generate")
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return path
@@ -202,6 +273,62 @@ def test_eval_cli_scores_its_predictions(saved_model, tiny_assets, loaded, tmp_p
     assert f"anls: {100 * summary['score']:.2f}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("metric, make_answers, expected", [
+    # Two questions: the first has the model's own answer (as the metric normalises it) among its
+    # answers, the second only a string no answer of 4 tiny-vocabulary tokens normalises to.
+    ("vqa", lambda own: [own + "?"] * 2 + ["zzzzzzzz"] * 8, 0.6),  # "?" is dropped; 2 of 10 humans: 0.6
+    ("relaxed", lambda own: [f" {own.upper()} ", "zzzzzzzz"], 1.0),  # case-blind, unlike exact
+])
+def test_eval_cli_vqa_and_relaxed(saved_model, loaded, tmp_path, capsys, metric, make_answers, expected):
+    from fila_train.cli import main
+
+    questions = [f"{text}\n{SHORT_ANSWER_PROMPT}" for text in TEXT_PROMPTS]
+    own = generate_answers(loaded, [build_prompt(loaded, q, None) for q in questions],
+                           GenerationOptions(max_new_tokens=STEPS))
+    assert own[0].upper().lower() == own[0].lower()  # no "ß" (upper "SS"): relaxed sees the same text
+    bench = [{"id": "own", "question": questions[0], "answers": make_answers(own[0])},
+             {"id": "other", "question": questions[1], "answers": make_answers("zzzzzzzz")}]
+    output = tmp_path / "out"
+    assert main(["eval", "--model", str(saved_model), "--bench", str(write_jsonl(tmp_path / "bench.jsonl", bench)),
+                 "--metric", metric, "--output", str(output), "--batch_size", "2", "--max_new_tokens", str(STEPS),
+                 "--dtype", "float32"]) == 0
+    rows = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+    assert [row["prediction"] for row in rows] == own
+    assert [row["score"] for row in rows] == [pytest.approx(expected), 0.0]
+    summary = json.loads((output / "score.json").read_text())
+    assert summary["metric"] == metric and summary["score"] == pytest.approx(expected / 2)
+
+
+@pytest.mark.parametrize("lines, flags, message", [
+    ([{"id": 1, "question": "q?", "answers": ["a"]}, {"id": 2, "question": "q?"}], [],
+     r"bench.jsonl:2: field 'answers' must be"),
+    ([{"id": 1, "question": "q?", "answers": ["a"]}, '{"id": 2, '], [], r"bench.jsonl:2: malformed JSON"),
+    ([{"id": 1, "image": "gone.png", "question": "q?", "answers": ["a"]}], ["--image_folder", "."],
+     r"bench.jsonl:1: field 'image': image file not found: .*gone.png"),
+    (None, [], r"bench.jsonl: benchmark file not found"),
+    ([{"id": 1, "question": "q?", "answers": ["a"]}], [], r"is not a saved fila model folder"),
+])
+def test_eval_cli_errors_are_one_line(tmp_path, capsys, lines, flags, message):
+    from fila_train.cli import main
+
+    bench = tmp_path / "bench.jsonl"
+    if lines is not None:
+        write_jsonl(bench, lines)
+    flags = [tmp_path if flag == "." else flag for flag in flags]
+    assert main(["eval", "--model", str(tmp_path), "--bench", str(bench), "--metric", "exact",
+                 *map(str, flags)]) == 1
+    assert re.search(message, one_line_error(capsys, "eval"))
+
+
+def test_eval_cli_refuses_bad_numbers_as_usage_errors(tmp_path, capsys):
+    from fila_train.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", str(tmp_path), "--bench", "b.jsonl", "--metric", "exact", "--batch_size", "0"])
+    assert exit_info.value.code == 2
+    assert "--batch_size, --max_new_tokens and --limit must be positive" in capsys.readouterr().err
+
+
 def test_short_answer_instruction():
     assert with_instruction("What?", SHORT_ANSWER_PROMPT) == f"What?\n{SHORT_ANSWER_PROMPT}"
     assert with_instruction(f"What?\n{SHORT_ANSWER_PROMPT}", SHORT_ANSWER_PROMPT) == f"What?\n{SHORT_ANSWER_PROMPT}"
@@ -216,6 +343,7 @@ def test_short_answer_instruction():
     ('{"image": "x.png", "question": "q?", "answers": ["yes"]}', "'id'", "exact"),
     ('{"id": "a", "image": ["x.png"], "question": "q?", "answers": ["yes"]}', "'image'", "exact"),
     ('{"id": "a", "image": "../x.png", "question": "q?", "answers": ["yes"]}', "'image'.*escapes", "exact"),
+    ('{"id": "a", "image": "x.png", "question": "q?", "answers": ["yes"]}', "'image'.*not found: .*x.png", "exact"),
     ('{"id": "first", "question": "q?", "answers": ["yes"]}', "'id'.*already used at .*bench.jsonl:1", "exact"),
     ('{"id": "a", "question": "q?", "answers": ["yes"]', "malformed JSON", "exact"),
 ])
@@ -230,4 +358,5 @@ def test_image_without_image_folder(tmp_path):
     path = write_jsonl(tmp_path / "bench.jsonl", [{"id": 1, "image": "x.png", "question": "q?", "answers": ["a"]}])
     with pytest.raises(BenchError, match="bench.jsonl:1: field 'image'.*no --image_folder"):
         read_bench(path, get_metric("exact"), None)
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
     assert read_bench(path, get_metric("exact"), tmp_path, limit=1)[0].id == "1"

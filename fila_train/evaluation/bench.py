@@ -49,11 +49,15 @@ def _question(record: dict, where: str, metric: Metric, image_folder: Path | Non
             image = check_relative_image_path(image)
         except ImageLoadError as error:
             raise BenchError(f"{where}: field 'image': {error}") from None
+        if not (image_folder / image).is_file():  # found now, not after hours of inference
+            raise BenchError(f"{where}: field 'image': image file not found: {image_folder / image}")
     return BenchQuestion(str(record_id), question, answers, image, where)
 
 
 def read_bench(path: str | Path, metric: Metric, image_folder: Path | None, limit: int | None = None) -> list[BenchQuestion]:
     """The first ``limit`` (default all) questions, every one checked; ids must be unique."""
+    if not Path(path).is_file():
+        raise BenchError(f"{path}: benchmark file not found")
     annotations = AnnotationFile(path)
     if annotations.is_json_list:
         raise BenchError(f"{path}: a benchmark file is JSONL (one question per line), not a JSON list")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from ..inference.loading import ModelOptions
-from .bench import read_bench
+from ..data.annotations import AnnotationError
+from ..inference.loading import ModelLoadError, ModelOptions
+from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
 from .metrics import METRICS, get_metric
 
@@ -42,17 +43,24 @@ class EvalArguments:
 
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ModelOptions, EvalArguments), prog="fila-train eval", description=__doc__)
-    model_options, args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    try:
+        model_options, args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    except ValueError as error:  # a value __post_init__ refuses: a usage error like argparse's own
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metric = get_metric(args.metric)
     image_folder = Path(args.image_folder) if args.image_folder else None
-    # Every record is checked before the model is loaded: a bad line fails in seconds, not hours.
-    questions = read_bench(args.bench, metric, image_folder, args.limit)
-    loaded = model_options.load()
-    logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
-                len(questions), args.bench, metric.name, args.batch_size)
-    predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
-                          SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
+    try:
+        # Every record is checked before the model is loaded: a bad line fails in seconds, not hours.
+        questions = read_bench(args.bench, metric, image_folder, args.limit)
+        loaded = model_options.load()
+        logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
+                    len(questions), args.bench, metric.name, args.batch_size)
+        predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
+                              SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
+    except (BenchError, AnnotationError, ModelLoadError) as error:
+        print(f"fila-train eval: error: {error}", file=sys.stderr)
+        return 1
     result = score(metric, questions, predictions, str(Path(args.bench).resolve()),
                    str(Path(model_options.model).resolve()))
     output = args.output_dir(model_options.model)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TextStreamer, set_seed
 
-from ..data.images import load_rgb_image
-from .generation import GenerationOptions, build_prompt, generate_ids
-from .loading import ModelOptions
+from ..data.images import ImageLoadError, load_rgb_image
+from .generation import GenerationOptions, PromptError, build_prompt, generate_ids
+from .loading import ModelLoadError, ModelOptions
 
 
 @dataclass
@@ -24,11 +24,15 @@ def main(argv: list[str] | None = None) -> int:
                               prog="fila-train generate", description=__doc__)
     model_options, args, options = parser.parse_args_into_dataclasses(
         args=sys.argv[1:] if argv is None else argv)
+    try:
+        image = load_rgb_image(Path(args.image)) if args.image else None  # before the slow part
+        loaded = model_options.load()
+        prompt = build_prompt(loaded, args.prompt, image)
+    except (ImageLoadError, ModelLoadError, PromptError) as error:
+        print(f"fila-train generate: error: {error}", file=sys.stderr)
+        return 1
     if args.seed is not None:
-        set_seed(args.seed)
-    loaded = model_options.load()
-    image = load_rgb_image(Path(args.image)) if args.image else None
-    prompt = build_prompt(loaded, args.prompt, image)
+        set_seed(args.seed)  # here, so the samples depend on the seed alone, not on what loading drew
     streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     generate_ids(loaded, [prompt], options, streamer=streamer)
     return 0

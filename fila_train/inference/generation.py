@@ -13,6 +13,10 @@ from ..data.tokenization import IMAGE_PLACEHOLDER
 from .loading import InferenceModel
 
 
+class PromptError(ValueError):
+    """A prompt that does not fit its images."""
+
+
 @dataclass
 class Prompt:
     input_ids: list[int]  # image placeholders already expanded to image-context ids
@@ -24,8 +28,8 @@ def build_prompt(loaded: InferenceModel, question: str, image: Image.Image | Non
     so the ids are exactly a prefix of what the model saw for such a conversation."""
     placeholders = question.count(IMAGE_PLACEHOLDER)
     if placeholders > (image is not None):
-        raise ValueError(f"the prompt contains {placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) but "
-                         f"{int(image is not None)} image was given")
+        raise PromptError(f"the prompt contains {placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) but "
+                          f"{int(image is not None)} image was given")
     processed = None if image is None else loaded.processor(image)
     if processed is not None and not placeholders:
         question = f"{IMAGE_PLACEHOLDER}\n{question}"  # where LLaVA-style training data puts it

@@ -16,6 +16,10 @@ from ..model.builder import is_fila_checkpoint
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class ModelLoadError(ValueError):
+    """A model folder that cannot be loaded for inference; the message names the folder."""
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -62,17 +66,24 @@ class InferenceModel:
 def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device | None = None) -> InferenceModel:
     """One ``from_pretrained`` of a saved model folder (``save_pretrained`` + its tokenizer)."""
     path = str(path)
-    if not is_fila_checkpoint(path):
-        raise ValueError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila'); "
-                         f"give the output folder of a training run or of `fila-train export`")
+    try:
+        fila = is_fila_checkpoint(path)
+    except ValueError as error:  # config.json is not JSON
+        raise ModelLoadError(f"{path}/config.json: {error}") from None
+    if not fila:
+        raise ModelLoadError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila'); "
+                             f"give the output folder of a training run or of `fila-train export`")
     device = torch.device(device) if device is not None else default_device()
-    model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+    try:
+        model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+        # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
+        tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
+    except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
+        raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
     model.to(device).eval()
     # generate() fills every option we leave unset from the folder's generation_config.json (e.g. an
     # LLM's sampling or beam defaults); GenerationOptions alone decides, so that file is not used.
     model.generation_config = GenerationConfig()
-    # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
-    tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
     prompter = ConversationTokenizer(tokenizer, get_template(model.config.conversation_template),
                                      model.config.image_token_id)
     return InferenceModel(model, tokenizer, model.image_processor(), prompter, path)
@@ -84,7 +95,7 @@ class ModelOptions:
 
     model: str = field(metadata={"help": "a saved model folder (training output or `fila-train export`)"})
     dtype: str = field(default="auto", metadata={
-        "help": "auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or float16"})
+        "help": "auto: bfloat16 on a GPU that has it, else float32", "choices": ["auto", *DTYPES]})
     device: str | None = field(default=None, metadata={"help": "e.g. cuda:0 or cpu; unset: cuda if available"})
 
     def load(self) -> InferenceModel:
