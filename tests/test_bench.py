@@ -119,6 +119,19 @@ def test_packed_bench_counts_the_same_tokens_with_no_padding(tmp_path) -> None:
     assert packed["model_tflops_per_step"] > 0
 
 
+def test_compiled_bench_runs_the_compiled_model(tmp_path, capsys) -> None:
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    output = tmp_path / "bench.json"
+    assert bench_main(["tiny-clip", "--steps", "1", "--warmup", "0", "--threads", "1",
+                       "--torch_compile_backend", "aot_eager", "--output", str(output)]) == 0
+    assert counters["stats"]["unique_graphs"] > 0, "the bench did not run a compiled model"
+    result = json.loads(output.read_text())
+    assert result["torch_compile_backend"] == "aot_eager" and result["median_step_seconds"] > 0
+    assert "torch.compile" in capsys.readouterr().out
+
+
 def test_data_bench_reports_ours_and_the_reference(tmp_path, capsys) -> None:
     output = tmp_path / "data.json"
     assert bench_main(["tiny-fila", "--data", "--num_images", "3", "--repeats", "1", "--output", str(output)]) == 0
@@ -145,20 +158,54 @@ def test_real_size_config_builds_on_meta_and_matches_the_anchors(tmp_path) -> No
     assert result["model_tflops_per_sample"]["total"] > result["model_tflops_per_sample"]["llm"] > 100
 
 
-def test_training_log_has_mfu_model_tflops_and_peak_memory(assets, tmp_path, capsys) -> None:  # noqa: F811
+def train_logs(assets, output_dir, capsys, **extra: str) -> list[dict]:  # noqa: F811
+    """The per-step log dicts of a 2-step in-process stage-1 run (the console prints them as strings)."""
     from fila_train.training.train import parse_args, train
 
     flags = assets.model_flags(hybrid=False, fuser=False) | {
         "data_path": str(assets.stage1_data), "image_folder": str(assets.image_folder),
         "conversation_template": "plain", "tune_parts": "connector", "per_device_train_batch_size": "2",
         "max_steps": "2", "logging_steps": "1", "model_max_length": "512", "save_strategy": "no",
-        "report_to": "none", "output_dir": str(tmp_path / "run")}
+        "report_to": "none", "output_dir": str(output_dir), "seed": "5"} | extra
     model_args, data_args, args = parse_args(as_cli(flags))
     args.peak_tflops = 0.5  # a CPU has no known peak; --peak_tflops is how a run names one
     train(model_args, data_args, args)
-    logs = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines()
+    return [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines()
             if line.startswith("{") and "'loss'" in line]
+
+
+def test_training_log_has_mfu_model_tflops_and_peak_memory(assets, tmp_path, capsys) -> None:  # noqa: F811
+    logs = train_logs(assets, tmp_path / "run", capsys)
     assert len(logs) == 2
-    for entry in logs:  # the console shows the values formatted as strings
-        for key in ("mfu", "model_tflops_per_second_per_device", "peak_memory_gib"):
+    for entry in logs:
+        for key in ("mfu", "model_tflops_per_second_per_device", "peak_memory_gib", "tokens_per_second"):
             assert float(entry[key]) > 0, (key, entry)
+
+
+def test_torch_compile_trains_the_same_losses(assets, tmp_path, capsys) -> None:  # noqa: F811
+    # HF's --torch_compile wraps the whole composite; aot_eager traces forward and backward through
+    # dynamo and AOT autograd (the graph machinery inductor builds on) without a C++ compile step.
+    from torch._dynamo.utils import counters
+
+    eager = train_logs(assets, tmp_path / "eager", capsys)
+    counters.clear()
+    compiled = train_logs(assets, tmp_path / "compiled", capsys, torch_compile_backend="aot_eager")
+    assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    assert [float(e["loss"]) for e in compiled] == pytest.approx([float(e["loss"]) for e in eager], rel=1e-4)
+
+
+def test_only_training_batches_count_as_throughput(assets, tmp_path) -> None:  # noqa: F811
+    from fila_train.training.arguments import TrainingArguments
+    from fila_train.training.trainer import FilaTrainer
+
+    model = build_tiny_model(assets, hybrid=False, fuser=False)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    trainer = FilaTrainer(model=model, args=args)
+    batch = tiny_batch(model, assets, size=2)
+    model.eval()
+    trainer.compute_loss(model, dict(batch))
+    assert trainer.tokens_seen == 0 and trainer._last_log_time is None  # evaluation: not training throughput
+    model.train()
+    trainer.compute_loss(model, dict(batch))
+    assert trainer.tokens_seen == int(batch["attention_mask"].sum())
+    assert trainer._last_log_time is not None  # the first logged window starts at the first training batch

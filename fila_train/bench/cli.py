@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attn_implementation", default="sdpa", help="sdpa, eager or flash_attention_2")
     parser.add_argument("--packing", action="store_true",
                         help="padding-free packing of each batch into one row (as --packing in training)")
+    parser.add_argument("--torch_compile_backend", default=None,
+                        help="torch.compile the model with this backend (inductor, aot_eager, ...), as "
+                             "--torch_compile_backend in training; compilation happens in the warm-up steps")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the synthetic data and tiny models go (default: a temporary folder)")
@@ -77,7 +80,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
         config=args.config, stage=args.stage, batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, steps=args.steps,
         warmup=args.warmup, image_size=args.image_size, peak_tflops=args.peak_tflops,
-        attn_implementation=args.attn_implementation, packing=args.packing)
+        attn_implementation=args.attn_implementation, packing=args.packing,
+        torch_compile_backend=args.torch_compile_backend)
     with torch_threads(args.threads):
         result = run_training_bench(options, workdir)
     return result, report.format_training(result)

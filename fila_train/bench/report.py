@@ -33,6 +33,7 @@ def format_training(result: dict[str, Any]) -> str:
         ["padding", f"{100 * result['padding_fraction']:.1f}%" + (" (packed)" if result.get("packing") else "")],
         ["attention", result["attn_implementation"]],
         ["gradient checkpointing", str(result["gradient_checkpointing"])],
+        ["torch.compile", result.get("torch_compile_backend") or "off"],
         ["steps (warm-up)", f"{result['steps']} ({result['warmup_steps']})"],
         ["median step time", f"{result['median_step_seconds']:.4g} s"],
         ["samples/s", _number(result["samples_per_second"])],

@@ -51,6 +51,7 @@ class BenchOptions:
     peak_tflops: float | None = None
     attn_implementation: str = "sdpa"
     packing: bool = False  # one packed row per batch (padding-free), as --packing in training
+    torch_compile_backend: str | None = None  # torch.compile(model, backend=...) when set
     learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -153,7 +154,10 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     device_batches = [to_device(batch, device) for batch in batches]
-    seconds, losses = _timed_steps(model, device_batches, optimizer, device, options)
+    # Compiled as the HF Trainer compiles it (the whole composite); the warm-up steps absorb compilation.
+    step_model = model if options.torch_compile_backend is None else torch.compile(
+        model, backend=options.torch_compile_backend)
+    seconds, losses = _timed_steps(step_model, device_batches, optimizer, device, options)
     memory, memory_source = peak_memory(device)
 
     # Per step: the mean over the batches the timed steps cycled through.
@@ -174,7 +178,7 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         "padding_fraction": 1 - sum(tokens[b] for b in timed) / sum(padded[b] for b in timed),
         "image_size": list(options.image_size), "gradient_checkpointing": options.gradient_checkpointing,
         "attn_implementation": options.attn_implementation,
-        "packing": options.packing,
+        "packing": options.packing, "torch_compile_backend": options.torch_compile_backend,
         "optimizer": f"torch.optim.AdamW ({'fused' if device.type == 'cuda' else 'foreach'}), "
                      f"{options.dtype} weights and states",
         "parallelism": PARALLELISM, "warmup_steps": options.warmup, "steps": options.steps,

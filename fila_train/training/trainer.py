@@ -23,7 +23,9 @@ class FilaTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._tokens_since_log = 0
         self._tokens_total = 0
-        self._last_log_time = time.perf_counter()
+        # Set by the first training batch: the first logged window must not include start-up
+        # (DeepSpeed engine, checkpoint loading), which would understate tokens/s and MFU.
+        self._last_log_time: float | None = None
         # Model TFLOP/s, MFU and peak memory per logging step (docs/performance.md).
         self._step_metrics = TrainingMetrics(self.model, self.args)
         self._sample_log = None
@@ -62,17 +64,22 @@ class FilaTrainer(Trainer):
         if self._sample_log is not None and model.training and sample_ids is not None:
             self._sample_log.write("\n".join(sample_ids) + "\n")
             self._sample_log.flush()
+        if model.training:  # evaluation batches go through here too; they are not training throughput
+            self._count_training_batch(inputs)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _count_training_batch(self, inputs: dict) -> None:
+        if self._last_log_time is None:
+            self._last_log_time = time.perf_counter()
         # A packed batch (--packing) has no padding and so no attention mask: every position counts.
         mask = inputs.get("attention_mask")
         tokens = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self._tokens_since_log += tokens
         self._tokens_total += tokens
-        if model.training:
-            self._step_metrics.add_batch(inputs)
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._step_metrics.add_batch(inputs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
+        if "loss" in logs and self._last_log_time is not None:
             now = time.perf_counter()
             elapsed = max(now - self._last_log_time, 1e-9)
             # Tokens (including image-context positions) through the LLM per second, per device.
