@@ -1,22 +1,26 @@
-"""fila-train export: ZeRO-2/3 checkpoints and HF saves -> one merged folder; shards, dtype, LoRA, llava.
+"""fila-train export: ZeRO-2/3 checkpoints and HF saves -> one merged folder; shards, dtype, LoRA, stages, llava.
 
-Two short 2-process runs cover the matrix: the baseline (CLIP + mlp2x_gelu) under ZeRO-2 (stage 2:
-connector + LLM trained, vision frozen) and FILA + MMFuser under ZeRO-3 (stage 1: connector, CVFM
-and fuser trained, vision and LLM frozen, so both trainable and frozen partitions are consolidated).
-Everything else uses tiny composites saved in-process (~1 s each).
+Six 2-step, 2-process runs cover {baseline, FILA, MMFuser} x {ZeRO-2, ZeRO-3}, spread over stage 1
+(connector side trained, vision and LLM frozen) and stage 2 (+ LLM), so trainable and frozen partitions
+are both consolidated. FILA's ZeRO-3 run is a full stage 2 started from its ZeRO-2 stage-1 run (the model
+card's stages); the baseline's ZeRO-3 run trains LoRA adapters, merged by the export. Everything else uses
+tiny composites saved in-process (~1 s each).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from distributed_utils import (  # noqa: F401  (assets is a fixture)
     REPO,
+    DistributedRun,
     assets,
     build_tiny_model,
     run_torchrun,
@@ -35,11 +39,49 @@ from fila_train.export.folder import atomic_folder
 from fila_train.export.source import find_source
 from fila_train.model import FilaForConditionalGeneration
 from fila_train.model.builder import build_model, load_tokenizer
+from fila_train.model.lora import merge_lora
 
 STEPS = 2
-# The fewest runs covering {baseline, FILA, MMFuser} x {ZeRO-2, ZeRO-3}.
-RUNS = {"baseline_zero2": {"hybrid": False, "fuser": False, "stage": 2, "zero": 2},
-        "fila_mmfuser_zero3": {"hybrid": True, "fuser": True, "stage": 1, "zero": 3}}
+INDEX = "model.safetensors.index.json"
+STAGE_NAMES = {1: "1 (alignment)", 2: "2 (instruction tuning)"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    hybrid: bool
+    fuser: bool
+    stage: int
+    zero: int
+    lora_r: int = 0
+    starts_from: str | None = None  # the run whose connector.safetensors this one loads (--pretrained_connector)
+
+
+RUNS = {"baseline_zero2": RunSpec(hybrid=False, fuser=False, stage=2, zero=2),
+        "baseline_zero3_lora": RunSpec(hybrid=False, fuser=False, stage=2, zero=3, lora_r=4),
+        "fila_zero2": RunSpec(hybrid=True, fuser=False, stage=1, zero=2),
+        "fila_zero3": RunSpec(hybrid=True, fuser=False, stage=2, zero=3, starts_from="fila_zero2"),
+        "mmfuser_zero2": RunSpec(hybrid=False, fuser=True, stage=2, zero=2),
+        "mmfuser_zero3": RunSpec(hybrid=False, fuser=True, stage=1, zero=3)}
+
+
+class MatrixRuns:
+    """The RUNS, each trained on first use (a run that starts from another trains that one first)."""
+
+    def __init__(self, assets, tmp_path_factory):
+        self.assets, self.tmp_path_factory, self.done = assets, tmp_path_factory, {}
+
+    def __getitem__(self, name: str) -> DistributedRun:
+        if name not in self.done:
+            spec = RUNS[name]
+            args = train_args(self.assets, hybrid=spec.hybrid, fuser=spec.fuser, stage=spec.stage, zero=spec.zero,
+                              steps=STEPS) + ["--save_strategy=steps", f"--save_steps={STEPS}", "--report_to", "none"]
+            if spec.lora_r:
+                args += ["--lora_r", str(spec.lora_r)]
+            if spec.starts_from:  # relative to the run's working directory, as a script passes it
+                artifact = self[spec.starts_from].output_dir / "connector.safetensors"
+                args += ["--pretrained_connector", os.path.relpath(artifact, REPO)]
+            self.done[name] = run_torchrun(args, self.tmp_path_factory.mktemp(name) / "run")
+        return self.done[name]
 
 
 def export(checkpoint: Path, output: Path, *flags: str) -> Path:
@@ -60,11 +102,34 @@ def save_as_training_output(model, assets, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
-def run(request, assets, tmp_path_factory):
-    output = tmp_path_factory.mktemp(request.param) / "run"
-    args = train_args(assets, **RUNS[request.param], steps=STEPS) + ["--save_strategy=steps", f"--save_steps={STEPS}"]
-    return run_torchrun(["--report_to", "none", *args], output)
+def assert_one_indexed_shard(out: Path, model) -> None:
+    """A model under max_shard_size is still written as shards + index (shard 1 of 1)."""
+    assert not (out / "model.safetensors").exists()
+    index = json.loads((out / INDEX).read_text())
+    with safe_open(out / "model-00001-of-00001.safetensors", "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert index["weight_map"] == {key: "model-00001-of-00001.safetensors" for key in tensors}
+    assert index["metadata"] == {"total_parameters": model.num_parameters(),
+                                 "total_size": sum(t.numel() * t.element_size() for t in tensors.values())}
+
+
+def stage_row(spec: RunSpec, folder: Path, summary: dict, record: str, started: str = "n/a",
+              exported: bool = False) -> str:
+    """The model card's row for one run (``summary``: train_summary.json or the trainer state's numbers)."""
+    stage = STAGE_NAMES[spec.stage] + (" **exported**" if exported else "")
+    return (f"| {stage} | `{folder}` | {started} | {', '.join(summary['tune_parts'])} | {summary['steps']} | "
+            f"{summary['loss_first']:.4f} | {summary['loss_last']:.4f} | {record} |")
+
+
+def assert_data_mix(card: str, run: DistributedRun) -> None:
+    plan = json.loads((run.output_dir / "data_plan.json").read_text())  # the run's; also for its checkpoints
+    assert f"From `{run.output_dir / 'data_plan.json'}`: seed {plan['seed']}, {plan['total']} samples in total" in card
+    assert all(f"| {source['name']} |" in card for source in plan["sources"])
+
+
+@pytest.fixture(scope="module")
+def runs(assets, tmp_path_factory) -> MatrixRuns:
+    return MatrixRuns(assets, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -82,36 +147,73 @@ def hybrid_folder(assets, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- (a) ZeRO checkpoints
 
 
-@pytest.mark.parametrize("which", ["checkpoint", "output"])
-def test_export_reproduces_the_trained_model_exactly(run, which, assets, tmp_path, caplog):
+@pytest.mark.parametrize("name", list(RUNS))
+def test_zero_checkpoint_export_reproduces_the_trained_model_exactly(name, runs, assets, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fila_train.export")
-    folder = run.output_dir / f"checkpoint-{STEPS}" if which == "checkpoint" else run.output_dir
-    expected_kind = "deepspeed" if which == "checkpoint" else "safetensors"
-    assert find_source(folder).kind == expected_kind
-    out = export(folder, tmp_path / "export", "--dtype", "fp32")
-    if which == "checkpoint":  # both kinds are there: the fp32 masters win, and the log says so
-        assert (folder / "model.safetensors").is_file()
-        assert "using the DeepSpeed fp32 master weights" in caplog.text
-        assert f"DeepSpeed ZeRO checkpoint {folder / f'global_step{STEPS}'}" in caplog.text
+    spec, run = RUNS[name], runs[name]
+    checkpoint = run.output_dir / f"checkpoint-{STEPS}"
+    assert find_source(checkpoint).kind == "deepspeed" and (checkpoint / "model.safetensors").is_file()
+    out = export(checkpoint, tmp_path / "export", "--dtype", "fp32")
+    # Both kinds are there: the fp32 masters win, and the log says so.
+    assert "using the DeepSpeed fp32 master weights" in caplog.text
+    assert f"DeepSpeed ZeRO checkpoint {checkpoint / f'global_step{STEPS}'}" in caplog.text
 
     exported = FilaForConditionalGeneration.from_pretrained(out)
-    reference = FilaForConditionalGeneration.from_pretrained(run.output_dir)  # the run's own HF save
-    assert exported.dtype == torch.float32
-    ours, theirs = exported.state_dict(), reference.state_dict()
+    trained = FilaForConditionalGeneration.from_pretrained(run.output_dir)  # the run's own save, as trained
+    assert exported.dtype == torch.float32 and exported.config.lora is None
+    batch = tiny_batch(trained, assets, size=2, stage2=spec.stage == 2)
+    card = (out / "README.md").read_text()
+    if spec.lora_r:  # the export merged the adapters: so must the reference, after checking the merge
+        q_proj = "language_model.model.layers.0.self_attn.q_proj"
+        base = trained.state_dict()[f"{q_proj}.base_layer.weight"].clone()
+        torch.testing.assert_close(logits(exported, batch), logits(trained, batch), rtol=1e-5, atol=1e-5)
+        trained = merge_lora(trained)
+        assert not torch.equal(exported.state_dict()[f"{q_proj}.weight"], base)  # the trained adapters count
+        assert f"LoRA adapters (r={spec.lora_r}, alpha={2.0 * spec.lora_r}) are merged" in card
+    ours, theirs = exported.state_dict(), trained.state_dict()
     assert ours.keys() == theirs.keys()
     assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
-    batch = tiny_batch(reference, assets, size=2, stage2=reference.config.conversation_template != "plain")
-    assert torch.equal(logits(exported, batch), logits(reference, batch))
+    assert torch.equal(logits(exported, batch), logits(trained, batch))
+    assert_one_indexed_shard(out, exported)
 
-    card = (out / "README.md").read_text()
     for part, params in exported.named_parts().items():
         assert f"| {part} | {sum(p.numel() for _, p in params):,} |" in card
-    record = "trainer_state.json" if which == "checkpoint" else "train_summary.json"
-    summary = run.summary()
-    assert f"| {record} |" in card and f"| {summary['steps']} | {summary['loss_first']:.4f} |" in card
-    plan = json.loads((run.output_dir / "data_plan.json").read_text())  # the run's; also for its checkpoints
-    assert f"seed {plan['seed']}, {plan['total']} samples in total" in card
-    assert all(f"| {source['name']} |" in card for source in plan["sources"])
+    from_state = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in from_state if "loss" in entry]
+    summary = run.summary()  # for 2 steps the first and last 10% are the first and last step
+    assert summary["losses"] == losses and summary["steps"] == STEPS
+    started = "n/a"
+    if spec.starts_from:
+        stage1 = runs[spec.starts_from]
+        started = f"`{stage1.output_dir / 'connector.safetensors'}`"
+        assert stage_row(RUNS[spec.starts_from], stage1.output_dir, stage1.summary(), "train_summary.json") in card
+        assert_data_mix(card, stage1)
+    assert stage_row(spec, checkpoint, summary, "trainer_state.json", started, exported=True) in card
+    assert_data_mix(card, run)
+
+
+def test_card_names_the_stage_the_run_started_from_while_its_folder_is_there(runs, tmp_path):
+    stage2, stage1 = runs["fila_zero3"], runs["fila_zero2"]
+    out = export(stage2.output_dir, tmp_path / "export")  # the finished run's own save: train_summary.json
+    card = (out / "README.md").read_text()
+    artifact = f"`{stage1.output_dir / 'connector.safetensors'}`"
+    rows = [stage_row(RUNS["fila_zero2"], stage1.output_dir, stage1.summary(), "train_summary.json"),
+            stage_row(RUNS["fila_zero3"], stage2.output_dir, stage2.summary(), "train_summary.json", artifact,
+                      exported=True)]
+    assert "\n".join(rows) in card  # stage 1 first
+    assert f"### Stage 1 (alignment): `{stage1.output_dir}`" in card
+    assert f"### Stage 2 (instruction tuning): `{stage2.output_dir}`" in card
+
+    moved = stage1.output_dir.with_name("moved")
+    os.rename(stage1.output_dir, moved)
+    try:
+        card = (export(stage2.output_dir, tmp_path / "again") / "README.md").read_text()
+    finally:
+        os.rename(moved, stage1.output_dir)
+    assert (f"| 1 (its connector started the next run) | `{stage1.output_dir}` (no longer there: steps, loss and "
+            f"data mix unknown) | n/a | n/a | n/a | n/a | n/a | n/a |") in card
+    assert f"| {STAGE_NAMES[2]} **exported** | `{stage2.output_dir}` | {artifact} |" in card
+    assert "Unknown: the run's output folder is no longer there." in card
 
 
 # ----------------------------------------------------------------------------- (b) shards, index, dtype
@@ -126,9 +228,12 @@ def test_sharded_bf16_export_round_trips(hybrid_folder, assets, tmp_path):
     (hybrid_folder / "data_plan.json").write_text(json.dumps(plan))
     out = export(hybrid_folder, tmp_path / "export", "--dtype", "bf16", "--max_shard_size", "150KB")
 
-    index = json.loads((out / "model.safetensors.index.json").read_text())
+    index = json.loads((out / INDEX).read_text())
     shards = sorted(out.glob("model-*.safetensors"))
     assert len(shards) > 2 and not (out / "model.safetensors").exists()
+    # The index of one shard is the one transformers writes for several.
+    single = export(hybrid_folder, tmp_path / "single", "--dtype", "bf16")
+    assert json.loads((single / INDEX).read_text())["metadata"] == index["metadata"]
     assert sorted(set(index["weight_map"].values())) == [s.name for s in shards]
     original = FilaForConditionalGeneration.from_pretrained(hybrid_folder)
     assert set(index["weight_map"]) == set(original.state_dict())
@@ -201,6 +306,7 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     # Loaded as the model card says, from the path of the "llava" folder (transformers 5.23 reads a local
     # subfolder="llava" generation_config.json from the parent folder).
     llava = LlavaForConditionalGeneration.from_pretrained(out / "llava", dtype=torch.float32).eval()
+    assert_one_indexed_shard(out / "llava", llava)
     processor = AutoProcessor.from_pretrained(out / "llava", backend="pil")
     image_token_id = llava.config.image_token_id
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == image_token_id == ours.config.text_config.vocab_size
@@ -290,5 +396,5 @@ def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_fold
     with pytest.raises(ExportError, match="exists and is not empty"):
         export_checkpoint(baseline_folder, out)
     export_checkpoint(baseline_folder, out, ExportOptions(overwrite=True))
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "keep.txt").exists() and (out / INDEX).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

@@ -16,7 +16,8 @@ from .folder import atomic_folder
 from .llava import LLAVA_FOLDER, check_llava_compatible, write_llava
 from .model_card import CardFacts, render_model_card
 from .rebuild import load_config, rebuild_model
-from .run_records import read_run_records
+from .run_records import read_stage_chain
+from .shards import save_sharded
 from .source import find_source, has_safetensors, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     if options.format == "llava":
         check_llava_compatible(config, folder)  # before the (slow) consolidation
     tokenizer = load_tokenizer(folder, config)
-    records = read_run_records(folder)
+    chain = read_stage_chain(folder)
     merged_lora = config.lora
     model = rebuild_model(config, read_state_dict(source), source.describe())
     model.generation_config = generation_config(tokenizer, model.config.conversation_template,
@@ -73,12 +74,12 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     with atomic_folder(output, options.overwrite) as staging:
         model.to(dtype)
         logger.info("writing %s weights (shards of at most %s)", options.dtype, options.max_shard_size)
-        model.save_pretrained(staging, max_shard_size=options.max_shard_size)
+        save_sharded(model, staging, options.max_shard_size)
         tokenizer.save_pretrained(staging)
         write_json_atomic(staging / IMAGE_PROCESSOR_FILE, image_processor_settings(model))
         if options.format == "llava":
             write_llava(model, tokenizer, staging / LLAVA_FOLDER, dtype, options.max_shard_size)
-        facts = CardFacts(dtype=options.dtype, source=source.describe(), records=records, merged_lora=merged_lora,
+        facts = CardFacts(dtype=options.dtype, source=source.describe(), chain=chain, merged_lora=merged_lora,
                           llava_folder=LLAVA_FOLDER if options.format == "llava" else None)
         (staging / "README.md").write_text(render_model_card(model, facts))
     return output

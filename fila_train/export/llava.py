@@ -30,6 +30,7 @@ from ..model import FilaConfig, FilaForConditionalGeneration
 from .artifacts import generation_config
 from .errors import ExportError
 from .rebuild import load_strictly
+from .shards import save_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def write_llava(model: FilaForConditionalGeneration, tokenizer: PreTrainedTokeni
     # The <image> id must never be generated: it only marks where image features go.
     llava.generation_config = generation_config(tokenizer, config.conversation_template, config.image_token_id,
                                                  suppress_tokens=[image_token_id])
-    llava.save_pretrained(folder, max_shard_size=max_shard_size)
+    save_sharded(llava, folder, max_shard_size)
     llava_processor(model, llava_tokenizer).save_pretrained(folder)
     logger.info("wrote the LlavaForConditionalGeneration copy to %s (<image> = id %d, vocabulary %d)",
                 folder, image_token_id, vocab_rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model import PARTS, FilaForConditionalGeneration
-from .run_records import RunRecords, trainer_state_summary
+from .run_records import DATA_PLAN, RUN_ARGS, TRAIN_SUMMARY, TRAINER_STATE, RunRecords, StageRun, artifact_folder
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class CardFacts:
 
     dtype: str
     source: str  # where the weights came from (CheckpointSource.describe())
-    records: RunRecords
+    chain: list[StageRun]  # the runs that led to the weights, the exported one last (run_records.read_stage_chain)
     merged_lora: dict | None = None  # the LoRA settings merged into the LLM, if any
     llava_folder: str | None = None  # subfolder holding the transformers-native Llava copy, if written
 
@@ -65,28 +65,51 @@ def architecture_rows(model: FilaForConditionalGeneration) -> list[list[object]]
     return rows
 
 
-def training_section(records: RunRecords) -> list[str]:
-    lines = ["## Training", ""]
-    summary, state = records.train_summary, records.trainer_state
-    if summary is None and state is None:
-        return lines + ["No train_summary.json or trainer_state.json was found next to the weights.", ""]
+STAGE_NAMES = {1: "1 (alignment)", 2: "2 (instruction tuning)"}
+
+
+def _stage_name(run: StageRun) -> str:
+    stage = run.stage()
+    if stage is not None:
+        return STAGE_NAMES[stage]
+    # Its tuned parts are unrecorded (or its folder is gone), but the next run started from its connector.
+    return "1 (its connector started the next run)" if run.artifact is not None else "unknown (no tune_parts recorded)"
+
+
+def _run_folder_cell(run: StageRun) -> str:
+    if run.records is None:
+        return f"`{artifact_folder(run.artifact)}` (no longer there: steps, loss and data mix unknown)"
+    return f"`{run.records.folder}`"
+
+
+def stage_rows(chain: list[StageRun]) -> list[list[object]]:
     rows = []
-    if summary is not None:
-        rows.append(["train_summary.json", ", ".join(summary.get("tune_parts") or []) or "n/a",
-                     summary.get("steps", "n/a"), _loss(summary.get("loss_first")), _loss(summary.get("loss_last"))])
-    if state is not None:
-        from_state = trainer_state_summary(state)
-        rows.append(["trainer_state.json", "n/a", from_state["steps"], _loss(from_state["loss_first"]),
-                     _loss(from_state["loss_last"])])
-    return lines + [markdown_table(["record", "tune_parts", "steps", "loss (first 10%)", "loss (last 10%)"], rows),
-                    ""]
+    for position, run in enumerate(chain):
+        exported = position == len(chain) - 1
+        previous = chain[position - 1] if position else None
+        started = "n/a" if previous is None else f"`{previous.artifact}`"
+        parts = run.records.tune_parts() if run.records is not None else None
+        progress = run.records.progress() if run.records is not None else None
+        progress = progress or {"record": "n/a", "steps": "n/a", "loss_first": None, "loss_last": None}
+        rows.append([_stage_name(run) + (" **exported**" if exported else ""), _run_folder_cell(run),
+                     started, ", ".join(parts) if parts else "n/a", progress["steps"],
+                     _loss(progress["loss_first"]), _loss(progress["loss_last"]), progress["record"]])
+    return rows
 
 
-def data_section(records: RunRecords) -> list[str]:
-    lines = ["## Data mix", ""]
+def stages_section(chain: list[StageRun]) -> list[str]:
+    """One row per run, earliest first: each later run started from the connector artifact of the one before."""
+    lines = ["## Stages", ""]
+    if len(chain) == 1 and chain[0].records.progress() is None and chain[0].records.tune_parts() is None:
+        return lines + [f"No {TRAIN_SUMMARY}, {TRAINER_STATE} or {RUN_ARGS} was found for the exported weights.",
+                        ""]
+    headers = ["stage", "run", "started from", "tune_parts", "steps", "loss (first 10%)", "loss (last 10%)",
+               "record"]
+    return lines + [markdown_table(headers, stage_rows(chain)), ""]
+
+
+def data_table(records: RunRecords) -> list[str]:
     plan = records.data_plan
-    if plan is None:
-        return lines + ["No data_plan.json was found in the run's output folder.", ""]
     rows = [[source.get("name", "?"), ", ".join(map(str, source.get("annotations") or [])),
              source.get("image_root") or "", source.get("records", "n/a"), source.get("sampled", "n/a"),
              source.get("rule") or ""]
@@ -95,7 +118,21 @@ def data_section(records: RunRecords) -> list[str]:
     mixture = f" (mixture `{plan['mixture']}`)" if plan.get("mixture") else ""
     intro = (f"From `{records.data_plan_path}`{mixture}: seed {plan.get('seed', 'n/a')}, "
              f"{plan.get('total', 'n/a')} samples in total.")
-    return [*lines, intro, "", table, ""]
+    return [intro, "", table, ""]
+
+
+def data_section(chain: list[StageRun]) -> list[str]:
+    lines = ["## Data mix", ""]
+    for run in chain:
+        if len(chain) > 1:
+            lines += [f"### Stage {_stage_name(run)}: {_run_folder_cell(run)}", ""]
+        if run.records is not None and run.records.data_plan is not None:
+            lines += data_table(run.records)
+        elif run.records is not None:
+            lines += [f"No {DATA_PLAN} was found in the run's output folder.", ""]
+        else:
+            lines += ["Unknown: the run's output folder is no longer there.", ""]
+    return lines
 
 
 def usage_section(facts: CardFacts) -> list[str]:
@@ -125,5 +162,5 @@ def render_model_card(model: FilaForConditionalGeneration, facts: CardFacts) -> 
         lines += [f"LoRA adapters (r={lora.get('r')}, alpha={lora.get('alpha')}) are merged into the LLM weights.", ""]
     lines += ["## Architecture", "", markdown_table(["part", "description"], architecture_rows(model)), "",
               "## Parameters", "", markdown_table(["part", "parameters"], parameter_rows(model)), ""]
-    lines += training_section(facts.records) + data_section(facts.records) + usage_section(facts)
+    lines += stages_section(facts.chain) + data_section(facts.chain) + usage_section(facts)
     return "\n".join(lines)

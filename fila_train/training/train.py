@@ -1,7 +1,9 @@
 """The training entry point shared by stage 1 and stage 2 (``fila-train train``)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 import warnings
 import time
@@ -25,6 +27,16 @@ from .reporting import configure_wandb, format_summary, run_summary
 from .trainer import FilaTrainer
 
 logger = logging.getLogger("fila_train")
+
+RUN_ARGS_FILE = "run_args.json"  # how the run was started; fila-train export reads it for the model card
+
+
+def write_run_args(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+    """The model and data arguments as given (relative paths resolve against ``cwd``), and the tuned parts:
+    what the run started from (``--pretrained_connector``) and which stage it was."""
+    record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+              "tune_parts": args.parts(), "cwd": os.getcwd()}
+    write_json_atomic(Path(args.output_dir) / RUN_ARGS_FILE, record)
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
@@ -103,6 +115,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     tokenizer = load_tokenizer(model_args.model_name_or_path, model, args.model_max_length)
     if model_args.pretrained_connector:
         load_connector_artifact(model, model_args.pretrained_connector)
+    if is_main_process():
+        write_run_args(model_args, data_args, args)
     apply_tune_parts(model, args.parts())
     if args.gradient_checkpointing:
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow.
