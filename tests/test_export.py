@@ -38,7 +38,7 @@ from fila_train.export.exporter import ExportOptions, export_checkpoint
 from fila_train.export.folder import atomic_folder
 from fila_train.export.source import find_source
 from fila_train.model import FilaForConditionalGeneration
-from fila_train.model.builder import build_model, load_tokenizer
+from fila_train.model.builder import load_tokenizer
 from fila_train.model.lora import merge_lora
 
 STEPS = 2
@@ -166,9 +166,12 @@ def test_zero_checkpoint_export_reproduces_the_trained_model_exactly(name, runs,
     if spec.lora_r:  # the export merged the adapters: so must the reference, after checking the merge
         q_proj = "language_model.model.layers.0.self_attn.q_proj"
         base = trained.state_dict()[f"{q_proj}.base_layer.weight"].clone()
+        # Merged vs adapter model (the trained adapters move these logits by ~0.3, the merge by float rounding).
         torch.testing.assert_close(logits(exported, batch), logits(trained, batch), rtol=1e-5, atol=1e-5)
         trained = merge_lora(trained)
         assert not torch.equal(exported.state_dict()[f"{q_proj}.weight"], base)  # the trained adapters count
+        assert json.loads((out / "config.json").read_text()).get("lora") is None
+        assert not any("lora_" in key or "base_layer" in key for key in exported.state_dict())
         assert f"LoRA adapters (r={spec.lora_r}, alpha={2.0 * spec.lora_r}) are merged" in card
     ours, theirs = exported.state_dict(), trained.state_dict()
     assert ours.keys() == theirs.keys()
@@ -261,27 +264,6 @@ def test_sharded_bf16_export_round_trips(hybrid_folder, assets, tmp_path):
     card = (out / "README.md").read_text()
     assert "**bf16**" in card and "seed 3, 30 samples" in card
     assert "| docs | docs.jsonl | images | 24 | 20 | repeat 0.8 |" in card
-
-
-def test_lora_adapters_are_merged(assets, tmp_path):
-    torch.manual_seed(0)
-    model = build_model(str(assets.llm), str(assets.clip), lora={"r": 4, "alpha": 8.0, "dropout": 0.0})
-    with torch.no_grad():  # B starts at zero (a no-op adapter): make the merge matter
-        for name, parameter in model.named_parameters():
-            if ".lora_B." in name:
-                parameter.normal_(0, 0.1)
-    folder = save_as_training_output(model, assets, tmp_path / "run")
-    out = export(folder, tmp_path / "export", "--dtype", "fp32")
-
-    merged = FilaForConditionalGeneration.from_pretrained(out)
-    assert merged.config.lora is None and json.loads((out / "config.json").read_text()).get("lora") is None
-    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
-    saved = load_file(folder / "model.safetensors")
-    q_proj = "language_model.model.layers.0.self_attn.q_proj"
-    assert not torch.allclose(merged.state_dict()[f"{q_proj}.weight"], saved[f"{q_proj}.base_layer.weight"])
-    batch = tiny_batch(model, assets, size=2, stage2=True)
-    torch.testing.assert_close(logits(merged, batch), logits(model, batch), rtol=1e-5, atol=1e-5)
-    assert "LoRA adapters (r=4, alpha=8.0) are merged" in (out / "README.md").read_text()
 
 
 def test_importing_the_model_needs_no_training_code():
