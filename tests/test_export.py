@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -380,3 +382,16 @@ def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_fold
     export_checkpoint(baseline_folder, out, ExportOptions(overwrite=True))
     assert not (out / "keep.txt").exists() and (out / INDEX).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_unreadable_run_arguments_are_errors_naming_the_file_and_field(baseline_folder, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(baseline_folder, run)
+    (run / "run_args.json").write_text(json.dumps({"model": {"pretrained_connector": 5}}))
+    with pytest.raises(ExportError, match=re.escape(f"{run / 'run_args.json'}: model.pretrained_connector is 5, "
+                                                    "not a path")):
+        export_checkpoint(run, tmp_path / "export")
+    (run / "run_args.json").write_text("{")
+    with pytest.raises(ExportError, match=re.escape(f"{run / 'run_args.json'}: invalid JSON")):
+        export_checkpoint(run, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
