@@ -1,12 +1,16 @@
-"""LoRA on the LLM (PEFT): full-path targeting, trainable set, save/load, merge, ZeRO-3 resume, QLoRA gate.
+"""LoRA on the LLM (PEFT): full-path targeting, trainable set, save/load, merge, ZeRO-3 resume; QLoRA
+(bitsandbytes on CPU, the dev group installs it): training, export (dequantize + merge), ZeRO-2 resume.
 
-Tiny models from distributed_utils (LLM width 64, 2 decoder layers: 14 adapted projections); the
-two 2-process ZeRO-3 runs take ~20-30 s each on CPU.
+Tiny models from distributed_utils (LLM width 64, 2 decoder layers: 14 adapted projections); each
+2-process run (two ZeRO-3 LoRA, two ZeRO-2 QLoRA) takes ~20-40 s on CPU.
 """
 from __future__ import annotations
 
-import importlib.util
+import json
+import math
 import re
+import shutil
+import sys
 
 import pytest
 import torch
@@ -18,11 +22,14 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
     train_args,
     train_steps,
 )
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import HfArgumentParser
 
+from fila_train.export.errors import ExportError
+from fila_train.export.exporter import ExportOptions, export_checkpoint
 from fila_train.model import FilaForConditionalGeneration
-from fila_train.model.builder import build_model
+from fila_train.model.builder import build_model, load_tokenizer
 from fila_train.model.lora import KBIT_REQUIREMENT, LoraSettings, add_lora, lora_layers, merge_lora
 from fila_train.training.arguments import DataArguments, ModelArguments, TrainingArguments
 from fila_train.training.parts import apply_tune_parts, parameter_table
@@ -180,16 +187,135 @@ def test_lora_resume_under_zero3_reproduces_the_uninterrupted_losses(assets, tmp
     assert all(p.any() for n, p in saved.named_parameters() if ".lora_B." in n)
 
 
-QLORA_RUNNABLE = importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available()
-
-
-@pytest.mark.skipif(QLORA_RUNNABLE, reason="bitsandbytes and a GPU are present: QLoRA can run here")
-def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error(assets):
-    with pytest.raises(RuntimeError, match=re.escape(KBIT_REQUIREMENT)):
+def test_qlora_without_bitsandbytes_is_a_clear_error(assets, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what an environment without it looks like to find_spec
+    with pytest.raises(RuntimeError, match=re.escape(KBIT_REQUIREMENT) + ".*qlora extra.*--bits 16"):
         HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
             args=["--model_name_or_path", str(assets.llm), "--lora_r", "8", "--bits", "4"])
     with pytest.raises(RuntimeError, match=re.escape(KBIT_REQUIREMENT)):
         build_model(str(assets.llm), str(assets.clip), lora={"r": 8, "bits": 4})
+
+
+# ----------------------------------------------------------------------------- QLoRA
+
+
+def train_mode_logits(model, batch) -> torch.Tensor:
+    """Logits on the path QLoRA trains on (dropout 0, so deterministic). bitsandbytes' CPU inference path
+    approximates the same weights (4-bit: repacked in place with bf16 scales on AVX512-BF16 CPUs; 8-bit:
+    int8 activations), so it is never the reference, and never run on the model before it is saved."""
+    model.train()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.fixture(scope="module", params=[4, 8], ids=["4bit", "8bit"])
+def qlora_trained(request, assets, tmp_path_factory):
+    """A QLoRA model (the LLM loaded in k-bit by bitsandbytes, on CPU) after 3 optimizer steps on connector
+    + llm; its state dict before training, a batch, its loss before and after, and its training output
+    folder (what trainer.save_model leaves: weights + config, tokenizer)."""
+    torch.manual_seed(0)
+    model = build_model(str(assets.llm), str(assets.clip),
+                        lora={"r": 4, "alpha": 8.0, "dropout": 0.0, "bits": request.param})
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    batch = tiny_batch(model, assets, size=2, stage2=True)
+    with torch.no_grad():
+        loss_before = model.train()(**batch).loss.item()
+    train_steps(model, batch, ["connector", "llm"], steps=3, lr=1e-2)
+    with torch.no_grad():
+        loss_after = model.train()(**batch).loss.item()
+    folder = tmp_path_factory.mktemp(f"qlora_{request.param}bit")
+    model.save_pretrained(folder)
+    load_tokenizer(str(assets.llm), model, 512).save_pretrained(folder)
+    return model, before, batch, (loss_before, loss_after), folder
+
+
+def test_qlora_trains_the_adapters_over_frozen_quantized_weights(qlora_trained):
+    model, before, _, (loss_before, loss_after), _ = qlora_trained
+    bits = model.config.lora["bits"]
+    base = model.language_model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(base).__name__ == {4: "Linear4bit", 8: "Linear8bitLt"}[bits]
+    assert base.weight.dtype == {4: torch.uint8, 8: torch.int8}[bits]
+    assert torch.isfinite(torch.tensor([loss_before, loss_after])).all() and loss_after < loss_before
+    after = model.state_dict()
+    quantized = [name for name in after if ".base_layer." in name]
+    assert len(quantized) >= 14 * 2  # each packed weight comes with its statistics
+    for name, value in after.items():
+        if ".lora_" in name or name.startswith("connector."):
+            assert not torch.equal(value, before[name]), f"{name} did not train"
+        else:  # the quantized weights and statistics, and every other frozen tensor
+            assert torch.equal(value, before[name]), f"frozen {name} changed"
+
+
+def test_qlora_export_dequantizes_and_merges_into_a_plain_model(qlora_trained, tmp_path):
+    model, _, batch, _, folder = qlora_trained
+    out = export_checkpoint(folder, tmp_path / "export", ExportOptions(dtype="fp32"))
+    exported = FilaForConditionalGeneration.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["lora"] is None and "quantization_config" not in config["text_config"]
+    state = exported.state_dict()
+    assert state.keys() == FilaForConditionalGeneration(exported.config).state_dict().keys()
+    assert all(value.dtype == torch.float32 for value in state.values() if value.is_floating_point())
+    # Tight: the compute dtype is fp32 and the dequantized weights are exactly what the quantized layers
+    # multiply by; W x + s B (A x) against (W + s B A) x differs only by fp32 rounding, as for 16-bit LoRA.
+    torch.testing.assert_close(exported.eval()(**batch).logits.detach(), train_mode_logits(model, batch),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_loading_a_qlora_output_says_to_export_it_first(qlora_trained):
+    *_, folder = qlora_trained
+    with pytest.raises(ValueError, match=r"config.lora.bits = \d: this is a QLoRA model.*Export it first"):
+        FilaForConditionalGeneration.from_pretrained(folder)
+
+
+def test_qlora_model_loads_its_own_checkpoint_and_refuses_another_base(qlora_trained):
+    model, _, _, _, folder = qlora_trained
+    saved = load_file(folder / "model.safetensors")
+    # What Trainer / DeepSpeed resume does: a strict load, quantization statistics included.
+    result = model.load_state_dict(saved, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    statistic = next(name for name in saved if name.endswith((".absmax", ".SCB")))
+    other_base = dict(saved) | {statistic: saved[statistic] + 1}
+    with pytest.raises(ValueError, match=re.escape(statistic) + ".*differ from this model's"):
+        model.load_state_dict(other_base, strict=True)
+
+
+@pytest.mark.parametrize("qlora_trained", [4], indirect=True)
+def test_qlora_export_errors_name_what_is_missing(qlora_trained, tmp_path, monkeypatch):
+    *_, folder = qlora_trained
+    stripped = tmp_path / "stripped"
+    shutil.copytree(folder, stripped)
+    weights = load_file(stripped / "model.safetensors")
+    statistics = [name for name in weights if ".base_layer.weight." in name]
+    save_file({name: value for name, value in weights.items() if name not in statistics},
+              stripped / "model.safetensors")
+    with pytest.raises(ExportError, match=r"cannot dequantize the 4-bit LLM.*without their bitsandbytes statistics"
+                                          r".*base_layer\.weight \(torch\.uint8\)"):
+        export_checkpoint(stripped, tmp_path / "export")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ExportError, match=r"cannot dequantize the 4-bit LLM.*" + re.escape(KBIT_REQUIREMENT)):
+        export_checkpoint(folder, tmp_path / "export")
+
+
+def test_qlora_under_zero2_resumes_and_its_checkpoint_exports(assets, tmp_path):
+    steps, checkpoint_step = 4, 2
+    args = train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=steps) + [
+        "--lora_r", "4", "--bits", "4", "--learning_rate", "2e-2", "--report_to", "none",
+        "--save_strategy", "steps", "--save_steps", str(checkpoint_step)]
+    full = run_torchrun(args, tmp_path / "full")
+    checkpoint = full.output_dir / f"checkpoint-{checkpoint_step}"
+    # DeepSpeed loads the checkpoint's quantized weights and statistics back into the k-bit layers.
+    resumed = run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)], tmp_path / "resumed")
+    expected = full.summary()["losses"][checkpoint_step:]
+    got = resumed.summary()["losses"][checkpoint_step:]
+    assert len(got) == steps - checkpoint_step and all(map(math.isfinite, got))
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # zero_to_fp32 keeps the packed weights but not their statistics: taken from the ZeRO-2 model states,
+    # the fp32 masters export exactly as the checkpoint's safetensors save (fp32 training: same values).
+    exports = {source: FilaForConditionalGeneration.from_pretrained(export_checkpoint(
+        checkpoint, tmp_path / source, ExportOptions(dtype="fp32", source=source))).state_dict()
+        for source in ("deepspeed", "safetensors")}
+    assert exports["deepspeed"].keys() == exports["safetensors"].keys()
+    assert all(torch.equal(value, exports["safetensors"][name]) for name, value in exports["deepspeed"].items())
 
 
 def test_lora_flags_without_lora_or_without_llm_are_refused(assets, tmp_path):

@@ -3,7 +3,8 @@
 The model is built with its parameters on the meta device (no random init of billions of
 weights, no second copy in memory) and the consolidated tensors are assigned in place. Buffers
 are built for real, so the non-persistent ones (rotary frequencies, position ids) are right.
-Nothing is downloaded: every part is rebuilt from the config alone.
+Nothing is downloaded: every part is rebuilt from the config alone. A QLoRA model's k-bit LLM weights
+are dequantized first (bitsandbytes), so its adapters merge in full precision like any LoRA model's.
 """
 from __future__ import annotations
 
@@ -73,8 +74,27 @@ def load_strictly(model: PreTrainedModel, state_dict: dict[str, torch.Tensor], o
         model.tie_weights()
 
 
+def dequantize_qlora(config: FilaConfig, state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """The weights of a QLoRA model with its k-bit LLM dequantized; ``config`` then describes the same model
+    with 16-bit LoRA and no quantization (the export is a plain model)."""
+    from ..model.lora import dequantize_kbit_weights
+
+    bits = config.lora["bits"]
+    logger.info("dequantizing the %d-bit LLM weights (bitsandbytes) before merging the LoRA adapters", bits)
+    try:
+        plain = dequantize_kbit_weights(state_dict)
+    except (RuntimeError, ValueError) as error:  # bitsandbytes missing, or statistics missing / malformed
+        raise ExportError(f"cannot dequantize the {bits}-bit LLM of the QLoRA model in {origin}: {error}") from None
+    config.lora = {**config.lora, "bits": 16}
+    if getattr(config.text_config, "quantization_config", None) is not None:
+        del config.text_config.quantization_config  # written by the k-bit load; the export is not quantized
+    return plain
+
+
 def rebuild_model(config: FilaConfig, state_dict: dict[str, torch.Tensor], origin: str) -> FilaForConditionalGeneration:
     """The model ``config`` describes holding ``state_dict``, with any LoRA adapters merged, in eval mode."""
+    if config.lora is not None and config.lora.get("bits", 16) != 16:
+        state_dict = dequantize_qlora(config, state_dict, origin)
     with init_empty_weights(include_buffers=False):
         model = FilaForConditionalGeneration(config)
     load_strictly(model, state_dict, origin)
@@ -83,7 +103,10 @@ def rebuild_model(config: FilaConfig, state_dict: dict[str, torch.Tensor], origi
 
         logger.info("merging the LoRA adapters (r=%s, alpha=%s) into the LLM weights",
                     model.config.lora.get("r"), model.config.lora.get("alpha"))
-        merge_lora(model)
+        try:
+            merge_lora(model)
+        except ValueError as error:
+            raise ExportError(f"cannot merge the LoRA adapters of {origin}: {error}") from None
     # Training saves use_cache=False (it conflicts with gradient checkpointing); an export is for inference.
     model.config.use_cache = True
     return model.eval().requires_grad_(False)

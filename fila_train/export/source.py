@@ -141,7 +141,27 @@ def read_deepspeed(folder: Path, tag: str) -> dict[str, torch.Tensor]:
     # Imported here: exporting a safetensors folder (and importing this package) needs no DeepSpeed.
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag)
+    if any(key.endswith(".weight") and not tensor.is_floating_point() for key, tensor in state_dict.items()):
+        state_dict |= entries_beyond_parameters(folder / tag, state_dict)  # a quantized (QLoRA) LLM
+    return state_dict
+
+
+def entries_beyond_parameters(tag_folder: Path, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The module state-dict entries that zero_to_fp32 leaves out, being neither parameters nor buffers: the
+    quantization statistics bitsandbytes saves next to the packed weights of a QLoRA LLM (integer matrices).
+
+    Each ``*_model_states.pt`` holds the module's state dict as saved (whole under ZeRO-2); only the entries
+    missing from ``state_dict`` are taken, from the first file that has them (memory-mapped, not read whole).
+    """
+    for path in sorted(tag_folder.glob(MODEL_STATES)):
+        module = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("module") or {}
+        extra = {key: value for key, value in module.items() if key not in state_dict}
+        if extra:
+            logger.info("%s: %d entries beyond the parameters and buffers (quantization statistics) taken from %s",
+                        tag_folder, len(extra), path.name)
+            return extra
+    return {}
 
 
 def read_state_dict(source: CheckpointSource) -> dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ LLM_PREFIX = "language_model."
 DEFAULT_TARGET = r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 BITS = (4, 8, 16)
 ADAPTER = "default"
-KBIT_REQUIREMENT = "QLoRA needs bitsandbytes and a CUDA GPU"
+KBIT_REQUIREMENT = "QLoRA (--bits 4/8) needs bitsandbytes"
+KBIT_INSTALL = "install the qlora extra (uv sync --extra qlora, or pip install 'fila-train[qlora]')"
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> None:
         raise ValueError("the model already has LoRA adapters: merge them first (merge_lora)")
     targets = lora_targets(model, settings.target_modules)
     if settings.bits != 16 and not is_quantized(model.language_model):
-        require_kbit_support()
-        raise ValueError(f"config.lora.bits = {settings.bits}, but the LLM is not quantized: a QLoRA model is "
-                         f"built by build_model(..., lora=...); rebuilding one from a saved config is not supported")
+        raise ValueError(f"config.lora.bits = {settings.bits}: this is a QLoRA model, whose LLM is quantized by "
+                         f"bitsandbytes when it is loaded for training (build_model(..., lora=...)); it cannot be "
+                         f"rebuilt from its config. Export it first (fila-train export --checkpoint DIR --output "
+                         f"DIR dequantizes the LLM and merges the adapters) and load the export")
     relative = [name[len(LLM_PREFIX):] for name in targets]
     # PEFT matches a string by re.fullmatch on paths inside the module it is given: exactly these.
     peft_config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
@@ -103,6 +105,8 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> None:
     injected = sorted(LLM_PREFIX + name for name in lora_layers(model.language_model))
     if injected != sorted(targets):
         raise RuntimeError(f"PEFT adapted {len(injected)} modules, expected the {len(targets)} targets")
+    if settings.bits != 16:
+        load_own_quantization_checked(model.language_model)
     for name, parameter in model.named_parameters():
         if is_lora_parameter(name):
             # PEFT's init (kaiming A, zero B: the adapter starts as a no-op) must survive post_init;
@@ -151,17 +155,14 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def require_kbit_support() -> None:
-    missing = []
+    """QLoRA runs wherever bitsandbytes does: on a CUDA GPU, and (bitsandbytes >= 0.48) on CPU."""
     if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("bitsandbytes is not installed")
-    if not torch.cuda.is_available():
-        missing.append("no CUDA GPU is visible")
-    if missing:
-        raise RuntimeError(f"{KBIT_REQUIREMENT} (--bits 4/8): {'; '.join(missing)}. Use --bits 16 for LoRA.")
+        raise RuntimeError(f"{KBIT_REQUIREMENT}, which is not installed: {KBIT_INSTALL}. Use --bits 16 for LoRA.")
 
 
 def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementation: str) -> nn.Module:
-    """The LLM loaded in 4-bit NF4 (double quantisation) or 8-bit on this rank's GPU, as LLaVA's QLoRA."""
+    """The LLM loaded in 4-bit NF4 (double quantisation) or 8-bit, as LLaVA's QLoRA, on this rank's GPU
+    (the CPU without one)."""
     require_kbit_support()
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -170,6 +171,68 @@ def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementa
                                       bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization,
-        device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
+        device_map={"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"})
     # Gradient checkpointing is the trainer's choice (--gradient_checkpointing), not switched on here.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def kbit_linear_types() -> tuple[type[nn.Module], ...]:
+    import bitsandbytes as bnb
+
+    return bnb.nn.Linear4bit, bnb.nn.Linear8bitLt
+
+
+def load_own_quantization_checked(language_model: nn.Module) -> None:
+    """Let the quantized layers load a checkpoint of this same model (Trainer / DeepSpeed resume).
+
+    bitsandbytes saves each layer's quantization statistics next to its packed weight, but does not load
+    them back on CPU (Linear4bit leaves them as unexpected keys, Linear8bitLt refuses its SCB). The base
+    weights are frozen and quantizing the same LLM is deterministic, so a checkpoint's entries must equal
+    the layer's own: they are compared (a difference means another base LLM: an error) and consumed.
+    """
+    for module in language_model.modules():
+        if isinstance(module, kbit_linear_types()):
+            module.register_load_state_dict_pre_hook(_check_own_quantization)
+
+
+def _check_own_quantization(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    own: dict[str, torch.Tensor] = {}
+    module._save_to_state_dict(own, "", keep_vars=False)  # bitsandbytes' entries: packed weight + statistics
+    for name, value in own.items():
+        key = prefix + name
+        if key in state_dict and not torch.equal(state_dict[key].to(value.device), value):
+            raise ValueError(f"{key}: the checkpoint's quantized base weights differ from this model's; QLoRA "
+                             f"resumes from a checkpoint of the same base LLM (--model_name_or_path) and --bits")
+        if name not in ("weight", "bias"):  # the packed weight itself loads as any frozen parameter
+            state_dict.pop(key, None)
+
+
+# Each 4-bit weight ``W`` is saved with ``W.absmax``, ``W.quant_map``, ``W.nested_*`` and one of these.
+FOUR_BIT_STATE = (".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
+EIGHT_BIT_SCALES = ".SCB"  # the row scales saved next to each 8-bit ``weight``, with its ``weight_format``
+
+
+def dequantize_kbit_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A QLoRA model's state dict with every k-bit LLM weight replaced by the fp32 matrix its quantized layer
+    multiplies by (bitsandbytes' own dequantization) and the quantization statistics dropped: the state dict
+    of the same model with 16-bit LoRA, ready for ``merge_lora``."""
+    require_kbit_support()
+    from bitsandbytes.functional import QuantState, dequantize_4bit, int8_vectorwise_dequant
+
+    plain = dict(state_dict)
+    for state_key in [key for key in state_dict if key.endswith(FOUR_BIT_STATE)]:
+        weight = state_key[:state_key.rindex(".quant_state.")]
+        stats = {key[len(weight) + 1:]: plain.pop(key) for key in list(plain) if key.startswith(weight + ".")}
+        quant_state = QuantState.from_dict(stats, device=plain[weight].device)
+        # The layer's forward casts exactly this tensor to the compute dtype (fp32 when training on CPU).
+        plain[weight] = dequantize_4bit(plain[weight], quant_state).float()
+    for scales_key in [key for key in state_dict if key.endswith(EIGHT_BIT_SCALES)]:
+        prefix = scales_key[:-len(EIGHT_BIT_SCALES)]
+        plain.pop(f"{prefix}.weight_format", None)
+        plain[f"{prefix}.weight"] = int8_vectorwise_dequant(plain[f"{prefix}.weight"], plain.pop(scales_key)).float()
+    still_quantized = [f"{key} ({value.dtype})" for key, value in plain.items()
+                       if key.endswith(".weight") and not value.is_floating_point()]
+    if still_quantized:
+        raise ValueError(f"quantized weights without their bitsandbytes statistics ({FOUR_BIT_STATE[0]}, "
+                         f"absmax, ... or {EIGHT_BIT_SCALES}): {still_quantized[:3]}")
+    return plain

@@ -83,7 +83,7 @@ class ModelArguments:
     lora_target: str | None = field(default=None, metadata={
         "help": f"regex fully matching the module paths to adapt, inside the LLM (default {DEFAULT_TARGET})"})
     bits: int = field(default=16, metadata={
-        "help": f"one of {BITS}: 4 or 8 load the LLM quantized for QLoRA (needs bitsandbytes and a CUDA GPU)"})
+        "help": f"one of {BITS}: 4 or 8 load the LLM quantized for QLoRA (needs bitsandbytes: the qlora extra)"})
 
     def __post_init__(self) -> None:
         if self.lora_r < 0:
