@@ -199,6 +199,17 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(assets, monkeypatch):
 # ----------------------------------------------------------------------------- QLoRA
 
 
+def test_qlora_under_zero3_is_refused_naming_the_zero2_config(assets):
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 2})  # noqa: F841 (weakly held)
+    try:
+        with pytest.raises(ValueError, match=r"ZeRO-2, not ZeRO-3.*zero_configs/zero2\.json"):
+            build_model(str(assets.llm), str(assets.clip), lora={"r": 4, "bits": 4})
+    finally:
+        unset_hf_deepspeed_config()
+
+
 def train_mode_logits(model, batch) -> torch.Tensor:
     """Logits on the path QLoRA trains on (dropout 0, so deterministic). bitsandbytes' CPU inference path
     approximates the same weights (4-bit: repacked in place with bf16 scales on AVX512-BF16 CPUs; 8-bit:

@@ -166,6 +166,12 @@ def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementa
     require_kbit_support()
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():  # else transformers' own refusal names only its device_map
+        raise ValueError(f"QLoRA (--bits {bits}) runs under DeepSpeed ZeRO-2, not ZeRO-3 (the packed k-bit weights "
+                         f"cannot be partitioned): use --deepspeed zero_configs/zero2.json "
+                         f"(ZERO_CONFIG=zero_configs/zero2.json for scripts/finetune.sh)")
 
     quantization = BitsAndBytesConfig(load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_compute_dtype=dtype,
                                       bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
