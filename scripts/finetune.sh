@@ -39,7 +39,8 @@ GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-True}
 #   LORA_R=128 LEARNING_RATE=2e-4 CONNECTOR_LR=2e-5 CVFM_LR=2e-5 FUSER_LR=2e-5 bash scripts/finetune.sh
 # With LoRA the tune part "llm" trains the adapters only (the base LLM stays frozen); --lora_alpha,
 # --lora_dropout, --lora_target (a regex over full module paths inside the LLM) and --bits 4|8
-# (QLoRA: bitsandbytes + CUDA) go as extra flags. The saved model holds the adapters; export merges them.
+# (QLoRA: the qlora extra's bitsandbytes, with ZERO_CONFIG=zero_configs/zero2.json) go as extra flags.
+# The saved model holds the adapters; export merges them (dequantizing a QLoRA LLM).
 LORA_R=${LORA_R:-0}
 source scripts/lib/model_flags.sh
 source scripts/lib/speed_flags.sh

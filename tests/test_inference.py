@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import re
 from pathlib import Path
 
@@ -229,6 +230,19 @@ def test_generate_cli_errors_are_one_line(tmp_path, capsys, config, image, messa
     image_flags = ["--image", str(tmp_path / image)] if image else []
     assert main(["generate", "--model", str(tmp_path), *image_flags, "--prompt", "What?"]) == 1
     assert re.search(message, one_line_error(capsys, "generate"))
+
+
+def test_qlora_training_output_is_a_one_line_error_saying_to_export(saved_model, tmp_path, capsys):
+    from fila_train.cli import main
+    from fila_train.model.lora import LoraSettings
+
+    # A QLoRA run's config: its LLM was quantized when loaded for training, so the folder cannot be rebuilt.
+    shutil.copytree(saved_model, tmp_path / "qlora")
+    config = json.loads((tmp_path / "qlora" / "config.json").read_text())
+    config["lora"] = LoraSettings(r=4, bits=4).to_dict()
+    (tmp_path / "qlora" / "config.json").write_text(json.dumps(config))
+    assert main(["generate", "--model", str(tmp_path / "qlora"), "--prompt", "What?", "--dtype", "float32"]) == 1
+    assert "Export it first" in one_line_error(capsys, "generate")
 
 
 def test_generate_cli_prompt_error_is_one_line(saved_model, capsys):

@@ -80,6 +80,8 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
         tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
+    except ValueError as error:  # a config the model refuses to build from (e.g. a QLoRA run: export it first)
+        raise ModelLoadError(f"{path}: {error}") from None
     model.to(device).eval()
     # generate() fills every option we leave unset from the folder's generation_config.json (e.g. an
     # LLM's sampling or beam defaults); GenerationOptions alone decides, so that file is not used.
