@@ -155,7 +155,8 @@ def entries_beyond_parameters(tag_folder: Path, state_dict: dict[str, torch.Tens
     missing from ``state_dict`` are taken, from the first file that has them (memory-mapped, not read whole).
     """
     for path in sorted(tag_folder.glob(MODEL_STATES)):
-        module = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("module") or {}
+        # Our own read needs no pickled code (tensors, dicts, sizes): weights_only, unlike zero_to_fp32's.
+        module = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("module") or {}
         extra = {key: value for key, value in module.items() if key not in state_dict}
         if extra:
             logger.info("%s: %d entries beyond the parameters and buffers (quantization statistics) taken from %s",

@@ -196,8 +196,9 @@ def load_own_quantization_checked(language_model: nn.Module) -> None:
     weights are frozen and quantizing the same LLM is deterministic, so a checkpoint's entries must equal
     the layer's own: they are compared (a difference means another base LLM: an error) and consumed.
     """
+    kbit_types = kbit_linear_types()
     for module in language_model.modules():
-        if isinstance(module, kbit_linear_types()):
+        if isinstance(module, kbit_types):
             module.register_load_state_dict_pre_hook(_check_own_quantization)
 
 
