@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 
 import pytest
 import torch
@@ -180,6 +181,17 @@ def test_training_log_has_mfu_model_tflops_and_peak_memory(assets, tmp_path, cap
     for entry in logs:
         for key in ("mfu", "model_tflops_per_second_per_device", "peak_memory_gib", "tokens_per_second"):
             assert float(entry[key]) > 0, (key, entry)
+
+
+def test_in_process_run_leaves_logging_as_it_found_it(assets, tmp_path, capsys) -> None:  # noqa: F811
+    # A run's stderr handler is bound to this test's captured stream, closed once the test ends: left on
+    # the root logger (with transformers at info) it broke the log lines of every later in-process call.
+    import transformers
+
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level, transformers.utils.logging.get_verbosity())
+    assert train_logs(assets, tmp_path / "run", capsys)
+    assert (root.handlers, root.level, transformers.utils.logging.get_verbosity()) == before
 
 
 def test_torch_compile_trains_the_same_losses(assets, tmp_path, capsys) -> None:  # noqa: F811

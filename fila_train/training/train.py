@@ -19,6 +19,7 @@ from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import write_json_atomic
+from ..utils.logs import console_logging
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .datasets import build_train_dataset, total_skip_counts
 from .connector_artifact import load_connector_artifact, save_connector_artifact
@@ -44,17 +45,12 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def setup_logging(args: TrainingArguments) -> None:
-    # Rank 0 logs at --log_level (info by default), other ranks at --log_level_replica (warning),
-    # each line tagged with its rank so multi-node logs stay readable.
+def process_log_level(args: TrainingArguments) -> int:
+    # Rank 0 logs at --log_level (info by default), other ranks at --log_level_replica (warning).
     level = args.get_process_log_level()
     if args.should_log and args.log_level == "passive":
         level = logging.INFO
-    logging.basicConfig(format=f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s",
-                        level=level, force=True)
-    transformers.utils.logging.set_verbosity(level)
-    # DeepSpeed's ZeRO reduce path calls this once per bucket: thousands of identical lines.
-    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor` is deprecated", category=FutureWarning)
+    return level
 
 
 HYBRID_FLOP_ROWS = (("total", "hybrid encoder (ViT + ConvNeXt + CVFM)"), ("vit", "ViT alone"),
@@ -90,7 +86,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         # ZeRO-3 partitions parameters while from_pretrained builds them (zero.Init), which reads
         # the world size from DeepSpeed's communicator: it must be up before the model is built.
         deepspeed.init_distributed()
-    setup_logging(args)
+    log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
+    with console_logging(process_log_level(args), log_format), warnings.catch_warnings():
+        # DeepSpeed's ZeRO reduce path calls this once per bucket: thousands of identical lines.
+        warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor` is deprecated", category=FutureWarning)
+        return run_training(model_args, data_args, args)
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     configure_wandb(args.report_to, args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     # Seeded before the build: a new connector / CVFM / fuser gets the same initial weights on every

@@ -1,0 +1,35 @@
+"""Console logging for one run, undone when the run ends."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import transformers
+
+
+@contextmanager
+def console_logging(level: int, fmt: str) -> Iterator[None]:
+    """Route the root logger (and transformers') to one stderr handler at ``level`` for the block.
+
+    The previous handlers and levels come back on exit: a run started in-process (a test, a notebook)
+    must not leave behind a handler bound to a stream that is later closed, nor a chatty verbosity."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_verbosity = transformers.utils.logging.get_verbosity()
+    handler = logging.StreamHandler()  # the stderr of this moment
+    handler.setFormatter(logging.Formatter(fmt))
+    for old in saved_handlers:  # replaced, not added to: no line printed twice
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        for old in saved_handlers:
+            root.addHandler(old)
+        root.setLevel(saved_level)
+        transformers.utils.logging.set_verbosity(saved_verbosity)
