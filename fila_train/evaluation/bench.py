@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.annotations import AnnotationFile
-from ..data.images import ImageLoadError, check_relative_image_path
+from ..data.images import ImageLoadError, check_relative_image_path, require_file
 from .metrics import Metric
 
 
@@ -47,10 +47,9 @@ def _question(record: dict, where: str, metric: Metric, image_folder: Path | Non
             raise BenchError(f"{where}: field 'image': the record has an image but no --image_folder was given")
         try:
             image = check_relative_image_path(image)
+            require_file(image_folder / image)  # found now, not after hours of inference
         except ImageLoadError as error:
             raise BenchError(f"{where}: field 'image': {error}") from None
-        if not (image_folder / image).is_file():  # found now, not after hours of inference
-            raise BenchError(f"{where}: field 'image': image file not found: {image_folder / image}")
     return BenchQuestion(str(record_id), question, answers, image, where)
 
 

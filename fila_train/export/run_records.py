@@ -80,7 +80,8 @@ def run_folder(folder: Path) -> Path:
 def read_run_records(folder: Path) -> RunRecords:
     """The records of the run ``folder`` belongs to. Data plan and arguments are the run's (one per output
     folder), so a checkpoint-N folder reports its parent's; summary and trainer state must be the folder's own."""
-    plan_path, args_path = run_folder(folder) / DATA_PLAN, run_folder(folder) / RUN_ARGS
+    run = run_folder(folder)
+    plan_path, args_path = run / DATA_PLAN, run / RUN_ARGS
     plan, run_args = _read_json(plan_path), _read_json(args_path)
     return RunRecords(folder=folder, train_summary=_read_json(folder / TRAIN_SUMMARY),
                       trainer_state=_read_json(folder / TRAINER_STATE),
@@ -122,9 +123,10 @@ def read_stage_chain(folder: Path) -> list[StageRun]:
         if artifact is None:
             break
         source = artifact_folder(artifact)
-        if run_folder(source).resolve() in seen:
+        run = run_folder(source).resolve()
+        if run in seen:
             break
-        seen.add(run_folder(source).resolve())
+        seen.add(run)
         chain.insert(0, StageRun(read_run_records(source) if source.is_dir() else None, artifact))
     return chain
 
