@@ -3,9 +3,14 @@ default; with on_bad_sample="skip" the sample is replaced by the next one and co
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
 import struct
+import tempfile
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +69,96 @@ BAD_LINES = {
                       "invalid_record"),
     "absolute_path": (json.dumps(record("r-abs", images="/etc/passwd")), ["absolute image path"],
                       "invalid_record"),
+    "empty_image": (json.dumps(record("r-zero", images="empty.png")), ["field 'image'", "empty file (0 bytes)"],
+                    "unreadable_image"),
+    "directory_image": (json.dumps(record("r-dir", images="folder.png")), ["field 'image'", "is a directory"],
+                        "missing_image"),
+    "symlink_loop": (json.dumps(record("r-loop", images="loop_a.png")), ["field 'image'", "symlink loop"],
+                     "unreadable_image"),
+    "unreadable_file": (json.dumps(record("r-locked", images="locked.png")), ["field 'image'", "permission denied"],
+                        "unreadable_image"),
 }
+# Cases whose file is refused by its permissions: root ignores those (see as_unprivileged).
+PERMISSION_CASES = {"unreadable_file"}
+NOBODY = 65534  # the unprivileged uid and gid a root test switches to
 
 
 @pytest.fixture
-def image_root(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
+def folder(tmp_path: Path) -> Iterator[Path]:
+    """Where a test's data and images go. As root, a world-readable folder outside pytest's private
+    (0700) tmp tree, so an unprivileged child can reach everything but the file it must not read."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="fila-bad-samples-"))
+    path.chmod(0o755)
+    umask = os.umask(0o022)  # files written for the test are readable by the child
+    try:
+        yield path
+    finally:
+        os.umask(umask)
+        shutil.rmtree(path)
+
+
+def call(function: Callable[[], object]) -> object:
+    return function()
+
+
+def as_unprivileged(function: Callable[[], object]) -> object:
+    """``function()`` where file permissions apply. Root ignores them, so as root it runs in a forked
+    child switched to the 'nobody' user; its result, or its exception (type, message, kind), comes
+    back through a pipe. The child may not be allowed to read the interpreter's own files (a private
+    home), so what it runs must be imported before: the caller warms its code path up, and PIL's
+    plugins are loaded here."""
+    if os.geteuid() != 0:
+        return function()
+    Image.init()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                outcome = ("returned", function())
+            except BaseException as error:  # noqa: BLE001 (every outcome goes back to the test)
+                outcome = ("raised", type(error), str(error), getattr(error, "kind", None))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(pickle.dumps(outcome))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert data, f"the unprivileged child died without an answer (wait status {status})"
+    outcome = pickle.loads(data)
+    if outcome[0] == "returned":
+        return outcome[1]
+    _, error_type, message, kind = outcome
+    error = error_type(message)
+    if kind is not None:
+        error.kind = kind
+    raise error
+
+
+@pytest.fixture
+def image_root(folder: Path) -> Path:
+    root = folder / "images"
     root.mkdir()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(root / "ok.png")
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     write_truncated_png(root / "truncated.png")
     Image.new("L", (300, 300)).save(root / "huge.png")  # over the tiny pixel limit used below
-    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    Image.new("RGB", (8, 8)).save(folder / "secret.png")
+    (root / "empty.png").touch()
+    (root / "folder.png").mkdir()
+    (root / "loop_a.png").symlink_to("loop_b.png")
+    (root / "loop_b.png").symlink_to("loop_a.png")
+    Image.new("RGB", (8, 8)).save(root / "locked.png")
+    (root / "locked.png").chmod(0)
     return root
 
 
@@ -88,15 +171,17 @@ def dataset_for(tmp_path: Path, image_root: Path, tokenizer, lines: list[str], p
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
-def test_bad_record_is_an_error_naming_file_line_and_record(case: str, tmp_path: Path, image_root: Path,
+def test_bad_record_is_an_error_naming_file_line_and_record(case: str, folder: Path, image_root: Path,
                                                             tokenizer) -> None:
-    line, fragments, _ = BAD_LINES[case]
-    dataset = dataset_for(tmp_path, image_root, tokenizer, [json.dumps(GOOD), line], "error")
+    line, fragments, kind = BAD_LINES[case]
+    dataset = dataset_for(folder, image_root, tokenizer, [json.dumps(GOOD), line], "error")
     assert dataset[0]["id"] == "good"
+    run = as_unprivileged if case in PERMISSION_CASES else call
     with pytest.raises(SampleError) as error:
-        dataset[1]
+        run(lambda: dataset[1])
     message = str(error.value)
-    assert f"{tmp_path / 'data.jsonl'}:2" in message, message
+    assert error.value.kind == kind and "\n" not in message, message
+    assert f"{folder / 'data.jsonl'}:2" in message, message
     record_id = json.loads(line)["id"] if case != "malformed_json" else None
     if record_id:
         assert repr(record_id) in message, message
@@ -105,23 +190,30 @@ def test_bad_record_is_an_error_naming_file_line_and_record(case: str, tmp_path:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
-def test_bad_record_is_skipped_and_counted_when_asked(case: str, tmp_path: Path, image_root: Path,
+def test_bad_record_is_skipped_and_counted_when_asked(case: str, folder: Path, image_root: Path,
                                                       tokenizer) -> None:
     line, _, kind = BAD_LINES[case]
-    dataset = dataset_for(tmp_path, image_root, tokenizer, [json.dumps(GOOD), line, json.dumps(GOOD)], "skip")
-    sample = dataset[1]  # replaced by the next usable record
-    assert sample["id"] == "good" and sample["skipped"] == [kind]
-    assert (sample["labels"] != -100).any()  # never a sample with loss 0
-    assert dict(dataset.skip_counts) == {kind: 1}
-    # The kinds travel with the batch, so counts made in dataloader workers reach the trainer.
-    batch = ConversationCollator(0, PROCESSOR)([dataset[0], sample])
-    assert batch["skipped"] == [kind]
+    dataset = dataset_for(folder, image_root, tokenizer, [json.dumps(GOOD), line, json.dumps(GOOD)], "skip")
+    first = dataset[0]  # also imports what drawing a sample needs (see as_unprivileged)
+
+    def draw() -> dict:
+        sample = dataset[1]  # replaced by the next usable record
+        # The kinds travel with the batch, so counts made in dataloader workers reach the trainer.
+        batch = ConversationCollator(0, PROCESSOR)([first, sample])
+        return {"id": sample["id"], "skipped": sample["skipped"], "trains": bool((sample["labels"] != -100).any()),
+                "counts": dict(dataset.skip_counts), "batch_skipped": batch["skipped"]}
+
+    drawn = (as_unprivileged if case in PERMISSION_CASES else call)(draw)
+    assert drawn["id"] == "good" and drawn["skipped"] == [kind]
+    assert drawn["trains"]  # never a sample with loss 0
+    assert drawn["counts"] == {kind: 1}
+    assert drawn["batch_skipped"] == [kind]
 
 
-def test_a_dataset_of_only_bad_records_fails_even_when_skipping(tmp_path: Path, image_root: Path,
+def test_a_dataset_of_only_bad_records_fails_even_when_skipping(folder: Path, image_root: Path,
                                                                 tokenizer) -> None:
     lines = [BAD_LINES["missing_image"][0], BAD_LINES["empty_answer"][0]]
-    dataset = dataset_for(tmp_path, image_root, tokenizer, lines, "skip")
+    dataset = dataset_for(folder, image_root, tokenizer, lines, "skip")
     with pytest.raises(SampleError, match="no usable sample"):
         dataset[0]
 

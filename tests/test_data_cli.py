@@ -105,6 +105,41 @@ def test_inspect_without_decoding_still_finds_bad_images_for_clip(tiny_assets, t
     assert "over the limit of 100" in capsys.readouterr().err
 
 
+def test_inspect_reports_files_that_are_no_image_and_does_not_crash(tiny_assets, tmp_path: Path, capsys) -> None:
+    # A zero-byte file, a directory and a symlink loop where images should be: each is a bad record.
+    images = tmp_path / "odd" / "images"
+    images.mkdir(parents=True)
+    good_image = sorted(p.name for p in tiny_assets.image_folder.iterdir())[0]
+    shutil.copy(tiny_assets.image_folder / good_image, images / good_image)
+    (images / "empty.png").touch()
+    (images / "folder.png").mkdir()
+    (images / "loop_a.png").symlink_to("loop_b.png")
+    (images / "loop_b.png").symlink_to("loop_a.png")
+    lines = [json.dumps({"id": record_id, "image": image, "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A form."}]})
+        for record_id, image in [("ok-1", good_image), ("zero-1", "empty.png"), ("dir-1", "folder.png"),
+                                 ("loop-1", "loop_a.png")]]
+    annotations = tmp_path / "odd" / "odd.jsonl"
+    annotations.write_text("\n".join(lines) + "\n")
+    spec = tmp_path / "odd.yaml"
+    spec.write_text(json.dumps({"seed": 1, "sources": [{"name": "odd", "annotations": str(annotations),
+                                                        "image_root": str(images)}]}))
+    code, report = inspect(tiny_assets, spec, tmp_path)
+    out = capsys.readouterr()
+    assert code == 1
+    source = report["sources"][0]
+    assert source["error_kinds"] == {"unreadable_image": 2, "missing_image": 1}
+    assert source["with_images"] == 1
+    for fragment in (f"{annotations}:2 (id 'zero-1'): field 'image': unreadable image {images / 'empty.png'}: "
+                     "empty file (0 bytes)",
+                     f"{annotations}:3 (id 'dir-1'): field 'image': image path {images / 'folder.png'} is a directory",
+                     f"{annotations}:4 (id 'loop-1'): field 'image': unreadable image {images / 'loop_a.png'}: "
+                     "symlink loop"):
+        assert fragment in out.err, out.err
+    row = table_row(out.out, "odd")
+    assert (row["errors"], row["missing img"], row["unreadable img"]) == ("3", "1", "2"), out.out
+
+
 def test_inspect_lengths_match_the_dataset_and_clean_mix_passes(tiny_assets, tmp_path: Path) -> None:
     from fila_train.data.dataset import DatasetOptions
     from fila_train.data.mixed_dataset import MixtureDataset

@@ -1,8 +1,10 @@
 """Opening record images safely: paths stay inside the image root; errors name the record."""
 from __future__ import annotations
 
+import errno
 import os
-import struct
+import stat
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +15,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 
 # PIL's default limit (about 89.5 Mpixels); beyond it a record's image is refused, not decoded.
-# Our max_pixels is the only limit applied: PIL's own check is bypassed (see open_image).
+# Our max_pixels is the only limit applied: PIL's own check is kept out of the way (see identify).
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 # image.info key: the file's full (W, H). An image decoded at reduced size keeps deciding what
 # depends on the source size (FILA's anyres canvas, hence its token count) by this size.
@@ -65,38 +67,72 @@ def resolve_image_path(image_root: Path, relative: str, allow_absolute: bool = F
         raise ImageLoadError(f"{error} (image folder {image_root})") from None
 
 
+def file_error(path: Path, error: OSError) -> ImageLoadError:
+    """An OSError from reaching the file at ``path``, said in words (one line, no errno)."""
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return MissingImageError(f"image file not found: {path}")
+    if error.errno == errno.EISDIR:
+        return MissingImageError(f"image path {path} is a directory, not an image file")
+    if error.errno == errno.ELOOP:
+        return UnreadableImageError(f"unreadable image {path}: symlink loop (too many levels of symbolic links)")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return UnreadableImageError(f"unreadable image {path}: permission denied")
+    return UnreadableImageError(f"unreadable image {path}: {(error.strerror or str(error)).lower()}")
+
+
 def require_file(path: Path) -> None:
-    if not path.is_file():
-        raise MissingImageError(f"image file not found: {path}")
+    """A regular file (symlinks followed); else why not: missing, a directory, a loop, unreachable."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise file_error(path, error) from None
+    if stat.S_ISDIR(mode):
+        raise file_error(path, IsADirectoryError(errno.EISDIR, "is a directory"))
+    if not stat.S_ISREG(mode):  # opening a FIFO would block forever
+        raise UnreadableImageError(f"unreadable image {path}: not a regular file (a FIFO, socket or device)")
 
 
-def identify(handle: BinaryIO, path: Path) -> ImageFile.ImageFile:
-    """The image in ``handle``, header read, pixels not: what Image.open does, minus its
-    decompression-bomb check. That check reads PIL's process-wide MAX_IMAGE_PIXELS, refuses at twice
-    it and only warns below, so no limit of ours could be raised past it or hold below it without
-    changing PIL's global state."""
-    prefix = handle.read(16)
-    for register_plugins in (Image.preinit, Image.init):  # common formats first, as Image.open
-        register_plugins()
-        for format_id in Image.ID:
-            factory, accept = Image.OPEN[format_id]
-            accepted = not accept or accept(prefix)
-            if isinstance(accepted, str) or not accepted:  # a str is PIL's "almost" warning
-                continue
-            handle.seek(0)
+# Held while PIL's process-wide MAX_IMAGE_PIXELS is lifted (see identify): two threads doing it at
+# once could restore each other's lifted value and leave PIL's limit off.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def identify(handle: BinaryIO) -> ImageFile.ImageFile:
+    """``Image.open`` on ``handle`` (header read, pixels not), with our max_pixels the only limit.
+
+    PIL warns between 1x and 2x its MAX_IMAGE_PIXELS (silenced: check_pixels decides there) and
+    refuses above 2x before our check could name the size; such a file is opened again with PIL's
+    limit lifted for that one call, so a limit of ours above PIL's still holds, and PIL's global is
+    left as it was.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(handle)
+        except Image.DecompressionBombError:
+            pass
+        handle.seek(0)
+        with _PIL_LIMIT_LOCK:
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
             try:
-                return factory(handle, str(path))
-            except (SyntaxError, IndexError, TypeError, struct.error):
-                continue  # not this format after all (Image.open's rule)
-    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
+                return Image.open(handle)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 @contextmanager
 def open_image(path: Path) -> Iterator[ImageFile.ImageFile]:
     """The image at ``path`` (lazily decoded, file closed on exit); callers apply their max_pixels."""
     require_file(path)
-    with open(path, "rb") as handle:
-        yield identify(handle, path)
+    try:
+        handle = open(path, "rb")
+    except OSError as error:  # changed since require_file, or not readable by us
+        raise file_error(path, error) from None
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:  # PIL would only say it cannot identify it
+            raise UnreadableImageError(f"unreadable image {path}: empty file (0 bytes)")
+        yield identify(handle)
 
 
 def check_pixels(image: Image.Image, path: Path, max_pixels: int | None) -> None:
@@ -111,6 +147,8 @@ def unreadable(path: Path, error: BaseException) -> ImageLoadError:
     if isinstance(error, Image.DecompressionBombError):
         # PIL checks some parts on its own while decoding (TIFF tiles, MPO frames).
         return ImageTooLargeError(f"image {path}: PIL refuses to decode it: {error}")
+    if isinstance(error, UnidentifiedImageError):  # PIL's message names the file handle, not the path
+        return UnreadableImageError(f"unreadable image {path}: cannot identify image file (no format PIL reads)")
     return UnreadableImageError(f"unreadable image {path}: {error}")
 
 
