@@ -1,9 +1,14 @@
-"""Atomic writes: a crash mid-write never leaves a half-written artifact under the final name."""
+"""Atomic writes: a crash mid-write never leaves a half-written artifact under the final name.
+
+Files get the permissions ``open(path, "w")`` would give (0666 minus the umask), so teammates on a
+shared cluster can read datasets, connectors and summaries; tempfile.mkstemp's 0600 would hide them.
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,12 +16,28 @@ import torch
 from safetensors.torch import save_file
 
 
+def _create_temporary(path: Path) -> tuple[str, int]:
+    """A new empty file next to ``path`` (same filesystem, so os.replace is atomic), and its mode.
+    Created with 0666 like open(): the kernel applies the umask as it would to ``path``."""
+    while True:
+        temporary = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # another writer's name: draw again
+            continue
+        try:
+            return temporary, stat.S_IMODE(os.fstat(handle).st_mode)
+        finally:
+            os.close(handle)
+
+
 def _replace_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary, mode = _create_temporary(path)
     try:
         write(temporary)
+        # safetensors' save_file swaps in a 0600 file of its own: give it back open()'s mode.
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
