@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 import torch
@@ -210,13 +209,11 @@ def test_artifact_round_trip_is_bit_exact(assets, tmp_path) -> None:
         assert torch.equal(expected[name], got[name]), name
 
 
-def test_vision_flops_are_cheap(assets) -> None:
+def test_vision_flops_cover_every_view_and_part(assets) -> None:
     from fila_train.model.vision.flops import vision_flops
 
     model = build_tiny_model(assets, hybrid=True, fuser=False)
-    start = time.perf_counter()
     flops = vision_flops(model.config)
-    assert time.perf_counter() - start < 2.0
     assert flops.canvas == (56, 56) and flops.views == 5
     assert flops.parts["total"] == pytest.approx(flops.parts["vit"] + flops.parts["convnext"] + flops.parts["cvfm"])
 
