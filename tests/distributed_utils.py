@@ -213,3 +213,34 @@ def assert_loss_falls(summary: dict) -> None:
     half = len(losses) // 2
     assert summary["loss_last"] < summary["loss_first"], losses
     assert sum(losses[half:]) / (len(losses) - half) < sum(losses[:half]) / half, losses
+
+
+# ---------------------------------------------------------------- the resume / crash-safety reference run
+
+
+def write_resume_mixture(assets: FilaAssets, folder: Path) -> Path:
+    """A two-source mixture of 12 positions: 9 image records plus one whose image is missing, and 2
+    text-only records; with 2 ranks x 2 samples that is 3 steps per epoch."""
+    records = [json.loads(line) for line in assets.stage2_data.read_text().splitlines()]
+    images = [r for r in records if "image" in r][:9]
+    broken = dict(images[0], id="broken-image", image="no/such/image.png")
+    texts = [r for r in records if "image" not in r][:2]
+    (folder / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in images[:4] + [broken] + images[4:]))
+    (folder / "text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in texts))
+    mixture = folder / "mixture.yaml"
+    mixture.write_text(f"seed: 3\nsources:\n"
+                       f"  - name: documents\n    annotations: images.jsonl\n    image_root: {assets.image_folder}\n"
+                       f"  - name: text\n    annotations: text.jsonl\n")
+    return mixture
+
+
+def resume_reference_args(assets: FilaAssets, mixture: Path, steps: int, save_steps: int) -> list[str]:
+    """Stage 2 under ZeRO-3 with modality grouping, a dataloader worker and bad records skipped."""
+    flags = assets.model_flags(hybrid=False, fuser=False) | {
+        "data_path": str(mixture), "conversation_template": "vicuna_v1", "tune_parts": "connector,llm",
+        "learning_rate": "3e-3", "deepspeed": "zero_configs/zero3.json", "per_device_train_batch_size": "2",
+        "max_steps": str(steps), "logging_steps": "1", "save_strategy": "steps", "save_steps": str(save_steps),
+        "model_max_length": "512", "seed": "8", "group_by_modality_length": "True",
+        "dataloader_num_workers": "1", "on_bad_sample": "skip", "log_sample_ids": "True",
+        "length_cache_dir": str(mixture.parent / "lengths"), "report_to": "none"}
+    return as_cli(flags)

@@ -18,6 +18,20 @@ from .parts import optimizer_groups
 logger = logging.getLogger(__name__)
 
 
+def epoch_samplers(loader) -> list:
+    """The samplers with ``set_epoch`` below a data loader, through any depth of batch-sampler wrappers."""
+    found, seen, pending = [], set(), [loader]
+    while pending:
+        node = pending.pop()
+        for child in (getattr(node, "batch_sampler", None), getattr(node, "sampler", None)):
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                pending.append(child)
+                if hasattr(child, "set_epoch"):
+                    found.append(child)
+    return found
+
+
 class FilaTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -44,6 +58,14 @@ class FilaTrainer(Trainer):
         return ModalityLengthGroupedSampler(
             dataset.modality_lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
             self.args.world_size, seed=seed)
+
+    def _run_epoch(self, *args, epoch: int, train_dataloader, **kwargs):
+        # On resume, the Trainer wraps the loader's batch sampler once more (accelerate's
+        # skip_first_batches), and the epoch it then sets no longer reaches the index sampler: a run
+        # resumed in epoch e >= 1 would replay epoch 0's order. Every sampler in the chain hears it here.
+        for sampler in epoch_samplers(train_dataloader):
+            sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, train_dataloader=train_dataloader, **kwargs)
 
     # Per-part learning rates: one optimizer group per (part, weight decay); the scheduler
     # scales each group's own lr, so the cosine schedule applies to every part.
