@@ -37,7 +37,7 @@ from transformers import AutoModelForImageTextToText
 from fila_train.export.cli import main as export_main
 from fila_train.export.errors import ExportError
 from fila_train.export.exporter import ExportOptions, export_checkpoint
-from fila_train.export.folder import atomic_folder
+from fila_train.export.folder import PREVIOUS, STAGING, atomic_folder, sibling
 from fila_train.export.source import find_source
 from fila_train.model import FilaForConditionalGeneration
 from fila_train.model.builder import load_tokenizer
@@ -382,6 +382,39 @@ def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_fold
     export_checkpoint(baseline_folder, out, ExportOptions(overwrite=True))
     assert not (out / "keep.txt").exists() and (out / INDEX).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_an_interrupted_export_s_leftovers_are_removed_by_the_next_one(baseline_folder, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fila_train.export.folder")
+    out = tmp_path / "export"
+    # A killed export's half-written staging folder (a full model's size on a real run).
+    stale = sibling(out, STAGING)
+    stale.mkdir()
+    (stale / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    # Not this destination's: another export's staging (it may be running now), one of a destination
+    # whose name starts like this one's staging folders, and an unrelated hidden folder.
+    neighbours = [sibling(tmp_path / "export-b", STAGING), sibling(tmp_path / stale.name[1:], STAGING),
+                  tmp_path / ".cache"]
+    for folder in neighbours:
+        folder.mkdir()
+        (folder / "keep.txt").write_text("x")
+    export(baseline_folder, out)
+    assert not stale.exists()
+    assert all((folder / "keep.txt").is_file() for folder in neighbours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", *(f.name for f in neighbours)])
+    assert (out / INDEX).is_file() and (out / "README.md").is_file()
+    removed = [r.getMessage() for r in caplog.records if "stale" in r.getMessage()]
+    assert len(removed) == 1 and stale.name in removed[0], removed
+    # Killed while replacing an export (--overwrite): its staging and the replaced copy it was removing.
+    caplog.clear()
+    leftovers = [sibling(out, STAGING), sibling(out, PREVIOUS)]
+    for folder in leftovers:
+        folder.mkdir()
+    export(baseline_folder, out, "--overwrite")
+    assert not any(folder.exists() for folder in leftovers) and (out / INDEX).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", *(f.name for f in neighbours)])
+    removed = [r.getMessage() for r in caplog.records if "stale" in r.getMessage()]
+    assert len(removed) == 1 and all(folder.name in removed[0] for folder in leftovers), removed
 
 
 def test_unreadable_run_arguments_are_errors_naming_the_file_and_field(baseline_folder, tmp_path):

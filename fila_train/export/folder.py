@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -14,8 +15,37 @@ from .errors import ExportError
 logger = logging.getLogger(__name__)
 
 
-def _sibling(output: Path, kind: str) -> Path:
+# The hidden siblings' kinds: the folder being written, and the output an --overwrite replaces.
+STAGING, PREVIOUS = "tmp", "old"
+
+
+def sibling(output: Path, kind: str) -> Path:
     return output.parent / f".{output.name}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def is_sibling(path: Path, output: Path, kind: str) -> bool:
+    """Whether ``path`` is named as sibling(output, kind) names, exactly: the siblings of a destination
+    named, say, ``export.tmp-1234abcd`` begin like those of ``export`` but are not its."""
+    return re.fullmatch(rf"\.{re.escape(output.name)}\.{re.escape(kind)}-[0-9a-f]{{8}}", path.name) is not None
+
+
+def remove_stale_siblings(output: Path) -> None:
+    """Remove what an interrupted export into ``output`` left next to it: its staging folders and,
+    when ``output`` exists (complete, renamed in at once), an older output an --overwrite was deleting.
+    Without ``output``, a PREVIOUS sibling may be the only complete copy: it is left alone."""
+    kinds = (STAGING, PREVIOUS) if output.is_dir() else (STAGING,)
+    stale = sorted(path for path in output.parent.iterdir()
+                   if any(is_sibling(path, output, kind) for kind in kinds) and path.is_dir() and not path.is_symlink())
+    removed = []
+    for path in stale:
+        try:
+            shutil.rmtree(path)
+            removed.append(path.name)
+        except OSError as error:  # e.g. someone else's: this export does not need it gone
+            logger.warning("could not remove %s, left by an interrupted export: %s", path, error)
+    if removed:
+        logger.info("removed %d stale folder(s) an interrupted export left next to %s: %s", len(removed), output,
+                    ", ".join(removed))
 
 
 @contextmanager
@@ -31,12 +61,15 @@ def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"output folder {output} exists and is not empty (pass --overwrite to replace it)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(output, "tmp")
+    # Before our own staging folder exists. One export per destination at a time: a second export
+    # into the same folder while one runs removes the first's staging folder.
+    remove_stale_siblings(output)
+    staging = sibling(output, STAGING)
     staging.mkdir()
     try:
         yield staging
         if output.exists():
-            previous = _sibling(output, "old")
+            previous = sibling(output, PREVIOUS)
             os.rename(output, previous)
             os.rename(staging, output)
             shutil.rmtree(previous)
