@@ -417,6 +417,18 @@ def test_an_interrupted_export_s_leftovers_are_removed_by_the_next_one(baseline_
     assert len(removed) == 1 and all(folder.name in removed[0] for folder in leftovers), removed
 
 
+def test_exported_files_are_readable_as_the_umask_allows(baseline_folder, tmp_path):
+    # save_pretrained's safetensors writer makes 0600 files; a teammate must be able to load the export.
+    previous = os.umask(0o022)
+    try:
+        out = export(baseline_folder, tmp_path / "export")
+    finally:
+        os.umask(previous)
+    modes = {str(path.relative_to(out)): oct(path.stat().st_mode & 0o777) for path in sorted(out.rglob("*"))}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert modes == {name: "0o644" for name in modes}, modes
+
+
 def test_unreadable_run_arguments_are_errors_naming_the_file_and_field(baseline_folder, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(baseline_folder, run)

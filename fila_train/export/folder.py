@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..utils.files import give_files_open_mode
 from .errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     staging.mkdir()
     try:
         yield staging
+        give_files_open_mode(staging)  # readable by others as the umask allows, like files made by open()
         if output.exists():
             previous = sibling(output, PREVIOUS)
             os.rename(output, previous)

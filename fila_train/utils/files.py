@@ -31,6 +31,17 @@ def _create_temporary(path: Path) -> tuple[str, int]:
             os.close(handle)
 
 
+def give_files_open_mode(folder: Path) -> None:
+    """Every file under ``folder`` gets the mode open() gives a new file there (some writers, such as
+    safetensors' save_file behind save_pretrained, make theirs 0600). The mode is read off a probe
+    file: reading the umask itself means changing it, which other threads would see."""
+    probe, mode = _create_temporary(folder / "probe")
+    os.unlink(probe)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 def _replace_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary, mode = _create_temporary(path)
