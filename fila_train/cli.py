@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .utils.processes import die_with_launcher
+
 # Subcommand -> ("module:function", one-line help). Modules are imported only when their
 # command runs, so `fila-train generate` does not pay for DeepSpeed and friends.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fila-train: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    die_with_launcher()  # before the slow imports: a launcher killed meanwhile is noticed at once
     module_name, _, function = COMMANDS[command][0].partition(":")
     return getattr(importlib.import_module(module_name), function)(rest)
 

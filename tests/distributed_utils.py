@@ -163,18 +163,28 @@ class DistributedRun:
         return "".join(f.read_text() for f in sorted(self.log_dir.rglob(f"attempt_0/{rank}/std*.log")))
 
 
-def run_torchrun(train_args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 300) -> DistributedRun:
-    """``torchrun --nproc_per_node N -m fila_train.cli train ...`` on CPU (gloo), ranks logged apart."""
-    log_dir = output_dir.parent / f"{output_dir.name}_logs"
+def log_dir_of(output_dir: Path, attempt: str = "") -> Path:
+    return output_dir.parent / f"{output_dir.name}{attempt}_logs"
+
+
+def start_torchrun(train_args: list[str], output_dir: Path, nproc: int = 2, attempt: str = "") -> subprocess.Popen:
+    """``torchrun --nproc_per_node N -m fila_train.cli train ...`` on CPU (gloo), ranks logged apart, started
+    in its own process group (the launcher's: torchrun puts each worker in a session of its own)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
                                                    str(Path.home() / ".cache/fila_train/torch_extensions")))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), "--log-dir", str(log_dir), "--redirects", "3",
-               "-m", "fila_train.cli", "train", "--output_dir", str(output_dir), *train_args]
-    # Own session, so a hung run is killed with all its workers, not just the launcher.
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+               "--master_port", str(free_port()), "--log-dir", str(log_dir_of(output_dir, attempt)),
+               "--redirects", "3", "-m", "fila_train.cli", "train", "--output_dir", str(output_dir), *train_args]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def run_torchrun(train_args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 300,
+                 attempt: str = "") -> DistributedRun:
+    """A torchrun run to its end; an AssertionError with every rank's log if it fails."""
+    log_dir = log_dir_of(output_dir, attempt)
+    process = start_torchrun(train_args, output_dir, nproc, attempt)
     try:
         output, _ = process.communicate(timeout=timeout)
         returncode: int | str = process.returncode
@@ -216,6 +226,9 @@ def assert_loss_falls(summary: dict) -> None:
 
 
 # ---------------------------------------------------------------- the resume / crash-safety reference run
+
+RESUME_STEPS = 8  # 12 positions / (2 ranks x 2) = 3 steps per epoch: epochs 0, 1 and part of 2
+RESUME_SAVE_STEPS = 2
 
 
 def write_resume_mixture(assets: FilaAssets, folder: Path) -> Path:

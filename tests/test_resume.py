@@ -10,18 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from distributed_utils import resume_reference_args, run_torchrun, write_resume_mixture
-
-STEPS = 8  # 12 positions / (2 ranks x 2) = 3 steps per epoch: epochs 0, 1 and part of 2
-SAVE_STEPS = 2
-
-
-@pytest.fixture(scope="session")
-def uninterrupted(tiny_assets, tmp_path_factory):
-    """The reference run: saves every 2 steps, logs each rank's record ids."""
-    mixture = write_resume_mixture(tiny_assets, tmp_path_factory.mktemp("resume_data"))
-    args = resume_reference_args(tiny_assets, mixture, steps=STEPS, save_steps=SAVE_STEPS)
-    return args, run_torchrun(args, tmp_path_factory.mktemp("uninterrupted") / "run")
+from distributed_utils import RESUME_STEPS as STEPS
+from distributed_utils import run_torchrun
 
 
 def trained_ids(run, rank: int) -> list[str]:
@@ -39,6 +29,7 @@ def assert_resumed_exactly(full, resumed, checkpoint_step: int) -> None:
         assert trained_ids(resumed, rank) == trained_ids(full, rank)[checkpoint_step * 2:], rank
 
 
+# The 2-process reference run is conftest.py's `uninterrupted` fixture (shared with test_crash_safety.py).
 def test_the_reference_run_spans_epochs_with_a_replaced_record(uninterrupted):
     _, full = uninterrupted
     summary = full.summary()

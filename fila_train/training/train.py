@@ -21,6 +21,7 @@ from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import write_json_atomic
 from ..utils.logs import console_logging
 from .arguments import DataArguments, ModelArguments, TrainingArguments
+from .checkpoints import resolve_resume
 from .datasets import build_train_dataset, total_skip_counts
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
@@ -94,6 +95,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     configure_wandb(args.report_to, args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     # Seeded before the build: a new connector / CVFM / fuser gets the same initial weights on every

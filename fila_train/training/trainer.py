@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
 
 from ..bench.training_metrics import TrainingMetrics
-from ..utils.distributed import rank, world_size
 from ..data.sampler import ModalityLengthGroupedSampler
+from ..utils.distributed import barrier, rank, world_size
+from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
 from .connector_artifact import save_connector_artifact
 from .parts import optimizer_groups
 
@@ -43,6 +45,7 @@ class FilaTrainer(Trainer):
         # Model TFLOP/s, MFU and peak memory per logging step (docs/performance.md).
         self._step_metrics = TrainingMetrics(self.model, self.args)
         self._sample_log = None
+        self._staging: Path | None = None  # set while a checkpoint is being written
         self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
         if self.args.log_sample_ids:
             path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
@@ -112,12 +115,34 @@ class FilaTrainer(Trainer):
             self._last_log_time = now
         super().log(logs, start_time)
 
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is saved, the Trainer writes it under the staging folder (checkpoints.py).
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        # Next to every resumable checkpoint: the connector-side weights alone, usable as a
-        # stage-1 artifact without consolidating the DeepSpeed shards.
-        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-        save_connector_artifact(self.model, folder)
+        """Complete or absent: every rank writes under OUTPUT_DIR/.incomplete, then one process adds the
+        manifest and renames it to OUTPUT_DIR/checkpoint-N; older ones are rotated out only after that."""
+        run_dir = Path(self._get_output_dir(trial))
+        name = checkpoint_name(self.state.global_step)
+        staged = staging_root(run_dir) / name
+        if self.args.should_save:
+            clear_staging(staged)
+        barrier()  # nobody writes into a stale folder that is being removed
+        self._staging = staging_root(run_dir)
+        try:
+            super()._save_checkpoint(model, trial)
+            # The connector-side weights alone, usable as a stage-1 artifact without consolidating
+            # the DeepSpeed shards.
+            save_connector_artifact(self.model, staged)
+        finally:
+            self._staging = None
+        barrier()  # every rank's files are written
+        if self.args.should_save:
+            write_manifest(staged, self.state.global_step, world_size())
+            publish(staged, run_dir / name)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        barrier()
 
     @property
     def tokens_seen(self) -> int:

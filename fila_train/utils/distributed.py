@@ -18,6 +18,11 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def gathered(parameters: list, modifier_rank: int | None = None):
     """Full values of ZeRO-3 partitioned parameters inside the block (a no-op otherwise)."""
     partitioned = [p for p in parameters if hasattr(p, "ds_id")]

@@ -1,0 +1,48 @@
+"""Workers die with their launcher: none keeps training, or writing checkpoints, after it is killed."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5  # where prctl is unavailable: how often a worker looks for its launcher
+
+
+def started_by_launcher() -> bool:
+    # torchrun and DeepSpeed's launcher both set it for every worker they start.
+    return "LOCAL_RANK" in os.environ
+
+
+def die_with_launcher() -> None:
+    """Under a launcher, this process is killed (SIGKILL) the moment its parent dies, by any signal.
+
+    torchrun starts each worker in a session of its own, so killing the launcher's process group
+    (or the launcher alone, with SIGKILL) would otherwise leave the workers running. Call it first
+    thing: a launcher that died before this call is noticed by the parent check that follows."""
+    if not started_by_launcher():
+        return
+    launcher = os.getppid()
+    if not _parent_death_signal(signal.SIGKILL):
+        threading.Thread(target=_watch, args=(launcher,), name="launcher-watch", daemon=True).start()
+    if os.getppid() != launcher or launcher == 1:  # the launcher is already gone
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parent_death_signal(signum: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch(launcher: int) -> None:
+    while os.getppid() == launcher:
+        time.sleep(WATCH_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)
