@@ -309,3 +309,22 @@ def test_a_file_that_is_no_image_is_unreadable_from_its_header(tmp_path: Path) -
 def test_image_just_under_the_pixel_limit_loads(tmp_path: Path) -> None:
     Image.new("RGB", (100, 100)).save(tmp_path / "fits.png")
     assert load_rgb_image(tmp_path / "fits.png", max_pixels=100 * 100).size == (100, 100)
+
+
+TEXT_A, TEXT_D, IMAGE = record("text-a"), record("text-d"), record("image-c", images="ok.png")
+
+
+# The sampler's signed lengths: + image, - text-only, 0 unusable (grouped with the text-only side).
+@pytest.mark.parametrize("records,lengths,expected,kind", [
+    ([TEXT_A, record("r-missing", images="nowhere.png"), IMAGE, TEXT_D], [-5, 0, 9, -6], "text-d", "missing_image"),
+    ([IMAGE, record("r-trunc", images="truncated.png"), TEXT_A, IMAGE], [9, 9, -5, 8], "image-c", "unreadable_image"),
+], ids=["text_batch", "image_batch"])
+def test_a_replacement_keeps_the_modality_the_sampler_grouped_it_by(tmp_path: Path, image_root: Path, tokenizer,
+                                                                    records, lengths, expected, kind) -> None:
+    """With --group_by_modality_length image and text-only samples never share a batch: a bad record is
+    replaced by the next usable one of its side, not simply by the next record."""
+    dataset = dataset_for(tmp_path, image_root, tokenizer, [json.dumps(r) for r in records], "skip")
+    dataset.modality_lengths = np.array(lengths)
+    sample = dataset[1]
+    assert sample["id"] == expected and sample["skipped"] == [kind]
+    assert bool(sample["images"]) == (expected == "image-c")

@@ -8,6 +8,9 @@ uninterrupted reference.
 """
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from distributed_utils import RESUME_STEPS as STEPS
@@ -37,6 +40,11 @@ def test_the_reference_run_spans_epochs_with_a_replaced_record(uninterrupted):
     assert summary["skipped"]["missing_image"] >= 2  # the bad record is met once per epoch, on some rank
     epochs = [trained_ids(full, 0)[start:start + 6] + trained_ids(full, 1)[start:start + 6] for start in (0, 6)]
     assert epochs[0] != epochs[1]  # steps 1-3 and 4-6: each epoch has its own order
+    umask = os.umask(0)
+    os.umask(umask)
+    private = [str(p) for p in full.output_dir.rglob("*")
+               if p.is_file() and stat.S_IMODE(p.stat().st_mode) != 0o666 & ~umask]
+    assert not private, f"files not readable as the umask ({umask:03o}) allows: {private}"
     assert all(f"checkpoint-{s}" in [p.name for p in full.output_dir.iterdir()] for s in (2, 4, 6, 8))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -60,6 +61,9 @@ class ReplacesUnusableSamples(Dataset):
 
     def __init__(self) -> None:
         self.skip_counts: Counter[str] = Counter()
+        # Signed lengths (+ image, - text-only, 0 unusable) when batches are grouped by modality:
+        # a replacement is then drawn from the same side as the position it replaces.
+        self.modality_lengths: np.ndarray | None = None
 
     def build(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -77,8 +81,11 @@ class ReplacesUnusableSamples(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[str] = []
         for offset in range(len(self)):
+            position = (index + offset) % len(self)
+            if offset and not self._same_modality(index, position):
+                continue  # image and text-only samples never share a grouped batch, even after a skip
             try:
-                sample = self.build((index + offset) % len(self))
+                sample = self.build(position)
             except SampleError as error:
                 if self.options.on_bad_sample != "skip":
                     raise
@@ -98,6 +105,11 @@ class ReplacesUnusableSamples(Dataset):
                               f"{self.options.max_length}", "overlong")
         raise SampleError(f"no usable sample in {self.describe()}: every record was skipped "
                           f"({dict(self.skip_counts)})", "no_usable_sample")
+
+    def _same_modality(self, index: int, position: int) -> bool:
+        if self.modality_lengths is None:
+            return True
+        return bool(self.modality_lengths[index] > 0) == bool(self.modality_lengths[position] > 0)
 
     def describe(self) -> str:
         return type(self).__name__

@@ -18,7 +18,7 @@ from ..model.builder import build_model, load_tokenizer
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..utils.distributed import is_main_process, rank, world_size
-from ..utils.files import write_json_atomic
+from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .checkpoints import resolve_resume
@@ -151,6 +151,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
 
     trainer.save_model(args.output_dir)
     save_connector_artifact(trainer.model, args.output_dir)
+    if is_main_process():
+        give_files_open_mode(Path(args.output_dir))  # save_pretrained's safetensors shards come out 0600
     tokens_per_second = trainer.tokens_seen * world_size() / max(seconds, 1e-9)
     summary = run_summary(trainer.state.log_history, trainer.state.global_step, seconds, tokens_per_second)
     summary.update(output_dir=str(Path(args.output_dir).resolve()),

@@ -13,6 +13,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from ..bench.training_metrics import TrainingMetrics
 from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import barrier, rank, world_size
+from ..utils.files import give_files_open_mode
 from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
 from .connector_artifact import save_connector_artifact
 from .parts import optimizer_groups
@@ -138,6 +139,7 @@ class FilaTrainer(Trainer):
             self._staging = None
         barrier()  # every rank's files are written
         if self.args.should_save:
+            give_files_open_mode(staged)  # save_pretrained's safetensors shards come out 0600
             write_manifest(staged, self.state.global_step, world_size())
             publish(staged, run_dir / name)
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
