@@ -9,7 +9,7 @@ from .utils.processes import die_with_launcher
 # Subcommand -> ("module:function", one-line help). Modules are imported only when their
 # command runs, so `fila-train generate` does not pay for DeepSpeed and friends.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("fila_train.training.train:main", "run stage 1 or stage 2 training (HF TrainingArguments-style flags)"),
+    "train": ("fila_train.training.cli:main", "run stage 1 or stage 2 training (HF TrainingArguments-style flags)"),
     "data": ("fila_train.data.cli:main", "convert public datasets, inspect a mixture (data convert|inspect)"),
     "export": ("fila_train.export.cli:main", "write one merged, self-contained checkpoint folder"),
     "generate": ("fila_train.inference.cli:main", "answer a prompt about an image with a checkpoint"),

@@ -139,7 +139,7 @@ def test_pretrain_sh_trains_with_the_deepspeed_launcher(tiny_assets, tmp_path) -
 def test_dry_run_torchrun_multi_node() -> None:
     run = dry_run("scripts/finetune.sh", MULTI_NODE | {"MASTER_PORT": "29611"}, ("--seed", "3"))
     command = run.command()
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "fila_train.training.launch"]  # torchrun, one-line failures
     assert launcher_options(command) == {"--nnodes": "2", "--node_rank": "1", "--master_addr": "10.1.2.3",
                                          "--master_port": "29611", "--nproc_per_node": "2"}
     args = train_args(command)

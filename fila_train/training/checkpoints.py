@@ -13,12 +13,12 @@ import re
 import shutil
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
 from ..utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
+# transformers' PREFIX_CHECKPOINT_DIR; spelled out so the launcher's preflight needs no transformers import.
+PREFIX_CHECKPOINT_DIR = "checkpoint"
 STAGING_DIR = ".incomplete"  # where checkpoints are written before they are complete
 MANIFEST = "checkpoint_manifest.json"
 RESUME_LATEST = ("latest", "auto")  # "auto" starts from scratch when there is none yet

@@ -14,10 +14,10 @@ from safetensors import safe_open
 
 from ..utils.distributed import gathered, is_main_process
 from ..utils.files import write_safetensors_atomic
+from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_NAME = "connector.safetensors"
 ALIGNED_PARTS = ("connector", "cvfm", "fuser")
 
 
@@ -28,9 +28,8 @@ def _aligned_parameters(model) -> dict:
 
 def _signature(model) -> dict[str, str]:
     config = model.config
-    return {"vision_encoder": config.vision_encoder, "connector_type": config.connector_type,
-            "vision_hidden": str(config.vision_config.hidden_size),
-            "llm_hidden": str(config.text_config.hidden_size)}
+    return connector_signature(config.vision_encoder, config.connector_type, config.vision_config.hidden_size,
+                               config.text_config.hidden_size)
 
 
 def save_connector_artifact(model, directory: str | Path) -> Path | None:
@@ -41,7 +40,7 @@ def save_connector_artifact(model, directory: str | Path) -> Path | None:
         if is_main_process():
             # Keep the trained dtype: stage 2 must see bit-identical weights.
             tensors = {name: p.detach() for name, p in parameters.items()}
-            write_safetensors_atomic(path, tensors, metadata={"fila_signature": json.dumps(_signature(model))})
+            write_safetensors_atomic(path, tensors, metadata={SIGNATURE_KEY: json.dumps(_signature(model))})
             logger.info("wrote connector artifact %s (%d tensors)", path, len(tensors))
             return path
     return None
@@ -55,12 +54,10 @@ def load_connector_artifact(model, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"connector artifact not found: {path}")
     parameters = _aligned_parameters(model)
+    signature, expected = read_signature(path), _signature(model)
+    if signature != expected:
+        raise ValueError(f"{path} was trained for {signature}, but this model is {expected}")
     with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        signature = json.loads(metadata.get("fila_signature", "{}"))
-        expected = _signature(model)
-        if signature != expected:
-            raise ValueError(f"{path} was trained for {signature}, but this model is {expected}")
         keys = set(handle.keys())
         missing, unexpected = sorted(set(parameters) - keys), sorted(keys - set(parameters))
         if missing or unexpected:

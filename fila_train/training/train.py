@@ -41,8 +41,14 @@ def write_run_args(model_args: ModelArguments, data_args: DataArguments, args: T
     write_json_atomic(Path(args.output_dir) / RUN_ARGS_FILE, record)
 
 
+class OneLineArgumentParser(HfArgumentParser):
+    def error(self, message: str):
+        # argparse prints the usage of all ~200 training flags before its one useful line.
+        raise ValueError(message)
+
+
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = OneLineArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -11,9 +11,10 @@ import stat
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # imported where used: the launcher's preflight writes nothing and must start fast
+    import torch
 
 
 def _create_temporary(path: Path) -> tuple[str, int]:
@@ -74,5 +75,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[object]) -> None:
 
 def write_safetensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor],
                              metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _replace_atomically(Path(path), lambda temporary: save_file(contiguous, temporary, metadata=metadata))

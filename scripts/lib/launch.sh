@@ -119,6 +119,12 @@ fi
 if [ -z "$HOSTFILE" ]; then MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}; fi
 MASTER_ADDR=${MASTER_ADDR:-}  # empty with a HOSTFILE: DeepSpeed asks the first host
 
+# ---- the run's own flags (names, paths, DeepSpeed config, stage-1 connector, checkpoint), in about a
+# second and before any slow import or model load; a dry run only previews the command
+if [ "$DRY_RUN" != 1 ]; then
+  $PYTHON -m fila_train.training.preflight "${TRAIN_ARGS[@]}" "$@" || exit $?
+fi
+
 # ---- device, precision and backend, as DeepSpeed will see them on this node
 PROBE=$($PYTHON -c "import torch
 from deepspeed.accelerator import get_accelerator
@@ -173,7 +179,8 @@ case "$LAUNCHER" in
     # fila-train takes its command first: the rank travels as LOCAL_RANK, not as --local_rank.
     LAUNCH+=(--no_local_rank --module) ;;
   torchrun)
-    LAUNCH=($PYTHON -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK"
+    # torchrun, reporting a failed worker in one line (fila_train/training/launch.py)
+    LAUNCH=($PYTHON -m fila_train.training.launch --nnodes "$NNODES" --node_rank "$NODE_RANK"
             --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --nproc_per_node "$GPUS_PER_NODE" -m) ;;
 esac
 COMMAND=("${LAUNCH[@]}" fila_train.cli train

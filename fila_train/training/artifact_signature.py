@@ -1,0 +1,25 @@
+"""What a stage-1 connector artifact was trained for, as stored in its safetensors header.
+
+Kept free of torch so the launcher's preflight can compare it with the model's config files
+before any weights (or heavy imports) are loaded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+ARTIFACT_NAME = "connector.safetensors"
+SIGNATURE_KEY = "fila_signature"
+
+
+def connector_signature(vision_encoder: str, connector_type: str, vision_hidden: int, llm_hidden: int) -> dict[str, str]:
+    return {"vision_encoder": vision_encoder, "connector_type": connector_type,
+            "vision_hidden": str(vision_hidden), "llm_hidden": str(llm_hidden)}
+
+
+def read_signature(path: str | Path) -> dict[str, str]:
+    """The signature in the file's header (empty when it has none); tensors are not read."""
+    with safe_open(str(path), framework="numpy") as handle:
+        return json.loads((handle.metadata() or {}).get(SIGNATURE_KEY, "{}"))

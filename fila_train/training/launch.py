@@ -1,0 +1,50 @@
+"""torchrun for the launcher scripts, minus the wall it prints when a worker fails.
+
+Each worker prints its own one-line error (utils/errors.py) and exits with code 2. torchrun would
+then add the ChildFailedError traceback and failure table; here the launcher exits with the
+worker's code and adds one line only when no worker reported anything (a worker killed by a signal,
+say). Everything else is torchrun's own: same flags, same behaviour.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from ..utils.errors import REPORTED_EXIT_CODE
+
+
+def describe(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if "LOGLEVEL" not in os.environ:  # torchrun's own switch for its logs: left to the user when set
+        # When a worker fails, this logger adds "Sending process N closing signal SIGTERM" and "failed
+        # (exitcode: 2) local_rank: 0 ..." after the worker's own line; a silent failure gets ours below.
+        logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+
+    try:
+        run(parse_args(sys.argv[1:] if argv is None else argv))
+    except ChildFailedError as error:
+        codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
+        if REPORTED_EXIT_CODE in codes.values():
+            return REPORTED_EXIT_CODE
+        rank, failure = error.get_first_failure()
+        print(f"[fila-train] error: rank {rank} {describe(failure.exitcode)} (no error of its own was "
+              f"reported; its output is above)", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""One line per error, from the process that has something to say: never a traceback from every rank.
+
+A configuration error is the same on every rank, so only rank 0 prints it; a bad record is met by one
+rank, which prints it; a rank that only stopped because a peer failed (a torch.distributed error)
+prints nothing. The full traceback goes to a file named in the line (or to the terminal with
+FILA_TRAIN_DEBUG=1). The exit code is 2 for a reported error: the launcher then adds nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DEBUG_ENV = "FILA_TRAIN_DEBUG"
+REPORTED_EXIT_CODE = 2  # the error is on the terminal already
+# Errors a user can cause (bad flags, files, records): their message is the whole story.
+USER_ERRORS = (ValueError, OSError, KeyError)
+
+
+class ReportedExit(SystemExit):
+    """Raised once the error has been printed (and its traceback stored)."""
+
+
+def process_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """A collective that failed because another rank stopped (gloo/NCCL report it as Dist*Error)."""
+    return any(cls.__module__.startswith("torch.distributed") for cls in type(error).__mro__[:-2]) or \
+        "Connection closed by peer" in str(error)
+
+
+def is_record_error(error: BaseException) -> bool:
+    """Met by the one rank that read the record (data.dataset.SampleError and friends carry a skip kind)."""
+    return hasattr(error, "kind")
+
+
+def should_print(error: BaseException, rank: int) -> bool:
+    if is_peer_failure(error):
+        return False
+    return rank == 0 or is_record_error(error)
+
+
+# How torch's DataLoader re-raises an error from a worker process: the worker's traceback is the message.
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def message_of(error: BaseException) -> str:
+    text = str(error)
+    if WORKER_TRACEBACK in text:  # the original message is the traceback's last line, after "module.Class: "
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(error).__module__) and ": " in last else last
+    return text
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(message_of(error).split()) or type(error).__name__
+    return text if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {text}"
+
+
+def store_traceback(error: BaseException, folder: str | Path | None, rank: int) -> Path:
+    folder = Path(folder) if folder else Path(tempfile.gettempdir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"error-rank{rank}.txt"
+        path.write_text("".join(traceback.format_exception(error)))
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"fila-train-error-rank{rank}-{os.getpid()}.txt"
+        path.write_text("".join(traceback.format_exception(error)))
+    return path
+
+
+@contextmanager
+def one_line_errors(command: str, log_folder: str | Path | None = None) -> Iterator[None]:
+    """Turn any exception of the block into one line on stderr (see the module doc) and ReportedExit(2)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+            raise
+        rank = process_rank()
+        stored = store_traceback(error, log_folder, rank)
+        if should_print(error, rank):
+            where = f" [rank {rank}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+            detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored}; {DEBUG_ENV}=1 prints it)"
+            print(f"{command}{where}: error: {one_line(error)}{detail}", file=sys.stderr, flush=True)
+        raise ReportedExit(REPORTED_EXIT_CODE) from None

@@ -1,0 +1,150 @@
+"""Anything a user can get wrong stops the run with one line, before weights load: names and the valid
+choices, every path, the DeepSpeed config, the stage-1 connector's header, the checkpoint to resume;
+errors met later (a bad record mid-run) are one line from the rank that met it, not a wall."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from distributed_utils import REPO, build_tiny_model, free_port
+from fila_train.demo.tiny_models import as_cli
+from fila_train.training.preflight import CONNECTORS, VISION_ENCODERS, PreflightError, preflight
+
+
+def test_the_names_checked_early_are_the_registered_ones():
+    from fila_train.model.connector import CONNECTORS as registered_connectors
+    from fila_train.model.vision import VISION_ENCODERS as registered_encoders
+
+    assert sorted(VISION_ENCODERS) == registered_encoders.names()
+    assert sorted(CONNECTORS) == registered_connectors.names()
+
+
+@pytest.fixture(scope="module")
+def fila_artifact(tiny_assets, tmp_path_factory):
+    """A real stage-1 artifact of a tiny FILA model, and that model's flags."""
+    from distributed_utils import TINY
+    from fila_train.training.connector_artifact import save_connector_artifact
+
+    folder = tmp_path_factory.mktemp("stage1")
+    save_connector_artifact(build_tiny_model(tiny_assets, hybrid=True, fuser=False), folder)
+    return folder / "connector.safetensors", {"vision_encoder": "fila_hybrid", **TINY.hybrid_flags(tiny_assets.convnext)}
+
+
+def good_flags(assets, tmp_path) -> dict[str, str]:
+    return {"model_name_or_path": str(assets.llm), "vision_tower": str(assets.clip),
+            "data_path": str(assets.stage2_data), "image_folder": str(assets.image_folder),
+            "conversation_template": "vicuna_v1", "deepspeed": str(REPO / "zero_configs/zero3.json"),
+            "output_dir": str(tmp_path / "out")}
+
+
+def cases(assets, tmp_path, artifact):
+    """name -> (flags changed from good_flags, fragments of the one-line error)."""
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "mixture.yaml").write_text(f"sources:\n  - name: docs\n    annotations: {tmp_path}/nowhere.jsonl\n")
+    return {
+        "template": ({"conversation_template": "vicuna"}, ["--conversation_template 'vicuna' is not one of",
+                                                           "chatml, llama3, plain, vicuna_v1"]),
+        "encoder": ({"vision_encoder": "fila"}, ["--vision_encoder 'fila' is not one of: clip, fila_hybrid"]),
+        "connector": ({"connector_type": "mlp"}, ["--connector_type 'mlp' is not one of", "mlp2x_gelu"]),
+        "model": ({"model_name_or_path": str(tmp_path / "no_llm")}, ["--model_name_or_path", "no_llm: no such folder"]),
+        "hub_offline": ({"model_name_or_path": "lmsys/vicuna-7b-v1.5"}, ["HF_HUB_OFFLINE is set"]),
+        "tower": ({"vision_tower": str(tmp_path)}, ["--vision_tower", "has no config.json"]),
+        "data": ({"data_path": str(tmp_path / "nowhere.jsonl")}, ["--data_path", "nowhere.jsonl: no such file"]),
+        "images": ({"image_folder": str(tmp_path / "no_images")}, ["--image_folder", "no_images: no such folder"]),
+        "mixture": ({"data_path": str(tmp_path / "mixture.yaml"), "image_folder": None},
+                    ["source 'docs': annotation file", "nowhere.jsonl not found"]),
+        "deepspeed_missing": ({"deepspeed": "zero_configs/zero4.json"}, ["--deepspeed zero_configs/zero4.json: no such file"]),
+        "deepspeed_json": ({"deepspeed": str(tmp_path / "broken.json")}, ["broken.json: not valid JSON"]),
+        "connector_missing": ({"pretrained_connector": str(tmp_path / "c.safetensors")}, ["c.safetensors: no such file"]),
+        "connector_header": ({"pretrained_connector": str(tmp_path / "broken.json")}, ["not a readable safetensors file"]),
+        "connector_mismatch": ({"pretrained_connector": str(artifact)},
+                               ["was trained for a different model: vision_encoder fila_hybrid (this run: clip)"]),
+        "resume_missing": ({"resume_from_checkpoint": str(tmp_path / "checkpoint-9")},
+                           ["checkpoint-9 is incomplete: missing the folder itself"]),
+        "resume_latest": ({"resume_from_checkpoint": "latest"}, ["latest: no complete checkpoint in"]),
+    }
+
+
+CASES = ["template", "encoder", "connector", "model", "hub_offline", "tower", "data", "images", "mixture",
+         "deepspeed_missing", "deepspeed_json", "connector_missing", "connector_header", "connector_mismatch",
+         "resume_missing", "resume_latest"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_misconfiguration_is_named_before_anything_loads(case, tiny_assets, fila_artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    changes, fragments = cases(tiny_assets, tmp_path, fila_artifact[0])[case]
+    flags = {k: v for k, v in (good_flags(tiny_assets, tmp_path) | changes).items() if v is not None}
+    with pytest.raises(PreflightError) as error:
+        preflight(as_cli(flags))
+    for fragment in fragments:
+        assert fragment in str(error.value), (fragment, str(error.value))
+
+
+def test_good_flags_pass_and_the_matching_connector_is_accepted(tiny_assets, fila_artifact, tmp_path):
+    preflight(as_cli(good_flags(tiny_assets, tmp_path)))
+    artifact, hybrid = fila_artifact
+    preflight(as_cli(good_flags(tiny_assets, tmp_path) | hybrid | {"pretrained_connector": str(artifact)}))
+    preflight(as_cli(good_flags(tiny_assets, tmp_path) | hybrid | {"pretrained_connector": str(artifact.parent)}))
+
+
+def fila_train(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fila_train.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+def test_fila_train_train_prints_one_line_without_importing_torch(tiny_assets, tmp_path):
+    """The preflight runs before torch, transformers or DeepSpeed are imported (they take ~20 s here)."""
+    flags = good_flags(tiny_assets, tmp_path) | {"conversation_template": "vicuna"}
+    code = ("import sys; from fila_train.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, "train", *as_cli(flags)], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert run.stdout.strip() == "exit 2 False False", run.stdout + run.stderr
+    assert run.stderr.splitlines() == ["fila-train train: error: --conversation_template 'vicuna' is not one of: "
+                                       "chatml, llama3, plain, vicuna_v1"]
+
+
+def test_a_flag_error_after_the_preflight_is_one_line_too(tiny_assets, tmp_path):
+    """Flags only the full parser knows: argparse's usage of ~200 flags and HF's traceback are not printed."""
+    for extra, fragment in ((["--tune_parts", "connector,lm"], "--tune_parts: unknown part(s) ['lm']"),
+                            (["--learning_rte", "1e-3"], "--learning_rte"),
+                            (["--max_steps", "many"], "invalid int value: 'many'")):
+        run = fila_train("train", *as_cli(good_flags(tiny_assets, tmp_path)), *extra)
+        assert run.returncode == 2, run.stderr[-3000:]
+        lines = [line for line in run.stderr.splitlines() if "error:" in line.lower()]
+        assert len(lines) == 1 and lines[0].startswith("fila-train train: error: ") and fragment in lines[0], run.stderr
+        assert "Traceback" not in run.stderr and "usage:" not in run.stderr
+
+
+def test_a_bad_record_mid_run_is_one_line_from_the_rank_that_met_it(tiny_assets, tmp_path):
+    """Through scripts/finetune.sh on 2 processes (dataloader workers on): the record error is one line
+    naming file:line, record id and field; no traceback from any rank, no ChildFailedError wall."""
+    records = [json.loads(line) for line in tiny_assets.stage2_data.read_text().splitlines()][:8]
+    records[3] = dict(records[3], id="r-bad", image="missing/picture.png", conversations=records[3]["conversations"])
+    if "<image>" not in records[3]["conversations"][0]["value"]:
+        records[3]["conversations"][0]["value"] = "<image>\n" + records[3]["conversations"][0]["value"]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    from fila_train.training.connector_artifact import save_connector_artifact
+
+    artifact = save_connector_artifact(build_tiny_model(tiny_assets, hybrid=False, fuser=False), tmp_path / "stage1")
+    env = {"MODEL": str(tiny_assets.llm), "VISION_TOWER": str(tiny_assets.clip), "VISION_ENCODER": "clip",
+           "DATA_PATH": str(data), "IMAGE_FOLDER": str(tiny_assets.image_folder), "PRETRAINED_CONNECTOR": str(artifact),
+           "OUTPUT_DIR": str(tmp_path / "out"), "GLOBAL_BATCH_SIZE": "4", "PER_DEVICE_BATCH_SIZE": "2",
+           "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "MAX_STEPS": "4", "MAX_LENGTH": "512",
+           "REPORT_TO": "none", "DATALOADER_WORKERS": "1", "GRADIENT_CHECKPOINTING": "False",
+           "GROUP_BY_MODALITY": "False", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(["bash", "scripts/finetune.sh", "--save_strategy", "no"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ, "PYTHON": sys.executable,
+                                                       "HF_HUB_OFFLINE": "1", **env})
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output[-5000:]
+    errors = [line for line in output.splitlines() if "error:" in line.lower()]
+    assert len(errors) == 1, errors
+    assert f"{data}:4 (id 'r-bad'): field 'image': image file not found" in errors[0], errors
+    assert "Traceback" not in output and "ChildFailedError" not in output, output[-5000:]
