@@ -225,6 +225,15 @@ def assert_loss_falls(summary: dict) -> None:
     assert sum(losses[half:]) / (len(losses) - half) < sum(losses[:half]) / half, losses
 
 
+def first_records(source: Path, folder: Path, count: int = 8) -> Path:
+    """The first ``count`` records of ``source``: with 2 ranks x 2 samples, 8 records make 2 steps an
+    epoch, so a resume test's checkpoint at step 3 lies inside the second epoch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{source.stem}_first{count}.jsonl"
+    path.write_text("".join(line + "\n" for line in source.read_text().splitlines()[:count]))
+    return path
+
+
 # ---------------------------------------------------------------- the resume / crash-safety reference run
 
 RESUME_STEPS = 8  # 12 positions / (2 ranks x 2) = 3 steps per epoch: epochs 0, 1 and part of 2

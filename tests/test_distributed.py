@@ -1,14 +1,18 @@
-"""2-process DeepSpeed runs on CPU (gloo): stage 1 -> artifact -> stage 2, ZeRO-2/3, resume."""
+"""2-process DeepSpeed runs on CPU (gloo): stage 1 -> artifact -> stage 2, ZeRO-2/3, resume.
+
+The runs read 8 records, 2 steps an epoch: the checkpoint at step 3 lies in the second epoch, where a
+resumed run must reshuffle as the uninterrupted one did (the default, ungrouped sampler here)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_utils import run_torchrun
+from distributed_utils import first_records, run_torchrun
 
 STEPS = 6
 CHECKPOINT_STEP = 3
+STEPS_PER_EPOCH = 2  # 8 records / (2 ranks x 2)
 
 
 def common_args(assets, zero: int) -> list[str]:
@@ -20,30 +24,45 @@ def common_args(assets, zero: int) -> list[str]:
             "--model_max_length", "512"]
 
 
-def stage2_args(assets, zero: int, connector: str) -> list[str]:
+def stage2_args(assets, zero: int, connector: str, data: str) -> list[str]:
     return common_args(assets, zero) + [
-        "--data_path", str(assets.stage2_data), "--conversation_template", "vicuna_v1",
+        "--data_path", data, "--conversation_template", "vicuna_v1",
         "--pretrained_connector", connector, "--tune_parts", "connector,llm",
         "--learning_rate", "1e-2", "--connector_lr", "1e-2"]
 
 
 @pytest.fixture(scope="module")
 def stage1(tiny_assets, tmp_path_factory):
-    output = tmp_path_factory.mktemp("stage1") / "run"
+    folder = tmp_path_factory.mktemp("stage1")
     args = common_args(tiny_assets, 2) + [
-        "--data_path", str(tiny_assets.stage1_data), "--conversation_template", "plain",
+        "--data_path", str(first_records(tiny_assets.stage1_data, folder)), "--conversation_template", "plain",
         "--tune_parts", "connector", "--learning_rate", "1e-2"]
-    return run_torchrun(args, output)
+    return args, run_torchrun(args, folder / "run")
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
 def stage2(request, tiny_assets, stage1, tmp_path_factory):
-    output = tmp_path_factory.mktemp(f"stage2_zero{request.param}") / "run"
-    args = stage2_args(tiny_assets, request.param, str(stage1.output_dir / "connector.safetensors"))
-    return request.param, args, run_torchrun(args, output)
+    folder = tmp_path_factory.mktemp(f"stage2_zero{request.param}")
+    args = stage2_args(tiny_assets, request.param, str(stage1[1].output_dir / "connector.safetensors"),
+                       str(first_records(tiny_assets.stage2_data, folder)))
+    return request.param, args, run_torchrun(args, folder / "run")
+
+
+def assert_resumed_exactly(full, resumed) -> None:
+    """The losses after the checkpoint equal the uninterrupted run's, and the data position is restored:
+    the resumed run trains on the records the full run trained on after the checkpoint."""
+    expected = full.summary()["losses"][CHECKPOINT_STEP:]
+    got = resumed.summary()["losses"][CHECKPOINT_STEP:]
+    assert len(got) == STEPS - CHECKPOINT_STEP
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    for rank in (0, 1):
+        full_ids = (full.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split()
+        resumed_ids = (resumed.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split()
+        assert resumed_ids == full_ids[CHECKPOINT_STEP * 2:], rank
 
 
 def test_stage1_trains_only_the_connector_and_writes_the_artifact(stage1):
+    _, stage1 = stage1
     summary = stage1.summary()
     assert summary["steps"] == STEPS and summary["tune_parts"] == ["connector"]
     assert summary["loss_last"] < summary["loss_first"]
@@ -54,6 +73,7 @@ def test_stage1_trains_only_the_connector_and_writes_the_artifact(stage1):
 
 
 def test_stage1_artifact_loads_bit_exact_into_stage2_model(stage1, tiny_assets):
+    _, stage1 = stage1
     from fila_train.model import FilaForConditionalGeneration
     from fila_train.model.builder import build_model
     from fila_train.training.connector_artifact import load_connector_artifact
@@ -78,7 +98,11 @@ def test_stage2_loss_falls_and_ranks_see_different_samples(stage2):
     assert summary["loss_last"] < 0.9 * summary["loss_first"], summary["losses"]
     ids = [(run.output_dir / "sample_ids" / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert len(ids[0]) == len(ids[1]) == STEPS * 2
-    assert not set(ids[0]) & set(ids[1]), "both ranks trained on the same records"
+    per_epoch = STEPS_PER_EPOCH * 2
+    epochs = [[ids[r][start:start + per_epoch] for r in (0, 1)] for start in range(0, STEPS * 2, per_epoch)]
+    for first, second in epochs:
+        assert not set(first) & set(second), "both ranks trained on the same records in one epoch"
+    assert epochs[0] != epochs[1], "the second epoch repeated the first one's order"
     assert "loaded connector artifact" in run.rank_log(0)
 
 
@@ -92,16 +116,16 @@ def test_only_rank0_writes(stage2):
     assert (run.output_dir / "model.safetensors").is_file() or (run.output_dir / "model.safetensors.index.json").is_file()
 
 
-def test_resume_reproduces_the_uninterrupted_losses(stage2, tmp_path):
+def test_resume_in_the_second_epoch_reproduces_the_uninterrupted_run(stage2, tmp_path):
     zero, args, full = stage2
     checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
-    resumed = run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)], tmp_path / "resumed")
-    expected = full.summary()["losses"][CHECKPOINT_STEP:CHECKPOINT_STEP + 3]
-    got = resumed.summary()["losses"][CHECKPOINT_STEP:CHECKPOINT_STEP + 3]
-    assert len(got) == 3
-    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    # The data position is restored too: the resumed run trains on the records the full run
-    # trained on after the checkpoint, not on the epoch's first batches again.
-    full_ids = (full.output_dir / "sample_ids" / "rank0.txt").read_text().split()
-    resumed_ids = (resumed.output_dir / "sample_ids" / "rank0.txt").read_text().split()
-    assert resumed_ids == full_ids[CHECKPOINT_STEP * 2:]
+    assert_resumed_exactly(full, run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)],
+                                              tmp_path / "resumed"))
+
+
+def test_stage1_resume_in_the_second_epoch_reproduces_the_uninterrupted_run(stage1, tmp_path):
+    """Stage 1 (the connector alone trains; ZeRO-2)."""
+    args, full = stage1
+    checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
+    assert_resumed_exactly(full, run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)],
+                                              tmp_path / "resumed"))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from distributed_utils import (  # noqa: F401  (assets is a fixture)
     assets,
+    first_records,
     build_tiny_model,
     run_torchrun,
     tiny_batch,
@@ -169,9 +170,11 @@ def test_merged_model_matches_and_loads_as_a_plain_fila_model(trained, tmp_path)
 
 
 def test_lora_resume_under_zero3_reproduces_the_uninterrupted_losses(assets, tmp_path):
+    # 8 records, 2 steps an epoch: the checkpoint lies in the second epoch.
     args = train_args(assets, hybrid=False, fuser=False, stage=2, zero=3, steps=STEPS) + [
         "--lora_r", "4", "--learning_rate", "2e-2", "--connector_lr", "2e-3", "--report_to", "none",
-        "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_STEP)]
+        "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_STEP),
+        "--data_path", str(first_records(assets.stage2_data, tmp_path / "data"))]
     full = run_torchrun(args, tmp_path / "full")
     log = full.rank_log(0)
     assert re.search(r"llm \(lora\)\s+[\d,]+\s+[\d,]+\s+100\.0%", log), log[-2000:]
