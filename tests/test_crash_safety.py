@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed_utils import DistributedRun, run_torchrun, start_torchrun
+from distributed_utils import run_torchrun, start_torchrun
 from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, missing_parts, newest_complete,
                                              publish, resolve_resume, write_manifest)
 from distributed_utils import RESUME_STEPS as STEPS
@@ -73,44 +73,42 @@ def assert_resumed_exactly_after_kill(full: DistributedRun, resumed: Distributed
         assert tail == trained_ids(full, rank)[step * 2:], rank
 
 
-def killed_run(uninterrupted, tmp_path: Path, ready: Callable[[Path], bool]) -> tuple[list[str], Path]:
-    """The reference run's arguments (keeping at most one checkpoint, which must never be deleted before the
-    next one is complete), started and killed with its launcher at the moment ``ready`` says."""
-    args = uninterrupted[0] + ["--save_total_limit", "1"]
-    output = tmp_path / "run"
-    process = start_torchrun(args, output, attempt="_killed")
-    kill_launcher_when(process, lambda: ready(output))
+def kill_at(args: list[str], output: Path, attempt: str, ready: Callable[[Path], bool]) -> None:
+    """One attempt of the run, killed with its launcher at the moment ``ready`` says."""
+    kill_launcher_when(start_torchrun(args, output, attempt=attempt), lambda: ready(output))
     assert_no_orphans(output)
-    return args, output
 
 
-def resume_latest(args: list[str], output: Path) -> DistributedRun:
-    return run_torchrun(args + ["--resume_from_checkpoint", "latest"], output, attempt="_resumed")
+def test_killed_between_saves_and_during_a_save_then_resumed_latest_reproduces_the_run(uninterrupted, tmp_path):
+    """One run, killed twice with its launcher's process group (kill -9), resumed with `latest` each time,
+    keeping at most one checkpoint (which must never go before the next is complete):
+    1. right after checkpoint-2 is complete (epoch 0);
+    2. resumed from it, while checkpoint-6 is being written: no checkpoint-6 appears, checkpoint-4 (mid
+       epoch 1, where the grouped order must be epoch 1's) is kept;
+    3. resumed from checkpoint-4 to the end: the losses and records equal the uninterrupted run's."""
+    args, full = uninterrupted[0] + ["--save_total_limit", "1", "--resume_from_checkpoint", "auto"], uninterrupted[1]
+    output = tmp_path / "run"
+    kill_at(args, output, "_attempt1", lambda out: (out / "checkpoint-2").exists())
+    kill_at(args, output, "_attempt2", lambda out: (out / STAGING_DIR / "checkpoint-6").exists())
+    assert not (output / "checkpoint-6").exists() and not (output / "checkpoint-2").exists()
+    assert missing_parts(output / "checkpoint-4") == []
+    assert missing_parts(output / STAGING_DIR / "checkpoint-6") == [f"{MANIFEST} (its save did not finish)"]
+    with pytest.raises(CheckpointError, match=f"checkpoint-6 is incomplete: missing {MANIFEST}.*"
+                                              f"the newest complete checkpoint there is {output / 'checkpoint-4'}"):
+        resolve_resume(str(output / STAGING_DIR / "checkpoint-6"), output)
 
-
-def test_kill_during_a_save_then_resume_latest(uninterrupted, tmp_path):
-    """Killed while checkpoint-4 is being written: no checkpoint-4 appears, checkpoint-2 is kept (with
-    save_total_limit 1), and `latest` takes checkpoint-2, saying it skipped the unfinished one."""
-    args, output = killed_run(uninterrupted, tmp_path, lambda out: (out / STAGING_DIR / "checkpoint-4").exists())
-    assert not (output / "checkpoint-4").exists() and missing_parts(output / "checkpoint-2") == []
-    assert missing_parts(output / STAGING_DIR / "checkpoint-4") == [f"{MANIFEST} (its save did not finish)"]
-    with pytest.raises(CheckpointError, match=f"checkpoint-4 is incomplete: missing {MANIFEST}.*"
-                                              f"the newest complete checkpoint there is {output / 'checkpoint-2'}"):
-        resolve_resume(str(output / STAGING_DIR / "checkpoint-4"), output)
-    resumed = resume_latest(args, output)
+    resumed = run_torchrun(args, output, attempt="_attempt3")
     log = resumed.rank_log(0)
-    assert f"resuming from {output / 'checkpoint-2'}, the newest complete checkpoint" in log, log[-3000:]
-    assert f"skipped incomplete checkpoint(s): {output / STAGING_DIR / 'checkpoint-4'} (missing {MANIFEST}" in log
-    assert_resumed_exactly_after_kill(uninterrupted[1], resumed, 2)
-
-
-def test_kill_between_saves_then_resume_latest(uninterrupted, tmp_path):
-    """Killed right after checkpoint-6 (the end of epoch 1) is complete: `latest` resumes at an epoch boundary."""
-    args, output = killed_run(uninterrupted, tmp_path, lambda out: (out / "checkpoint-6").exists())
-    assert not (output / "checkpoint-4").exists()  # rotated out by save_total_limit 1 once 6 was complete
-    resumed = resume_latest(args, output)
-    assert f"resuming from {output / 'checkpoint-6'}" in resumed.rank_log(0)
-    assert_resumed_exactly_after_kill(uninterrupted[1], resumed, 6)
+    assert f"resuming from {output / 'checkpoint-4'}, the newest complete checkpoint" in log, log[-3000:]
+    assert f"skipped incomplete checkpoint(s): {output / STAGING_DIR / 'checkpoint-6'} (missing {MANIFEST}" in log
+    step = 4
+    expected, got = full.summary()["losses"][step:], resumed.summary()["losses"][step:]
+    assert len(got) == STEPS - step and got == pytest.approx(expected, rel=1e-5, abs=1e-6), (got, expected)
+    for rank in (0, 1):  # the killed attempts logged their records first: the last attempt's end the file
+        tail = trained_ids(resumed, rank)[-(STEPS - step) * 2:]
+        assert tail == trained_ids(full, rank)[step * 2:], rank
+    second = (output.parent / "run_attempt2_logs").rglob("attempt_0/0/std*.log")
+    assert any(f"resuming from {output / 'checkpoint-2'}" in p.read_text() for p in second)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,11 +146,38 @@ def test_latest_takes_the_newest_complete_checkpoint_and_names_the_rest(tmp_path
     assert f"{tmp_path / 'checkpoint-12'} (missing {MANIFEST}" in caplog.text
     with pytest.raises(CheckpointError, match=f"the newest complete checkpoint there is {tmp_path / 'checkpoint-10'}"):
         resolve_resume(str(tmp_path / STAGING_DIR / "checkpoint-14"), tmp_path)
+    with pytest.raises(CheckpointError, match="is a run folder, not a checkpoint"):
+        resolve_resume(str(tmp_path), tmp_path)
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / STAGING_DIR / "checkpoint-2").mkdir(parents=True)  # the first save was killed
     with pytest.raises(CheckpointError, match="no complete checkpoint in"):
         resolve_resume("latest", empty)
-    assert resolve_resume("auto", empty) is None  # a first run of a requeued job starts from scratch
+    assert resolve_resume("auto", empty) is None  # a requeued job that never saved starts from scratch
+    (empty / "checkpoint-4").mkdir()  # but one whose checkpoints are all broken does not start over
+    with pytest.raises(CheckpointError, match="no complete checkpoint in .*incomplete: .*checkpoint-4"):
+        resolve_resume("auto", empty)
+
+
+def test_checkpoints_written_before_manifests_still_resume(tmp_path):
+    """A checkpoint-N under its final name with its trainer state (written last) but no manifest comes
+    from an older fila_train or plain transformers; one without the state was cut short."""
+    legacy = checkpoint(tmp_path / "checkpoint-6", {"trainer_state.json": b"{}", "global_step6/a.pt": b"1"},
+                        manifest=False)
+    checkpoint(tmp_path / "checkpoint-8", {"global_step8/a.pt": b"1"}, manifest=False)
+    assert resolve_resume(str(legacy), tmp_path) == str(legacy)
+    assert resolve_resume("latest", tmp_path) == str(legacy)
+    (tmp_path / STAGING_DIR).mkdir()
+    staged = checkpoint(tmp_path / STAGING_DIR / "checkpoint-10", {"trainer_state.json": b"{}"}, manifest=False)
+    assert missing_parts(staged) == [f"{MANIFEST} (its save did not finish)"]  # staged: never complete
+
+
+def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):
+    """Resumed from checkpoint-2 while checkpoint-6 of the abandoned attempt exists, the run publishes a
+    new checkpoint-4: a requeue with `latest` continues this attempt, not the abandoned one."""
+    checkpoint(tmp_path / "checkpoint-6", {"a": b"1"})
+    time.sleep(0.01)
+    newer = checkpoint(tmp_path / "checkpoint-4", {"a": b"1"})
+    assert resolve_resume("latest", tmp_path) == str(newer)
 
 
 def test_publishing_replaces_an_earlier_checkpoint_of_the_same_step_whole(tmp_path):

@@ -85,6 +85,29 @@ def test_each_misconfiguration_is_named_before_anything_loads(case, tiny_assets,
         assert fragment in str(error.value), (fragment, str(error.value))
 
 
+def test_a_hub_model_in_the_offline_cache_is_accepted(tiny_assets, tmp_path):
+    """Compute nodes run with HF_HUB_OFFLINE=1 and a filled hub cache (its real layout, made here)."""
+    snapshot = tmp_path / "hub" / "models--lmsys--vicuna-7b-v1.5" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text((tiny_assets.llm / "config.json").read_text())
+    (tmp_path / "hub" / "models--lmsys--vicuna-7b-v1.5" / "refs").mkdir()
+    (tmp_path / "hub" / "models--lmsys--vicuna-7b-v1.5" / "refs" / "main").write_text("abc123")
+    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": "lmsys/vicuna-7b-v1.5"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    check = [sys.executable, "-m", "fila_train.training.preflight"]
+    assert subprocess.run([*check, *as_cli(flags)], cwd=REPO, env=env, capture_output=True, text=True).returncode == 0
+    flags["model_name_or_path"] = "lmsys/vicuna-13b-v1.5"
+    run = subprocess.run([*check, *as_cli(flags)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and "not in the hub cache" in run.stderr, run.stderr
+
+
+def test_dashed_flag_spellings_and_help_are_understood(tiny_assets, tmp_path):
+    flags = good_flags(tiny_assets, tmp_path)
+    dashed = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
+    preflight(dashed + ["--resume-from-checkpoint", "auto"])  # --output-dir is where auto looks
+    preflight(["--help"])  # the full parser answers it
+
+
 def test_good_flags_pass_and_the_matching_connector_is_accepted(tiny_assets, fila_artifact, tmp_path):
     preflight(as_cli(good_flags(tiny_assets, tmp_path)))
     artifact, hybrid = fila_artifact

@@ -4,13 +4,17 @@ Every rank writes its part of ``checkpoint-N`` under ``OUTPUT_DIR/.incomplete/ch
 ranks are done, one process writes a manifest (every file and its size) and renames the folder to
 ``OUTPUT_DIR/checkpoint-N``: a kill at any moment leaves either the whole checkpoint under its final
 name or nothing there. Older checkpoints are rotated out (``save_total_limit``) only after that rename.
+The files are not fsynced: a checkpoint survives any kill of the training processes, not a power cut
+of the node before the page cache reaches the disk.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from ..utils.files import write_json_atomic
@@ -21,7 +25,8 @@ logger = logging.getLogger(__name__)
 PREFIX_CHECKPOINT_DIR = "checkpoint"
 STAGING_DIR = ".incomplete"  # where checkpoints are written before they are complete
 MANIFEST = "checkpoint_manifest.json"
-RESUME_LATEST = ("latest", "auto")  # "auto" starts from scratch when there is none yet
+TRAINER_STATE = "trainer_state.json"
+RESUME_LATEST = ("latest", "auto")  # "auto" starts from scratch when there is no checkpoint yet
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -41,39 +46,50 @@ def clear_staging(folder: Path) -> None:
     """A staging folder left by a killed save of the same step: its files would mix with the new ones."""
     if folder.exists():
         logger.info("removing the unfinished save %s", folder)
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # another node's process may be removing it too
 
 
 def write_manifest(folder: Path, step: int, world_size: int) -> None:
     files = {str(path.relative_to(folder)): path.stat().st_size
              for path in sorted(folder.rglob("*")) if path.is_file()}
-    write_json_atomic(folder / MANIFEST, {"step": step, "world_size": world_size, "files": files})
+    write_json_atomic(folder / MANIFEST, {"step": step, "world_size": world_size, "published_ns": time.time_ns(),
+                                          "files": files})
 
 
-def publish(staged: Path, final: Path) -> None:
+def publish(staged: Path, final: Path) -> bool:
     """Give the complete ``staged`` folder its final name (a rename: atomic on one filesystem).
 
-    A checkpoint of the same step from an earlier attempt is replaced; it is moved aside first, so
-    the final name never holds a mix of both."""
-    if not staged.exists():  # another node's process published it (save_on_each_node on a shared disk)
-        return
+    A checkpoint of the same step from an earlier attempt is replaced; it is moved aside first, so the
+    final name never holds a mix of both. Where several processes publish the same folder (one per node
+    with save_on_each_node on a shared disk), the first to claim it by renaming it does; the others
+    return False."""
+    claimed = staged.with_name(f"{staged.name}.publishing-{os.getpid()}")
+    try:
+        staged.rename(claimed)
+    except FileNotFoundError:
+        return False
     if final.exists():
-        retired = staged.with_name(staged.name + ".old")
-        shutil.rmtree(retired, ignore_errors=True)
+        retired = claimed.with_name(f"{staged.name}.replaced-{os.getpid()}")
         final.rename(retired)
-        staged.rename(final)
-        shutil.rmtree(retired)
+        claimed.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
     else:
-        staged.rename(final)
+        claimed.rename(final)
     logger.info("checkpoint %s is complete", final)
+    return True
 
 
 def missing_parts(folder: Path) -> list[str]:
-    """What ``folder`` lacks to be a complete checkpoint; empty when it is complete."""
+    """What ``folder`` lacks to be a complete checkpoint; empty when it is complete.
+
+    A folder under its final name without a manifest was written before manifests existed (or by
+    plain transformers): it counts as complete once its trainer state, written last, is there."""
     if not folder.is_dir():
         return ["the folder itself"]
     manifest = folder / MANIFEST
     if not manifest.is_file():
+        if folder.parent.name != STAGING_DIR and (folder / TRAINER_STATE).is_file():
+            return []
         return [f"{MANIFEST} (its save did not finish)"]
     try:
         files = json.loads(manifest.read_text())["files"]
@@ -94,8 +110,16 @@ def step_of(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def checkpoints_newest_first(run_dir: Path) -> list[Path]:
-    """``checkpoint-N`` folders under their final name, then those still being written, newest first."""
+def published_at(folder: Path) -> int:
+    """When a complete checkpoint was published (its manifest's time; the trainer state's for older ones)."""
+    try:
+        return int(json.loads((folder / MANIFEST).read_text())["published_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (folder / TRAINER_STATE).stat().st_mtime_ns
+
+
+def checkpoints_by_step(run_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders under their final name, then those still being written, newest step first."""
     found = [p for root in (run_dir, staging_root(run_dir)) if root.is_dir()
              for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(found, key=lambda p: (step_of(p), p.parent == run_dir), reverse=True)
@@ -107,19 +131,20 @@ def describe_incomplete(folder: Path, missing: list[str]) -> str:
 
 
 def newest_complete(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The newest complete checkpoint under ``run_dir`` and the incomplete ones newer than it."""
-    skipped = []
-    for folder in checkpoints_newest_first(run_dir):
-        missing = missing_parts(folder)
-        if not missing:
-            return folder, skipped
-        skipped.append(describe_incomplete(folder, missing))
-    return None, skipped
+    """The most recently published complete checkpoint under ``run_dir`` (after a resume from an earlier
+    step, a higher step can belong to the abandoned run), and the incomplete ones of higher steps."""
+    folders = checkpoints_by_step(run_dir)
+    complete = [f for f in folders if f.parent == run_dir and not missing_parts(f)]
+    chosen = max(complete, key=published_at, default=None)
+    skipped = [describe_incomplete(f, missing_parts(f)) for f in folders
+               if f not in complete and (chosen is None or step_of(f) > step_of(chosen))]
+    return chosen, skipped
 
 
 def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
     """``--resume_from_checkpoint`` as a checked folder: ``latest`` / ``auto`` pick the newest complete
-    checkpoint in ``output_dir`` (``auto`` starts from scratch when there is none); a path must be complete."""
+    checkpoint in ``output_dir`` (``auto`` starts from scratch when none was ever published); a path must
+    be complete."""
     if value is None:
         return None
     output_dir = Path(output_dir)
@@ -128,16 +153,21 @@ def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
         if skipped:
             logger.warning("--resume_from_checkpoint %s: skipped incomplete checkpoint(s): %s", value,
                            "; ".join(skipped))
-        if chosen is None:
-            if value == "auto":
-                logger.info("--resume_from_checkpoint auto: no complete checkpoint in %s, starting from scratch",
-                            output_dir)
-                return None
-            raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir} "
-                                  f"(use 'auto' to start from scratch when there is none)")
-        logger.info("--resume_from_checkpoint %s: resuming from %s, the newest complete checkpoint", value, chosen)
-        return str(chosen)
+        if chosen is not None:
+            logger.info("--resume_from_checkpoint %s: resuming from %s, the newest complete checkpoint", value,
+                        chosen)
+            return str(chosen)
+        published = [f for f in checkpoints_by_step(output_dir) if f.parent == output_dir]
+        if value == "auto" and not published:
+            logger.info("--resume_from_checkpoint auto: no checkpoint in %s yet, starting from scratch", output_dir)
+            return None
+        raise CheckpointError(f"--resume_from_checkpoint {value}: no complete checkpoint in {output_dir}"
+                              + (f" (incomplete: {'; '.join(skipped)})" if published else
+                                 " ('auto' starts from scratch when there is none)"))
     folder = Path(value)
+    if folder.is_dir() and checkpoints_by_step(folder):
+        raise CheckpointError(f"--resume_from_checkpoint {value} is a run folder, not a checkpoint: give one of its "
+                              f"checkpoint-N folders, or 'latest' with --output_dir {value}")
     missing = missing_parts(folder)
     if missing:
         run_dir = folder.parent.parent if folder.parent.name == STAGING_DIR else folder.parent

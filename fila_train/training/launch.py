@@ -1,9 +1,10 @@
 """torchrun for the launcher scripts, minus the wall it prints when a worker fails.
 
-Each worker prints its own one-line error (utils/errors.py) and exits with code 2. torchrun would
-then add the ChildFailedError traceback and failure table; here the launcher exits with the
-worker's code and adds one line only when no worker reported anything (a worker killed by a signal,
-say). Everything else is torchrun's own: same flags, same behaviour.
+A worker that has something to say prints one line (utils/errors.py) and exits with code 2; the others
+exit quietly. torchrun would then add the ChildFailedError traceback and failure table; here the
+launcher exits with code 2 and adds nothing, or, when no worker printed (all stopped on a peer's
+failure, or one was killed by a signal), prints one line: the first failed worker's own, left in
+torchrun's error file, or how it died. Everything else is torchrun's own: same flags, same behaviour.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import signal
 import sys
 
-from ..utils.errors import REPORTED_EXIT_CODE
+from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE
 
 
 def describe(exitcode: int) -> str:
@@ -40,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         if REPORTED_EXIT_CODE in codes.values():
             return REPORTED_EXIT_CODE
         rank, failure = error.get_first_failure()
-        print(f"[fila-train] error: rank {rank} {describe(failure.exitcode)} (no error of its own was "
-              f"reported; its output is above)", file=sys.stderr)
-        return failure.exitcode if failure.exitcode > 0 else 1
+        if failure.exitcode == SILENT_EXIT_CODE and failure.message:
+            print(failure.message, file=sys.stderr)
+        else:
+            print(f"[fila-train] error: rank {rank} {describe(failure.exitcode)} (its output is above)",
+                  file=sys.stderr)
+        return REPORTED_EXIT_CODE
     return 0
 
 

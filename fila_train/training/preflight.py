@@ -24,7 +24,7 @@ from .checkpoints import CheckpointError, resolve_resume
 # torch and transformers, so the names are repeated here; tests/test_preflight.py keeps them equal.
 VISION_ENCODERS = ("clip", "fila_hybrid")
 CONNECTORS = ("linear", "mlp2x_gelu", "mmfuser")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": a hub model id rather than a path
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "org/name" or "name": a hub model id, not a path
 
 
 class PreflightError(ValueError):
@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     for flag in ("model_name_or_path", "vision_tower", "vision_encoder", "connector_type", "conversation_template",
                  "convnext_checkpoint", "pretrained_connector", "data_path", "image_folder", "data_root",
                  "deepspeed", "resume_from_checkpoint", "output_dir"):
-        parser.add_argument(f"--{flag}")
+        # HfArgumentParser takes the dashed spelling too (--output-dir).
+        parser.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag)
     return parser
 
 
@@ -71,7 +72,13 @@ def check_model_path(flag: str, value: str | None, required: bool = True) -> dic
     if not HUB_ID.match(value):
         raise PreflightError(f"--{flag} {value}: no such folder")
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise PreflightError(f"--{flag} {value}: no such folder, and the hub cannot be asked (HF_HUB_OFFLINE is set)")
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(value, "config.json")
+        if not isinstance(cached, str):
+            raise PreflightError(f"--{flag} {value}: no such folder, and not in the hub cache (HF_HUB_OFFLINE is set, "
+                                 f"so the hub cannot be asked)")
+        return read_config(Path(cached).parent)
     return None
 
 
@@ -164,6 +171,8 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
 
 def preflight(argv: list[str]) -> None:
     """Raise PreflightError naming the first problem in ``argv`` (``fila-train train`` flags)."""
+    if "-h" in argv or "--help" in argv:
+        return  # the full parser prints the help
     args, _ = _parser().parse_known_args(argv)
     check_choice("conversation_template", args.conversation_template, TEMPLATES.names())
     check_choice("vision_encoder", args.vision_encoder, VISION_ENCODERS)

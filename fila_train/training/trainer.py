@@ -35,6 +35,11 @@ def epoch_samplers(loader) -> list:
     return found
 
 
+if not hasattr(Trainer, "_run_epoch"):  # FilaTrainer._run_epoch below would silently never run
+    raise ImportError("fila_train needs a transformers Trainer with _run_epoch (transformers >= 5.0): "
+                      "resume would replay the wrong data order without it")
+
+
 class FilaTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -130,6 +135,7 @@ class FilaTrainer(Trainer):
             clear_staging(staged)
         barrier()  # nobody writes into a stale folder that is being removed
         self._staging = staging_root(run_dir)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # no rotation inside the staging
         try:
             super()._save_checkpoint(model, trial)
             # The connector-side weights alone, usable as a stage-1 artifact without consolidating
@@ -137,12 +143,16 @@ class FilaTrainer(Trainer):
             save_connector_artifact(self.model, staged)
         finally:
             self._staging = None
+            self.args.save_total_limit = limit
         barrier()  # every rank's files are written
         if self.args.should_save:
             give_files_open_mode(staged)  # save_pretrained's safetensors shards come out 0600
             write_manifest(staged, self.state.global_step, world_size())
             publish(staged, run_dir / name)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+            best = self.state.best_model_checkpoint
+            if best is not None and Path(best).parent == staging_root(run_dir):
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         barrier()
 

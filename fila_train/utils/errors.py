@@ -1,15 +1,19 @@
 """One line per error, from the process that has something to say: never a traceback from every rank.
 
 A configuration error is the same on every rank, so only rank 0 prints it; a bad record is met by one
-rank, which prints it; a rank that only stopped because a peer failed (a torch.distributed error)
-prints nothing. The full traceback goes to a file named in the line (or to the terminal with
-FILA_TRAIN_DEBUG=1). The exit code is 2 for a reported error: the launcher then adds nothing.
+rank, which prints it, and so does any rank that hits an unexpected error (out of memory, a bug). A rank
+that only stopped because a peer failed (a torch.distributed error) prints nothing: it exits with
+SILENT_EXIT_CODE and leaves its one line in torchrun's error file, which the launcher
+(training/launch.py) prints when no rank printed anything. The full traceback goes to a file named in
+the line (or to the terminal with FILA_TRAIN_DEBUG=1).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +21,7 @@ from pathlib import Path
 
 DEBUG_ENV = "FILA_TRAIN_DEBUG"
 REPORTED_EXIT_CODE = 2  # the error is on the terminal already
+SILENT_EXIT_CODE = 3  # this rank printed nothing; its line is in torchrun's error file
 # Errors a user can cause (bad flags, files, records): their message is the whole story.
 USER_ERRORS = (ValueError, OSError, KeyError)
 
@@ -40,10 +45,21 @@ def is_record_error(error: BaseException) -> bool:
     return hasattr(error, "kind")
 
 
-def should_print(error: BaseException, rank: int) -> bool:
+def should_print(error: BaseException, rank: int, world_size: int) -> bool:
+    if world_size == 1:
+        return True
     if is_peer_failure(error):
         return False
-    return rank == 0 or is_record_error(error)
+    return rank == 0 or is_record_error(error) or not isinstance(error, USER_ERRORS)
+
+
+def leave_for_launcher(line: str, stored: Path) -> None:
+    """The line in torchrun's per-worker error file (the format its ProcessFailure reads)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        record = {"message": {"message": line, "extraInfo": {"py_callstack": str(stored),
+                                                              "timestamp": str(int(time.time()))}}}
+        Path(path).write_text(json.dumps(record))
 
 
 # How torch's DataLoader re-raises an error from a worker process: the worker's traceback is the message.
@@ -85,10 +101,13 @@ def one_line_errors(command: str, log_folder: str | Path | None = None) -> Itera
     except Exception as error:
         if os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
             raise
-        rank = process_rank()
+        rank, world_size = process_rank(), int(os.environ.get("WORLD_SIZE", "1"))
         stored = store_traceback(error, log_folder, rank)
-        if should_print(error, rank):
-            where = f" [rank {rank}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-            detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored}; {DEBUG_ENV}=1 prints it)"
-            print(f"{command}{where}: error: {one_line(error)}{detail}", file=sys.stderr, flush=True)
-        raise ReportedExit(REPORTED_EXIT_CODE) from None
+        where = f" [rank {rank}]" if world_size > 1 else ""
+        detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored}; {DEBUG_ENV}=1 prints it)"
+        line = f"{command}{where}: error: {one_line(error)}{detail}"
+        if should_print(error, rank, world_size):
+            print(line, file=sys.stderr, flush=True)
+            raise ReportedExit(REPORTED_EXIT_CODE) from None
+        leave_for_launcher(line, stored)
+        raise ReportedExit(SILENT_EXIT_CODE) from None

@@ -40,7 +40,9 @@ def give_files_open_mode(folder: Path) -> None:
     os.unlink(probe)
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            os.chmod(path, mode)
+            # A script stays runnable (DeepSpeed's zero_to_fp32.py) by whoever may read it.
+            executable = stat.S_IMODE(path.stat().st_mode) & ((mode & 0o444) >> 2)
+            os.chmod(path, mode | executable)
 
 
 def _replace_atomically(path: Path, write) -> None:

@@ -22,13 +22,14 @@ def die_with_launcher() -> None:
 
     torchrun starts each worker in a session of its own, so killing the launcher's process group
     (or the launcher alone, with SIGKILL) would otherwise leave the workers running. Call it first
-    thing: a launcher that died before this call is noticed by the parent check that follows."""
+    thing, before the slow imports: a launcher that dies after the call kills this process, one that
+    dies while it runs is noticed by the second look at the parent."""
     if not started_by_launcher():
         return
     launcher = os.getppid()
     if not _parent_death_signal(signal.SIGKILL):
         threading.Thread(target=_watch, args=(launcher,), name="launcher-watch", daemon=True).start()
-    if os.getppid() != launcher or launcher == 1:  # the launcher is already gone
+    if os.getppid() != launcher:  # the launcher died between the two looks
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -1,0 +1,88 @@
+"""Who prints an error: one line from the rank that has something to say, never one from every rank."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+from distributed_utils import REPO, free_port
+from fila_train.data.dataset import SampleError
+from fila_train.utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, one_line_errors
+
+
+def outcome(error: Exception, rank: int, world_size: int, tmp_path, monkeypatch, capsys) -> tuple[int, str, dict]:
+    """(exit code, what was printed, what was left in torchrun's error file) when ``error`` ends a rank."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    with pytest.raises(SystemExit) as exit_:
+        with one_line_errors("fila-train train", tmp_path / "out"):
+            raise error
+    left = json.loads((tmp_path / "error.json").read_text()) if (tmp_path / "error.json").exists() else {}
+    return exit_.value.code, capsys.readouterr().err, left
+
+
+CASES = {  # name: (error, rank, world size, printed?)
+    "config_on_rank0": (ValueError("--tune_parts: unknown part(s) ['lm']"), 0, 2, True),
+    "config_on_rank1": (ValueError("--tune_parts: unknown part(s) ['lm']"), 1, 2, False),  # rank 0 says it
+    "record_on_rank1": (SampleError("data.jsonl:4 (id 'r'): field 'image': image file not found", "missing_image"),
+                        1, 2, True),
+    "bug_on_rank1": (RuntimeError("CUDA out of memory"), 1, 2, True),
+    "peer_on_rank0": (dist.DistBackendError("Connection closed by peer"), 0, 2, False),
+    "peer_alone": (dist.DistNetworkError("address already in use"), 0, 1, True),  # no peer to blame
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_error_is_printed_once_by_the_rank_that_should(case, tmp_path, monkeypatch, capsys):
+    error, rank, world_size, printed = CASES[case]
+    code, stderr, left = outcome(error, rank, world_size, tmp_path, monkeypatch, capsys)
+    assert code == (REPORTED_EXIT_CODE if printed else SILENT_EXIT_CODE)
+    lines = stderr.splitlines()
+    assert len(lines) == (1 if printed else 0), stderr
+    if printed:
+        assert lines[0].startswith("fila-train train") and ": error: " in lines[0]
+        assert str(error) in lines[0]
+    else:  # the line waits in torchrun's error file, for the launcher to print if nobody else did
+        assert str(error) in left["message"]["message"]
+    traceback = (tmp_path / "out" / f"error-rank{rank}.txt").read_text()
+    assert traceback.startswith("Traceback") and type(error).__name__ in traceback
+
+
+def test_an_error_raised_in_a_dataloader_worker_keeps_only_its_own_message(tmp_path, monkeypatch, capsys):
+    """torch re-raises a worker's error with the worker's whole traceback as its message."""
+    from torch.utils.data import DataLoader, Dataset
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise SampleError("data.jsonl:2 (id 'x'): field 'image': unreadable image", "unreadable_image")
+
+    try:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    except SampleError as raised:
+        error = raised
+    code, stderr, _ = outcome(error, 0, 1, tmp_path, monkeypatch, capsys)
+    assert stderr == "fila-train train: error: data.jsonl:2 (id 'x'): field 'image': unreadable image\n"
+
+
+def test_the_launcher_prints_the_line_no_worker_printed(tmp_path):
+    """Every rank stopped on a torch.distributed error: all are quiet, the launcher prints one of their lines
+    instead of torchrun's ChildFailedError wall."""
+    script = tmp_path / "worker.py"
+    script.write_text("import torch.distributed as dist\nfrom fila_train.utils.errors import one_line_errors\n"
+                      "with one_line_errors('fila-train train'):\n"
+                      "    raise dist.DistNetworkError('the store port is already in use')\n")
+    run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), str(script)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "DistNetworkError: the store port is already in use" in lines[0], run.stderr
+    assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr
