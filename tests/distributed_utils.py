@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def train_steps(model, batch: dict, parts: list[str], steps: int, lr: float = 1e
     return grads
 
 
-# ---------------------------------------------------------------- torchrun
+# ---------------------------------------------------------------- 2-process runs
 
 
 def free_port() -> int:
@@ -167,35 +168,69 @@ def log_dir_of(output_dir: Path, attempt: str = "") -> Path:
     return output_dir.parent / f"{output_dir.name}{attempt}_logs"
 
 
+def rank_environment() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline",
+                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                    str(Path.home() / ".cache/fila_train/torch_extensions")))
+
+
 def start_torchrun(train_args: list[str], output_dir: Path, nproc: int = 2, attempt: str = "") -> subprocess.Popen:
     """``torchrun --nproc_per_node N -m fila_train.cli train ...`` on CPU (gloo), ranks logged apart, started
     in its own process group (the launcher's: torchrun puts each worker in a session of its own)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline",
-               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                   str(Path.home() / ".cache/fila_train/torch_extensions")))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(free_port()), "--log-dir", str(log_dir_of(output_dir, attempt)),
                "--redirects", "3", "-m", "fila_train.cli", "train", "--output_dir", str(output_dir), *train_args]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(command, cwd=REPO, env=rank_environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def run_torchrun(train_args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 300,
-                 attempt: str = "") -> DistributedRun:
-    """A torchrun run to its end; an AssertionError with every rank's log if it fails."""
+def start_ranks(train_args: list[str], output_dir: Path, nproc: int, log_dir: Path) -> list[subprocess.Popen]:
+    """The ranks of ``fila-train train`` started the way torchrun starts its workers (RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT in the environment; env:// rendezvous on rank 0's store), minus its agent:
+    the agent's own torch import costs ~5 s a run. Tests about launching use start_torchrun or the scripts.
+    All ranks share one new process group, so a hung run is killed whole."""
+    port, processes = free_port(), []
+    for rank in range(nproc):
+        folder = log_dir / "ranks" / "attempt_0" / str(rank)  # torchrun --redirects' layout
+        folder.mkdir(parents=True, exist_ok=True)
+        env = rank_environment() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+                                    "MASTER_PORT": str(port)}
+        with open(folder / "stdout.log", "w") as stdout, open(folder / "stderr.log", "w") as stderr:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "fila_train.cli", "train", "--output_dir", str(output_dir), *train_args],
+                cwd=REPO, env=env, stdout=stdout, stderr=stderr,
+                process_group=0 if rank == 0 else processes[0].pid))
+    return processes
+
+
+def run_distributed(train_args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 300,
+                    attempt: str = "") -> DistributedRun:
+    """A 2-process (gloo) run to its end; an AssertionError with every rank's log if a rank fails (the
+    others are then stopped, as torchrun would)."""
     log_dir = log_dir_of(output_dir, attempt)
-    process = start_torchrun(train_args, output_dir, nproc, attempt)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-        returncode: int | str = process.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        returncode = f"timeout after {timeout} s"
-    run = DistributedRun(output_dir, log_dir, output)
-    if returncode != 0:
+    processes = start_ranks(train_args, output_dir, nproc, log_dir)
+    deadline = time.monotonic() + timeout
+    failure: str | None = None
+    while failure is None and any(p.poll() is None for p in processes):
+        failed = [(rank, p.returncode) for rank, p in enumerate(processes) if p.returncode not in (None, 0)]
+        if failed:
+            failure = f"rank {failed[0][0]} exited with {failed[0][1]}"
+        elif time.monotonic() > deadline:
+            failure = f"timeout after {timeout} s"
+        else:
+            time.sleep(0.2)
+    if failure is None:
+        failed = [(rank, p.returncode) for rank, p in enumerate(processes) if p.returncode != 0]
+        failure = f"rank {failed[0][0]} exited with {failed[0][1]}" if failed else None
+    if any(p.poll() is None for p in processes):
+        os.killpg(processes[0].pid, signal.SIGKILL)
+        for process in processes:
+            process.wait()
+    run = DistributedRun(output_dir, log_dir, "")
+    if failure is not None:
         logs = "\n".join(f"--- rank {r} ---\n{run.rank_log(r)[-3000:]}" for r in range(nproc))
-        raise AssertionError(f"torchrun failed ({returncode}):\n{output[-3000:]}\n{logs}")
+        raise AssertionError(f"distributed run failed ({failure}):\n{logs}")
     return run
 
 
@@ -212,9 +247,9 @@ def train_args(assets: FilaAssets, *, hybrid: bool, fuser: bool, stage: int, zer
     return as_cli(flags)
 
 
-def torchrun_train(args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 240) -> dict:
+def distributed_train(args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 240) -> dict:
     """A run's train_summary.json, with the log of all ranks under "log"."""
-    run = run_torchrun(["--report_to", "none", *args], output_dir, nproc, timeout)
+    run = run_distributed(["--report_to", "none", *args], output_dir, nproc, timeout)
     return run.summary() | {"log": "".join(run.rank_log(r) for r in range(nproc))}
 
 
@@ -264,5 +299,6 @@ def resume_reference_args(assets: FilaAssets, mixture: Path, steps: int, save_st
         "max_steps": str(steps), "logging_steps": "1", "save_strategy": "steps", "save_steps": str(save_steps),
         "model_max_length": "512", "seed": "8", "group_by_modality_length": "True",
         "dataloader_num_workers": "1", "on_bad_sample": "skip", "log_sample_ids": "True",
-        "length_cache_dir": str(mixture.parent / "lengths"), "report_to": "none"}
+        "length_cache_dir": str(mixture.parent / "lengths"), "report_to": "none",
+        "log_level_replica": "info"}  # rank 1 logs what it does: it must write nothing
     return as_cli(flags)

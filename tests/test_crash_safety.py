@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed_utils import run_torchrun, start_torchrun
+from distributed_utils import run_distributed, start_torchrun
 from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, missing_parts, newest_complete,
                                              publish, resolve_resume, write_manifest)
 from distributed_utils import RESUME_STEPS as STEPS
@@ -97,7 +97,7 @@ def test_killed_between_saves_and_during_a_save_then_resumed_latest_reproduces_t
                                               f"the newest complete checkpoint there is {output / 'checkpoint-4'}"):
         resolve_resume(str(output / STAGING_DIR / "checkpoint-6"), output)
 
-    resumed = run_torchrun(args, output, attempt="_attempt3")
+    resumed = run_distributed(args, output, attempt="_attempt3")
     log = resumed.rank_log(0)
     assert f"resuming from {output / 'checkpoint-4'}, the newest complete checkpoint" in log, log[-3000:]
     assert f"skipped incomplete checkpoint(s): {output / STAGING_DIR / 'checkpoint-6'} (missing {MANIFEST}" in log

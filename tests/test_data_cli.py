@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from distributed_utils import run_torchrun
+from distributed_utils import run_distributed
 from fila_train.cli import main as cli_main
 
 
@@ -184,7 +184,7 @@ def mixture_run(tiny_assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("mixture_run")
     spec = write_mixture(root, tiny_assets, with_broken=True)
     args = mixture_train_args(tiny_assets, spec) + ["--length_cache_dir", str(root / "lengths")]
-    return args, run_torchrun(args, root / "run")
+    return args, run_distributed(args, root / "run")
 
 
 def test_mixture_run_skips_and_counts_bad_records_across_workers_and_ranks(mixture_run) -> None:
@@ -205,7 +205,7 @@ def test_mixture_run_resumes_mid_epoch_on_the_same_samples(mixture_run, tmp_path
     args, run = mixture_run
     resumed_dir = tmp_path / "resumed"
     checkpoint = run.output_dir / f"checkpoint-{CHECKPOINT}"
-    resumed = run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)], resumed_dir)
+    resumed = run_distributed(args + ["--resume_from_checkpoint", str(checkpoint)], resumed_dir)
     for rank in range(2):
         full = (run.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split()
         tail = (resumed.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split()

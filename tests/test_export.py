@@ -25,7 +25,7 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
     DistributedRun,
     assets,
     build_tiny_model,
-    run_torchrun,
+    run_distributed,
     tiny_batch,
     train_args,
 )
@@ -82,7 +82,7 @@ class MatrixRuns:
             if spec.starts_from:  # relative to the run's working directory, as a script passes it
                 artifact = self[spec.starts_from].output_dir / "connector.safetensors"
                 args += ["--pretrained_connector", os.path.relpath(artifact, REPO)]
-            self.done[name] = run_torchrun(args, self.tmp_path_factory.mktemp(name) / "run")
+            self.done[name] = run_distributed(args, self.tmp_path_factory.mktemp(name) / "run")
         return self.done[name]
 
 

@@ -17,7 +17,7 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
     assets,
     build_tiny_model,
     tiny_batch,
-    torchrun_train,
+    distributed_train,
     train_args,
     train_steps,
     with_mlp_connector,
@@ -224,7 +224,7 @@ def test_vision_flops_cover_every_view_and_part(assets) -> None:
 @pytest.fixture(scope="module")
 def stage1_fila_mmfuser(assets, tmp_path_factory):
     output = tmp_path_factory.mktemp("fila_mmfuser_zero2") / "run"
-    return output, torchrun_train(train_args(assets, hybrid=True, fuser=True, stage=1, zero=2), output)
+    return output, distributed_train(train_args(assets, hybrid=True, fuser=True, stage=1, zero=2), output)
 
 
 def test_zero2_fila_mmfuser_stage1_trains_and_its_artifact_loads_bit_exact(stage1_fila_mmfuser, assets) -> None:
@@ -245,7 +245,7 @@ def test_zero2_fila_mmfuser_stage1_trains_and_its_artifact_loads_bit_exact(stage
 
 
 def test_zero3_fila_stage2_loss_falls(assets, tmp_path) -> None:
-    summary = torchrun_train(train_args(assets, hybrid=True, fuser=False, stage=2, zero=3), tmp_path / "run")
+    summary = distributed_train(train_args(assets, hybrid=True, fuser=False, stage=2, zero=3), tmp_path / "run")
     assert summary["vision_encoder"] == "fila_hybrid" and summary["steps"] == 6
     assert_loss_falls(summary)
     # The start-of-run summary: parameters by part and the vision FLOPs, hybrid and ViT alone.

@@ -18,7 +18,7 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
     assets,
     first_records,
     build_tiny_model,
-    run_torchrun,
+    run_distributed,
     tiny_batch,
     train_args,
     train_steps,
@@ -175,10 +175,10 @@ def test_lora_resume_under_zero3_reproduces_the_uninterrupted_losses(assets, tmp
         "--lora_r", "4", "--learning_rate", "2e-2", "--connector_lr", "2e-3", "--report_to", "none",
         "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_STEP),
         "--data_path", str(first_records(assets.stage2_data, tmp_path / "data"))]
-    full = run_torchrun(args, tmp_path / "full")
+    full = run_distributed(args, tmp_path / "full")
     log = full.rank_log(0)
     assert re.search(r"llm \(lora\)\s+[\d,]+\s+[\d,]+\s+100\.0%", log), log[-2000:]
-    resumed = run_torchrun(args + ["--resume_from_checkpoint", str(full.output_dir / f"checkpoint-{CHECKPOINT_STEP}")],
+    resumed = run_distributed(args + ["--resume_from_checkpoint", str(full.output_dir / f"checkpoint-{CHECKPOINT_STEP}")],
                            tmp_path / "resumed")
     expected = full.summary()["losses"][CHECKPOINT_STEP:]
     got = resumed.summary()["losses"][CHECKPOINT_STEP:]
@@ -315,10 +315,10 @@ def test_qlora_under_zero2_resumes_and_its_checkpoint_exports(assets, tmp_path):
     args = train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=steps) + [
         "--lora_r", "4", "--bits", "4", "--learning_rate", "2e-2", "--report_to", "none",
         "--save_strategy", "steps", "--save_steps", str(checkpoint_step)]
-    full = run_torchrun(args, tmp_path / "full")
+    full = run_distributed(args, tmp_path / "full")
     checkpoint = full.output_dir / f"checkpoint-{checkpoint_step}"
     # DeepSpeed loads the checkpoint's quantized weights and statistics back into the k-bit layers.
-    resumed = run_torchrun(args + ["--resume_from_checkpoint", str(checkpoint)], tmp_path / "resumed")
+    resumed = run_distributed(args + ["--resume_from_checkpoint", str(checkpoint)], tmp_path / "resumed")
     expected = full.summary()["losses"][checkpoint_step:]
     got = resumed.summary()["losses"][checkpoint_step:]
     assert len(got) == steps - checkpoint_step and all(map(math.isfinite, got))

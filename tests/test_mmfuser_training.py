@@ -13,7 +13,7 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
     assets,
     build_tiny_model,
     tiny_batch,
-    torchrun_train,
+    distributed_train,
     train_args,
     train_steps,
     with_mlp_connector,
@@ -86,7 +86,7 @@ def test_fuser_artifact_round_trip_is_bit_exact(assets, tmp_path) -> None:
 
 
 def test_zero2_mmfuser_stage1_loss_falls(assets, tmp_path) -> None:
-    summary = torchrun_train(train_args(assets, hybrid=False, fuser=True, stage=1, zero=2), tmp_path / "run")
+    summary = distributed_train(train_args(assets, hybrid=False, fuser=True, stage=1, zero=2), tmp_path / "run")
     assert (summary["vision_encoder"], summary["connector_type"]) == ("clip", "mmfuser")
     assert summary["tune_parts"] == ["connector", "fuser"]
     assert_loss_falls(summary)

@@ -16,7 +16,7 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
     assert_loss_falls,
     assets,
     build_tiny_model,
-    torchrun_train,
+    distributed_train,
     train_args,
 )
 
@@ -154,6 +154,6 @@ def test_eager_and_sdpa_agree_on_packed_rows(assets, annotation_file):  # noqa: 
 def test_packed_training_run_learns(assets, tmp_path):  # noqa: F811
     """2 processes, ZeRO-2, FILA hybrid, stage 2 (LLM tuned) with --packing: the loss falls."""
     args = train_args(assets, hybrid=True, fuser=False, stage=2, zero=2, steps=8) + ["--packing", "True"]
-    summary = torchrun_train(args, tmp_path / "packed")
+    summary = distributed_train(args, tmp_path / "packed")
     assert_loss_falls(summary)
     assert "--packing with attn_implementation=sdpa" in summary["log"]

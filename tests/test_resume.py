@@ -29,4 +29,8 @@ def test_the_reference_run_spans_epochs_with_a_replaced_record(uninterrupted):
     private = [str(p) for p in full.output_dir.rglob("*")
                if p.is_file() and stat.S_IMODE(p.stat().st_mode) & 0o666 != 0o666 & ~umask]  # scripts keep their x
     assert not private, f"files not readable as the umask ({umask:03o}) allows: {private}"
+    assert summary["loss_last"] < summary["loss_first"], summary["losses"]
+    # Only rank 0 writes; both log at INFO here, so a write by rank 1 would show in its own log.
+    for marker in ("wrote connector artifact", "is complete", "Model weights saved in", "wrote "):
+        assert marker in full.rank_log(0) and marker not in full.rank_log(1), marker
     assert all(f"checkpoint-{s}" in [p.name for p in full.output_dir.iterdir()] for s in (2, 4, 6, 8))
