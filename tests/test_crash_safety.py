@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from distributed_utils import run_distributed, start_torchrun
-from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, missing_parts, newest_complete,
-                                             publish, resolve_resume, write_manifest)
 from distributed_utils import RESUME_STEPS as STEPS
+from distributed_utils import run_distributed, start_torchrun
+from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, clear_staging, missing_parts,
+                                             newest_complete, publish, resolve_resume, write_manifest)
 from test_resume import trained_ids
 
 POLL = 0.005  # seconds between looks at the output folder: a tiny checkpoint takes far longer to write
@@ -189,3 +189,11 @@ def test_publishing_replaces_an_earlier_checkpoint_of_the_same_step_whole(tmp_pa
     assert (old / "shared").read_bytes() == b"new" and not new.exists()
     assert newest_complete(tmp_path) == (old, [])
     assert json.loads((old / MANIFEST).read_text())["files"] == {"shared": 3}
+
+
+def test_the_next_save_of_a_step_removes_what_a_killed_save_or_publish_of_it_left(tmp_path):
+    staging = tmp_path / STAGING_DIR
+    for name in ("checkpoint-4", "checkpoint-4.publishing-123", "checkpoint-4.replaced-123", "checkpoint-40"):
+        checkpoint(staging / name, {"a": b"1"}, manifest=False)
+    clear_staging(staging / "checkpoint-4")
+    assert [p.name for p in staging.iterdir()] == ["checkpoint-40"]  # another step's save is left alone

@@ -43,10 +43,12 @@ def staging_root(run_dir: str | Path) -> Path:
 
 
 def clear_staging(folder: Path) -> None:
-    """A staging folder left by a killed save of the same step: its files would mix with the new ones."""
-    if folder.exists():
-        logger.info("removing the unfinished save %s", folder)
-        shutil.rmtree(folder, ignore_errors=True)  # another node's process may be removing it too
+    """What a killed save of the same step left (its files would mix with the new ones), with the folders
+    a killed publish of it left beside (``.publishing-*``, ``.replaced-*``)."""
+    for leftover in [folder, *folder.parent.glob(f"{folder.name}.*")]:
+        if leftover.exists():
+            logger.info("removing the unfinished save %s", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)  # another node's process may be removing it too
 
 
 def write_manifest(folder: Path, step: int, world_size: int) -> None:
