@@ -197,3 +197,22 @@ def test_the_next_save_of_a_step_removes_what_a_killed_save_or_publish_of_it_lef
         checkpoint(staging / name, {"a": b"1"}, manifest=False)
     clear_staging(staging / "checkpoint-4")
     assert [p.name for p in staging.iterdir()] == ["checkpoint-40"]  # another step's save is left alone
+
+
+def test_resuming_from_the_last_checkpoint_trains_nothing_more(tiny_assets, tmp_path, capsys):
+    """A requeued job that had finished (`auto` finds its last checkpoint) must not train past max_steps:
+    the Trainer did one more step whenever that checkpoint fell inside an epoch. In-process, one rank."""
+    from distributed_utils import first_records
+    from fila_train.demo.tiny_models import as_cli
+    from fila_train.training.train import parse_args, train
+
+    flags = tiny_assets.model_flags(hybrid=False, fuser=False) | {
+        "data_path": str(first_records(tiny_assets.stage1_data, tmp_path)), "image_folder": str(tiny_assets.image_folder),
+        "conversation_template": "plain", "tune_parts": "connector", "per_device_train_batch_size": "2",
+        "max_steps": "3", "logging_steps": "1", "model_max_length": "512", "save_strategy": "steps",
+        "save_steps": "3", "report_to": "none", "output_dir": str(tmp_path / "run"), "seed": "5",
+        "resume_from_checkpoint": "auto"}  # 8 records, 4 steps an epoch: step 3 is inside it
+    first = train(*parse_args(as_cli(flags)))
+    again = train(*parse_args(as_cli(flags)))
+    assert "resuming from" in capsys.readouterr().err
+    assert first["steps"] == again["steps"] == 3 and again["losses"] == first["losses"]

@@ -69,6 +69,11 @@ class FilaTrainer(Trainer):
             self.args.world_size, seed=seed)
 
     def _run_epoch(self, *args, epoch: int, train_dataloader, **kwargs):
+        if self.state.global_step >= self.state.max_steps:
+            # Resumed from the run's last checkpoint: the Trainer would train one step past max_steps
+            # when that checkpoint falls inside an epoch. Nothing is left to train.
+            self.control.should_training_stop = True
+            return None
         # On resume, the Trainer wraps the loader's batch sampler once more (accelerate's
         # skip_first_batches), and the epoch it then sets no longer reaches the index sampler: a run
         # resumed in epoch e >= 1 would replay epoch 0's order. Every sampler in the chain hears it here.

@@ -27,7 +27,11 @@ def die_with_launcher() -> None:
     if not started_by_launcher():
         return
     launcher = os.getppid()
-    if not _parent_death_signal(signal.SIGKILL):
+    if _parent_death_signal(signal.SIGKILL):
+        # A fork (a DataLoader worker) does not inherit the setting: its own watchdog would take up to
+        # 5 s to notice a dead rank. Each forked child asks for it again, to die with this process.
+        os.register_at_fork(after_in_child=lambda: _parent_death_signal(signal.SIGKILL))
+    else:
         threading.Thread(target=_watch, args=(launcher,), name="launcher-watch", daemon=True).start()
     if os.getppid() != launcher:  # the launcher died between the two looks
         os.kill(os.getpid(), signal.SIGKILL)
