@@ -42,35 +42,23 @@ def tree(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file()}
 
 
-def kill_launcher_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> None:
-    """SIGKILL to the launcher's whole process group as soon as ``ready()``; then no worker may survive it
-    and nothing may be written after it."""
-    deadline = time.monotonic() + timeout
+def kill_launcher_when(process: subprocess.Popen, ready: Callable[[], bool]) -> None:
+    """SIGKILL to the launcher's whole process group as soon as ``ready()`` (a run that never gets there
+    ends first, or meets pytest's timeout)."""
     while not ready():
         assert process.poll() is None, f"the run ended before the kill:\n{process.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, "the moment to kill never came"
         time.sleep(POLL)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
 
 def assert_no_orphans(output_dir: Path) -> None:
-    deadline = time.monotonic() + 10
-    while processes_mentioning(str(output_dir)):
-        assert time.monotonic() < deadline, f"workers outlived the launcher: {processes_mentioning(str(output_dir))}"
+    """No worker outlives the launcher. Checked by what the folder holds, not by a clock: a surviving worker
+    would go on training and append to its record log or write a checkpoint before it ends."""
+    at_kill = tree(output_dir)
+    while processes_mentioning(str(output_dir)):  # every process of the run ends, one way or another
         time.sleep(0.05)
-    before = tree(output_dir)
-    time.sleep(1.0)
-    assert tree(output_dir) == before, "something was written after the kill"
-
-
-def assert_resumed_exactly_after_kill(full: DistributedRun, resumed: DistributedRun, step: int) -> None:
-    expected = full.summary()["losses"][step:]
-    got = resumed.summary()["losses"][step:]
-    assert len(got) == STEPS - step and got == pytest.approx(expected, rel=1e-5, abs=1e-6), (step, got, expected)
-    for rank in (0, 1):  # the killed attempt logged its records first: the resumed ones end the file
-        tail = trained_ids(resumed, rank)[-(STEPS - step) * 2:]
-        assert tail == trained_ids(full, rank)[step * 2:], rank
+    assert tree(output_dir) == at_kill, "a worker outlived its launcher and wrote after the kill"
 
 
 def kill_at(args: list[str], output: Path, attempt: str, ready: Callable[[Path], bool]) -> None:
