@@ -135,10 +135,10 @@ def describe_incomplete(folder: Path, missing: list[str]) -> str:
 def newest_complete(run_dir: Path) -> tuple[Path | None, list[str]]:
     """The most recently published complete checkpoint under ``run_dir`` (after a resume from an earlier
     step, a higher step can belong to the abandoned run), and the incomplete ones of higher steps."""
-    folders = checkpoints_by_step(run_dir)
-    complete = [f for f in folders if f.parent == run_dir and not missing_parts(f)]
+    missing = {folder: missing_parts(folder) for folder in checkpoints_by_step(run_dir)}
+    complete = [f for f, lacks in missing.items() if f.parent == run_dir and not lacks]
     chosen = max(complete, key=published_at, default=None)
-    skipped = [describe_incomplete(f, missing_parts(f)) for f in folders
+    skipped = [describe_incomplete(f, lacks) for f, lacks in missing.items()
                if f not in complete and (chosen is None or step_of(f) > step_of(chosen))]
     return chosen, skipped
 
