@@ -105,8 +105,8 @@ def tiny_batch(model, assets: FilaAssets, size: int = 4, stage2: bool = False) -
     """A real collated batch (dataset + collator of the training path) for ``model``."""
     from fila_train.data.collator import ConversationCollator
     from fila_train.data.dataset import ConversationDataset, DatasetOptions
-    from fila_train.data.templates import get_template
-    from fila_train.data.tokenization import ConversationTokenizer
+    from fila_train.processing.chat_templates import get_template
+    from fila_train.processing.tokenization import ConversationTokenizer
     from fila_train.model.builder import load_tokenizer
 
     tokenizer = load_tokenizer(str(assets.llm), model, 512)

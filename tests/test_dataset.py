@@ -14,8 +14,9 @@ from PIL import Image
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import ConversationDataset, DatasetOptions, SampleError
 from fila_train.data.images import load_rgb_image
-from fila_train.data.templates import get_template
-from fila_train.data.tokenization import IGNORE_INDEX, ConversationTokenizer, TokenizedSample
+from fila_train.processing.chat_templates import get_template
+from fila_train.processing.conversations import IGNORE_INDEX, TokenizedSample
+from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.demo.tokenizer import build_demo_tokenizer
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 from fila_train.model.vision.clip_encoder import ClipImageProcessor

@@ -282,8 +282,8 @@ def test_importing_the_model_needs_no_training_code():
 def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from fila_train.data.templates import get_template
-    from fila_train.data.tokenization import ConversationTokenizer
+    from fila_train.processing.chat_templates import get_template
+    from fila_train.processing.tokenization import ConversationTokenizer
 
     out = export(baseline_folder, tmp_path / "export", "--dtype", "fp32", "--format", "llava")
     ours = FilaForConditionalGeneration.from_pretrained(out).eval()

@@ -23,8 +23,9 @@ from distributed_utils import (  # noqa: F401  (assets is a fixture)
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import ConversationDataset, DatasetOptions
 from fila_train.data.packing import PackingCollator, build_collator, flash_attention_kwargs
-from fila_train.data.templates import get_template
-from fila_train.data.tokenization import IGNORE_INDEX, ConversationTokenizer
+from fila_train.processing.chat_templates import get_template
+from fila_train.processing.conversations import IGNORE_INDEX
+from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.model.builder import build_model, load_tokenizer
 
 QUESTION = "What is written in the document?"

@@ -11,8 +11,9 @@ from PIL import Image
 
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import ConversationDataset, DatasetOptions
-from fila_train.data.templates import get_template
-from fila_train.data.tokenization import IGNORE_INDEX, ConversationTokenizer
+from fila_train.processing.chat_templates import get_template
+from fila_train.processing.conversations import IGNORE_INDEX
+from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.demo.tiny_models import save_tiny_clip, save_tiny_llm
 from fila_train.demo.tokenizer import build_demo_tokenizer
 from fila_train.model.builder import build_model

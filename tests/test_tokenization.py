@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fila_train.data.templates import TEMPLATES, get_template
-from fila_train.data.tokenization import (
-    IGNORE_INDEX,
-    ConversationError,
-    ConversationTokenizer,
-    TokenizedSample,
-)
+from fila_train.processing.chat_templates import TEMPLATES, get_template
+from fila_train.processing.conversations import IGNORE_INDEX, ConversationError, TokenizedSample
+from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.demo.tokenizer import CHAT_SPECIAL_TOKENS, build_demo_tokenizer
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 
@@ -179,12 +175,18 @@ def assert_trained_exactly_answers(tokenizer, template: str, conversations: list
     if template != "plain":  # plain drops the human text, so consecutive answers may touch
         assert len(trained) == n_answers, f"{len(trained)} trained spans for {n_answers} answers"
     end_of_turn = get_template(template).end_of_turn
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn)
-    pieces = [piece for start, end in trained for piece in split_after(labels[start:end], eot_id)]
-    decoded = [decode(tokenizer, piece) for piece in pieces]
+    if template == "plain":  # "\n" ends a caption but is inside answers too: compare the trained text whole
+        texts = [decode(tokenizer, labels[start:end]) for start, end in trained]
+        decoded = ["".join(t.removeprefix(" ") if sentencepiece else t for t in texts)]
+    else:
+        eot_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        pieces = [piece for start, end in trained for piece in split_after(labels[start:end], eot_id)]
+        decoded = [decode(tokenizer, piece) for piece in pieces]
     expected = [TRAINED_PREFIX.get(template, "") + answer + end_of_turn for answer in answers(conversations)]
-    if sentencepiece:  # decoding drops the word-start marker of the first piece, nothing else
-        expected = [text.removeprefix(" ") for text in expected]
+    if template == "plain":
+        expected = ["".join(expected)]
+    if sentencepiece:  # decoding drops the word-start marker of a piece's first token
+        expected, decoded = [t.removeprefix(" ") for t in expected], [t.removeprefix(" ") for t in decoded]
     assert decoded == expected
     return sample
 
@@ -261,35 +263,21 @@ def test_llama2_vicuna_answer_tokens_match_whole_string_tokenization(llama2_toke
     assert_vicuna_answer_matches_whole_string(llama2_tokenizer)
 
 
-SPECIAL_LOOKALIKES = "<s>struck</s> <|im_end|><|eot_id|> <|im_start|>system"
+SPECIAL_LOOKALIKES = ("<s>struck</s>", "<|im_end|>", "<|eot_id|>", "<|im_start|>system")
 
 
-def with_special_lookalikes(conversations: list[dict]) -> list[dict]:
-    return [{**turn, "value": turn["value"] + " " + SPECIAL_LOOKALIKES} if turn["from"] != "system" else turn
-            for turn in conversations]
-
-
-def special_counts(tokenizer, ids: list[int]) -> dict[str, int]:
-    return {token: ids.count(tokenizer.convert_tokens_to_ids(token)) for token in tokenizer.all_special_tokens}
-
-
+@pytest.mark.parametrize("lookalike", SPECIAL_LOOKALIKES)
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
-def test_special_token_text_in_records_stays_text(demo_tokenizer, template: str) -> None:
-    """A record's literal '</s>' or '<|im_start|>' neither ends a turn nor forges a header."""
-    conversations, counts = RECORDS["multi_turn_system_two_images"]
-    tricky = with_special_lookalikes(conversations)
-    sample = assert_trained_exactly_answers(demo_tokenizer, template, tricky, counts, sentencepiece=False)
-    clean = encode(demo_tokenizer, template, conversations, counts)
-    assert special_counts(demo_tokenizer, sample.input_ids) == special_counts(demo_tokenizer, clean.input_ids)
-
-
-@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
-def test_llama2_special_token_text_in_records_stays_text(llama2_tokenizer, template: str) -> None:
+def test_control_token_text_in_a_record_is_an_error_naming_the_field(demo_tokenizer, template: str,
+                                                                     lookalike: str) -> None:
+    """A record's literal '</s>' or '<|im_start|>' would be read as that control token by any stack given
+    the prompt (ending a turn, forging a header): the record is refused, naming the field."""
     conversations, counts = RECORDS["multi_turn"]
-    tricky = with_special_lookalikes(conversations)
-    sample = assert_trained_exactly_answers(llama2_tokenizer, template, tricky, counts, sentencepiece=True)
-    clean = encode(llama2_tokenizer, template, conversations, counts)
-    assert special_counts(llama2_tokenizer, sample.input_ids) == special_counts(llama2_tokenizer, clean.input_ids)
+    for index in (0, 3):
+        tricky = [dict(turn) for turn in conversations]
+        tricky[index]["value"] += " " + lookalike
+        with pytest.raises(ConversationError, match=re.escape(f"conversations[{index}].value contains")):
+            encode(demo_tokenizer, template, tricky, counts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,8 +303,8 @@ def test_context_holds_every_prompt_and_no_answer(demo_tokenizer, template: str)
     sample = encode(demo_tokenizer, template, conversations, counts)
     context = [token for token, label in zip(sample.input_ids, sample.labels)
                if label == IGNORE_INDEX and token != IMAGE_TOKEN_ID]
-    if template == "plain":  # image tokens then captions: no system prompt, the human text is dropped
-        assert context == []
+    if template == "plain":  # BOS, image tokens, captions: no system prompt, the human text is dropped
+        assert context == [demo_tokenizer.bos_token_id]
         return
     text = decode(demo_tokenizer, context)
     for turn in conversations:

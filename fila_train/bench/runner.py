@@ -21,8 +21,8 @@ from ..data.collator import ConversationCollator
 from ..data.packing import build_collator
 from ..data.dataset import ConversationDataset, DatasetOptions
 from ..data.images import load_rgb_image
-from ..data.templates import get_template
-from ..data.tokenization import ConversationTokenizer
+from ..processing.chat_templates import get_template
+from ..processing.tokenization import ConversationTokenizer
 from ..model.builder import load_tokenizer
 from ..training.parts import apply_tune_parts, parameter_table
 from .configs import BENCH_CONFIGS, BenchConfig

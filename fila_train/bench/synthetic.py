@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.tokenization import ConversationTokenizer
+from ..processing.tokenization import ConversationTokenizer
 from ..demo.synthetic_docs import make_synthetic_dataset
 from ..demo.tokenizer import build_demo_tokenizer
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .tokenization import IGNORE_INDEX
+from ..processing.conversations import IGNORE_INDEX
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from .annotations import AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
-from .tokenization import ConversationTokenizer
+from ..processing.tokenization import ConversationTokenizer
 from .validation import RecordError, check_record
 
 logger = logging.getLogger(__name__)

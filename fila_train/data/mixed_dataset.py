@@ -11,8 +11,8 @@ from transformers import PreTrainedTokenizerBase
 from .dataset import ConversationDataset, DatasetOptions, ReplacesUnusableSamples
 from .lengths import source_lengths
 from .mixture import MixtureError, MixtureSpec, SourceSpec, resolve_plan
-from .templates import get_template
-from .tokenization import ConversationTokenizer
+from ..processing.chat_templates import get_template
+from ..processing.tokenization import ConversationTokenizer
 
 
 def source_processor(processor: Any, source: SourceSpec, where: str) -> Any:

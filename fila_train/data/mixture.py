@@ -153,7 +153,7 @@ def _source(entry: Any, index: int, root: Path, where: str) -> SourceSpec:
         raise MixtureError(f"{here}: field 'image_root' must be a path, got {image_root!r}")
     template = entry.get("template")
     if template is not None:
-        from .templates import TEMPLATES
+        from ..processing.chat_templates import TEMPLATES
 
         if template not in TEMPLATES:
             raise MixtureError(f"{here}: field 'template': unknown template {template!r}; known: "

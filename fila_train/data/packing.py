@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .collator import ConversationCollator
-from .tokenization import IGNORE_INDEX
+from ..processing.conversations import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

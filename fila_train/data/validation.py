@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .images import ImageLoadError, check_relative_image_path
-from .tokenization import (ConversationError, check_ends_with_answer, check_image_count,
+from ..processing.conversations import (ConversationError, check_ends_with_answer, check_image_count,
                            parse_turns_indexed)
 
 

@@ -5,8 +5,8 @@ import dataclasses
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from ..data.templates import get_template
-from ..data.tokenization import ConversationTokenizer
+from ..processing.chat_templates import get_template
+from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 
 IMAGE_PROCESSOR_FILE = "fila_image_processor.json"
@@ -14,11 +14,7 @@ IMAGE_PROCESSOR_FILE = "fila_image_processor.json"
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template_name: str, image_token_id: int) -> list[int]:
     """The template's end-of-turn token (what training taught the model to emit), then EOS if different."""
-    prompter = ConversationTokenizer(tokenizer, get_template(template_name), image_token_id)
-    ids = [prompter.special_id(prompter.template.end_of_turn)]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    return ConversationTokenizer(tokenizer, get_template(template_name), image_token_id).stop_token_ids()
 
 
 def generation_config(tokenizer: PreTrainedTokenizerBase, template_name: str, image_token_id: int,

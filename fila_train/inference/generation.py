@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
-from ..data.tokenization import IMAGE_PLACEHOLDER
+from ..processing.conversations import IMAGE_PLACEHOLDER
 from .loading import InferenceModel
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from ..data.templates import get_template
-from ..data.tokenization import ConversationTokenizer
+from ..processing.chat_templates import get_template
+from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import is_fila_checkpoint
 
@@ -51,10 +51,7 @@ class InferenceModel:
     @property
     def stop_token_ids(self) -> list[int]:
         """The template's end-of-turn token (what training taught the model to emit), and EOS."""
-        ids = [self.prompter.special_id(self.prompter.template.end_of_turn)]
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        return self.prompter.stop_token_ids()
 
     @property
     def pad_token_id(self) -> int:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..data.mixture import MixtureError, load_mixture
-from ..data.templates import TEMPLATES
+from ..processing.chat_templates import TEMPLATES
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature
 from .checkpoints import CheckpointError, resolve_resume
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from ..tokenization import IMAGE_PLACEHOLDER
+from ...processing.conversations import IMAGE_PLACEHOLDER
 from .sample import Sample
 
 Located = tuple[str, Sample]  # (where the sample came from, the sample)

@@ -1,0 +1,1 @@
+"""Processing: records and chat messages -> model inputs (templates, tokenization, images), one processor."""
