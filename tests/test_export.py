@@ -42,6 +42,7 @@ from fila_train.export.source import find_source
 from fila_train.model import FilaForConditionalGeneration
 from fila_train.model.builder import load_tokenizer
 from fila_train.model.lora import merge_lora
+from fila_train.processing.processor import load_processor
 
 STEPS = 2
 INDEX = "model.safetensors.index.json"
@@ -289,8 +290,13 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     ours = FilaForConditionalGeneration.from_pretrained(out).eval()
     # Loaded as the model card says, from the path of the "llava" folder (transformers 5.23 reads a local
     # subfolder="llava" generation_config.json from the parent folder).
-    llava = LlavaForConditionalGeneration.from_pretrained(out / "llava", dtype=torch.float32).eval()
+    llava, loading = LlavaForConditionalGeneration.from_pretrained(out / "llava", dtype=torch.float32,
+                                                                   output_loading_info=True)
+    llava.eval()
+    assert all(not keys for keys in loading.values()), loading  # no missing, unexpected or mismatched key
     assert_one_indexed_shard(out / "llava", llava)
+    with safe_open(out / "llava" / "model-00001-of-00001.safetensors", "pt") as handle:  # the llava-hf layout
+        assert any(key.startswith("vision_tower.vision_model.") for key in handle.keys())
     processor = AutoProcessor.from_pretrained(out / "llava", backend="pil")
     image_token_id = llava.config.image_token_id
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == image_token_id == ours.config.text_config.vocab_size
@@ -314,12 +320,60 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     sample = prompter.encode([{"from": "human", "value": "<image>\nWhat is written here?"}],
                              [num_image_tokens], add_generation_prompt=True)
     input_ids = torch.tensor([sample.input_ids])
+    # The folder's chat template gives the trainer's generation prompt.
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "What is written here?"}]}]
+    served = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert served["input_ids"][0] == input_ids.masked_fill(input_ids == ours.config.image_token_id,
+                                                           image_token_id)[0].tolist()
     with torch.no_grad():
         expected = ours(input_ids=input_ids, images={"pixel_values": pixels}).logits
         got = llava(input_ids=input_ids.masked_fill(input_ids == ours.config.image_token_id, image_token_id),
                     pixel_values=pixels).logits
     assert got.shape[-1] == expected.shape[-1] + 1  # the <image> row
     torch.testing.assert_close(got[..., :-1], expected, rtol=0, atol=1e-5)
+
+
+LLAVA_ERA_TRANSFORMERS = ("4.49.*", "4.57.*")  # what LLaVA-era stacks and many vLLM releases pin
+
+
+@pytest.mark.parametrize("version", LLAVA_ERA_TRANSFORMERS)
+def test_llava_export_loads_in_llava_era_transformers(baseline_folder, assets, tmp_path, version):
+    """The --format llava folder in transformers 4.x (an isolated uv environment, never the lockfile's):
+    no missing or unexpected key, AutoProcessor works, and its chat-template prompt gives our logits."""
+
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv runs the test suite, so it is on PATH (or in $UV under `uv run`)"
+    out = export(baseline_folder, tmp_path / "export", "--dtype", "fp32", "--format", "llava")
+    image = Image.open(min(assets.image_folder.iterdir())).convert("RGB")
+    square = tmp_path / "image.png"
+    image.save(square)  # not square: 4.x pads it as LLaVA and we do
+    result = tmp_path / "logits.safetensors"
+    run = subprocess.run([uv, "run", "--no-project", "--python", f"{sys.version_info.major}.{sys.version_info.minor}",
+                          "--with", f"transformers=={version}", "--with", f"torch=={torch.__version__.split('+')[0]}",
+                          "--with", "pillow", "--with", "numpy", "python",
+                          str(REPO / "tests" / "isolated" / "llava_load_check.py"), str(out / "llava"), str(square),
+                          str(result)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["transformers"].startswith(version.rstrip("*"))
+    assert all(not keys for keys in report["loading"].values()), report["loading"]
+    assert report["processor"] == "LlavaProcessor"
+    theirs = load_file(result)
+
+    ours = FilaForConditionalGeneration.from_pretrained(out).eval()
+    processor = load_processor(out, ours.config)
+    pixels = processor.image_processor([Image.open(square).convert("RGB")])[0]["pixel_values"]
+    torch.testing.assert_close(theirs["pixel_values"], pixels, rtol=0, atol=1e-6)
+    sample = processor.conversations.encode([{"from": "human", "value": "<image>\nWhat is written here?"}],
+                                            [processor.image_processor.encoder_processor.tokens_per_view],
+                                            add_generation_prompt=True)
+    image_token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert theirs["input_ids"][0].tolist() == [image_token_id if t == ours.config.image_token_id else t
+                                               for t in sample.input_ids]
+    with torch.no_grad():
+        expected = ours(input_ids=torch.tensor([sample.input_ids]), images={"pixel_values": pixels}).logits
+    torch.testing.assert_close(theirs["logits"][..., :expected.shape[-1]], expected, rtol=0, atol=1e-5)
 
 
 def test_llava_format_refuses_non_baseline_models(hybrid_folder, tmp_path):

@@ -21,9 +21,9 @@ from fila_train.inference.generation import (
     build_prompt,
     generate_answers,
     generate_ids,
-    left_padded,
 )
 from fila_train.inference.loading import load_model
+from fila_train.processing.processor import left_padded
 from fila_train.model.builder import load_tokenizer
 
 ENCODERS = ("clip", "fila_hybrid")
@@ -61,7 +61,8 @@ def batch_prompts(loaded, images):
 
 def greedy_with_logits(loaded, prompts):
     """model.generate on one left-padded batch: new tokens [B, STEPS] and logits [STEPS, B, V]."""
-    input_ids, attention_mask = left_padded(prompts, loaded.pad_token_id)
+    padded = left_padded([p.input_ids for p in prompts], loaded.pad_token_id)
+    input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]
     processed = [p.image for p in prompts if p.image is not None]
     config = GenerationOptions(max_new_tokens=STEPS).config(loaded)
     config.return_dict_in_generate = config.output_logits = True

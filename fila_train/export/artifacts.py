@@ -3,24 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig
 
-from ..processing.chat_templates import get_template
-from ..processing.tokenization import ConversationTokenizer
+from ..processing.processor import FilaProcessor
 from ..model import FilaForConditionalGeneration
 
 IMAGE_PROCESSOR_FILE = "fila_image_processor.json"
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template_name: str, image_token_id: int) -> list[int]:
-    """The template's end-of-turn token (what training taught the model to emit), then EOS if different."""
-    return ConversationTokenizer(tokenizer, get_template(template_name), image_token_id).stop_token_ids()
-
-
-def generation_config(tokenizer: PreTrainedTokenizerBase, template_name: str, image_token_id: int,
-                      **extra) -> GenerationConfig:
+def generation_config(processor: FilaProcessor, **extra) -> GenerationConfig:
     """Greedy decoding that stops where training taught the model to stop; padding with the tokenizer's pad."""
-    eos = stop_token_ids(tokenizer, template_name, image_token_id)
+    tokenizer = processor.tokenizer
+    eos = processor.stop_token_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
                             pad_token_id=pad, do_sample=False, **extra)

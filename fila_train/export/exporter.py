@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
-
+from ..processing.processor import FilaProcessor, load_processor
 from ..utils.files import write_json_atomic
 from .artifacts import IMAGE_PROCESSOR_FILE, generation_config, image_processor_settings
 from .errors import ExportError
@@ -44,13 +43,13 @@ class ExportOptions:
             raise ExportError(f"max_shard_size {self.max_shard_size!r} is not a size such as 5GB, 500MB or 200KB")
 
 
-def load_tokenizer(folder: Path, config):
+def load_folder_processor(folder: Path, config) -> FilaProcessor:
     try:
-        # Given the config, AutoTokenizer does not re-read config.json as a generic config.
-        return AutoTokenizer.from_pretrained(str(folder), config=config)
+        return load_processor(folder, config)
     except (OSError, ValueError) as error:
-        raise ExportError(f"{folder}: no usable tokenizer files (tokenizer.json / tokenizer_config.json, saved by "
-                          f"the trainer next to the weights): {error}") from None
+        raise ExportError(f"{folder}: no usable processor or tokenizer files (processor_config.json, "
+                          f"tokenizer.json / tokenizer_config.json, saved by the trainer next to the weights): "
+                          f"{error}") from None
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, options: ExportOptions = ExportOptions()) -> Path:
@@ -64,21 +63,20 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     config = load_config(folder)
     if options.format == "llava":
         check_llava_compatible(config, folder)  # before the (slow) consolidation
-    tokenizer = load_tokenizer(folder, config)
+    processor = load_folder_processor(folder, config)
     chain = read_stage_chain(folder)
     merged_lora = config.lora
     model = rebuild_model(config, read_state_dict(source), source.describe())
-    model.generation_config = generation_config(tokenizer, model.config.conversation_template,
-                                                model.config.image_token_id)
+    model.generation_config = generation_config(processor)
     dtype = DTYPES[options.dtype]
     with atomic_folder(output, options.overwrite) as staging:
         model.to(dtype)
         logger.info("writing %s weights (shards of at most %s)", options.dtype, options.max_shard_size)
         save_sharded(model, staging, options.max_shard_size)
-        tokenizer.save_pretrained(staging)
+        processor.save_pretrained(staging)  # tokenizer, chat template, image preprocessing
         write_json_atomic(staging / IMAGE_PROCESSOR_FILE, image_processor_settings(model))
         if options.format == "llava":
-            write_llava(model, tokenizer, staging / LLAVA_FOLDER, dtype, options.max_shard_size)
+            write_llava(model, processor, staging / LLAVA_FOLDER, dtype, options.max_shard_size)
         facts = CardFacts(dtype=options.dtype, source=source.describe(), chain=chain, merged_lora=merged_lora,
                           llava_folder=LLAVA_FOLDER if options.format == "llava" else None)
         (staging / "README.md").write_text(render_model_card(model, facts))

@@ -1,21 +1,28 @@
-"""``--format llava``: the LLaVA-1.5 baseline as a transformers-native LlavaForConditionalGeneration folder.
+"""``--format llava``: the LLaVA-1.5 baseline as a transformers LlavaForConditionalGeneration folder.
 
 Only the baseline has a LLaVA counterpart: one CLIP view per image (``vision_encoder clip``), the
-Linear-GELU-Linear projector (``mlp2x_gelu``) and a Llama-family LLM. Weights are renamed to the
-module names of transformers' Llava (checked against 5.23) and loaded strictly into a Llava model
-before it saves itself, so transformers decides the on-disk layout. LLaVA looks image positions up
-in the embedding table, so the tokenizer gets an ``<image>`` token; when its id is past the
-embeddings, one row (the mean of the others, as transformers' resize does) is appended to the
-input and output embeddings, and generation suppresses that id.
+Linear-GELU-Linear projector (``mlp2x_gelu``) and a Llama-family LLM. Weights are renamed to the module
+names of transformers' Llava and loaded strictly into a Llava model (so transformers checks every name and
+shape), then written under the llava-hf hub layout (``vision_tower.vision_model.*``,
+``language_model.model.*``): the layout 4.4x-4.5x read natively, vLLM reads, and 5.x converts on load.
+The config carries the 4.x keys too (``rope_theta``). LLaVA looks image positions up in the embedding
+table, so the tokenizer has an ``<image>`` token; when its id is past the embeddings, one row (the mean of
+the others, as transformers' resize does) is appended to the input and output embeddings, and generation
+suppresses that id. The processor files (``preprocessor_config.json``, ``processor_config.json``) and the
+chat template (``chat_template.jinja``, ``chat_template.json``, and in the tokenizer config) are written
+for both generations of transformers.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
 from transformers import (
     AddedToken,
     LlavaConfig,
@@ -25,25 +32,35 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.image_utils import PILImageResampling
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..model import FilaConfig, FilaForConditionalGeneration
+from ..processing.processor import FilaProcessor
+from ..utils.files import write_json_atomic
 from .artifacts import generation_config
 from .errors import ExportError
 from .rebuild import load_strictly
-from .shards import save_sharded
+from .shards import SINGLE_SHARD
 
 logger = logging.getLogger(__name__)
 
 LLAVA_FOLDER = "llava"
 IMAGE_TOKEN = "<image>"
 LLAMA_FAMILY = ("llama", "mistral")  # LLMs whose Llava text model is the same decoder under the same names
-# Our parameter-name prefix -> Llava's (transformers 5.23 LlavaForConditionalGeneration module names).
+# Our parameter-name prefix -> Llava's (transformers 5.x LlavaForConditionalGeneration module names).
 RENAMES: tuple[tuple[str, str], ...] = (
     ("vision_tower.clip.", "model.vision_tower."),
     ("connector.projector.0.", "model.multi_modal_projector.linear_1."),
     ("connector.projector.2.", "model.multi_modal_projector.linear_2."),
     ("language_model.model.", "model.language_model."),
     ("language_model.lm_head.", "lm_head."),
+)
+# transformers 5.x module names -> the llava-hf hub layout (what 4.x modules are named, and what 5.x converts).
+HUB_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("model.vision_tower.", "vision_tower.vision_model."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
 )
 
 
@@ -116,7 +133,8 @@ def llava_config(config: FilaConfig, image_token_id: int, vocab_rows: int) -> Ll
                        tie_word_embeddings=config.tie_word_embeddings)
 
 
-def llava_processor(model: FilaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
+def llava_processor(model: FilaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
+                    chat_template: str) -> LlavaProcessor:
     """LLaVA-1.5 preprocessing as ours: pad to a square with the mean colour, bicubic resize, CLIP normalise;
     ``<image>`` expands to one token per patch (CLS dropped)."""
     ours = model.image_processor()
@@ -127,23 +145,88 @@ def llava_processor(model: FilaForConditionalGeneration, tokenizer: PreTrainedTo
         do_normalize=True, image_mean=list(ours.mean), image_std=list(ours.std), do_convert_rgb=True)
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=ours.patch_size,
                           vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
-                          num_additional_image_tokens=1)
+                          num_additional_image_tokens=1, chat_template=chat_template)
 
 
-def write_llava(model: FilaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, folder: Path,
+def hub_name(name: str) -> str:
+    for module, hub in HUB_LAYOUT:
+        if name.startswith(module):
+            return hub + name[len(module):]
+    raise ExportError(f"Llava parameter {name!r} has no name in the llava-hf hub layout")
+
+
+def save_hub_layout(llava: LlavaForConditionalGeneration, folder: Path, max_shard_size: str) -> None:
+    """The weights under llava-hf hub names, as safetensors shards plus an index (always: one layout)."""
+    state_dict = {hub_name(name): tensor.contiguous() for name, tensor in llava.state_dict().items()}
+    if llava.config.tie_word_embeddings:
+        state_dict.pop("language_model.lm_head.weight", None)
+    split = split_torch_state_dict_into_shards(state_dict, max_shard_size=max_shard_size,
+                                               filename_pattern="model{suffix}.safetensors")
+    names = {filename: filename if split.is_sharded else SINGLE_SHARD for filename in split.filename_to_tensors}
+    for filename, tensors in split.filename_to_tensors.items():
+        save_file({name: state_dict[name] for name in tensors}, folder / names[filename], metadata={"format": "pt"})
+    index = {"metadata": {"total_parameters": sum(t.numel() for t in state_dict.values()),
+                          "total_size": sum(t.numel() * t.element_size() for t in state_dict.values())},
+             "weight_map": {name: names[filename] for name, filename in sorted(split.tensor_to_filename.items())}}
+    write_json_atomic(folder / SAFE_WEIGHTS_INDEX_NAME, index)
+
+
+def hub_config(llava: LlavaForConditionalGeneration) -> dict:
+    """config.json for 4.x and 5.x: 5.x keys plus the 4.x ones it replaced (rope_theta, torch_dtype)."""
+    config = llava.config.to_dict()
+    config["architectures"] = ["LlavaForConditionalGeneration"]
+    config["torch_dtype"] = str(llava.dtype).removeprefix("torch.")
+    text = config["text_config"]
+    rope = dict(text.get("rope_parameters") or {})
+    if "rope_theta" in rope:
+        text["rope_theta"] = rope.pop("rope_theta")
+    if rope.get("rope_type", "default") != "default":
+        text["rope_scaling"] = rope
+    return config
+
+
+def split_processor_config(folder: Path) -> None:
+    """transformers 5 nests the image processor in processor_config.json, which 4.x passes on as a second
+    ``image_processor`` argument (a TypeError). Written the 4.x way instead: preprocessor_config.json as the
+    padding LlavaImageProcessor (4.49+ and 5.x; older 4.x have no image processor that pads like LLaVA)."""
+    config = json.loads((folder / "processor_config.json").read_text())
+    image_processor = config.pop("image_processor")
+    write_json_atomic(folder / "processor_config.json", config)
+    write_json_atomic(folder / "preprocessor_config.json",
+                      {**image_processor, "image_processor_type": "LlavaImageProcessor", "processor_class": "LlavaProcessor"})
+
+
+def with_4x_tokenizer_config(path: Path) -> None:
+    """tokenizer_config.json in the names 4.x reads and 5.x still maps back: transformers 5 calls a tokenizer
+    read from tokenizer.json "TokenizersBackend" (4.x: PreTrainedTokenizerFast) and lists extra special
+    tokens under "extra_special_tokens" (4.x: "additional_special_tokens"; 4.x reads that key as a dict)."""
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    write_json_atomic(path, config)
+
+
+def write_llava(model: FilaForConditionalGeneration, processor: FilaProcessor, folder: Path,
                 dtype: torch.dtype, max_shard_size: str) -> None:
     """``folder``: a LlavaForConditionalGeneration with ``model``'s weights, its processor and tokenizer."""
     config = model.config
-    llava_tokenizer, image_token_id = tokenizer_with_image_token(tokenizer)
+    llava_tokenizer, image_token_id = tokenizer_with_image_token(processor.tokenizer)
+    llava_tokenizer.chat_template = processor.chat_template  # 4.x tokenizers' apply_chat_template reads it
     vocab_rows = max(config.text_config.vocab_size, image_token_id + 1)
     with init_empty_weights(include_buffers=False):
         llava = LlavaForConditionalGeneration(llava_config(config, image_token_id, vocab_rows))
     load_strictly(llava, llava_state_dict(model, vocab_rows), "the renamed fila weights")
     llava.to(dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_hub_layout(llava, folder, max_shard_size)
+    write_json_atomic(folder / "config.json", hub_config(llava))
     # The <image> id must never be generated: it only marks where image features go.
-    llava.generation_config = generation_config(tokenizer, config.conversation_template, config.image_token_id,
-                                                 suppress_tokens=[image_token_id])
-    save_sharded(llava, folder, max_shard_size)
-    llava_processor(model, llava_tokenizer).save_pretrained(folder)
+    generation_config(processor, suppress_tokens=[image_token_id]).save_pretrained(folder)
+    llava_processor(model, llava_tokenizer, processor.chat_template).save_pretrained(folder)
+    split_processor_config(folder)
+    write_json_atomic(folder / "chat_template.json", {"chat_template": processor.chat_template})  # 4.4x name
+    with_4x_tokenizer_config(folder / "tokenizer_config.json")
     logger.info("wrote the LlavaForConditionalGeneration copy to %s (<image> = id %d, vocabulary %d)",
                 folder, image_token_id, vocab_rows)

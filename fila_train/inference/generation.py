@@ -10,6 +10,7 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from ..processing.conversations import IMAGE_PLACEHOLDER
+from ..processing.processor import left_padded
 from .loading import InferenceModel
 
 
@@ -24,8 +25,8 @@ class Prompt:
 
 
 def build_prompt(loaded: InferenceModel, question: str, image: Image.Image | None) -> Prompt:
-    """One human turn plus the assistant header, through the same per-turn tokenization as training,
-    so the ids are exactly a prefix of what the model saw for such a conversation."""
+    """One human turn plus the assistant header, rendered by the model's chat template and tokenized as one
+    string, as training was: ``processor.apply_chat_template(..., add_generation_prompt=True)`` gives these ids."""
     placeholders = question.count(IMAGE_PLACEHOLDER)
     if placeholders > (image is not None):
         raise PromptError(f"the prompt contains {placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) but "
@@ -52,18 +53,6 @@ class GenerationOptions:
                                 eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.pad_token_id, **sampling)
 
 
-def left_padded(prompts: list[Prompt], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids and attention_mask with every prompt ending at the last column, where generation continues."""
-    length = max(len(p.input_ids) for p in prompts)
-    input_ids = torch.full((len(prompts), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        n = len(prompt.input_ids)
-        input_ids[row, length - n:] = torch.tensor(prompt.input_ids, dtype=torch.long)
-        attention_mask[row, length - n:] = 1
-    return input_ids, attention_mask
-
-
 def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
@@ -83,7 +72,8 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
 def generate_ids(loaded: InferenceModel, prompts: list[Prompt], options: GenerationOptions,
                  streamer: BaseStreamer | None = None) -> list[list[int]]:
     """The new token ids of every prompt (one batch), up to (without) its stop token."""
-    input_ids, attention_mask = left_padded(prompts, loaded.pad_token_id)
+    padded = left_padded([p.input_ids for p in prompts], loaded.pad_token_id)
+    input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]
     processed = [p.image for p in prompts if p.image is not None]
     images = to_device(loaded.processor.collate(processed), loaded.device) if processed else None
     output = loaded.model.generate(input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),

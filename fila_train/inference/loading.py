@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from ..processing.chat_templates import get_template
+from ..processing.processor import FilaProcessor, load_processor
 from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import is_fila_checkpoint
@@ -36,12 +36,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class InferenceModel:
-    """A model in eval mode with everything needed to prompt it as it was trained."""
+    """A model in eval mode with the processor that prompts it exactly as it was trained."""
 
     model: FilaForConditionalGeneration
-    tokenizer: PreTrainedTokenizerBase
-    processor: Any  # the vision encoder's ImageProcessor
-    prompter: ConversationTokenizer  # the model's conversation template on its tokenizer
+    fila_processor: FilaProcessor
     path: str
 
     @property
@@ -49,9 +47,23 @@ class InferenceModel:
         return self.model.device
 
     @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.fila_processor.tokenizer
+
+    @property
+    def processor(self) -> Any:
+        """The vision encoder's image processor (views, token counts, collation)."""
+        return self.fila_processor.image_processor.encoder_processor
+
+    @property
+    def prompter(self) -> ConversationTokenizer:
+        """The model's conversation template on its tokenizer."""
+        return self.fila_processor.conversations
+
+    @property
     def stop_token_ids(self) -> list[int]:
         """The template's end-of-turn token (what training taught the model to emit), and EOS."""
-        return self.prompter.stop_token_ids()
+        return self.fila_processor.stop_token_ids
 
     @property
     def pad_token_id(self) -> int:
@@ -73,8 +85,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     device = torch.device(device) if device is not None else default_device()
     try:
         model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
-        # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
-        tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
+        processor = load_processor(path, model.config)
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
     except ValueError as error:  # a config the model refuses to build from (e.g. a QLoRA run: export it first)
@@ -83,9 +94,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     # generate() fills every option we leave unset from the folder's generation_config.json (e.g. an
     # LLM's sampling or beam defaults); GenerationOptions alone decides, so that file is not used.
     model.generation_config = GenerationConfig()
-    prompter = ConversationTokenizer(tokenizer, get_template(model.config.conversation_template),
-                                     model.config.image_token_id)
-    return InferenceModel(model, tokenizer, model.image_processor(), prompter, path)
+    return InferenceModel(model, processor, path)
 
 
 @dataclass

@@ -121,7 +121,7 @@ class ConversationTokenizer:
         check_image_count(turns, indices, len(counts))
         answer_indices = [index for index, (role, _) in zip(indices, turns) if role != HUMAN]
         ids, labels = self._labelled_ids(rendered.text, rendered.trained_spans, answer_indices)
-        return self._expand_images(ids, labels, counts)
+        return self.expand_images(ids, counts, labels)
 
     def _labelled_ids(self, text: str, spans: list[tuple[int, int]], answers: list[int]) -> tuple[list[int], list[int]]:
         if self.tokenizer.is_fast:
@@ -146,7 +146,9 @@ class ConversationTokenizer:
             labels[bounds[0]:bounds[1]] = ids[bounds[0]:bounds[1]]
         return ids, labels
 
-    def _expand_images(self, ids: list[int], labels: list[int], counts: list[int]) -> TokenizedSample:
+    def expand_images(self, ids: list[int], counts: list[int], labels: list[int] | None = None) -> TokenizedSample:
+        """Each ``<image>`` id becomes ``counts[i]`` image-context ids (untrained)."""
+        labels = [IGNORE_INDEX] * len(ids) if labels is None else labels
         placed = ids.count(self.placeholder_id)
         if placed != len(counts):
             raise ConversationError(f"template {self.template.name!r} placed {placed} of {len(counts)} images")

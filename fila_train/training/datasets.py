@@ -13,6 +13,7 @@ from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
 from ..utils.distributed import is_main_process
 from ..utils.files import write_json_atomic
+from ..processing.processor import FilaProcessor
 from .arguments import DataArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -20,13 +21,13 @@ logger = logging.getLogger(__name__)
 PLAN_FILE = "data_plan.json"
 
 
-def build_train_dataset(data_args: DataArguments, args: TrainingArguments, tokenizer, template: str,
-                        image_token_id: int, image_processor: Any) -> MixtureDataset:
+def build_train_dataset(data_args: DataArguments, args: TrainingArguments, processor: FilaProcessor) -> MixtureDataset:
     spec = (load_mixture(data_args.data_path, data_args.data_root) if data_args.is_mixture()
             else single_source(data_args.data_path, data_args.image_folder))
     options = DatasetOptions(args.model_max_length, data_args.on_overlong, data_args.on_bad_sample,
                              data_args.max_image_pixels)
-    dataset = MixtureDataset(spec, tokenizer, template, image_token_id, image_processor, options)
+    dataset = MixtureDataset(spec, processor.tokenizer, processor.conversation_template, processor.image_token_index,
+                             processor.image_processor.encoder_processor, options)
     logger.info("data plan (seed %d, on_bad_sample=%s):\n%s", spec.seed, options.on_bad_sample,
                 dataset.plan.format_table())
     if is_main_process():

@@ -15,6 +15,7 @@ from transformers import HfArgumentParser
 
 from ..data.packing import build_collator
 from ..model.builder import build_model, load_tokenizer
+from ..processing.processor import FilaProcessor
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..utils.distributed import is_main_process, rank, world_size
@@ -133,9 +134,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow.
         model.language_model.enable_input_require_grads()
 
-    processor = model.image_processor()
-    dataset = build_train_dataset(data_args, args, tokenizer, model_args.conversation_template,
-                                  model.config.image_token_id, processor)
+    # Saved with every checkpoint and the final model: tokenizer, chat template, image preprocessing.
+    processor = FilaProcessor.for_model(tokenizer, model.config)
+    dataset = build_train_dataset(data_args, args, processor)
     logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
                 format_parameter_table(model))
     if flops is not None:
@@ -146,8 +147,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
 
     trainer = FilaTrainer(model=model, args=args, train_dataset=dataset,
                           data_collator=build_collator(args.packing, model_args.attn_implementation,
-                                                       tokenizer.pad_token_id, processor),
-                          processing_class=tokenizer)
+                                                       tokenizer.pad_token_id,
+                                                       processor.image_processor.encoder_processor),
+                          processing_class=processor)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     seconds = time.perf_counter() - start

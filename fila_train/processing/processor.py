@@ -1,0 +1,113 @@
+"""FilaProcessor: tokenizer + conversation template + image-token expansion + image processor, in one
+transformers ProcessorMixin (the LlavaProcessor convention).
+
+Training, inference, evaluation, export and bench take their prompt ids from it, and it is saved with
+every checkpoint and export (``processor_config.json``, ``preprocessor_config.json``, the tokenizer and
+``chat_template.jinja``), so ``AutoProcessor.from_pretrained(folder)`` after ``import fila_train`` gives
+back exactly the preprocessing the model was trained with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers.processing_utils import ProcessorMixin
+
+from .chat_templates import IMAGE_PLACEHOLDER, get_template
+from .image_processing import FilaImageProcessor
+from .tokenization import ConversationTokenizer, with_image_token
+
+PROCESSOR_FILE = "processor_config.json"
+
+
+class FilaProcessor(ProcessorMixin):
+    def __init__(self, image_processor: FilaImageProcessor | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None, chat_template: str | None = None,
+                 conversation_template: str = "vicuna_v1", image_token_index: int = -200, **kwargs):
+        self.conversation_template = conversation_template
+        self.image_token_index = image_token_index
+        self.image_token = IMAGE_PLACEHOLDER
+        template = get_template(conversation_template)  # an unknown name fails here, listing the known ones
+        super().__init__(image_processor, with_image_token(tokenizer), chat_template=chat_template or template.jinja)
+        self._conversations = ConversationTokenizer(self.tokenizer, template, image_token_index)
+
+    @classmethod
+    def for_model(cls, tokenizer: PreTrainedTokenizerBase, config) -> FilaProcessor:
+        """The processor of a model (FilaConfig) with its tokenizer: the one place the parts are assembled."""
+        return cls(FilaImageProcessor.for_model_config(config), tokenizer,
+                   conversation_template=config.conversation_template, image_token_index=config.image_token_id)
+
+    @property
+    def conversations(self) -> ConversationTokenizer:
+        """Records' ``conversations`` -> ids and labels, rendered by this processor's chat template."""
+        return self._conversations
+
+    def with_template(self, name: str) -> ConversationTokenizer:
+        """The same tokenizer under another template (a mixture source may name its own)."""
+        if name == self.conversation_template:
+            return self._conversations
+        return ConversationTokenizer(self.tokenizer, get_template(name), self.image_token_index)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        return self._conversations.stop_token_ids()
+
+    def __call__(self, text: str | list[str] | None = None, images: Any = None, return_tensors: str | None = None,
+                 **kwargs) -> BatchFeature:
+        """Prompts with ``<image>`` placeholders (one per image, in order) -> ``input_ids`` with each
+        placeholder expanded to the image's token count, ``attention_mask`` and the collated ``images``.
+        Several prompts are left-padded (where generation continues)."""
+        texts = [text] if isinstance(text, str) else list(text or [])
+        flat = flatten_images(images)
+        processed = self.image_processor(flat) if flat else []
+        encoder = self.image_processor.encoder_processor
+        counts = [encoder.num_image_tokens(item) for item in processed]
+        rows, image = [], 0
+        for prompt in texts:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            used = ids.count(self._conversations.placeholder_id)
+            if image + used > len(counts):
+                raise ValueError(f"the prompt(s) hold more {IMAGE_PLACEHOLDER!r} placeholders than the "
+                                 f"{len(counts)} image(s) given")
+            rows.append(self._conversations.expand_images(ids, counts[image:image + used]).input_ids)
+            image += used
+        if image != len(counts):
+            raise ValueError(f"{len(counts)} image(s) given but the prompt(s) hold {image} {IMAGE_PLACEHOLDER!r} "
+                             f"placeholder(s)")
+        data: dict[str, Any] = {"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows]}
+        if return_tensors == "pt":
+            data = left_padded(rows, self.tokenizer.pad_token_id or 0)
+        if processed:
+            data["images"] = encoder.collate(processed)
+        return BatchFeature(data=data)
+
+
+def flatten_images(images: Any) -> list[Image.Image]:
+    if images is None:
+        return []
+    if isinstance(images, Image.Image):
+        return [images]
+    return [image for item in images for image in flatten_images(item)]
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, length - len(row):] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, length - len(row):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def load_processor(folder: str | Path, config, **tokenizer_kwargs) -> FilaProcessor:
+    """The processor saved in ``folder``; for folders saved before processors were (a tokenizer only),
+    one built from that tokenizer and the model config."""
+    if (Path(folder) / PROCESSOR_FILE).is_file():
+        return FilaProcessor.from_pretrained(str(folder), **tokenizer_kwargs)
+    # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config, **tokenizer_kwargs)
+    return FilaProcessor.for_model(tokenizer, config)

@@ -1,0 +1,16 @@
+"""fila's classes in transformers' Auto registries (model_type "fila"), done once at ``import fila_train``."""
+from __future__ import annotations
+
+
+def register_with_transformers() -> None:
+    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+
+    from .model.configuration import FilaConfig
+    from .processing.image_processing import FilaImageProcessor
+    from .processing.processor import FilaProcessor
+
+    AutoConfig.register(FilaConfig.model_type, FilaConfig, exist_ok=True)
+    # One class for both backends: it has no torchvision path, and asking for one must not fall back noisily.
+    backends = {"pil": FilaImageProcessor, "torchvision": FilaImageProcessor}
+    AutoImageProcessor.register(FilaConfig, image_processor_classes=backends, exist_ok=True)
+    AutoProcessor.register(FilaConfig, FilaProcessor, exist_ok=True)
