@@ -1,0 +1,75 @@
+"""FilaProcessor: saved and loaded the transformers way, and its chat template gives the ids generation uses."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig
+
+from fila_train.demo.tokenizer import build_demo_tokenizer
+from fila_train.model.configuration import FilaConfig
+from fila_train.processing.processor import FilaProcessor
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml")
+
+
+def tiny_config(template: str, encoder: str = "clip") -> FilaConfig:
+    vision = CLIPVisionConfig(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2)
+    text = LlamaConfig(vocab_size=400, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    return FilaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), vision_encoder=encoder,
+                      conversation_template=template)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("processor_tok")
+    corpus = root / "corpus.txt"
+    corpus.write_text("What is written here? The total is 42.\nA chart of sales in paris.\n" * 50)
+    build_demo_tokenizer([corpus], root / "tokenizer", vocab_size=400)
+    return root / "tokenizer"
+
+
+@pytest.mark.parametrize("encoder", ["clip", "fila_hybrid"])
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_saved_processor_loads_with_autoprocessor_and_its_chat_template_gives_the_generation_ids(
+        tokenizer_folder, tmp_path, template, encoder):
+    from transformers import AutoTokenizer
+
+    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config(template, encoder))
+    folder = tmp_path / "saved"
+    processor.save_pretrained(folder)
+    assert (folder / "chat_template.jinja").read_text() == processor.chat_template
+    image = tmp_path / "image.png"
+    Image.new("RGB", (61, 37), (200, 30, 30)).save(image)
+    # A fresh interpreter: only `import fila_train` may make AutoProcessor know the folder.
+    code = ("import json, sys, fila_train\nfrom PIL import Image\nfrom transformers import AutoProcessor\n"
+            "p = AutoProcessor.from_pretrained(sys.argv[1])\n"
+            "m = [{'role': 'user', 'content': [{'type': 'image', 'image': Image.open(sys.argv[2])},"
+            " {'type': 'text', 'text': 'What is written here?'}]}]\n"
+            "out = p.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)\n"
+            "print(json.dumps({'class': type(p).__name__, 'ids': out['input_ids'][0]}))")
+    run = subprocess.run([sys.executable, "-c", code, str(folder), str(image)], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    served = json.loads(run.stdout.strip().splitlines()[-1])
+    assert served["class"] == "FilaProcessor"
+    # What `fila-train generate` builds (inference.generation.build_prompt) for that question and image.
+    encoder_processor = processor.image_processor.encoder_processor
+    count = encoder_processor.num_image_tokens(encoder_processor(Image.open(image).convert("RGB")))
+    expected = processor.conversations.encode([{"from": "human", "value": "<image>\nWhat is written here?"}],
+                                              [count], add_generation_prompt=True)
+    assert served["ids"] == expected.input_ids
+
+
+def test_a_prompt_with_more_placeholders_than_images_is_refused(tokenizer_folder):
+    from transformers import AutoTokenizer
+
+    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config("vicuna_v1"))
+    with pytest.raises(ValueError, match="more '<image>' placeholders than the 0 image"):
+        processor(text="<image> hi")
