@@ -3,13 +3,12 @@ from __future__ import annotations
 
 
 def register_with_transformers() -> None:
-    from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+    from transformers import AutoImageProcessor, AutoProcessor
 
-    from .model.configuration import FilaConfig
+    from .model import FilaConfig  # the model package registers the config and the model itself
     from .processing.image_processing import FilaImageProcessor
     from .processing.processor import FilaProcessor
 
-    AutoConfig.register(FilaConfig.model_type, FilaConfig, exist_ok=True)
     # One class for both backends: it has no torchvision path, and asking for one must not fall back noisily.
     backends = {"pil": FilaImageProcessor, "torchvision": FilaImageProcessor}
     AutoImageProcessor.register(FilaConfig, image_processor_classes=backends, exist_ok=True)

@@ -24,7 +24,6 @@ from accelerate import init_empty_weights
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from transformers import (
-    AddedToken,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaImageProcessorPil,
@@ -32,15 +31,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.image_utils import PILImageResampling
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..model import FilaConfig, FilaForConditionalGeneration
 from ..processing.processor import FilaProcessor
+from ..processing.tokenization import with_image_token
 from ..utils.files import write_json_atomic
 from .artifacts import generation_config
 from .errors import ExportError
 from .rebuild import load_strictly
-from .shards import SINGLE_SHARD
+from .shards import SINGLE_SHARD, write_index
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +84,21 @@ def check_llava_compatible(config: FilaConfig, folder: Path) -> None:
                           + ". Export with --format fila instead.")
 
 
+def renamed(name: str, table: tuple[tuple[str, str], ...], where: str) -> str:
+    """``name`` with the first matching prefix of ``table`` replaced."""
+    for old, new in table:
+        if name.startswith(old):
+            return new + name[len(old):]
+    raise ExportError(f"parameter {name!r} has no counterpart in {where}")
+
+
 def llava_name(name: str) -> str:
-    for ours, theirs in RENAMES:
-        if name.startswith(ours):
-            return theirs + name[len(ours):]
-    raise ExportError(f"parameter {name!r} has no counterpart in LlavaForConditionalGeneration")
+    return renamed(name, RENAMES, "LlavaForConditionalGeneration")
 
 
 def tokenizer_with_image_token(tokenizer: PreTrainedTokenizerBase) -> tuple[PreTrainedTokenizerBase, int]:
     """A copy of ``tokenizer`` that has ``<image>`` as a special token, and its id."""
-    tokenizer = copy.deepcopy(tokenizer)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    tokenizer = with_image_token(copy.deepcopy(tokenizer))
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     encoded = tokenizer.encode(IMAGE_TOKEN, add_special_tokens=False)
     if encoded != [image_token_id]:
@@ -148,16 +150,9 @@ def llava_processor(model: FilaForConditionalGeneration, tokenizer: PreTrainedTo
                           num_additional_image_tokens=1, chat_template=chat_template)
 
 
-def hub_name(name: str) -> str:
-    for module, hub in HUB_LAYOUT:
-        if name.startswith(module):
-            return hub + name[len(module):]
-    raise ExportError(f"Llava parameter {name!r} has no name in the llava-hf hub layout")
-
-
 def save_hub_layout(llava: LlavaForConditionalGeneration, folder: Path, max_shard_size: str) -> None:
     """The weights under llava-hf hub names, as safetensors shards plus an index (always: one layout)."""
-    state_dict = {hub_name(name): tensor.contiguous() for name, tensor in llava.state_dict().items()}
+    state_dict = {renamed(name, HUB_LAYOUT, "the llava-hf hub layout"): tensor.contiguous() for name, tensor in llava.state_dict().items()}
     if llava.config.tie_word_embeddings:
         state_dict.pop("language_model.lm_head.weight", None)
     split = split_torch_state_dict_into_shards(state_dict, max_shard_size=max_shard_size,
@@ -165,10 +160,7 @@ def save_hub_layout(llava: LlavaForConditionalGeneration, folder: Path, max_shar
     names = {filename: filename if split.is_sharded else SINGLE_SHARD for filename in split.filename_to_tensors}
     for filename, tensors in split.filename_to_tensors.items():
         save_file({name: state_dict[name] for name in tensors}, folder / names[filename], metadata={"format": "pt"})
-    index = {"metadata": {"total_parameters": sum(t.numel() for t in state_dict.values()),
-                          "total_size": sum(t.numel() * t.element_size() for t in state_dict.values())},
-             "weight_map": {name: names[filename] for name, filename in sorted(split.tensor_to_filename.items())}}
-    write_json_atomic(folder / SAFE_WEIGHTS_INDEX_NAME, index)
+    write_index(folder, {name: names[filename] for name, filename in split.tensor_to_filename.items()})
 
 
 def hub_config(llava: LlavaForConditionalGeneration) -> dict:

@@ -29,10 +29,20 @@ def save_sharded(model: PreTrainedModel, folder: Path, max_shard_size: str) -> N
     single = folder / SAFE_WEIGHTS_NAME
     if not single.is_file():
         return
-    tensors = {key: entry for key, entry in safetensors_header(single).items() if key != "__metadata__"}
-    index = {"metadata": {"total_parameters": sum(math.prod(entry["shape"]) for entry in tensors.values()),
-                          "total_size": sum(end - start for start, end in
-                                            (entry["data_offsets"] for entry in tensors.values()))},
-             "weight_map": {key: SINGLE_SHARD for key in sorted(tensors)}}
     os.rename(single, folder / SINGLE_SHARD)
+    names = [key for key in safetensors_header(folder / SINGLE_SHARD) if key != "__metadata__"]
+    write_index(folder, dict.fromkeys(names, SINGLE_SHARD))
+
+
+def write_index(folder: Path, weight_map: dict[str, str]) -> None:
+    """The safetensors index of ``folder``'s shards (tensor -> file), with transformers' metadata fields,
+    read from the shards' headers."""
+    parameters = size = 0
+    for shard in sorted(set(weight_map.values())):
+        for key, entry in safetensors_header(folder / shard).items():
+            if key != "__metadata__":
+                parameters += math.prod(entry["shape"])
+                size += entry["data_offsets"][1] - entry["data_offsets"][0]
+    index = {"metadata": {"total_parameters": parameters, "total_size": size},
+             "weight_map": dict(sorted(weight_map.items()))}
     (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

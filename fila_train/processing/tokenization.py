@@ -55,7 +55,8 @@ class ConversationTokenizer:
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         controls = [text for text in special_token_texts(self.tokenizer) if text]
         self._control_re = re.compile("|".join(map(re.escape, controls))) if controls else None
-        self._checked_template = False
+        for token in template.control_tokens:  # a template the tokenizer cannot write fails here, not per record
+            self.special_id(token)
 
     def special_id(self, token: str) -> int:
         """The id of a control token the template writes; a clear error if the tokenizer lacks it."""
@@ -64,12 +65,6 @@ class ConversationTokenizer:
             raise ValueError(f"template {self.template.name!r} needs the special token {token!r}, "
                              f"which tokenizer {self.tokenizer.name_or_path!r} does not have")
         return token_id
-
-    def _check_template(self) -> None:
-        if not self._checked_template:
-            for token in self.template.control_tokens:
-                self.special_id(token)
-            self._checked_template = True
 
     def stop_token_ids(self) -> list[int]:
         """The end-of-turn token (what training taught the model to emit), then EOS if different."""
@@ -110,7 +105,6 @@ class ConversationTokenizer:
                add_generation_prompt: bool = False) -> TokenizedSample:
         """Tokenize one record's conversation; ``image_token_counts[i]`` ids replace the i-th ``<image>``."""
         counts = list(image_token_counts or [])
-        self._check_template()
         rendered, turns, indices = self.render(conversations, add_generation_prompt)
         if add_generation_prompt:
             if turns[-1][0] != HUMAN:

@@ -15,9 +15,9 @@ from transformers import HfArgumentParser
 
 from ..data.packing import build_collator
 from ..model.builder import build_model, load_tokenizer
-from ..processing.processor import FilaProcessor
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
+from ..processing.processor import FilaProcessor
 from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
