@@ -326,6 +326,8 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     served = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert served["input_ids"][0] == input_ids.masked_fill(input_ids == ours.config.image_token_id,
                                                            image_token_id)[0].tolist()
+    card = (out / "README.md").read_text()  # the card shows the prompt format the template renders
+    assert "### Prompt format" in card and "USER: <image>\nWhat is written here? ASSISTANT:\n```" in card
     with torch.no_grad():
         expected = ours(input_ids=input_ids, images={"pixel_values": pixels}).logits
         got = llava(input_ids=input_ids.masked_fill(input_ids == ours.config.image_token_id, image_token_id),

@@ -77,7 +77,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
         write_json_atomic(staging / IMAGE_PROCESSOR_FILE, image_processor_settings(model))
         if options.format == "llava":
             write_llava(model, processor, staging / LLAVA_FOLDER, dtype, options.max_shard_size)
+        example = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is written here?"}]}]
         facts = CardFacts(dtype=options.dtype, source=source.describe(), chain=chain, merged_lora=merged_lora,
-                          llava_folder=LLAVA_FOLDER if options.format == "llava" else None)
+                          llava_folder=LLAVA_FOLDER if options.format == "llava" else None,
+                          prompt_example=processor.apply_chat_template(example, add_generation_prompt=True))
         (staging / "README.md").write_text(render_model_card(model, facts))
     return output

@@ -16,6 +16,7 @@ class CardFacts:
     chain: list[StageRun]  # the runs that led to the weights, the exported one last (run_records.read_stage_chain)
     merged_lora: dict | None = None  # the LoRA settings merged into the LLM, if any
     llava_folder: str | None = None  # subfolder holding the transformers-native Llava copy, if written
+    prompt_example: str | None = None  # the chat template's generation prompt for one image and a question
 
 
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
@@ -137,10 +138,20 @@ def data_section(chain: list[StageRun]) -> list[str]:
 
 def usage_section(facts: CardFacts) -> list[str]:
     lines = ["## Usage", "", "```python",
-             "import fila_train.model  # registers FilaConfig / FilaForConditionalGeneration with transformers",
-             "from transformers import AutoModelForImageTextToText",
+             "import fila_train  # registers the fila model, config and processor with transformers",
+             "from transformers import AutoModelForImageTextToText, AutoProcessor",
              "", "model = AutoModelForImageTextToText.from_pretrained(PATH)",
-             "processor = model.image_processor()  # settings also in fila_image_processor.json", "```", ""]
+             "processor = AutoProcessor.from_pretrained(PATH)  # FilaProcessor: tokenizer, chat template, images",
+             'messages = [{"role": "user", "content": [{"type": "image", "image": image},',
+             '                                         {"type": "text", "text": "What is written here?"}]}]',
+             "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
+             '                                       return_dict=True, return_tensors="pt")',
+             "```", ""]
+    if facts.prompt_example is not None:
+        lines += ["### Prompt format", "",
+                  "The chat template (chat_template.jinja) renders exactly the string training tokenized; for one "
+                  "image and a question the generation prompt is (`<image>` stands for the image's tokens):", "",
+                  "```text", facts.prompt_example, "```", ""]
     if facts.llava_folder:
         folder = facts.llava_folder
         lines += [(f"`{folder}/` holds the same weights as a transformers-native `LlavaForConditionalGeneration` "
