@@ -24,6 +24,8 @@ from fila_train.data.images import (DEFAULT_MAX_PIXELS, ImageTooLargeError, Unre
 from fila_train.data.mixed_dataset import MixtureDataset
 from fila_train.data.mixture import single_source
 from fila_train.model.configuration import IMAGE_TOKEN_ID
+from fila_train.processing.tokenization import ConversationTokenizer
+from fila_train.processing.chat_templates import get_template
 from test_dataset import PROCESSOR, record, tokenizer  # noqa: F401  (tokenizer is a fixture)
 
 GOOD = record("good", images="ok.png")
@@ -166,8 +168,8 @@ def dataset_for(tmp_path: Path, image_root: Path, tokenizer, lines: list[str], p
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")
     options = DatasetOptions(max_length=1024, on_bad_sample=policy, max_image_pixels=200 * 200)
-    return MixtureDataset(single_source(path, image_root), tokenizer, "vicuna_v1", IMAGE_TOKEN_ID, PROCESSOR,
-                          options)
+    conversations = ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID)
+    return MixtureDataset(single_source(path, image_root), conversations, PROCESSOR, options)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))

@@ -11,6 +11,8 @@ from PIL import Image
 
 from distributed_utils import run_distributed
 from fila_train.cli import main as cli_main
+from fila_train.processing.tokenization import ConversationTokenizer
+from fila_train.processing.chat_templates import get_template
 
 
 def broken_source(folder: Path, image_folder: Path) -> Path:
@@ -156,8 +158,8 @@ def test_inspect_lengths_match_the_dataset_and_clean_mix_passes(tiny_assets, tmp
     model = build_model(model_args.model_name_or_path, model_args.vision_tower, vision_encoder="fila_hybrid",
                         vision_options=model_args.vision_options())
     tokenizer = load_tokenizer(model_args.model_name_or_path, model, 2048)
-    dataset = MixtureDataset(load_mixture(spec), tokenizer, "vicuna_v1", model.config.image_token_id,
-                             model.image_processor(), DatasetOptions(2048))
+    conversations = ConversationTokenizer(tokenizer, get_template("vicuna_v1"), model.config.image_token_id)
+    dataset = MixtureDataset(load_mixture(spec), conversations, model.image_processor(), DatasetOptions(2048))
     source = dataset.sources[0]
     lengths = sorted(len(source.build(i)["input_ids"]) for i in range(len(source)))
     assert report["sources"][0]["token_percentiles"]["max"] == lengths[-1]

@@ -16,6 +16,8 @@ from fila_train.data.sampler import ModalityLengthGroupedSampler
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 from fila_train.model.vision.anyres import AnyresConfig
 from fila_train.model.vision.hybrid_encoder import HybridImageProcessor
+from fila_train.processing.tokenization import ConversationTokenizer
+from fila_train.processing.chat_templates import get_template
 from test_dataset import PROCESSOR, record, tokenizer  # noqa: F401  (tokenizer is a fixture)
 
 
@@ -150,8 +152,8 @@ def hybrid_processor() -> HybridImageProcessor:
 
 
 def mixture_dataset(mixture_dir: Path, tokenizer, processor=PROCESSOR, spec_name: str = "mix.yaml"):
-    return MixtureDataset(load_mixture(mixture_dir / spec_name), tokenizer, "vicuna_v1", IMAGE_TOKEN_ID, processor,
-                          DatasetOptions(max_length=2048))
+    conversations = ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID)
+    return MixtureDataset(load_mixture(mixture_dir / spec_name), conversations, processor, DatasetOptions(max_length=2048))
 
 
 def test_mixture_dataset_reads_every_source_from_its_root(mixture_dir: Path, tokenizer) -> None:

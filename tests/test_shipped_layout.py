@@ -22,6 +22,8 @@ from fila_train.data.inspect import inspect_mixture
 from fila_train.data.mixed_dataset import MixtureDataset
 from fila_train.data.mixture import load_mixture
 from fila_train.model.configuration import IMAGE_TOKEN_ID
+from fila_train.processing.tokenization import ConversationTokenizer
+from fila_train.processing.chat_templates import get_template
 from test_converters import (ai2d_release, chartqa_release, docvqa_release, dvqa_file, infographicvqa_file,
                              llava_record, ocrvqa_file, stvqa_file, textcaps_file, textvqa_file, write_json)
 from test_dataset import PROCESSOR, tokenizer  # noqa: F401  (tokenizer is a fixture)
@@ -164,7 +166,8 @@ def test_readme_layout_and_commands_feed_the_shipped_mixtures(playground_data: P
             if annotation.startswith("converted/"):
                 # The README's existence check looked where the mixture will look.
                 assert option(converted[annotation], "--image_root") == source.image_root.relative_to(root).as_posix()
-        dataset = MixtureDataset(spec, tokenizer, template, IMAGE_TOKEN_ID, PROCESSOR, DatasetOptions(2048))
+        conversations = ConversationTokenizer(tokenizer, get_template(template), IMAGE_TOKEN_ID)
+        dataset = MixtureDataset(spec, conversations, PROCESSOR, DatasetOptions(2048))
         reports = inspect_mixture(dataset, 2048, decode=True)
         assert {report.name: report.errors for report in reports if report.errors} == {}, mixture
         for report in reports:

@@ -21,8 +21,7 @@ from ..data.collator import ConversationCollator
 from ..data.packing import build_collator
 from ..data.dataset import ConversationDataset, DatasetOptions
 from ..data.images import load_rgb_image
-from ..processing.chat_templates import get_template
-from ..processing.tokenization import ConversationTokenizer
+from ..processing.processor import FilaProcessor
 from ..model.builder import load_tokenizer
 from ..training.parts import apply_tune_parts, parameter_table
 from .configs import BENCH_CONFIGS, BenchConfig
@@ -76,17 +75,16 @@ def build_dataset(model, tokenizer_path: str, data: BenchData, stage: int, seq_l
                   attn_implementation: str = "sdpa") -> tuple[ConversationDataset, ConversationCollator]:
     """The training dataset and collator over the stage's synthetic records, lengthened to ``seq_len``."""
     max_length = model.config.text_config.max_position_embeddings
-    tokenizer = load_tokenizer(tokenizer_path, model, max_length)
-    conversation_tokenizer = ConversationTokenizer(tokenizer, get_template(STAGE_TEMPLATES[stage]),
-                                                   model.config.image_token_id)
-    processor = model.image_processor()
+    fila_processor = FilaProcessor.for_model(load_tokenizer(tokenizer_path, model, max_length), model.config)
+    conversation_tokenizer = fila_processor.conversations.with_template(STAGE_TEMPLATES[stage])
+    processor = fila_processor.image_processor.encoder_processor
     image_tokens = processor.num_image_tokens(processor(load_rgb_image(data.image_paths()[0])))
     records = [fit_to_length(r, stage, conversation_tokenizer, image_tokens, seq_len) for r in data.records[stage]]
     path = write_records(workdir / f"stage{stage}.jsonl", records)
     # "error": a sample longer than the LLM's context is reported, never silently replaced.
     dataset = ConversationDataset(path, data.image_folder, conversation_tokenizer, processor,
                                   DatasetOptions(max_length, on_overlong="error"))
-    return dataset, build_collator(packing, attn_implementation, tokenizer.pad_token_id, processor)
+    return dataset, build_collator(packing, attn_implementation, fila_processor.tokenizer.pad_token_id, processor)
 
 
 def prepare_model(config: BenchConfig, options: BenchOptions, workdir: Path, device: torch.device,

@@ -33,24 +33,24 @@ class InspectArguments:
     output: str | None = field(default=None, metadata={"help": "write the full report as JSON here"})
 
 
-def load_inspection_parts(model_args):
-    """Tokenizer, image processor and template from a fila folder or LLM + vision tower configs (no weights)."""
+def load_inspection_processor(model_args):
+    """The processor of a fila folder, or of LLM + vision tower configs and the flags (no weights)."""
     from transformers import AutoTokenizer, CLIPVisionConfig
 
     from ..model.builder import is_fila_checkpoint
     from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
-    from ..model.vision.registry import build_image_processor
+    from ..processing.image_processing import FilaImageProcessor
+    from ..processing.processor import FilaProcessor, load_processor
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     if is_fila_checkpoint(model_args.model_name_or_path):
-        config = FilaConfig.from_pretrained(model_args.model_name_or_path)
-        processor = build_image_processor(config.vision_encoder, config.vision_config, config.vision_options)
-        return tokenizer, processor, config.conversation_template, config.image_token_id
+        return load_processor(model_args.model_name_or_path, FilaConfig.from_pretrained(model_args.model_name_or_path))
     if model_args.vision_tower is None:
         raise ValueError(f"{model_args.model_name_or_path} is an LLM, so --vision_tower is required")
     vision_config = CLIPVisionConfig.from_pretrained(model_args.vision_tower)
-    processor = build_image_processor(model_args.vision_encoder, vision_config, model_args.vision_options())
-    return tokenizer, processor, model_args.conversation_template, IMAGE_TOKEN_ID
+    images = FilaImageProcessor(vision_encoder=model_args.vision_encoder, image_size=vision_config.image_size,
+                                patch_size=vision_config.patch_size, vision_options=model_args.vision_options())
+    return FilaProcessor(images, AutoTokenizer.from_pretrained(model_args.model_name_or_path),
+                         conversation_template=model_args.conversation_template, image_token_index=IMAGE_TOKEN_ID)
 
 
 def inspect_main(argv: list[str]) -> int:
@@ -69,11 +69,12 @@ def inspect_main(argv: list[str]) -> int:
         argv = ["--data_path", argv[0], *argv[1:]]
     args, model_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tokenizer, processor, template, image_token_id = load_inspection_parts(model_args)
+    fila_processor = load_inspection_processor(model_args)
+    template, processor = fila_processor.conversation_template, fila_processor.image_processor.encoder_processor
     try:
         spec = (load_mixture(args.data_path, args.data_root) if args.data_path.endswith((".yaml", ".yml"))
                 else single_source(args.data_path, args.image_folder))
-        dataset = MixtureDataset(spec, tokenizer, template, image_token_id, processor,
+        dataset = MixtureDataset(spec, fila_processor.conversations, processor,
                                  DatasetOptions(args.model_max_length, max_image_pixels=args.max_image_pixels))
     except (MixtureError, SampleError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from .dataset import ConversationDataset, DatasetOptions, ReplacesUnusableSamples
 from .lengths import source_lengths
 from .mixture import MixtureError, MixtureSpec, SourceSpec, resolve_plan
-from ..processing.chat_templates import get_template
 from ..processing.tokenization import ConversationTokenizer
 
 
@@ -44,15 +42,17 @@ def source_processor(processor: Any, source: SourceSpec, where: str) -> Any:
 class MixtureDataset(ReplacesUnusableSamples):
     """Every source is a ConversationDataset with its own image root, template and processor."""
 
-    def __init__(self, spec: MixtureSpec, tokenizer: PreTrainedTokenizerBase, template: str,
-                 image_token_id: int, image_processor: Any, options: DatasetOptions):
+    def __init__(self, spec: MixtureSpec, conversations: ConversationTokenizer, image_processor: Any,
+                 options: DatasetOptions):
+        """``conversations`` and ``image_processor``: a FilaProcessor's (``.conversations`` and
+        ``.image_processor.encoder_processor``); a source may name another template or restrict canvases."""
         super().__init__()
         self.spec = spec
         self.options = options
         self.sources = [
             ConversationDataset(
                 list(source.annotations), source.image_root,
-                ConversationTokenizer(tokenizer, get_template(source.template or template), image_token_id),
+                conversations.with_template(source.template or conversations.template.name),
                 source_processor(image_processor, source, spec.describe()), options,
                 allow_absolute_paths=source.allow_absolute_paths, name=source.name)
             for source in spec.sources]

@@ -45,12 +45,6 @@ class FilaProcessor(ProcessorMixin):
         """Records' ``conversations`` -> ids and labels, rendered by this processor's chat template."""
         return self._conversations
 
-    def with_template(self, name: str) -> ConversationTokenizer:
-        """The same tokenizer under another template (a mixture source may name its own)."""
-        if name == self.conversation_template:
-            return self._conversations
-        return ConversationTokenizer(self.tokenizer, get_template(name), self.image_token_index)
-
     @property
     def stop_token_ids(self) -> list[int]:
         return self._conversations.stop_token_ids()

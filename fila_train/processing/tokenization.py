@@ -19,7 +19,7 @@ import re
 
 from transformers import AddedToken, PreTrainedTokenizerBase
 
-from .chat_templates import IMAGE_PLACEHOLDER, ConversationTemplate
+from .chat_templates import IMAGE_PLACEHOLDER, ConversationTemplate, get_template
 from .conversations import (
     HUMAN,
     IGNORE_INDEX,
@@ -57,6 +57,12 @@ class ConversationTokenizer:
         self._control_re = re.compile("|".join(map(re.escape, controls))) if controls else None
         for token in template.control_tokens:  # a template the tokenizer cannot write fails here, not per record
             self.special_id(token)
+
+    def with_template(self, name: str) -> ConversationTokenizer:
+        """The same tokenizer under another template (a mixture source may name its own)."""
+        if name == self.template.name:
+            return self
+        return ConversationTokenizer(self.tokenizer, get_template(name), self.image_token_id)
 
     def special_id(self, token: str) -> int:
         """The id of a control token the template writes; a clear error if the tokenizer lacks it."""

@@ -25,8 +25,7 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
             else single_source(data_args.data_path, data_args.image_folder))
     options = DatasetOptions(args.model_max_length, data_args.on_overlong, data_args.on_bad_sample,
                              data_args.max_image_pixels)
-    dataset = MixtureDataset(spec, processor.tokenizer, processor.conversation_template, processor.image_token_index,
-                             processor.image_processor.encoder_processor, options)
+    dataset = MixtureDataset(spec, processor.conversations, processor.image_processor.encoder_processor, options)
     logger.info("data plan (seed %d, on_bad_sample=%s):\n%s", spec.seed, options.on_bad_sample,
                 dataset.plan.format_table())
     if is_main_process():
