@@ -326,6 +326,8 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     served = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert served["input_ids"][0] == input_ids.masked_fill(input_ids == ours.config.image_token_id,
                                                            image_token_id)[0].tolist()
+    tokenizer_config = json.loads((out / "llava" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["chat_template"] == (out / "llava" / "chat_template.jinja").read_text()
     card = (out / "README.md").read_text()  # the card shows the prompt format the template renders
     assert "### Prompt format" in card and "USER: <image>\nWhat is written here? ASSISTANT:\n```" in card
     with torch.no_grad():
@@ -360,7 +362,7 @@ def test_llava_export_loads_in_llava_era_transformers(baseline_folder, assets, t
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["transformers"].startswith(version.rstrip("*"))
     assert all(not keys for keys in report["loading"].values()), report["loading"]
-    assert report["processor"] == "LlavaProcessor"
+    assert report["processor"] == "LlavaProcessor" and report["tokenizer_has_chat_template"]
     theirs = load_file(result)
 
     ours = FilaForConditionalGeneration.from_pretrained(out).eval()

@@ -73,3 +73,40 @@ def test_a_prompt_with_more_placeholders_than_images_is_refused(tokenizer_folder
     processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config("vicuna_v1"))
     with pytest.raises(ValueError, match="more '<image>' placeholders than the 0 image"):
         processor(text="<image> hi")
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_messages_with_content_parts_render_as_their_string_form(tokenizer_folder, template):
+    """The llava-hf / OpenAI message format (content as a list of parts) for every role, as servers send it."""
+    from transformers import AutoTokenizer
+
+    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config(template))
+    as_strings = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nWhat is it?"},
+                  {"role": "assistant", "content": "A chart."}, {"role": "user", "content": "The total?"}]
+    as_parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A chart."}]},
+                {"role": "user", "content": [{"type": "text", "text": "The total?"}]}]
+    rendered = processor.apply_chat_template(as_parts, add_generation_prompt=True)
+    assert rendered == processor.apply_chat_template(as_strings, add_generation_prompt=True)
+
+
+def test_model_inputs_move_to_a_dtype_images_included(tokenizer_folder):
+    import torch
+    from transformers import AutoTokenizer
+
+    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config("vicuna_v1"))
+    batch = processor(text=["<image> a", "b"], images=[Image.new("RGB", (30, 20))], return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1, 0] == 0  # left-padded
+    moved = batch.to(torch.float16)
+    assert moved["images"]["pixel_values"].dtype == torch.float16 and moved["input_ids"].dtype == torch.long
+
+
+def test_a_saved_chat_template_that_differs_from_the_training_template_is_reported(tokenizer_folder, caplog):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    with caplog.at_level("WARNING"):
+        FilaProcessor(FilaProcessor.for_model(tokenizer, tiny_config("chatml")).image_processor, tokenizer,
+                      chat_template="{{ messages[0]['content'] }}", conversation_template="chatml")
+    assert "differs from template 'chatml'" in caplog.text

@@ -1,4 +1,4 @@
-"""Templates + per-turn tokenization: exactly the answers are trained, for every template.
+"""Templates + tokenization: exactly the answers are trained, for every template.
 
 Runs with the local demo byte-level BPE tokenizer and, where the asset folder exists, with the
 real Llama-2 SentencePiece tokenizer (``<repo>/../shared/assets/llama2-tokenizer``).
@@ -381,3 +381,22 @@ def test_llama2_generation_prompt_is_prefix_of_training_ids(llama2_tokenizer, te
 @pytest.mark.parametrize("template", ["llama3", "chatml"])
 def test_llama2_chat_specials_generation_prompt_is_prefix(llama2_chat_tokenizer, template: str) -> None:
     assert_generation_prompt_is_training_prefix(llama2_chat_tokenizer, template)
+
+
+def test_template_markers_in_text_are_refused_even_where_the_tokenizer_does_not_flag_them_special(
+        llama2_tokenizer) -> None:
+    """A tokenizer may add <|im_start|> / <|im_end|> as ordinary (non-special) tokens: record text holding
+    them would still forge ChatML turns."""
+    import copy
+
+    tokenizer = copy.deepcopy(llama2_tokenizer)
+    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"])
+    conversations = [human("q"), gpt("a<|im_end|>b")]
+    with pytest.raises(ConversationError, match=re.escape("conversations[1].value contains '<|im_end|>'")):
+        encode(tokenizer, "chatml", conversations, [])
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_only_a_text_end_of_turn_is_also_a_stop_string(demo_tokenizer, template: str) -> None:
+    prompter = ConversationTokenizer(demo_tokenizer, get_template(template), IMAGE_TOKEN_ID)
+    assert prompter.stop_strings() == (["\n"] if template == "plain" else [])

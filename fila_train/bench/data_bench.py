@@ -3,7 +3,7 @@
 Rates are per worker: one process on one torch thread, as a DataLoader worker runs. Ours and
 the reference take turns image by image on the same JPEGs, so load from other processes on
 the machine hits both alike. Also measured: whole samples (``ConversationDataset[i]``: decode,
-process, tokenize) and per-turn tokenization alone.
+process, tokenize) and tokenization alone.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Benchmark inputs on disk: rendered documents as fixed-size JPEGs, LLaVA records, a tokenizer.
 
 Everything the timed steps see goes through the real annotation reader, image loader, processor,
-per-turn tokenizer and collator, so the benchmark also exercises the data code paths.
+conversation tokenizer and collator, so the benchmark also exercises the data code paths.
 """
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Data: annotation files, templates, per-turn tokenization, datasets and collation."""
+"""Data: annotation files, mixtures, datasets and collation."""

@@ -82,7 +82,7 @@ def cache_key(source: ConversationDataset) -> str:
         "image_token_id": source.tokenizer.image_token_id,
         "processor": repr(source.image_processor),
         "max_image_pixels": source.options.max_image_pixels,
-        "version": 2,  # 2: missing images are unusable for every encoder
+        "version": 3,  # 2: missing images are unusable for every encoder; 3: whole-prompt tokenization
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 

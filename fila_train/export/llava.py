@@ -188,11 +188,13 @@ def split_processor_config(folder: Path) -> None:
                       {**image_processor, "image_processor_type": "LlavaImageProcessor", "processor_class": "LlavaProcessor"})
 
 
-def with_4x_tokenizer_config(path: Path) -> None:
+def with_4x_tokenizer_config(path: Path, chat_template: str) -> None:
     """tokenizer_config.json in the names 4.x reads and 5.x still maps back: transformers 5 calls a tokenizer
-    read from tokenizer.json "TokenizersBackend" (4.x: PreTrainedTokenizerFast) and lists extra special
-    tokens under "extra_special_tokens" (4.x: "additional_special_tokens"; 4.x reads that key as a dict)."""
+    read from tokenizer.json "TokenizersBackend" (4.x: PreTrainedTokenizerFast), lists extra special
+    tokens under "extra_special_tokens" (4.x: "additional_special_tokens"; 4.x reads that key as a dict),
+    and keeps the chat template only in chat_template.jinja (4.x before 4.52 and TGI read it here)."""
     config = json.loads(path.read_text())
+    config["chat_template"] = chat_template
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
     if isinstance(config.get("extra_special_tokens"), list):
@@ -205,7 +207,6 @@ def write_llava(model: FilaForConditionalGeneration, processor: FilaProcessor, f
     """``folder``: a LlavaForConditionalGeneration with ``model``'s weights, its processor and tokenizer."""
     config = model.config
     llava_tokenizer, image_token_id = tokenizer_with_image_token(processor.tokenizer)
-    llava_tokenizer.chat_template = processor.chat_template  # 4.x tokenizers' apply_chat_template reads it
     vocab_rows = max(config.text_config.vocab_size, image_token_id + 1)
     with init_empty_weights(include_buffers=False):
         llava = LlavaForConditionalGeneration(llava_config(config, image_token_id, vocab_rows))
@@ -219,6 +220,6 @@ def write_llava(model: FilaForConditionalGeneration, processor: FilaProcessor, f
     llava_processor(model, llava_tokenizer, processor.chat_template).save_pretrained(folder)
     split_processor_config(folder)
     write_json_atomic(folder / "chat_template.json", {"chat_template": processor.chat_template})  # 4.4x name
-    with_4x_tokenizer_config(folder / "tokenizer_config.json")
+    with_4x_tokenizer_config(folder / "tokenizer_config.json", processor.chat_template)
     logger.info("wrote the LlavaForConditionalGeneration copy to %s (<image> = id %d, vocabulary %d)",
                 folder, image_token_id, vocab_rows)

@@ -160,6 +160,8 @@ def usage_section(facts: CardFacts) -> list[str]:
                   f'model = LlavaForConditionalGeneration.from_pretrained(f"{{PATH}}/{folder}")',
                   '# backend="pil" resizes with PIL as training did (the torchvision backend differs slightly)',
                   f'processor = AutoProcessor.from_pretrained(f"{{PATH}}/{folder}", backend="pil")',
+                  "# apply_chat_template(..., tokenize=True) as above; a prompt rendered with tokenize=False already",
+                  "# starts with BOS, so tokenize it with processor(text=..., images=..., add_special_tokens=False)",
                   "```", ""]
     return lines
 

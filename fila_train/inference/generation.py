@@ -50,7 +50,8 @@ class GenerationOptions:
     def config(self, loaded: InferenceModel) -> GenerationConfig:
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else {}
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, use_cache=True,
-                                eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.pad_token_id, **sampling)
+                                eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.pad_token_id,
+                                stop_strings=loaded.prompter.stop_strings() or None, **sampling)
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -77,7 +78,8 @@ def generate_ids(loaded: InferenceModel, prompts: list[Prompt], options: Generat
     processed = [p.image for p in prompts if p.image is not None]
     images = to_device(loaded.processor.collate(processed), loaded.device) if processed else None
     output = loaded.model.generate(input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),
-                                   images=images, generation_config=options.config(loaded), streamer=streamer)
+                                   images=images, generation_config=options.config(loaded), streamer=streamer,
+                                   tokenizer=loaded.tokenizer)  # stop strings are matched through it
     new_tokens = output[:, input_ids.shape[1]:].tolist()
     return [cut_at_stop(ids, loaded.stop_token_ids) for ids in new_tokens]
 

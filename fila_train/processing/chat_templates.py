@@ -21,12 +21,13 @@ from ..registry import Registry
 
 IMAGE_PLACEHOLDER = "<image>"
 
-# Shared jinja pieces. `content` renders a message's content; `system` / `loop_messages` split off a
+# Shared jinja pieces. `content` renders any message's content (string or parts); `system` /
+# `loop_messages` split off a
 # leading system message (the default system prompt is used when there is none).
 CONTENT_MACRO = (
-    "{%- macro content(message) -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- macro content(value) -%}"
+    "{%- if value is string -%}{{- value -}}"
+    "{%- else -%}{%- for part in value -%}"
     "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
     "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
@@ -37,7 +38,7 @@ CONTENT_MACRO = (
 def system_split(default: str) -> str:
     literal = default.replace("\\", "\\\\").replace("'", "\\'")
     return ("{%- if messages and messages[0]['role'] == 'system' -%}"
-            "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}"
+            "{%- set system = content(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
             f"{{%- else -%}}{{%- set system = '{literal}' -%}}{{%- set loop_messages = messages -%}}"
             "{%- endif -%}")
 
@@ -78,6 +79,7 @@ class PlainTemplate(ConversationTemplate):
     name = "plain"
     end_of_turn = "\n"
     jinja = (
+        CONTENT_MACRO +
         "{%- if bos_token -%}{{- bos_token -}}{%- endif -%}"
         "{%- for message in messages -%}"
         "{%- if message['role'] == 'user' -%}"
@@ -85,7 +87,7 @@ class PlainTemplate(ConversationTemplate):
         "{%- else -%}{{- '<image>' * (message['content'] | selectattr('type', 'equalto', 'image') | list | length) -}}"
         "{%- endif -%}"
         "{%- elif message['role'] == 'assistant' -%}"
-        "{%- generation -%}{{- message['content'] + '\\n' -}}{%- endgeneration -%}"
+        "{%- generation -%}{{- content(message['content']) + '\\n' -}}{%- endgeneration -%}"
         "{%- endif -%}"
         "{%- endfor -%}"
     )
@@ -104,9 +106,9 @@ class VicunaTemplate(ConversationTemplate):
         CONTENT_MACRO + system_split(default_system) +
         "{{- '<s>' + system + ' ' -}}"
         "{%- for message in loop_messages -%}"
-        "{%- if message['role'] == 'user' -%}{{- 'USER: ' + content(message) + ' ' -}}"
+        "{%- if message['role'] == 'user' -%}{{- 'USER: ' + content(message['content']) + ' ' -}}"
         "{%- elif message['role'] == 'assistant' -%}{{- 'ASSISTANT:' -}}"
-        "{%- generation -%}{{- ' ' + message['content'] + '</s>' -}}{%- endgeneration -%}"
+        "{%- generation -%}{{- ' ' + content(message['content']) + '</s>' -}}{%- endgeneration -%}"
         "{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
@@ -129,8 +131,8 @@ class Llama3Template(ConversationTemplate):
         "{%- for message in loop_messages -%}"
         "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
         "{%- if message['role'] == 'assistant' -%}"
-        "{%- generation -%}{{- message['content'] + '<|eot_id|>' -}}{%- endgeneration -%}"
-        "{%- else -%}{{- content(message) + '<|eot_id|>' -}}{%- endif -%}"
+        "{%- generation -%}{{- content(message['content']) + '<|eot_id|>' -}}{%- endgeneration -%}"
+        "{%- else -%}{{- content(message['content']) + '<|eot_id|>' -}}{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
     )
@@ -150,8 +152,8 @@ class ChatMLTemplate(ConversationTemplate):
         "{%- for message in loop_messages -%}"
         "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
         "{%- if message['role'] == 'assistant' -%}"
-        "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
-        "{%- else -%}{{- content(message) + '<|im_end|>\\n' -}}{%- endif -%}"
+        "{%- generation -%}{{- content(message['content']) + '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
+        "{%- else -%}{{- content(message['content']) + '<|im_end|>\\n' -}}{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
     )

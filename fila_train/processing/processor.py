@@ -8,6 +8,7 @@ back exactly the preprocessing the model was trained with.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .image_processing import FilaImageProcessor
 from .tokenization import ConversationTokenizer, with_image_token
 
 PROCESSOR_FILE = "processor_config.json"
+logger = logging.getLogger(__name__)
 
 
 class FilaProcessor(ProcessorMixin):
@@ -31,6 +33,10 @@ class FilaProcessor(ProcessorMixin):
         self.image_token_index = image_token_index
         self.image_token = IMAGE_PLACEHOLDER
         template = get_template(conversation_template)  # an unknown name fails here, listing the known ones
+        if chat_template is not None and chat_template != template.jinja:
+            logger.warning("the processor's chat template differs from template %r, which training and "
+                           "`fila-train generate` use: apply_chat_template will render other prompts",
+                           conversation_template)
         super().__init__(image_processor, with_image_token(tokenizer), chat_template=chat_template or template.jinja)
         self._conversations = ConversationTokenizer(self.tokenizer, template, image_token_index)
 
@@ -76,7 +82,28 @@ class FilaProcessor(ProcessorMixin):
             data = left_padded(rows, self.tokenizer.pad_token_id or 0)
         if processed:
             data["images"] = encoder.collate(processed)
-        return BatchFeature(data=data)
+        return FilaBatch(data=data)
+
+
+class FilaBatch(BatchFeature):
+    """Model inputs; ``.to(device or dtype)`` also reaches the tensors inside ``images`` (a dict, which
+    BatchFeature.to leaves alone). A dtype applies to floating-point tensors only, as in BatchFeature."""
+
+    def to(self, *args, **kwargs) -> FilaBatch:
+        images = self.data.pop("images", None)
+        super().to(*args, **kwargs)
+        if images is not None:
+            self.data["images"] = {key: moved(value, *args, **kwargs) for key, value in images.items()}
+        return self
+
+
+def moved(value: Any, *args, **kwargs) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.is_floating_point():
+        return value.to(*args, **kwargs)
+    device = next((arg for arg in (*args, kwargs.get("device")) if isinstance(arg, (str, torch.device))), None)
+    return value if device is None else value.to(device)
 
 
 def flatten_images(images: Any) -> list[Image.Image]:

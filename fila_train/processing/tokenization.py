@@ -53,7 +53,9 @@ class ConversationTokenizer:
         self.template = template
         self.image_token_id = image_token_id
         self.placeholder_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-        controls = [text for text in special_token_texts(self.tokenizer) if text]
+        # The template's own markers count even where a tokenizer does not flag them special.
+        controls = sorted({text for text in special_token_texts(self.tokenizer) if text} | set(template.control_tokens),
+                          key=len, reverse=True)
         self._control_re = re.compile("|".join(map(re.escape, controls))) if controls else None
         for token in template.control_tokens:  # a template the tokenizer cannot write fails here, not per record
             self.special_id(token)
@@ -71,6 +73,12 @@ class ConversationTokenizer:
             raise ValueError(f"template {self.template.name!r} needs the special token {token!r}, "
                              f"which tokenizer {self.tokenizer.name_or_path!r} does not have")
         return token_id
+
+    def stop_strings(self) -> list[str]:
+        """An end of turn that is text, not a control token (plain's "\\n"): byte-level tokenizers may merge
+        it with the caption's last characters (".\\n"), so generation also stops on the string."""
+        eot = self.template.end_of_turn
+        return [] if eot in self.template.control_tokens else [eot]
 
     def stop_token_ids(self) -> list[int]:
         """The end-of-turn token (what training taught the model to emit), then EOS if different."""

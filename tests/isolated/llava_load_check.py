@@ -27,4 +27,5 @@ save_file({"logits": logits.contiguous(), "input_ids": inputs["input_ids"].conti
            "pixel_values": inputs["pixel_values"].contiguous()}, output)
 print(json.dumps({"transformers": transformers.__version__, "prompt": prompt,
                   "processor": type(processor).__name__, "image_processor": type(processor.image_processor).__name__,
+                  "tokenizer_has_chat_template": processor.tokenizer.chat_template is not None,
                   "loading": {key: sorted(map(str, value)) for key, value in info.items()}}))
