@@ -253,3 +253,11 @@ def test_zero3_fila_stage2_loss_falls(assets, tmp_path) -> None:
         assert marker in summary["log"], marker
     flops = summary["vision_tflops_per_image"]
     assert flops["total"] > flops["vit"] > 0
+    # The output carries its processor: tokenizer, chat template and image preprocessing, as served.
+    from transformers import AutoProcessor
+
+    from fila_train.processing.chat_templates import get_template
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "run")
+    assert type(processor).__name__ == "FilaProcessor" and processor.image_processor.vision_encoder == "fila_hybrid"
+    assert (tmp_path / "run" / "chat_template.jinja").read_text() == get_template("vicuna_v1").jinja

@@ -35,36 +35,55 @@ def tokenizer_folder(tmp_path_factory) -> Path:
     return root / "tokenizer"
 
 
-@pytest.mark.parametrize("encoder", ["clip", "fila_hybrid"])
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_saved_processor_loads_with_autoprocessor_and_its_chat_template_gives_the_generation_ids(
-        tokenizer_folder, tmp_path, template, encoder):
+CASES = [(template, encoder) for template in TEMPLATES for encoder in ("clip", "fila_hybrid")]
+# One fresh interpreter for every saved folder (each start pays ~20 s of imports): only `import fila_train`
+# may make AutoProcessor know the folders.
+SERVE = """import json, sys, fila_train
+from PIL import Image
+from transformers import AutoProcessor
+image = Image.open(sys.argv[1])
+for folder in sys.argv[2:]:
+    p = AutoProcessor.from_pretrained(folder)
+    m = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is written here?"}]}]
+    out = p.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)
+    print(json.dumps({"folder": folder, "class": type(p).__name__, "ids": out["input_ids"][0]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tokenizer_folder, tmp_path_factory):
+    """Per case: the saved processor, and what AutoProcessor in a fresh interpreter made of its folder."""
     from transformers import AutoTokenizer
 
-    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config(template, encoder))
-    folder = tmp_path / "saved"
-    processor.save_pretrained(folder)
-    assert (folder / "chat_template.jinja").read_text() == processor.chat_template
-    image = tmp_path / "image.png"
+    root = tmp_path_factory.mktemp("served")
+    image = root / "image.png"
     Image.new("RGB", (61, 37), (200, 30, 30)).save(image)
-    # A fresh interpreter: only `import fila_train` may make AutoProcessor know the folder.
-    code = ("import json, sys, fila_train\nfrom PIL import Image\nfrom transformers import AutoProcessor\n"
-            "p = AutoProcessor.from_pretrained(sys.argv[1])\n"
-            "m = [{'role': 'user', 'content': [{'type': 'image', 'image': Image.open(sys.argv[2])},"
-            " {'type': 'text', 'text': 'What is written here?'}]}]\n"
-            "out = p.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)\n"
-            "print(json.dumps({'class': type(p).__name__, 'ids': out['input_ids'][0]}))")
-    run = subprocess.run([sys.executable, "-c", code, str(folder), str(image)], capture_output=True, text=True,
-                         cwd=REPO, timeout=300)
+    processors = {}
+    for template, encoder in CASES:
+        processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config(template, encoder))
+        processor.save_pretrained(root / f"{template}-{encoder}")
+        processors[template, encoder] = processor
+    run = subprocess.run([sys.executable, "-c", SERVE, str(image), *(str(root / f"{t}-{e}") for t, e in CASES)],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    served = json.loads(run.stdout.strip().splitlines()[-1])
-    assert served["class"] == "FilaProcessor"
+    lines = [json.loads(line) for line in run.stdout.strip().splitlines() if line.startswith("{")]
+    return image, root, processors, {Path(line["folder"]).name: line for line in lines}
+
+
+@pytest.mark.parametrize(("template", "encoder"), CASES)
+def test_saved_processor_loads_with_autoprocessor_and_its_chat_template_gives_the_generation_ids(
+        served, template, encoder):
+    image, root, processors, results = served
+    processor = processors[template, encoder]
+    assert (root / f"{template}-{encoder}" / "chat_template.jinja").read_text() == processor.chat_template
+    result = results[f"{template}-{encoder}"]
+    assert result["class"] == "FilaProcessor"
     # What `fila-train generate` builds (inference.generation.build_prompt) for that question and image.
     encoder_processor = processor.image_processor.encoder_processor
     count = encoder_processor.num_image_tokens(encoder_processor(Image.open(image).convert("RGB")))
     expected = processor.conversations.encode([{"from": "human", "value": "<image>\nWhat is written here?"}],
                                               [count], add_generation_prompt=True)
-    assert served["ids"] == expected.input_ids
+    assert result["ids"] == expected.input_ids
 
 
 def test_a_prompt_with_more_placeholders_than_images_is_refused(tokenizer_folder):

@@ -135,11 +135,19 @@ def llama2(backend: str, legacy: bool):
                                 legacy=legacy)
 
 
+def with_chat_tokens(tokenizer):
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>"]})
+    return tokenizer
+
+
 FAMILIES = {  # name -> (templates it serves, builder)
     "llama2-fast-legacy": (("plain", "vicuna_v1"), lambda tmp: llama2("fast", True)),
     "llama2-fast": (("plain", "vicuna_v1"), lambda tmp: llama2("fast", False)),
     "llama2-slow-legacy": (("plain", "vicuna_v1"), lambda tmp: llama2("slow", True)),
     "llama2-slow": (("plain", "vicuna_v1"), lambda tmp: llama2("slow", False)),
+    # Llama-2 given the chat markers as added special tokens (a Llama-2 LLM trained with those templates).
+    "llama2-fast+chat-tokens": (("llama3", "chatml"), lambda tmp: with_chat_tokens(llama2("fast", False))),
     "llama3-bpe": (("plain", "llama3"), llama3_style),
     "qwen2-bpe": (("plain", "chatml"), qwen2_style),
 }
