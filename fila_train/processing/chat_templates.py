@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from transformers.utils.chat_template_utils import render_jinja_template
-
 from ..registry import Registry
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -61,6 +59,9 @@ class ConversationTemplate:
     def render(self, messages: list[dict], add_generation_prompt: bool = False,
                bos_token: str | None = None) -> RenderedConversation:
         """The prompt string and the character spans of the trained (assistant) text."""
+        # Imported here: the preflight reads the template names and must not pay for transformers.
+        from transformers.utils.chat_template_utils import render_jinja_template
+
         rendered, spans = render_jinja_template(
             conversations=[messages], chat_template=self.jinja, return_assistant_tokens_mask=True,
             add_generation_prompt=add_generation_prompt, bos_token=bos_token or "")
