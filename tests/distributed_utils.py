@@ -48,7 +48,7 @@ class FilaAssets:
         return flags
 
 
-_ASSETS: dict[str, FilaAssets] = {}
+_ASSETS: dict[str, object] = {}  # the session's assets and shared runs
 
 
 def fila_assets(tmp_path_factory) -> FilaAssets:
@@ -245,6 +245,87 @@ def train_args(assets: FilaAssets, *, hybrid: bool, fuser: bool, stage: int, zer
         "per_device_train_batch_size": "2", "max_steps": str(steps), "logging_steps": "1",
         "model_max_length": "512", "save_strategy": "no", "seed": "7"}
     return as_cli(flags)
+
+
+# ---------------------------------------------------------------- the shared training matrix
+# One set of 2-process runs for the whole session: the distributed, FILA, MMFuser, LoRA and export tests
+# read the same runs (a run costs ~15 s, nearly all of it process start-up).
+
+SHARED_STEPS = 6
+SHARED_CHECKPOINT = 3  # and at SHARED_STEPS: 8 records, 2 steps an epoch, so step 3 lies in the second epoch
+SHARED_STEPS_PER_EPOCH = 2
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    hybrid: bool
+    fuser: bool
+    stage: int
+    zero: int
+    lora_r: int = 0
+    starts_from: str | None = None  # the run whose connector.safetensors this one loads (--pretrained_connector)
+    learning_rates: tuple[str, ...] = ()  # flags over train_args' defaults
+
+
+SHARED_RUNS = {
+    "baseline_stage1_zero2": RunSpec(hybrid=False, fuser=False, stage=1, zero=2),
+    "baseline_zero2": RunSpec(hybrid=False, fuser=False, stage=2, zero=2, starts_from="baseline_stage1_zero2",
+                              learning_rates=("--learning_rate", "1e-2", "--connector_lr", "1e-2")),
+    "baseline_zero3_lora": RunSpec(hybrid=False, fuser=False, stage=2, zero=3, lora_r=4,
+                                   learning_rates=("--learning_rate", "2e-2", "--connector_lr", "2e-3")),
+    "fila_mmfuser_zero2": RunSpec(hybrid=True, fuser=True, stage=1, zero=2),
+    "fila_mmfuser_zero3": RunSpec(hybrid=True, fuser=True, stage=2, zero=3, starts_from="fila_mmfuser_zero2"),
+    "mmfuser_zero2": RunSpec(hybrid=False, fuser=True, stage=2, zero=2),
+    "mmfuser_zero3": RunSpec(hybrid=False, fuser=True, stage=1, zero=3),
+}
+
+
+@dataclass
+class SharedRun:
+    spec: RunSpec
+    args: list[str]  # what it was started with: a resume test adds --resume_from_checkpoint
+    run: DistributedRun
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run.output_dir
+
+
+class SharedRuns:
+    """The SHARED_RUNS, each trained on first use (a run that starts from another trains that one first)."""
+
+    def __init__(self, assets: FilaAssets, tmp_path_factory):
+        self.assets, self.tmp_path_factory, self.done = assets, tmp_path_factory, {}
+
+    def __getitem__(self, name: str) -> SharedRun:
+        if name not in self.done:
+            spec = SHARED_RUNS[name]
+            folder = self.tmp_path_factory.mktemp(name)
+            data = first_records(self.assets.stage1_data if spec.stage == 1 else self.assets.stage2_data, folder)
+            args = train_args(self.assets, hybrid=spec.hybrid, fuser=spec.fuser, stage=spec.stage, zero=spec.zero,
+                              steps=SHARED_STEPS) + [
+                "--data_path", str(data), "--save_strategy", "steps", "--save_steps", str(SHARED_CHECKPOINT),
+                "--report_to", "none", "--log_level", "info", "--log_level_replica", "info", "--log_sample_ids",
+                *spec.learning_rates]
+            if spec.lora_r:
+                args += ["--lora_r", str(spec.lora_r)]
+            if spec.starts_from:  # relative to the run's working directory, as a script passes it
+                artifact = self[spec.starts_from].output_dir / "connector.safetensors"
+                args += ["--pretrained_connector", os.path.relpath(artifact, REPO)]
+            self.done[name] = SharedRun(spec, args, run_distributed(args, folder / "run"))
+        return self.done[name]
+
+
+def shared_runs(tmp_path_factory) -> SharedRuns:
+    if "runs" not in _ASSETS:
+        _ASSETS["runs"] = SharedRuns(fila_assets(tmp_path_factory), tmp_path_factory)
+    return _ASSETS["runs"]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> SharedRuns:
+    """The shared training matrix as a fixture; test modules import it by name."""
+    return shared_runs(tmp_path_factory)
 
 
 def distributed_train(args: list[str], output_dir: Path, nproc: int = 2, timeout: int = 240) -> dict:

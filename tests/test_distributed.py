@@ -7,47 +7,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distributed_utils import (  # noqa: F401  (runs is a fixture)
+    SHARED_CHECKPOINT as CHECKPOINT_STEP,
+    SHARED_STEPS as STEPS,
+    SHARED_STEPS_PER_EPOCH as STEPS_PER_EPOCH,
+    run_distributed,
+    runs,
+)
 from safetensors.torch import load_file
-
-from distributed_utils import first_records, run_distributed
-
-STEPS = 6
-CHECKPOINT_STEP = 3
-STEPS_PER_EPOCH = 2  # 8 records / (2 ranks x 2)
-
-
-def common_args(assets, zero: int) -> list[str]:
-    return ["--model_name_or_path", str(assets.llm), "--vision_tower", str(assets.clip),
-            "--image_folder", str(assets.image_folder), "--deepspeed", f"zero_configs/zero{zero}.json",
-            "--per_device_train_batch_size", "2", "--max_steps", str(STEPS), "--logging_steps", "1",
-            "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_STEP), "--report_to", "none",
-            "--seed", "7", "--log_level", "info", "--log_level_replica", "info", "--log_sample_ids",
-            "--model_max_length", "512"]
-
-
-def stage2_args(assets, zero: int, connector: str, data: str) -> list[str]:
-    return common_args(assets, zero) + [
-        "--data_path", data, "--conversation_template", "vicuna_v1",
-        "--pretrained_connector", connector, "--tune_parts", "connector,llm",
-        "--learning_rate", "1e-2", "--connector_lr", "1e-2"]
 
 
 @pytest.fixture(scope="module")
-def stage1(tiny_assets, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("stage1")
-    args = common_args(tiny_assets, 2) + [
-        "--data_path", str(first_records(tiny_assets.stage1_data, folder)), "--conversation_template", "plain",
-        "--tune_parts", "connector", "--learning_rate", "1e-2"]
-    return args, run_distributed(args, folder / "run")
+def stage1(runs):
+    """The baseline's stage 1 of the shared runs: its arguments and the run."""
+    return runs["baseline_stage1_zero2"].args, runs["baseline_stage1_zero2"].run
 
 
 # ZeRO-3 stage 2 (training, only rank 0 writing, resume) is the resume reference run's (test_resume.py).
-@pytest.fixture(scope="module", params=[2], ids=["zero2"])
-def stage2(request, tiny_assets, stage1, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(f"stage2_zero{request.param}")
-    args = stage2_args(tiny_assets, request.param, str(stage1[1].output_dir / "connector.safetensors"),
-                       str(first_records(tiny_assets.stage2_data, folder)))
-    return request.param, args, run_distributed(args, folder / "run")
+@pytest.fixture(scope="module")
+def stage2(runs):
+    """The baseline's stage 2 (ZeRO-2) of the shared runs, started from stage 1's connector artifact."""
+    return runs["baseline_zero2"].run
 
 
 def assert_resumed_exactly(full, resumed) -> None:
@@ -94,7 +74,7 @@ def test_stage1_artifact_loads_bit_exact_into_stage2_model(stage1, tiny_assets):
 
 
 def test_stage2_loss_falls_and_ranks_see_different_samples(stage2):
-    zero, _, run = stage2
+    run = stage2
     summary = run.summary()
     assert summary["steps"] == STEPS
     assert summary["loss_last"] < 0.9 * summary["loss_first"], summary["losses"]
@@ -109,7 +89,7 @@ def test_stage2_loss_falls_and_ranks_see_different_samples(stage2):
 
 
 def test_only_rank0_writes(stage2):
-    _, _, run = stage2
+    run = stage2
     rank0, rank1 = run.rank_log(0), run.rank_log(1)
     # Both ranks log at INFO here, so a write by rank 1 would show up in its own log.
     for marker in ("wrote connector artifact", "Model weights saved in", "wrote "):

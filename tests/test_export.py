@@ -1,10 +1,10 @@
 """fila-train export: ZeRO-2/3 checkpoints and HF saves -> one merged folder; shards, dtype, LoRA, stages, llava.
 
-Six 2-step, 2-process runs cover {baseline, FILA, MMFuser} x {ZeRO-2, ZeRO-3}, spread over stage 1
-(connector side trained, vision and LLM frozen) and stage 2 (+ LLM), so trainable and frozen partitions
-are both consolidated. FILA's ZeRO-3 run is a full stage 2 started from its ZeRO-2 stage-1 run (the model
-card's stages); the baseline's ZeRO-3 run trains LoRA adapters, merged by the export. Everything else uses
-tiny composites saved in-process (~1 s each).
+The session's shared 2-process runs (distributed_utils.SHARED_RUNS) cover {baseline, FILA + MMFuser, MMFuser}
+x {ZeRO-2, ZeRO-3}, spread over stage 1 (connector side trained, vision and LLM frozen) and stage 2 (+ LLM), so
+trainable and frozen partitions are both consolidated. FILA's ZeRO-3 run is a full stage 2 started from its
+ZeRO-2 stage-1 run (the model card's stages); the baseline's ZeRO-3 run trains LoRA adapters, merged by the
+export. Everything else uses tiny composites saved in-process (~1 s each).
 """
 from __future__ import annotations
 
@@ -15,19 +15,20 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from distributed_utils import (  # noqa: F401  (assets is a fixture)
+from distributed_utils import (  # noqa: F401  (assets and runs are fixtures)
     REPO,
+    SHARED_RUNS,
+    SHARED_STEPS,
     DistributedRun,
+    RunSpec,
     assets,
     build_tiny_model,
-    run_distributed,
+    runs,
     tiny_batch,
-    train_args,
 )
 from PIL import Image
 from safetensors import safe_open
@@ -44,47 +45,11 @@ from fila_train.model.builder import load_tokenizer
 from fila_train.model.lora import merge_lora
 from fila_train.processing.processor import load_processor
 
-STEPS = 2
+STEPS = SHARED_STEPS
 INDEX = "model.safetensors.index.json"
 STAGE_NAMES = {1: "1 (alignment)", 2: "2 (instruction tuning)"}
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    hybrid: bool
-    fuser: bool
-    stage: int
-    zero: int
-    lora_r: int = 0
-    starts_from: str | None = None  # the run whose connector.safetensors this one loads (--pretrained_connector)
-
-
-RUNS = {"baseline_zero2": RunSpec(hybrid=False, fuser=False, stage=2, zero=2),
-        "baseline_zero3_lora": RunSpec(hybrid=False, fuser=False, stage=2, zero=3, lora_r=4),
-        "fila_zero2": RunSpec(hybrid=True, fuser=False, stage=1, zero=2),
-        "fila_zero3": RunSpec(hybrid=True, fuser=False, stage=2, zero=3, starts_from="fila_zero2"),
-        "mmfuser_zero2": RunSpec(hybrid=False, fuser=True, stage=2, zero=2),
-        "mmfuser_zero3": RunSpec(hybrid=False, fuser=True, stage=1, zero=3)}
-
-
-class MatrixRuns:
-    """The RUNS, each trained on first use (a run that starts from another trains that one first)."""
-
-    def __init__(self, assets, tmp_path_factory):
-        self.assets, self.tmp_path_factory, self.done = assets, tmp_path_factory, {}
-
-    def __getitem__(self, name: str) -> DistributedRun:
-        if name not in self.done:
-            spec = RUNS[name]
-            args = train_args(self.assets, hybrid=spec.hybrid, fuser=spec.fuser, stage=spec.stage, zero=spec.zero,
-                              steps=STEPS) + ["--save_strategy=steps", f"--save_steps={STEPS}", "--report_to", "none"]
-            if spec.lora_r:
-                args += ["--lora_r", str(spec.lora_r)]
-            if spec.starts_from:  # relative to the run's working directory, as a script passes it
-                artifact = self[spec.starts_from].output_dir / "connector.safetensors"
-                args += ["--pretrained_connector", os.path.relpath(artifact, REPO)]
-            self.done[name] = run_distributed(args, self.tmp_path_factory.mktemp(name) / "run")
-        return self.done[name]
+# Every shared run but the baseline's stage 1 (its stage 2, which starts from it, is exported).
+EXPORTED = [name for name in SHARED_RUNS if name != "baseline_stage1_zero2"]
 
 
 def export(checkpoint: Path, output: Path, *flags: str) -> Path:
@@ -131,11 +96,6 @@ def assert_data_mix(card: str, run: DistributedRun) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(assets, tmp_path_factory) -> MatrixRuns:
-    return MatrixRuns(assets, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def baseline_folder(assets, tmp_path_factory) -> Path:
     return save_as_training_output(build_tiny_model(assets, hybrid=False, fuser=False),
                                    assets, tmp_path_factory.mktemp("baseline") / "run")
@@ -150,10 +110,10 @@ def hybrid_folder(assets, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- (a) ZeRO checkpoints
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", EXPORTED)
 def test_zero_checkpoint_export_reproduces_the_trained_model_exactly(name, runs, assets, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fila_train.export")
-    spec, run = RUNS[name], runs[name]
+    spec, run = SHARED_RUNS[name], runs[name].run
     checkpoint = run.output_dir / f"checkpoint-{STEPS}"
     assert find_source(checkpoint).kind == "deepspeed" and (checkpoint / "model.safetensors").is_file()
     out = export(checkpoint, tmp_path / "export", "--dtype", "fp32")
@@ -186,25 +146,25 @@ def test_zero_checkpoint_export_reproduces_the_trained_model_exactly(name, runs,
         assert f"| {part} | {sum(p.numel() for _, p in params):,} |" in card
     from_state = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in from_state if "loss" in entry]
-    summary = run.summary()  # for 2 steps the first and last 10% are the first and last step
+    summary = run.summary()
     assert summary["losses"] == losses and summary["steps"] == STEPS
     started = "n/a"
     if spec.starts_from:
-        stage1 = runs[spec.starts_from]
+        stage1 = runs[spec.starts_from].run
         started = f"`{stage1.output_dir / 'connector.safetensors'}`"
-        assert stage_row(RUNS[spec.starts_from], stage1.output_dir, stage1.summary(), "train_summary.json") in card
+        assert stage_row(SHARED_RUNS[spec.starts_from], stage1.output_dir, stage1.summary(), "train_summary.json") in card
         assert_data_mix(card, stage1)
     assert stage_row(spec, checkpoint, summary, "trainer_state.json", started, exported=True) in card
     assert_data_mix(card, run)
 
 
 def test_card_names_the_stage_the_run_started_from_while_its_folder_is_there(runs, tmp_path):
-    stage2, stage1 = runs["fila_zero3"], runs["fila_zero2"]
+    stage2, stage1 = runs["fila_mmfuser_zero3"].run, runs["fila_mmfuser_zero2"].run
     out = export(stage2.output_dir, tmp_path / "export")  # the finished run's own save: train_summary.json
     card = (out / "README.md").read_text()
     artifact = f"`{stage1.output_dir / 'connector.safetensors'}`"
-    rows = [stage_row(RUNS["fila_zero2"], stage1.output_dir, stage1.summary(), "train_summary.json"),
-            stage_row(RUNS["fila_zero3"], stage2.output_dir, stage2.summary(), "train_summary.json", artifact,
+    rows = [stage_row(SHARED_RUNS["fila_mmfuser_zero2"], stage1.output_dir, stage1.summary(), "train_summary.json"),
+            stage_row(SHARED_RUNS["fila_mmfuser_zero3"], stage2.output_dir, stage2.summary(), "train_summary.json", artifact,
                       exported=True)]
     assert "\n".join(rows) in card  # stage 1 first
     assert f"### Stage 1 (alignment): `{stage1.output_dir}`" in card

@@ -1,7 +1,8 @@
 """FILA's hybrid encoder as a trainable choice: flags -> config, init, save/load, gradients, artifact, ZeRO.
 
 Tiny models (CLIP tile 28 with 6 layers, ConvNeXt dims 16..128, LLM width 64) built once per
-session by distributed_utils; the two 2-process runs take ~20-30 s each on CPU.
+session by distributed_utils; the 2-process runs are the session's shared FILA + MMFuser stage 1 (ZeRO-2) and
+stage 2 (ZeRO-3) runs.
 """
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import shutil
 
 import pytest
 import torch
-from distributed_utils import (  # noqa: F401  (assets is a fixture)
+from distributed_utils import (  # noqa: F401  (assets and runs are fixtures)
+    SHARED_STEPS,
     TINY,
     aligned_state,
     assert_loss_falls,
     assets,
     build_tiny_model,
+    runs,
     tiny_batch,
-    distributed_train,
-    train_args,
     train_steps,
     with_mlp_connector,
 )
@@ -221,14 +222,9 @@ def test_vision_flops_cover_every_view_and_part(assets) -> None:
 # ---------------------------------------------------------------- 2-process runs
 
 
-@pytest.fixture(scope="module")
-def stage1_fila_mmfuser(assets, tmp_path_factory):
-    output = tmp_path_factory.mktemp("fila_mmfuser_zero2") / "run"
-    return output, distributed_train(train_args(assets, hybrid=True, fuser=True, stage=1, zero=2), output)
-
-
-def test_zero2_fila_mmfuser_stage1_trains_and_its_artifact_loads_bit_exact(stage1_fila_mmfuser, assets) -> None:
-    output, summary = stage1_fila_mmfuser
+def test_zero2_fila_mmfuser_stage1_trains_and_its_artifact_loads_bit_exact(runs, assets) -> None:
+    output = runs["fila_mmfuser_zero2"].output_dir
+    summary = runs["fila_mmfuser_zero2"].run.summary()
     assert (summary["vision_encoder"], summary["connector_type"]) == ("fila_hybrid", "mmfuser")
     assert summary["tune_parts"] == ["connector", "cvfm", "fuser"]
     assert_loss_falls(summary)
@@ -244,9 +240,11 @@ def test_zero2_fila_mmfuser_stage1_trains_and_its_artifact_loads_bit_exact(stage
         assert any(not torch.equal(loaded[k], before[k]) for k in loaded if k.startswith(prefix)), prefix
 
 
-def test_zero3_fila_stage2_loss_falls(assets, tmp_path) -> None:
-    summary = distributed_train(train_args(assets, hybrid=True, fuser=False, stage=2, zero=3), tmp_path / "run")
-    assert summary["vision_encoder"] == "fila_hybrid" and summary["steps"] == 6
+def test_zero3_fila_mmfuser_stage2_loss_falls(runs) -> None:
+    """Stage 2 (+ LLM) from the stage-1 run's connector artifact."""
+    run = runs["fila_mmfuser_zero3"].run
+    summary = run.summary() | {"log": run.rank_log(0)}
+    assert summary["vision_encoder"] == "fila_hybrid" and summary["steps"] == SHARED_STEPS
     assert_loss_falls(summary)
     # The start-of-run summary: parameters by part and the vision FLOPs, hybrid and ViT alone.
     for marker in ("cvfm ", "vision forward per image (56x56, 5 view(s))", "ViT alone"):
@@ -258,6 +256,6 @@ def test_zero3_fila_stage2_loss_falls(assets, tmp_path) -> None:
 
     from fila_train.processing.chat_templates import get_template
 
-    processor = AutoProcessor.from_pretrained(tmp_path / "run")
+    processor = AutoProcessor.from_pretrained(run.output_dir)
     assert type(processor).__name__ == "FilaProcessor" and processor.image_processor.vision_encoder == "fila_hybrid"
-    assert (tmp_path / "run" / "chat_template.jinja").read_text() == get_template("vicuna_v1").jinja
+    assert (run.output_dir / "chat_template.jinja").read_text() == get_template("vicuna_v1").jinja

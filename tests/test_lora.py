@@ -14,11 +14,13 @@ import sys
 
 import pytest
 import torch
-from distributed_utils import (  # noqa: F401  (assets is a fixture)
+from distributed_utils import (  # noqa: F401  (assets and runs are fixtures)
+    SHARED_CHECKPOINT as CHECKPOINT_STEP,
+    SHARED_STEPS as STEPS,
     assets,
-    first_records,
     build_tiny_model,
     run_distributed,
+    runs,
     tiny_batch,
     train_args,
     train_steps,
@@ -37,8 +39,6 @@ from fila_train.training.parts import apply_tune_parts, parameter_table
 from fila_train.training.train import train
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-STEPS = 6
-CHECKPOINT_STEP = 3
 
 
 def llm_projections(model) -> set[str]:
@@ -169,17 +169,13 @@ def test_merged_model_matches_and_loads_as_a_plain_fila_model(trained, tmp_path)
         merge_lora(plain)
 
 
-def test_lora_resume_under_zero3_reproduces_the_uninterrupted_losses(assets, tmp_path):
-    # 8 records, 2 steps an epoch: the checkpoint lies in the second epoch.
-    args = train_args(assets, hybrid=False, fuser=False, stage=2, zero=3, steps=STEPS) + [
-        "--lora_r", "4", "--learning_rate", "2e-2", "--connector_lr", "2e-3", "--report_to", "none",
-        "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_STEP),
-        "--data_path", str(first_records(assets.stage2_data, tmp_path / "data"))]
-    full = run_distributed(args, tmp_path / "full")
+def test_lora_resume_under_zero3_reproduces_the_uninterrupted_losses(runs, tmp_path):
+    # The shared LoRA run: 8 records, 2 steps an epoch, so the checkpoint lies in the second epoch.
+    full, args = runs["baseline_zero3_lora"].run, runs["baseline_zero3_lora"].args
     log = full.rank_log(0)
     assert re.search(r"llm \(lora\)\s+[\d,]+\s+[\d,]+\s+100\.0%", log), log[-2000:]
     resumed = run_distributed(args + ["--resume_from_checkpoint", str(full.output_dir / f"checkpoint-{CHECKPOINT_STEP}")],
-                           tmp_path / "resumed")
+                              tmp_path / "resumed")
     expected = full.summary()["losses"][CHECKPOINT_STEP:]
     got = resumed.summary()["losses"][CHECKPOINT_STEP:]
     assert len(got) == STEPS - CHECKPOINT_STEP

@@ -1,20 +1,19 @@
-"""MMFuser as a trainable connector: layer checks, identity at init, gradients, artifact, ZeRO-2.
+"""MMFuser as a trainable connector: layer checks, identity at init, gradients, artifact, ZeRO-3.
 
-Shares the tiny session assets of distributed_utils with test_fila_training.py.
+Shares the tiny session assets and the shared runs of distributed_utils with test_fila_training.py.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from distributed_utils import (  # noqa: F401  (assets is a fixture)
+from distributed_utils import (  # noqa: F401  (assets and runs are fixtures)
     TINY,
     aligned_state,
     assert_loss_falls,
     assets,
     build_tiny_model,
+    runs,
     tiny_batch,
-    distributed_train,
-    train_args,
     train_steps,
     with_mlp_connector,
 )
@@ -85,8 +84,9 @@ def test_fuser_artifact_round_trip_is_bit_exact(assets, tmp_path) -> None:
         load_connector_artifact(build_tiny_model(assets, hybrid=False, fuser=False), tmp_path)
 
 
-def test_zero2_mmfuser_stage1_loss_falls(assets, tmp_path) -> None:
-    summary = distributed_train(train_args(assets, hybrid=False, fuser=True, stage=1, zero=2), tmp_path / "run")
+def test_zero3_mmfuser_stage1_loss_falls(runs) -> None:
+    run = runs["mmfuser_zero3"].run
+    summary = run.summary() | {"log": run.rank_log(0)}
     assert (summary["vision_encoder"], summary["connector_type"]) == ("clip", "mmfuser")
     assert summary["tune_parts"] == ["connector", "fuser"]
     assert_loss_falls(summary)
