@@ -11,8 +11,8 @@ import torch
 from distributed_utils import TINY, assets, build_tiny_model, tiny_batch  # noqa: F401 (fixture)
 
 from fila_train.bench.cli import main as bench_main
-from fila_train.bench.flop_count import ModelFlopCounter, sample_lengths
-from fila_train.bench.mfu import (ImageForward, LLMSize, llm_flops, mfu, peak_tflops, stage_multipliers,
+from fila_train.training.throughput.flop_count import ModelFlopCounter, sample_lengths
+from fila_train.training.throughput.mfu import (ImageForward, LLMSize, llm_flops, mfu, peak_tflops, stage_multipliers,
                                   step_flops, trained_stages)
 from fila_train.demo.tiny_models import as_cli
 from fila_train.training.parts import apply_tune_parts

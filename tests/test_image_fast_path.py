@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from fila_train.data.images import SOURCE_SIZE, load_rgb_image, source_size
+from fila_train.data.images import load_rgb_image
+from fila_train.utils.image_size import SOURCE_SIZE, source_size
 from fila_train.model.vision.anyres import AnyresConfig
 from fila_train.model.vision.clip_encoder import ClipImageProcessor
 from fila_train.model.vision.hybrid_encoder import HybridImageProcessor

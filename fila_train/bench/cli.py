@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..training.arguments import parse_canvases
+from ..model.arguments import parse_canvases
 from ..utils.files import write_json_atomic
 from .configs import BENCH_CONFIGS
-from .device import torch_threads
+from ..training.throughput.device import torch_threads
 
 
 def parse_size(text: str) -> tuple[int, int]:

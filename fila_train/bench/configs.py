@@ -18,8 +18,8 @@ from ..demo.tiny_models import TinyFila, as_cli, save_tiny_llm
 from ..model.builder import build_model
 from ..model.configuration import FilaConfig
 from ..model.modeling import FilaForConditionalGeneration
-from ..registry import Registry
-from ..training.arguments import ModelArguments
+from ..utils.registry import Registry
+from ..model.arguments import ModelArguments
 
 # CLIP ViT-L/14-336 (openai/clip-vit-large-patch14-336), the tower of LLaVA-1.5 and FILA.
 CLIP_VIT_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..data.images import load_rgb_image
 from .baseline_pipeline import baseline_for, decode
 from .configs import BENCH_CONFIGS
-from .device import torch_threads
+from ..training.throughput.device import torch_threads
 from .runner import build_dataset
 from .synthetic import make_bench_data
 

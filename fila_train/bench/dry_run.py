@@ -16,8 +16,8 @@ from ..model.vision.flops import default_canvas
 from ..model.vision.hybrid_encoder import HybridImageProcessor
 from ..training.parts import apply_tune_parts
 from .configs import BENCH_CONFIGS
-from .flop_count import Layout, ModelFlopCounter
-from .mfu import stage_multipliers
+from ..training.throughput.flop_count import Layout, ModelFlopCounter
+from ..training.throughput.mfu import stage_multipliers
 from .runner import parameter_summary
 from .synthetic import make_bench_data
 

@@ -25,9 +25,9 @@ from ..processing.processor import FilaProcessor
 from ..model.builder import load_tokenizer
 from ..training.parts import apply_tune_parts, parameter_table
 from .configs import BENCH_CONFIGS, BenchConfig
-from .device import device_name, device_peak_tflops, matmul_precision, peak_memory, synchronize
-from .flop_count import ModelFlopCounter
-from .mfu import StepFlops, mfu
+from ..training.throughput.device import device_name, device_peak_tflops, matmul_precision, peak_memory, synchronize
+from ..training.throughput.flop_count import ModelFlopCounter
+from ..training.throughput.mfu import StepFlops, mfu
 from .synthetic import STAGE_TEMPLATES, BenchData, fit_to_length, make_bench_data, write_records
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

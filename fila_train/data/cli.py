@@ -56,7 +56,7 @@ def load_inspection_processor(model_args):
 def inspect_main(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
-    from ..training.arguments import ModelArguments
+    from ..model.arguments import ModelArguments
     from ..utils.files import write_json_atomic
     from .dataset import DatasetOptions, SampleError
     from .inspect import format_report, inspect_mixture, report_dict

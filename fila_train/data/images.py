@@ -13,13 +13,12 @@ from typing import BinaryIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ..utils.image_size import SOURCE_SIZE
+
 
 # PIL's default limit (about 89.5 Mpixels); beyond it a record's image is refused, not decoded.
 # Our max_pixels is the only limit applied: PIL's own check is kept out of the way (see identify).
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
-# image.info key: the file's full (W, H). An image decoded at reduced size keeps deciding what
-# depends on the source size (FILA's anyres canvas, hence its token count) by this size.
-SOURCE_SIZE = "source_size"
 # (W, H) of the file -> the smallest (W, H) every output of an image processor can be made from.
 DecodeSize = Callable[[int, int], tuple[int, int]]
 
@@ -204,11 +203,6 @@ def draft_for(image: Image.Image, decode_size: DecodeSize | None) -> bool:
         return False
     image.draft("RGB", (need_w, need_h))
     return True
-
-
-def source_size(image: Image.Image) -> tuple[int, int]:
-    """The (W, H) of the image's file, also after a reduced-size decode."""
-    return tuple(image.info.get(SOURCE_SIZE, image.size))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

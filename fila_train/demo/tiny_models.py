@@ -19,7 +19,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from ..registry import Registry
+from ..utils.registry import Registry
 
 TINY_LLMS: Registry = Registry("tiny LLM family")
 TINY_LLMS.register("llama")(LlamaConfig)

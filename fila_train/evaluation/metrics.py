@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..registry import Registry
+from ..utils.registry import Registry
 
 
 @dataclass(frozen=True)

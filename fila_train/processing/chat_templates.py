@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..registry import Registry
+from ..utils.registry import Registry
 
 IMAGE_PLACEHOLDER = "<image>"
 

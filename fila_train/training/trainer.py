@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..bench.training_metrics import TrainingMetrics
+from .throughput.step_metrics import TrainingMetrics
 from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import barrier, rank, world_size
 from ..utils.files import give_files_open_mode

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
-from ...registry import Registry
+from ...utils.registry import Registry
 from .fields import SourceFileError, load_json
 from .prompts import grouped_by_image, one_per_sample
 from .sample import Sample

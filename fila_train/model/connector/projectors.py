@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig
 
-from ...registry import Registry
+from ...utils.registry import Registry
 from ..vision.base import VisionOutput
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from ...data.images import source_size
+from ...utils.image_size import source_size
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
 from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor

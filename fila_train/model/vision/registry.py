@@ -11,7 +11,7 @@ from typing import Callable
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from ...registry import Registry
+from ...utils.registry import Registry
 from .anyres import AnyresConfig
 from .clip_encoder import ClipImageProcessor, ClipVisionEncoder
 from .hybrid_encoder import HybridEncoderConfig, HybridImageProcessor, HybridVisionEncoder

@@ -1,6 +1,6 @@
 """Forward+backward timing and peak memory of MMFuser.
 
-Usage: python -m fila_train.model.connector.bench_mmfuser [--device cuda] [--dtype bf16]
+Usage: python -m fila_train.bench.mmfuser [--device cuda] [--dtype bf16]
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..model.connector import build_connector
-from ..model.lora import is_lora_parameter
-from ..model.vision.flops import _meta_encoder
-from ..model.vision.hybrid_encoder import HybridVisionEncoder
-from ..training.parts import numel
+from ...model.connector import build_connector
+from ...model.lora import is_lora_parameter
+from ...model.vision.flops import _meta_encoder
+from ...model.vision.hybrid_encoder import HybridVisionEncoder
+from ..parts import numel
 from .mfu import ImageForward, LLMSize, StepFlops, step_flops, trained_stages
 
 Layout = tuple[int, int] | None  # FILA: (rows, cols) of tiles; a single-view encoder: None
