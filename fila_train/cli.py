@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .utils.errors import FilaError
 from .utils.processes import die_with_launcher
 
 # Subcommand -> ("module:function", one-line help). Modules are imported only when their
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     die_with_launcher()  # before the slow imports: a launcher killed meanwhile is noticed at once
     module_name, _, function = COMMANDS[command][0].partition(":")
-    return getattr(importlib.import_module(module_name), function)(rest)
+    try:
+        return getattr(importlib.import_module(module_name), function)(rest)
+    except FilaError as error:  # the user's to fix, and its message says how; anything else keeps its traceback
+        print(f"fila-train {command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def test_misconfiguration_fails_before_launch_with_one_line(case, tmp_path) -> N
     (tmp_path / "hostfile").write_text("node-a slots=2\nnode-b slots=2\n")
     (tmp_path / "bad_hostfile").write_text("node-a slots=2\nnode-b\n")
     run = dry_run("scripts/finetune.sh", {k: v.format(tmp=tmp_path) for k, v in env.items()})
-    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert run.returncode == 1, (run.stdout, run.stderr)
     assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("[fila-train] error: "), run.stderr
     assert reason.format(tmp=tmp_path) in run.stderr
     assert DRY_RUN_PREFIX not in run.stdout

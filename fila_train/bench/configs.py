@@ -20,6 +20,7 @@ from ..model.configuration import FilaConfig
 from ..model.modeling import FilaForConditionalGeneration
 from ..utils.registry import Registry
 from ..model.arguments import ModelArguments
+from ..utils.errors import ConfigError
 
 # CLIP ViT-L/14-336 (openai/clip-vit-large-patch14-336), the tower of LLaVA-1.5 and FILA.
 CLIP_VIT_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -66,7 +67,7 @@ class BenchConfig:
     def stage_parts(self, stage: int) -> list[str]:
         """LLaVA's stages: the connector side (projector, + CVFM, + fuser) in stage 1, + the LLM in stage 2."""
         if stage not in (1, 2):
-            raise ValueError(f"--stage must be 1 or 2, got {stage}")
+            raise ConfigError(f"--stage must be 1 or 2, got {stage}")
         parts = ["connector"] + ["cvfm"] * (self.vision_encoder == "fila_hybrid")
         parts += ["fuser"] * (self.connector_type == "mmfuser")
         return parts + ["llm"] * (stage == 2)
@@ -74,7 +75,7 @@ class BenchConfig:
     def fila_config(self, attn_implementation: str = "sdpa") -> FilaConfig:
         """The real-size composite config (CLIP ViT-L/14-336 + a Llama of ``llm_size``)."""
         if self.tiny:
-            raise ValueError(f"{self.name} is built from saved tiny components, not from a config")
+            raise ConfigError(f"{self.name} is built from saved tiny components, not from a config")
         hybrid = self.vision_encoder == "fila_hybrid"
         return FilaConfig(
             vision_config=CLIPVisionConfig(**CLIP_VIT_L_336), text_config=LlamaConfig(**LLAMA_SIZES[self.llm_size]),

@@ -20,6 +20,7 @@ from ..training.throughput.flop_count import Layout, ModelFlopCounter
 from ..training.throughput.mfu import stage_multipliers
 from .runner import parameter_summary
 from .synthetic import make_bench_data
+from ..utils.errors import ConfigError
 
 TEXT_TOKENS = 128  # text per sample when no --seq_len is given: about a LLaVA caption or short answer
 
@@ -44,7 +45,7 @@ def dry_run(config_name: str, stage: int, seq_len: int | None, workdir: Path) ->
     layout, canvas, views = default_layout(processor)
     image_tokens = views * processor.tokens_per_view
     if seq_len is not None and seq_len <= image_tokens:
-        raise ValueError(f"--seq_len {seq_len} leaves no room for text after {image_tokens} image tokens")
+        raise ConfigError(f"--seq_len {seq_len} leaves no room for text after {image_tokens} image tokens")
     length = seq_len if seq_len is not None else image_tokens + TEXT_TOKENS
     sample = counter.sample_flops([length], [layout])
     return {

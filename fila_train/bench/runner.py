@@ -29,6 +29,7 @@ from ..training.throughput.device import device_name, device_peak_tflops, matmul
 from ..training.throughput.flop_count import ModelFlopCounter
 from ..training.throughput.mfu import StepFlops, mfu
 from .synthetic import STAGE_TEMPLATES, BenchData, fit_to_length, make_bench_data, write_records
+from ..utils.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DISTINCT_BATCHES = 2  # steps cycle through these; every sample has the same image size
@@ -55,9 +56,9 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r}; expected one of {sorted(DTYPES)}")
+            raise ConfigError(f"--dtype {self.dtype!r}; expected one of {sorted(DTYPES)}")
         if self.steps < 1 or self.warmup < 0 or self.batch_size < 1:
-            raise ValueError("--steps and --batch_size must be >= 1 and --warmup >= 0")
+            raise ConfigError("--steps and --batch_size must be >= 1 and --warmup >= 0")
 
 
 def to_device(value: Any, device: torch.device) -> Any:

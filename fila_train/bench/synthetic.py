@@ -14,6 +14,7 @@ from PIL import Image
 from ..processing.tokenization import ConversationTokenizer
 from ..demo.synthetic_docs import make_synthetic_dataset
 from ..demo.tokenizer import build_demo_tokenizer
+from ..utils.errors import ConfigError
 
 STAGE_TEMPLATES = {1: "plain", 2: "vicuna_v1"}  # captions for stage 1, instructions for stage 2
 JPEG_QUALITY = 90
@@ -73,8 +74,8 @@ def fit_to_length(record: dict, stage: int, tokenizer: ConversationTokenizer, im
     if target is None:
         return record
     if target <= image_tokens:
-        raise ValueError(f"--seq_len {target} leaves no room for text: one image alone is {image_tokens} "
-                         f"tokens with this configuration (give --seq_len above {image_tokens})")
+        raise ConfigError(f"--seq_len {target} leaves no room for text: one image alone is {image_tokens} "
+                          f"tokens with this configuration (give --seq_len above {image_tokens})")
     rounds = 0
     while True:
         conversations = _with_rounds(record["conversations"], stage, rounds)

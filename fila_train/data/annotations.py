@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.errors import DataError
+
 # Structural characters of JSON, plus escapes (consumed as a unit so \" never ends a string).
 _JSON_TOKENS = re.compile(rb'\\.|["{}\[\]]', re.DOTALL)
 _NON_SPACE = re.compile(rb"\S")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """A malformed annotation file or record; the message names file and record."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import DEFAULT_MAX_PIXELS
+from ..utils.errors import ConfigError, FilaError
 
 USAGE = """usage: fila-train data <command> [options]
 
@@ -45,7 +46,7 @@ def load_inspection_processor(model_args):
     if is_fila_checkpoint(model_args.model_name_or_path):
         return load_processor(model_args.model_name_or_path, FilaConfig.from_pretrained(model_args.model_name_or_path))
     if model_args.vision_tower is None:
-        raise ValueError(f"{model_args.model_name_or_path} is an LLM, so --vision_tower is required")
+        raise ConfigError(f"{model_args.model_name_or_path} is an LLM, so --vision_tower is required")
     vision_config = CLIPVisionConfig.from_pretrained(model_args.vision_tower)
     images = FilaImageProcessor(vision_encoder=model_args.vision_encoder, image_size=vision_config.image_size,
                                 patch_size=vision_config.patch_size, vision_options=model_args.vision_options())
@@ -58,10 +59,10 @@ def inspect_main(argv: list[str]) -> int:
 
     from ..model.arguments import ModelArguments
     from ..utils.files import write_json_atomic
-    from .dataset import DatasetOptions, SampleError
+    from .dataset import DatasetOptions
     from .inspect import format_report, inspect_mixture, report_dict
     from .mixed_dataset import MixtureDataset
-    from .mixture import MixtureError, load_mixture, single_source
+    from .mixture import load_mixture, single_source
 
     parser = HfArgumentParser((InspectArguments, ModelArguments))
     parser.prog = "fila-train data inspect"
@@ -76,7 +77,7 @@ def inspect_main(argv: list[str]) -> int:
                 else single_source(args.data_path, args.image_folder))
         dataset = MixtureDataset(spec, fila_processor.conversations, processor,
                                  DatasetOptions(args.model_max_length, max_image_pixels=args.max_image_pixels))
-    except (MixtureError, SampleError, FileNotFoundError, ValueError) as error:
+    except (FilaError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     reports = inspect_mixture(dataset, args.model_max_length, decode=args.decode, limit=args.limit)

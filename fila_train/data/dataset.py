@@ -20,6 +20,7 @@ from .annotations import AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
 from ..processing.tokenization import ConversationTokenizer
 from .validation import RecordError, check_record
+from ..utils.errors import ConfigError, DataRecordError
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,8 @@ OVERLONG_POLICIES = ("drop", "error")
 BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
-class SampleError(ValueError):
+class SampleError(DataRecordError):
     """A record that cannot be trained on; the message names file, record and field."""
-
-    def __init__(self, message: str, kind: str = "invalid_record"):
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass
@@ -44,9 +41,9 @@ class DatasetOptions:
 
     def __post_init__(self) -> None:
         if self.on_overlong not in OVERLONG_POLICIES:
-            raise ValueError(f"on_overlong must be one of {OVERLONG_POLICIES}, got {self.on_overlong!r}")
+            raise ConfigError(f"on_overlong must be one of {OVERLONG_POLICIES}, got {self.on_overlong!r}")
         if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
-            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}")
+            raise ConfigError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}")
 
 
 class ReplacesUnusableSamples(Dataset):
@@ -166,7 +163,7 @@ class ConversationDataset(ReplacesUnusableSamples):
         counts = [self.image_processor.num_image_tokens(p) for p in processed]
         try:
             sample = self.tokenizer.encode(record["conversations"], counts)
-        except ValueError as error:
+        except DataRecordError as error:  # a tokenizer/template mismatch is not one record's fault
             raise SampleError(f"{where}: {error}", "invalid_record") from None
         if sample.num_trained == 0:
             raise SampleError(f"{where}: no token is trained (it would train with loss 0)", "nothing_trained")

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..utils.image_size import SOURCE_SIZE
+from ..utils.errors import DataRecordError
 
 
 # PIL's default limit (about 89.5 Mpixels); beyond it a record's image is refused, not decoded.
@@ -23,7 +24,7 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 DecodeSize = Callable[[int, int], tuple[int, int]]
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(DataRecordError):
     """An image that cannot be used (missing, unreadable, outside the root)."""
 
     kind = "bad_image_path"

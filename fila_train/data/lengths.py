@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .dataset import ConversationDataset, SampleError
 from .images import ImageLoadError, image_size, load_rgb_image, require_file
+from ..utils.errors import DataRecordError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def measure_record(source: ConversationDataset, index: int, check: str | None = 
     counts = [source.image_processor.num_image_tokens_for_size(*size) for size in (sizes or [(0, 0)] * len(paths))]
     try:
         ids = source.tokenizer.encode(record["conversations"], counts).input_ids
-    except ValueError as error:
+    except DataRecordError as error:  # a tokenizer/template mismatch is not one record's fault
         raise SampleError(f"{where}: {error}", "invalid_record") from None
     return RecordMeasure(len(ids) if paths else -len(ids), sizes)
 

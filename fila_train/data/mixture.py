@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from ..utils.tables import format_table
+from ..utils.errors import ConfigError
 
 Canvas = tuple[int, int]
 SAMPLING_RULES = ("repeat", "samples", "weight")
@@ -34,7 +35,7 @@ SOURCE_KEYS = {"name", "annotations", "image_root", *SAMPLING_RULES, "template",
 MIXTURE_KEYS = {"seed", "root", "total", "sources"}
 
 
-class MixtureError(ValueError):
+class MixtureError(ConfigError):
     """A mixture spec that cannot be used; the message names the file, source and field."""
 
 

@@ -10,9 +10,10 @@ from typing import Any
 from .images import ImageLoadError, check_relative_image_path
 from ..processing.conversations import (ConversationError, check_ends_with_answer, check_image_count,
                            parse_turns_indexed)
+from ..utils.errors import DataRecordError
 
 
-class RecordError(ValueError):
+class RecordError(DataRecordError):
     """A record that cannot be trained on; the message names where it is and the field."""
 
 

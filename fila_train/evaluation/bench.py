@@ -9,10 +9,11 @@ from pathlib import Path
 
 from ..data.annotations import AnnotationFile
 from ..data.images import ImageLoadError, check_relative_image_path, require_file
+from ..utils.errors import DataRecordError
 from .metrics import Metric
 
 
-class BenchError(ValueError):
+class BenchError(DataRecordError):
     """A benchmark record that cannot be evaluated; the message names file, line and field."""
 
 

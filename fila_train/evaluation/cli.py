@@ -17,6 +17,7 @@ from ..inference.loading import ModelLoadError, ModelOptions
 from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
 from .metrics import METRICS, get_metric
+from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class EvalArguments:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
-            raise ValueError("--batch_size, --max_new_tokens and --limit must be positive")
+            raise ConfigError("--batch_size, --max_new_tokens and --limit must be positive")
 
     def output_dir(self, model: str) -> Path:
         return Path(self.output) if self.output else Path(model) / "eval" / Path(self.bench).stem

@@ -1,6 +1,7 @@
-"""The one error type of the export: bad input, named with the folder or file it came from."""
+"""The one error type of the export (of the hierarchy in utils/errors.py): bad input, named with the folder
+or file it came from."""
 from __future__ import annotations
 
+from ..utils.errors import ExportError
 
-class ExportError(ValueError):
-    """The checkpoint cannot be exported as asked (wrong folder, missing file, mismatched weights)."""
+__all__ = ["ExportError"]

@@ -11,10 +11,11 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..processing.conversations import IMAGE_PLACEHOLDER
 from ..processing.processor import left_padded
+from ..utils.errors import ConfigError
 from .loading import InferenceModel
 
 
-class PromptError(ValueError):
+class PromptError(ConfigError):
     """A prompt that does not fit its images."""
 
 

@@ -12,11 +12,12 @@ from ..processing.processor import FilaProcessor, load_processor
 from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import is_fila_checkpoint
+from ..utils.errors import CheckpointError, ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(CheckpointError):
     """A model folder that cannot be loaded for inference; the message names the folder."""
 
 
@@ -30,7 +31,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose auto or one of: {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype {name!r}; choose auto or one of: {', '.join(DTYPES)}")
     return DTYPES[name]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .lora import BITS, DEFAULT_TARGET, LoraSettings, require_kbit_support
+from ..utils.errors import ConfigError
 
 
 def parse_ints(text: str) -> list[int]:
@@ -18,7 +19,7 @@ def parse_canvases(text: str) -> list[list[int]]:
     for item in text.split(","):
         width, _, height = item.strip().lower().partition("x")
         if not (width.isdigit() and height.isdigit()):
-            raise ValueError(f"--anyres_canvases: {item!r} is not WxH (e.g. 672x672)")
+            raise ConfigError(f"--anyres_canvases: {item!r} is not WxH (e.g. 672x672)")
         canvases.append([int(width), int(height)])
     return canvases
 
@@ -81,11 +82,11 @@ class ModelArguments:
 
     def __post_init__(self) -> None:
         if self.lora_r < 0:
-            raise ValueError(f"--lora_r must be >= 0 (0 = no LoRA), got {self.lora_r}")
+            raise ConfigError(f"--lora_r must be >= 0 (0 = no LoRA), got {self.lora_r}")
         lora_given = [f"--{name}" for name in ("lora_alpha", "lora_dropout", "lora_target")
                       if getattr(self, name) is not None] + ["--bits"] * (self.bits != 16)
         if lora_given and self.lora_r == 0:
-            raise ValueError(f"{', '.join(lora_given)} only apply with LoRA: set --lora_r (e.g. 128)")
+            raise ConfigError(f"{', '.join(lora_given)} only apply with LoRA: set --lora_r (e.g. 128)")
         self.lora_settings()  # bad values fail at parse time, not after the model is loaded
         if self.bits != 16:
             require_kbit_support()
@@ -95,7 +96,7 @@ class ModelArguments:
                 (FUSER_FLAGS, "--connector_type", self.connector_type, "mmfuser")):
             given = [f"--{name}" for name in flags if getattr(self, name) is not None]
             if given and current != wanted:
-                raise ValueError(f"{', '.join(given)} only apply to {owner} {wanted}, not {current}")
+                raise ConfigError(f"{', '.join(given)} only apply to {owner} {wanted}, not {current}")
 
     def vision_options(self) -> dict | None:
         """Partial HybridEncoderConfig dict for fila_hybrid (the builder completes it), else None."""

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, P
 from .configuration import FilaConfig
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
+from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vis
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
         return with_lora(model, settings, model_name_or_path)
     if vision_tower is None:
-        raise ValueError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
+        raise ConfigError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
     if settings is not None and settings.bits != 16:
         language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
     else:
@@ -96,8 +97,8 @@ def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None
     if model.config.lora is None:
         add_lora(model, settings)
     elif LoraSettings.from_dict(model.config.lora) != settings:
-        raise ValueError(f"{path} already has LoRA adapters {model.config.lora}, but the flags ask for "
-                         f"{settings.to_dict()}: merge them first (merge_lora) or drop the --lora_* flags")
+        raise ConfigError(f"{path} already has LoRA adapters {model.config.lora}, but the flags ask for "
+                          f"{settings.to_dict()}: merge them first (merge_lora) or drop the --lora_* flags")
     return model
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from ..utils.errors import ConfigError
+
 CHECKPOINT_PARTS: tuple[str, ...] = ("llm", "vision", "cvfm")
 
 
@@ -42,8 +44,8 @@ def set_part_checkpointing(model: nn.Module, parts: Iterable[str] | None, enable
     selected = set(available if parts is None else parts)
     unsupported = sorted(selected - set(available))
     if unsupported:
-        raise ValueError(f"--gradient_checkpointing_parts: {unsupported} cannot be checkpointed in this model "
-                         f"(vision encoder {model.config.vision_encoder!r}); it has: {list(available)}")
+        raise ConfigError(f"--gradient_checkpointing_parts: {unsupported} cannot be checkpointed in this model "
+                          f"(vision encoder {model.config.vision_encoder!r}); it has: {list(available)}")
     non_reentrant = functools.partial(checkpoint_func, use_reentrant=False)
 
     llm_on = enable and "llm" in selected

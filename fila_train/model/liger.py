@@ -12,6 +12,8 @@ import logging
 import torch
 from torch import nn
 
+from ..utils.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 LIGER_KERNELS = {"fused_linear_cross_entropy": True, "rms_norm": True, "swiglu": True, "rope": True}
@@ -30,8 +32,8 @@ def apply_liger_kernels(language_model: nn.Module) -> None:
                            "run without --use_liger on CPU")
     model_type = language_model.config.model_type
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        raise ValueError(f"--use_liger: liger-kernel has no kernels for LLM type {model_type!r}; "
-                         f"it supports: {', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}")
+        raise ConfigError(f"--use_liger: liger-kernel has no kernels for LLM type {model_type!r}; "
+                          f"it supports: {', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}")
     _apply_liger_kernel_to_instance(model=language_model, **LIGER_KERNELS)
     logger.info("Liger kernels applied to the %s LLM: %s", model_type,
                 ", ".join(name for name, on in LIGER_KERNELS.items() if on))

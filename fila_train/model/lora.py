@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from ..utils.errors import CheckpointError, ConfigError
+
 LLM_PREFIX = "language_model."
 # Every linear projection of the decoder layers of Llama-family LLMs (Vicuna, Llama-3, Mistral, Qwen2).
 DEFAULT_TARGET = r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -41,25 +43,25 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.r, int) and self.r > 0):
-            raise ValueError(f"lora r must be a positive integer, got {self.r!r}")
+            raise ConfigError(f"lora r must be a positive integer, got {self.r!r}")
         if self.alpha is None:
             object.__setattr__(self, "alpha", float(2 * self.r))
         if self.alpha <= 0:
-            raise ValueError(f"lora alpha must be positive, got {self.alpha}")
+            raise ConfigError(f"lora alpha must be positive, got {self.alpha}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout}")
         if self.bits not in BITS:
-            raise ValueError(f"lora bits must be one of {BITS}, got {self.bits}")
+            raise ConfigError(f"lora bits must be one of {BITS}, got {self.bits}")
         try:
             re.compile(self.target_modules)
         except re.error as error:
-            raise ValueError(f"lora target_modules {self.target_modules!r} is not a valid regex: {error}") from None
+            raise ConfigError(f"lora target_modules {self.target_modules!r} is not a valid regex: {error}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoraSettings":
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"FilaConfig.lora: unknown key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+            raise ConfigError(f"FilaConfig.lora: unknown key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -71,17 +73,17 @@ def lora_targets(model: nn.Module, pattern: str) -> list[str]:
     matched = [(name, module) for name, module in model.named_modules() if re.fullmatch(pattern, name)]
     outside = [name for name, _ in matched if not name.startswith(LLM_PREFIX)]
     if outside:
-        raise ValueError(f"--lora_target {pattern!r} matches modules outside the LLM, e.g. {outside[:3]}; "
-                         f"LoRA applies to the LLM only: anchor the pattern at 'language_model\\.'")
+        raise ConfigError(f"--lora_target {pattern!r} matches modules outside the LLM, e.g. {outside[:3]}; "
+                          f"LoRA applies to the LLM only: anchor the pattern at 'language_model\\.'")
     # nn.Linear or a quantized subclass (bitsandbytes' Linear4bit / Linear8bitLt under QLoRA).
     not_linear = [f"{name} ({type(module).__name__})" for name, module in matched if not isinstance(module, nn.Linear)]
     if not_linear:
-        raise ValueError(f"--lora_target {pattern!r} matches modules that are not nn.Linear: {not_linear[:3]}")
+        raise ConfigError(f"--lora_target {pattern!r} matches modules that are not nn.Linear: {not_linear[:3]}")
     if not matched:
         examples = [name for name, module in model.named_modules()
                     if name.startswith(LLM_PREFIX) and isinstance(module, nn.Linear)][:4]
-        raise ValueError(f"--lora_target {pattern!r} matches no module (it must match full paths such as "
-                         f"{examples})")
+        raise ConfigError(f"--lora_target {pattern!r} matches no module (it must match full paths such as "
+                          f"{examples})")
     return [name for name, _ in matched]
 
 
@@ -90,13 +92,13 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     if lora_layers(model):
-        raise ValueError("the model already has LoRA adapters: merge them first (merge_lora)")
+        raise ConfigError("the model already has LoRA adapters: merge them first (merge_lora)")
     targets = lora_targets(model, settings.target_modules)
     if settings.bits != 16 and not is_quantized(model.language_model):
-        raise ValueError(f"config.lora.bits = {settings.bits}: this is a QLoRA model, whose LLM is quantized by "
-                         f"bitsandbytes when it is loaded for training (build_model(..., lora=...)); it cannot be "
-                         f"rebuilt from its config. Export it first (fila-train export --checkpoint DIR --output "
-                         f"DIR dequantizes the LLM and merges the adapters) and load the export")
+        raise ConfigError(f"config.lora.bits = {settings.bits}: this is a QLoRA model, whose LLM is quantized by "
+                          f"bitsandbytes when it is loaded for training (build_model(..., lora=...)); it cannot be "
+                          f"rebuilt from its config. Export it first (fila-train export --checkpoint DIR --output "
+                          f"DIR dequantizes the LLM and merges the adapters) and load the export")
     relative = [name[len(LLM_PREFIX):] for name in targets]
     # PEFT matches a string by re.fullmatch on paths inside the module it is given: exactly these.
     peft_config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
@@ -131,13 +133,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights (PEFT's merge), drop the wrappers so parameter names
     are the plain ones again, and set ``config.lora = None``: the result is a plain FILA model."""
     if model.config.lora is None:
-        raise ValueError("merge_lora: the model has no LoRA adapters (config.lora is None)")
+        raise ConfigError("merge_lora: the model has no LoRA adapters (config.lora is None)")
     if LoraSettings.from_dict(model.config.lora).bits != 16:
-        raise ValueError("merge_lora: the LLM is quantized (QLoRA); merge into a 16/32-bit rebuild instead")
+        raise ConfigError("merge_lora: the LLM is quantized (QLoRA); merge into a 16/32-bit rebuild instead")
     language_model = model.language_model
     for name, layer in lora_layers(language_model).items():
         if any(hasattr(p, "ds_id") for p in layer.parameters()):
-            raise ValueError(f"merge_lora: {name} is ZeRO-3 partitioned; merge a consolidated model")
+            raise ConfigError(f"merge_lora: {name} is ZeRO-3 partitioned; merge a consolidated model")
         layer.merge(safe_merge=True, adapter_names=[ADAPTER])
         parent, _, child = name.rpartition(".")
         setattr(language_model.get_submodule(parent), child, layer.get_base_layer())
@@ -169,9 +171,9 @@ def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementa
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():  # else transformers' own refusal names only its device_map
-        raise ValueError(f"QLoRA (--bits {bits}) runs under DeepSpeed ZeRO-2, not ZeRO-3 (the packed k-bit weights "
-                         f"cannot be partitioned): use --deepspeed zero_configs/zero2.json "
-                         f"(ZERO_CONFIG=zero_configs/zero2.json for scripts/finetune.sh)")
+        raise ConfigError(f"QLoRA (--bits {bits}) runs under DeepSpeed ZeRO-2, not ZeRO-3 (the packed k-bit weights "
+                          f"cannot be partitioned): use --deepspeed zero_configs/zero2.json "
+                          f"(ZERO_CONFIG=zero_configs/zero2.json for scripts/finetune.sh)")
 
     quantization = BitsAndBytesConfig(load_in_4bit=bits == 4, load_in_8bit=bits == 8, bnb_4bit_compute_dtype=dtype,
                                       bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
@@ -208,8 +210,8 @@ def _check_own_quantization(module: nn.Module, state_dict: dict, prefix: str, *_
     for name, value in own.items():
         key = prefix + name
         if key in state_dict and not torch.equal(state_dict[key].to(value.device), value):
-            raise ValueError(f"{key}: the checkpoint's quantized base weights differ from this model's; QLoRA "
-                             f"resumes from a checkpoint of the same base LLM (--model_name_or_path) and --bits")
+            raise CheckpointError(f"{key}: the checkpoint's quantized base weights differ from this model's; QLoRA "
+                                  f"resumes from a checkpoint of the same base LLM (--model_name_or_path) and --bits")
         if name not in ("weight", "bias"):  # the packed weight itself loads as any frozen parameter
             state_dict.pop(key, None)
 
@@ -240,6 +242,6 @@ def dequantize_kbit_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     still_quantized = [f"{key} ({value.dtype})" for key, value in plain.items()
                        if key.endswith(".weight") and not value.is_floating_point()]
     if still_quantized:
-        raise ValueError(f"quantized weights without their bitsandbytes statistics ({FOUR_BIT_STATE[0]}, "
-                         f"absmax, ... or {EIGHT_BIT_SCALES}): {still_quantized[:3]}")
+        raise CheckpointError(f"quantized weights without their bitsandbytes statistics ({FOUR_BIT_STATE[0]}, "
+                              f"absmax, ... or {EIGHT_BIT_SCALES}): {still_quantized[:3]}")
     return plain

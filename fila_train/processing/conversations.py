@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .chat_templates import IMAGE_PLACEHOLDER
+from ..utils.errors import DataRecordError
 
 HUMAN, ASSISTANT, SYSTEM = "human", "gpt", "system"
 
@@ -12,7 +13,7 @@ ROLE_ALIASES = {"human": HUMAN, "user": HUMAN, "gpt": ASSISTANT, "assistant": AS
                 "system": SYSTEM}
 
 
-class ConversationError(ValueError):
+class ConversationError(DataRecordError):
     """A record whose conversation cannot be trained on (the message says which field)."""
 
 

@@ -20,6 +20,7 @@ from transformers.processing_utils import ProcessorMixin
 from .chat_templates import IMAGE_PLACEHOLDER, get_template
 from .image_processing import FilaImageProcessor
 from .tokenization import ConversationTokenizer, with_image_token
+from ..utils.errors import ConfigError
 
 PROCESSOR_FILE = "processor_config.json"
 logger = logging.getLogger(__name__)
@@ -70,13 +71,13 @@ class FilaProcessor(ProcessorMixin):
             ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             used = ids.count(self._conversations.placeholder_id)
             if image + used > len(counts):
-                raise ValueError(f"the prompt(s) hold more {IMAGE_PLACEHOLDER!r} placeholders than the "
-                                 f"{len(counts)} image(s) given")
+                raise ConfigError(f"the prompt(s) hold more {IMAGE_PLACEHOLDER!r} placeholders than the "
+                                  f"{len(counts)} image(s) given")
             rows.append(self._conversations.expand_images(ids, counts[image:image + used]).input_ids)
             image += used
         if image != len(counts):
-            raise ValueError(f"{len(counts)} image(s) given but the prompt(s) hold {image} {IMAGE_PLACEHOLDER!r} "
-                             f"placeholder(s)")
+            raise ConfigError(f"{len(counts)} image(s) given but the prompt(s) hold {image} {IMAGE_PLACEHOLDER!r} "
+                              f"placeholder(s)")
         data: dict[str, Any] = {"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows]}
         if return_tensors == "pt":
             data = left_padded(rows, self.tokenizer.pad_token_id or 0)

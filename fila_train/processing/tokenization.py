@@ -30,6 +30,7 @@ from .conversations import (
     parse_turns_indexed,
     to_messages,
 )
+from ..utils.errors import ConfigError
 
 
 def with_image_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -70,8 +71,8 @@ class ConversationTokenizer:
         """The id of a control token the template writes; a clear error if the tokenizer lacks it."""
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if token_id is None or (token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
-            raise ValueError(f"template {self.template.name!r} needs the special token {token!r}, "
-                             f"which tokenizer {self.tokenizer.name_or_path!r} does not have")
+            raise ConfigError(f"template {self.template.name!r} needs the special token {token!r}, "
+                              f"which tokenizer {self.tokenizer.name_or_path!r} does not have")
         return token_id
 
     def stop_strings(self) -> list[str]:

@@ -11,6 +11,7 @@ from ..data.lengths import DEFAULT_CACHE_DIR
 from ..model import PARTS
 from ..model.arguments import ModelArguments  # noqa: F401  (the train command's model flags)
 from ..model.checkpointing import CHECKPOINT_PARTS
+from ..utils.errors import ConfigError
 
 
 @dataclass
@@ -35,10 +36,10 @@ class DataArguments:
     def __post_init__(self) -> None:
         # Each mixture source names its own image root; a global one would be silently ignored.
         if self.is_mixture() and self.image_folder:
-            raise ValueError(f"--image_folder does not apply to a mixture ({self.data_path}): set image_root "
-                             f"per source in the YAML (and --data_root to move them all)")
+            raise ConfigError(f"--image_folder does not apply to a mixture ({self.data_path}): set image_root "
+                              f"per source in the YAML (and --data_root to move them all)")
         if not self.is_mixture() and self.data_root:
-            raise ValueError("--data_root only applies to a mixture spec (.yaml)")
+            raise ConfigError("--data_root only applies to a mixture spec (.yaml)")
 
 
 @dataclass
@@ -77,7 +78,7 @@ class TrainingArguments(transformers.TrainingArguments):
             self.use_cpu = True
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+                raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
         if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is None:
             # transformers 5 names it activation_checkpointing_kwargs (the old name warns as deprecated).
@@ -85,21 +86,21 @@ class TrainingArguments(transformers.TrainingArguments):
         super().__post_init__()
         unknown = sorted(set(self.parts()) - set(PARTS))
         if unknown:
-            raise ValueError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(PARTS)}")
+            raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(PARTS)}")
         self._check_speed_options()
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:
             unknown = sorted(set(self.checkpointing_parts()) - set(CHECKPOINT_PARTS))
             if unknown:
-                raise ValueError(f"--gradient_checkpointing_parts: unknown part(s) {unknown}; "
-                                 f"known: {list(CHECKPOINT_PARTS)}")
+                raise ConfigError(f"--gradient_checkpointing_parts: unknown part(s) {unknown}; "
+                                  f"known: {list(CHECKPOINT_PARTS)}")
             if not self.activation_checkpointing:
-                raise ValueError("--gradient_checkpointing_parts needs --gradient_checkpointing True")
+                raise ConfigError("--gradient_checkpointing_parts needs --gradient_checkpointing True")
         if self.use_liger_kernel:
             # HF's flag patches by the top-level model type, which Liger does not know for the
             # composite: it would silently patch nothing.
-            raise ValueError("--use_liger_kernel cannot patch the fila composite; use --use_liger (patches the LLM)")
+            raise ConfigError("--use_liger_kernel cannot patch the fila composite; use --use_liger (patches the LLM)")
 
     def parts(self) -> list[str]:
         return [p.strip() for p in self.tune_parts.split(",") if p.strip()]

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..utils.files import write_json_atomic
+from ..utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ MANIFEST = "checkpoint_manifest.json"
 TRAINER_STATE = "trainer_state.json"
 RESUME_LATEST = ("latest", "auto")  # "auto" starts from scratch when there is no checkpoint yet
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names what is missing."""
 
 
 def checkpoint_name(step: int) -> str:

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from ..utils.distributed import gathered, is_main_process
 from ..utils.files import write_safetensors_atomic
 from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature
+from ..utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +57,18 @@ def load_connector_artifact(model, path: str | Path) -> None:
     parameters = _aligned_parameters(model)
     signature, expected = read_signature(path), _signature(model)
     if signature != expected:
-        raise ValueError(f"{path} was trained for {signature}, but this model is {expected}")
+        raise CheckpointError(f"{path} was trained for {signature}, but this model is {expected}")
     with safe_open(str(path), framework="pt") as handle:
         keys = set(handle.keys())
         missing, unexpected = sorted(set(parameters) - keys), sorted(keys - set(parameters))
         if missing or unexpected:
-            raise ValueError(f"{path} does not match the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise CheckpointError(f"{path} does not match the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
         with gathered(list(parameters.values()), modifier_rank=0):
             for name, parameter in parameters.items():
                 value = handle.get_tensor(name)
                 if tuple(value.shape) != tuple(parameter.shape) and not hasattr(parameter, "ds_id"):
-                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, "
-                                     f"the model expects {tuple(parameter.shape)}")
+                    raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, "
+                                          f"the model expects {tuple(parameter.shape)}")
                 parameter.data.copy_(value.to(parameter.dtype))
     logger.info("loaded connector artifact %s (%d tensors)", path, len(parameters))

@@ -6,6 +6,7 @@ from torch import nn
 from ..model import PARTS
 from ..model.lora import is_lora_parameter
 from ..utils.tables import format_table  # noqa: F401  (re-exported for callers)
+from ..utils.errors import ConfigError
 
 
 # With LoRA the LLM's adapters get their own row next to the (frozen) base LLM.
@@ -64,5 +65,5 @@ def optimizer_groups(model, args, decay_names: set[str]) -> list[dict]:
                 "weight_decay": args.weight_decay if decay else 0.0, "part": part})
             group["params"].append(parameter)
     if not groups:
-        raise ValueError(f"--tune_parts {args.tune_parts!r} leaves no trainable parameter in this model")
+        raise ConfigError(f"--tune_parts {args.tune_parts!r} leaves no trainable parameter in this model")
     return list(groups.values())

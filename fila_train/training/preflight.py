@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..data.mixture import MixtureError, load_mixture
 from ..processing.chat_templates import TEMPLATES
+from ..utils.errors import ConfigError
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature
 from .checkpoints import CheckpointError, resolve_resume
 
@@ -27,7 +28,7 @@ CONNECTORS = ("linear", "mlp2x_gelu", "mmfuser")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "org/name" or "name": a hub model id, not a path
 
 
-class PreflightError(ValueError):
+class PreflightError(ConfigError):
     """A run that cannot start; the message is one line naming the flag and what is wrong."""
 
 
@@ -194,12 +195,12 @@ def preflight(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """For the launcher scripts: exit 2 with one line on stderr when the run cannot start."""
+    """For the launcher scripts: exit 1 with one line on stderr when the run cannot start."""
     try:
         preflight(sys.argv[1:] if argv is None else argv)
     except PreflightError as error:
         print(f"[fila-train] error: {error}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

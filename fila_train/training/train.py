@@ -28,6 +28,7 @@ from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
 from .trainer import FilaTrainer
+from ..utils.errors import ConfigError, FilaError
 
 logger = logging.getLogger("fila_train")
 
@@ -45,12 +46,17 @@ def write_run_args(model_args: ModelArguments, data_args: DataArguments, args: T
 class OneLineArgumentParser(HfArgumentParser):
     def error(self, message: str):
         # argparse prints the usage of all ~200 training flags before its one useful line.
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     parser = OneLineArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except FilaError:
+        raise
+    except ValueError as error:  # flags the parser left over, and transformers' own TrainingArguments checks
+        raise ConfigError(str(error)) from error
 
 
 def process_log_level(args: TrainingArguments) -> int:
@@ -86,8 +92,8 @@ def format_vision_flops(flops: VisionFlops) -> str:
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     if model_args.lora_r and "llm" not in args.parts():
-        raise ValueError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
-                         f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
+        raise ConfigError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
+                          f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
     if args.deepspeed:
         import deepspeed
 

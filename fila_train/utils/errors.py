@@ -1,11 +1,11 @@
-"""One line per error, from the process that has something to say: never a traceback from every rank.
+"""The error hierarchy, and one report per error from the process that has something to say.
 
-A configuration error is the same on every rank, so only rank 0 prints it; a bad record is met by one
-rank, which prints it, and so does any rank that hits an unexpected error (out of memory, a bug). A rank
-that only stopped because a peer failed (a torch.distributed error) prints nothing: it exits with
-SILENT_EXIT_CODE and leaves its one line in torchrun's error file, which the launcher
-(training/launch.py) prints when no rank printed anything. The full traceback goes to a file named in
-the line (or to the terminal with FILA_TRAIN_DEBUG=1).
+A user's error is a FilaError (or the file system's OSError): one line, exit code 1. A configuration error
+is the same on every rank, so only rank 0 prints it; a bad record is met by one rank, which prints it. Any
+other exception is a bug (or out of memory): the rank that hit it prints its traceback. A rank that only
+stopped because a peer failed (a torch.distributed error) prints nothing: it exits with SILENT_EXIT_CODE
+and leaves its one line in torchrun's error file, which the launcher (training/launch.py) prints when no
+rank printed anything. Every traceback is also stored in a file (FILA_TRAIN_DEBUG=1 re-raises instead).
 """
 from __future__ import annotations
 
@@ -20,10 +20,45 @@ from contextlib import contextmanager
 from pathlib import Path
 
 DEBUG_ENV = "FILA_TRAIN_DEBUG"
-REPORTED_EXIT_CODE = 2  # the error is on the terminal already
+REPORTED_EXIT_CODE = 1  # the error is on the terminal already
 SILENT_EXIT_CODE = 3  # this rank printed nothing; its line is in torchrun's error file
-# Errors a user can cause (bad flags, files, records): their message is the whole story.
-USER_ERRORS = (ValueError, OSError, KeyError)
+
+
+class FilaError(Exception):
+    """Something the user can fix. Its message is the whole story: one line naming the flag, file, record or
+    field. The CLIs print it as one line and exit with 1; any other exception is a bug and keeps its traceback."""
+
+
+class ConfigError(FilaError, ValueError):
+    """A flag, option, config file or combination of them that cannot work; found before any weights load
+    wherever the check needs no weights."""
+
+
+class DataError(FilaError, ValueError):
+    """A data file (annotations, mixture source, benchmark) that cannot be read as a whole."""
+
+
+class DataRecordError(DataError):
+    """One record that cannot be used. ``kind`` counts it under --on_bad_sample skip."""
+
+    kind = "invalid_record"
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class CheckpointError(FilaError, ValueError):
+    """A checkpoint, model folder or stage-1 artifact that is incomplete or does not fit the model."""
+
+
+class ExportError(FilaError, ValueError):
+    """An export that cannot be written as asked."""
+
+
+# Errors a user can cause: ours, and the file system's (their message names the path).
+USER_ERRORS = (FilaError, OSError)
 
 
 class ReportedExit(SystemExit):
@@ -41,8 +76,8 @@ def is_peer_failure(error: BaseException) -> bool:
 
 
 def is_record_error(error: BaseException) -> bool:
-    """Met by the one rank that read the record (data.dataset.SampleError and friends carry a skip kind)."""
-    return hasattr(error, "kind")
+    """Met by the one rank that read the record."""
+    return isinstance(error, DataRecordError)
 
 
 def should_print(error: BaseException, rank: int, world_size: int) -> bool:
@@ -93,7 +128,8 @@ def store_traceback(error: BaseException, folder: str | Path | None, rank: int) 
 
 @contextmanager
 def one_line_errors(command: str, log_folder: str | Path | None = None) -> Iterator[None]:
-    """Turn any exception of the block into one line on stderr (see the module doc) and ReportedExit(2)."""
+    """Turn a user's error into one line on stderr (see the module doc) and ReportedExit(1); a bug prints its
+    traceback above that line."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
@@ -104,9 +140,12 @@ def one_line_errors(command: str, log_folder: str | Path | None = None) -> Itera
         rank, world_size = process_rank(), int(os.environ.get("WORLD_SIZE", "1"))
         stored = store_traceback(error, log_folder, rank)
         where = f" [rank {rank}]" if world_size > 1 else ""
-        detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored}; {DEBUG_ENV}=1 prints it)"
+        bug = not isinstance(error, USER_ERRORS) and not is_peer_failure(error)
+        detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored})"
         line = f"{command}{where}: error: {one_line(error)}{detail}"
         if should_print(error, rank, world_size):
+            if bug:  # what a bug report needs
+                sys.stderr.write("".join(traceback.format_exception(error)))
             print(line, file=sys.stderr, flush=True)
             raise ReportedExit(REPORTED_EXIT_CODE) from None
         leave_for_launcher(line, stored)

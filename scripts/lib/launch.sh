@@ -17,7 +17,7 @@
 # LAUNCHER=deepspeed|torchrun overrides the choice (deepspeed with a HOSTFILE, torchrun otherwise).
 # The backend is DeepSpeed's choice for the device (nccl with CUDA, gloo without); it is logged.
 # DRY_RUN=1 prints the launch command instead of running it. A misconfiguration stops here with a
-# one-line reason (exit 2) before anything is launched.
+# one-line reason (exit 1) before anything is launched.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
@@ -26,7 +26,7 @@ DRY_RUN=${DRY_RUN:-0}
 
 fail() {
   echo "[fila-train] error: $*" >&2
-  exit 2
+  exit 1
 }
 
 require_int() {  # require_int NAME MIN: $NAME is a plain decimal integer >= MIN

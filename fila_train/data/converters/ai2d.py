@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .base import SHORT_ANSWER, Converter, Sample, register
-from .fields import SampleError, SkipSample, SourceFileError, as_text, identifier, load_json, require, with_id
+from .fields import SourceRecordError, SkipSample, SourceFileError, as_text, identifier, load_json, require, with_id
 
 # LLaVA-1.5's prompt for multiple-choice data (ScienceQA, MMBench): answer with the letter.
 OPTION_LETTER = "Answer with the option's letter from the given choices directly."
@@ -92,7 +92,7 @@ class AI2D(Converter):
             raise SkipSample(f"not in the {args.split} split ({TEST_IDS_FILE})")
         where = with_id(where, entry, "questionId")
         if image is None:
-            raise SampleError(where, "missing field 'imageName'", "the question file has no field 'imageName'")
+            raise SourceRecordError(where, "missing field 'imageName'", "the question file has no field 'imageName'")
         image = as_text(image, "imageName", where)
         if require(entry, "abcLabel", where):
             if args.abc_images is None:
@@ -100,12 +100,12 @@ class AI2D(Converter):
             image = posixpath.join(args.abc_images, image)
         options = require(entry, "answerTexts", where)
         if not isinstance(options, list) or not 2 <= len(options) <= len(string.ascii_uppercase):
-            raise SampleError(where, "field 'answerTexts' is not a list of options",
+            raise SourceRecordError(where, "field 'answerTexts' is not a list of options",
                               f"field 'answerTexts' must be a list of 2 to 26 options, got {options!r}")
         options = [as_text(option, f"answerTexts[{i}]", where, numbers=True) for i, option in enumerate(options)]
         correct = require(entry, "correctAnswer", where)
         if isinstance(correct, bool) or not isinstance(correct, int) or not 0 <= correct < len(options):
-            raise SampleError(where, "field 'correctAnswer' is not an option index",
+            raise SourceRecordError(where, "field 'correctAnswer' is not an option index",
                               f"field 'correctAnswer' must index answerTexts (0..{len(options) - 1}), "
                               f"got {correct!r}")
         lettered = "\n".join(f"{string.ascii_uppercase[i]}. {option}" for i, option in enumerate(options))

@@ -19,7 +19,7 @@ class Converter:
 
     ``records`` walks one annotation file and yields ``(where, raw)``: ``where`` names the file
     and record for error messages. ``convert`` turns one raw record into Samples and raises
-    SampleError (naming ``where`` and the field) or SkipSample for a record it leaves out.
+    SourceRecordError (naming ``where`` and the field) or SkipSample for a record it leaves out.
     """
 
     name: ClassVar[str]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .base import CONVERTERS, Converter
-from .fields import SampleError
+from .fields import SourceRecordError
 from .pipeline import CONVERSION_ERRORS, run
 
 PROG = "fila-train data convert"
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     try:
         summary = run(CONVERTERS.get(args.source)(), args)
     except CONVERSION_ERRORS as error:
-        skippable = isinstance(error, SampleError) and args.on_bad_sample == "error"
+        skippable = isinstance(error, SourceRecordError) and args.on_bad_sample == "error"
         hint = " (--on_bad_sample skip leaves such records out)" if skippable else ""
         print(f"{PROG} {args.source}: error: {error}{hint}\nnothing was written to {args.output}",
               file=sys.stderr)

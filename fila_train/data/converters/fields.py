@@ -7,8 +7,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ...utils.errors import DataError, DataRecordError
 
-class SourceFileError(ValueError):
+
+class SourceFileError(DataError):
     """An annotation file that cannot be used at all (unreadable, not the expected layout)."""
 
 
@@ -24,7 +26,7 @@ def summary_reason(detail: str) -> str:
     return re.sub(r"\b(got|path) .*", r"\1 ...", reason)
 
 
-class SampleError(ValueError):
+class SourceRecordError(DataRecordError):
     """A source record that cannot be converted. ``reason`` is the short form counted in summaries."""
 
     def __init__(self, where: str, reason: str, detail: str | None = None):
@@ -60,10 +62,10 @@ def with_id(where: str, raw: Any, field: str) -> str:
 
 def require(raw: Any, field: str, where: str) -> Any:
     if not isinstance(raw, dict):
-        raise SampleError(where, "record is not a JSON object",
+        raise SourceRecordError(where, "record is not a JSON object",
                           f"a record must be a JSON object, got {type(raw).__name__}")
     if raw.get(field) is None:
-        raise SampleError(where, f"missing field {field!r}")
+        raise SourceRecordError(where, f"missing field {field!r}")
     return raw[field]
 
 
@@ -73,10 +75,10 @@ def as_text(value: Any, field: str, where: str, numbers: bool = False, allow_emp
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise SampleError(where, f"field {field!r} is not a string",
+        raise SourceRecordError(where, f"field {field!r} is not a string",
                           f"field {field!r} must be a string, got {type(value).__name__} {value!r}")
     if not value.strip() and not allow_empty:
-        raise SampleError(where, f"empty field {field!r}")
+        raise SourceRecordError(where, f"empty field {field!r}")
     return value.strip()
 
 
@@ -88,7 +90,7 @@ def text(raw: Any, field: str, where: str, numbers: bool = False) -> str:
 def identifier(raw: Any, field: str, where: str) -> str:
     value = require(raw, field, where)
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise SampleError(where, f"field {field!r} is not an id",
+        raise SourceRecordError(where, f"field {field!r} is not an id",
                           f"field {field!r} must be a non-empty string or an integer, got {value!r}")
     return str(value).strip()
 
@@ -97,13 +99,13 @@ def answer_list(raw: Any, field: str, where: str) -> list[str]:
     """The non-empty answers of a list field, in annotator order (empty strings dropped)."""
     values = require(raw, field, where)
     if not isinstance(values, list):
-        raise SampleError(where, f"field {field!r} is not a list",
+        raise SourceRecordError(where, f"field {field!r} is not a list",
                           f"field {field!r} must be a list of answers, got {type(values).__name__}")
     answers = [as_text(value, f"{field}[{i}]", where, numbers=True, allow_empty=True)
                for i, value in enumerate(values)]
     answers = [answer for answer in answers if answer]
     if not answers:
-        raise SampleError(where, f"empty field {field!r}", f"field {field!r} holds no non-empty answer")
+        raise SourceRecordError(where, f"empty field {field!r}", f"field {field!r} holds no non-empty answer")
     return answers
 
 

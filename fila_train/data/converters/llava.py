@@ -7,7 +7,7 @@ from typing import Any, Iterable, Iterator
 
 from ..annotations import AnnotationError, AnnotationFile
 from .base import Converter, register
-from .fields import SampleError, SourceFileError
+from .fields import SourceRecordError, SourceFileError
 
 
 @register
@@ -42,7 +42,7 @@ class LLaVA(Converter):
         try:
             yield annotation[index]
         except AnnotationError as error:
-            raise SampleError(where, "malformed record", str(error).removeprefix(f"{where}: ")) from None
+            raise SourceRecordError(where, "malformed record", str(error).removeprefix(f"{where}: ")) from None
 
     def to_records(self, located: Iterable[tuple[str, Any]],
                    args: argparse.Namespace) -> Iterator[tuple[str, dict]]:

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from .base import Converter, Sample, register
-from .fields import SampleError, SkipSample, SourceFileError, as_text, load_json, require, text
+from .fields import SourceRecordError, SkipSample, SourceFileError, as_text, load_json, require, text
 
 SPLIT_CODES = {1: "train", 2: "val", 3: "test"}
 
@@ -48,7 +48,7 @@ class OCRVQA(Converter):
         image_id, entry = raw
         split = require(entry, "split", where)
         if split not in SPLIT_CODES:
-            raise SampleError(where, "field 'split' is not 1, 2 or 3",
+            raise SourceRecordError(where, "field 'split' is not 1, 2 or 3",
                               f"field 'split' must be 1 (train), 2 (val) or 3 (test), got {split!r}")
         if SPLIT_CODES[split] != args.split:
             raise SkipSample(f"split {SPLIT_CODES[split]} (converting {args.split})")
@@ -56,12 +56,12 @@ class OCRVQA(Converter):
         if extension is None:
             extension = posixpath.splitext(urlparse(text(entry, "imageURL", where)).path)[1]
             if not extension:
-                raise SampleError(where, "imageURL has no file extension",
+                raise SourceRecordError(where, "imageURL has no file extension",
                                   "field 'imageURL' has no file extension to name the image by "
                                   "(pass --image_extension)")
         questions, answers = require(entry, "questions", where), require(entry, "answers", where)
         if not isinstance(questions, list) or not isinstance(answers, list) or len(questions) != len(answers):
-            raise SampleError(where, "questions and answers do not pair up",
+            raise SourceRecordError(where, "questions and answers do not pair up",
                               "fields 'questions' and 'answers' must be lists of the same length")
         for index, (question, answer) in enumerate(zip(questions, answers)):
             yield Sample(id=f"{image_id}_{index}", image=f"{image_id}{extension}",

@@ -14,7 +14,7 @@ from ...utils.files import write_jsonl_atomic
 from ..annotations import AnnotationError
 from ..validation import RecordError, check_record
 from .base import Converter
-from .fields import SampleError, SkipSample, SourceFileError, summary_reason
+from .fields import SourceRecordError, SkipSample, SourceFileError, summary_reason
 
 
 @dataclass
@@ -48,7 +48,7 @@ class BadSamples:
         self.policy = policy
         self.summary = summary
 
-    def __call__(self, error: SampleError) -> None:
+    def __call__(self, error: SourceRecordError) -> None:
         if self.policy == "error":
             raise error
         self.summary.skipped[error.reason] += 1
@@ -84,7 +84,7 @@ def located_samples(converter: Converter, files: list[Path], args: argparse.Name
             except SkipSample as skip:
                 summary.skipped[skip.reason] += 1
                 continue
-            except SampleError as error:
+            except SourceRecordError as error:
                 bad(error)
                 continue
             for sample in samples:
@@ -117,12 +117,12 @@ def checked_records(records: Iterable[tuple[str, dict]], converter: Converter, a
             paths = check_record(record, where)
         except RecordError as error:
             detail = str(error).removeprefix(f"{where}: ")
-            bad(SampleError(where, f"invalid record: {summary_reason(detail)}", detail))
+            bad(SourceRecordError(where, f"invalid record: {summary_reason(detail)}", detail))
             continue
         record_id = str(record.get("id"))
         if record_id in first_seen:
             if converter.unique_ids:
-                bad(SampleError(where, "duplicate id", f"record id {record_id!r} was already made from "
+                bad(SourceRecordError(where, "duplicate id", f"record id {record_id!r} was already made from "
                                                        f"{first_seen[record_id]}"))
                 continue
             summary.repeated_ids += 1
@@ -131,7 +131,7 @@ def checked_records(records: Iterable[tuple[str, dict]], converter: Converter, a
         if args.image_root is not None:
             missing = [path for path in paths if not (args.image_root / path).is_file()]
             if missing:
-                bad(SampleError(where, "image file not found",
+                bad(SourceRecordError(where, "image file not found",
                                 f"image file not found: {args.image_root / missing[0]}"))
                 continue
         summary.written += 1
@@ -149,4 +149,4 @@ def run(converter: Converter, args: argparse.Namespace) -> Summary:
 
 
 # Errors that stop a conversion; their messages name the file, the record and the field.
-CONVERSION_ERRORS = (SourceFileError, SampleError, AnnotationError)
+CONVERSION_ERRORS = (SourceFileError, SourceRecordError, AnnotationError)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...utils.errors import ConfigError
+
 SpatialShapes = Tensor | Sequence[tuple[int, int]]
 
 
@@ -38,7 +40,7 @@ class MultiScaleDeformableAttention(nn.Module):
     def __init__(self, dim: int, num_levels: int, num_heads: int = 16, num_points: int = 4) -> None:
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+            raise ConfigError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.dim = dim
         self.num_levels = num_levels
         self.num_heads = num_heads

@@ -12,6 +12,7 @@ from transformers import CLIPVisionConfig
 from ..vision.base import VisionOutput
 from .mmfuser import MMFuser, MMFuserConfig
 from .projectors import CONNECTORS, Connector, mlp
+from ...utils.errors import ConfigError
 
 # Where each layer index comes from on the command line, for error messages.
 OPTION_FLAGS = {"query_layer": "--fuser_query_layer", "key_layers": "--fuser_key_layers"}
@@ -24,7 +25,7 @@ def check_layer_indices(config: MMFuserConfig, num_layers: int) -> None:
         value = getattr(config, option)
         for index in (value if isinstance(value, tuple) else (value,)):
             if not -num_states <= index < num_states:
-                raise ValueError(
+                raise ConfigError(
                     f"MMFuser option {option}={value} ({flag}): layer {index} is out of range for a ViT with "
                     f"{num_layers} layers ({num_states} hidden states, valid indices {-num_states}..{num_states - 1}); "
                     "the defaults assume a 24-layer ViT-L, so small towers need their own layers")

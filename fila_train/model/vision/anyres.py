@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ...utils.errors import ConfigError
+
 Size = tuple[int, int]  # (W, H)
 
 GLOBAL_VIEW_MODES = ("image", "canvas")
@@ -32,12 +34,12 @@ class AnyresConfig:
         # JSON round trips turn tuples into lists; normalise so configs compare and hash.
         object.__setattr__(self, "canvases", tuple((int(w), int(h)) for w, h in self.canvases))
         if not self.canvases:
-            raise ValueError("AnyresConfig.canvases is empty")
+            raise ConfigError("AnyresConfig.canvases is empty")
         for width, height in self.canvases:
             if width <= 0 or height <= 0 or width % self.tile_size or height % self.tile_size:
-                raise ValueError(f"canvas {width}x{height} is not a positive multiple of tile_size={self.tile_size}")
+                raise ConfigError(f"canvas {width}x{height} is not a positive multiple of tile_size={self.tile_size}")
         if self.global_view not in GLOBAL_VIEW_MODES:
-            raise ValueError(f"global_view={self.global_view!r}; expected one of {GLOBAL_VIEW_MODES}")
+            raise ConfigError(f"global_view={self.global_view!r}; expected one of {GLOBAL_VIEW_MODES}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

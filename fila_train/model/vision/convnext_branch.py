@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .clip_encoder import CLIP_MEAN, CLIP_STD
+from ...utils.errors import CheckpointError, ConfigError
 
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's HF-hub layout
 CONFIG_FILE = "open_clip_config.json"
@@ -40,7 +41,7 @@ class ConvNeXtBranchConfig:
             if value is not None:
                 setattr(self, name, tuple(value))
         if (self.dims is None) != (self.depths is None):
-            raise ValueError("ConvNeXtBranchConfig: give both dims and depths, or neither")
+            raise ConfigError("ConvNeXtBranchConfig: give both dims and depths, or neither")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -54,7 +55,7 @@ def check_normalization(mean, std, expected_mean=CLIP_MEAN, expected_std=CLIP_ST
     """Raise ValueError unless (mean, std) equal the constants the images are normalised with."""
     ours, theirs = tuple(mean) + tuple(std), tuple(expected_mean) + tuple(expected_std)
     if len(ours) != len(theirs) or any(abs(a - b) > atol for a, b in zip(ours, theirs)):
-        raise ValueError(
+        raise ConfigError(
             f"ConvNeXt normalisation mean={tuple(mean)} std={tuple(std)} differs from the ViT's "
             f"mean={tuple(expected_mean)} std={tuple(expected_std)}: both branches read the same normalised "
             "pixels, so the ConvNeXt must be a checkpoint trained with the OpenAI CLIP constants"
@@ -74,7 +75,7 @@ def _build_trunk(config: ConvNeXtBranchConfig) -> tuple[nn.Module, tuple | None,
     model = open_clip.create_model(config.model_name, pretrained=None, device=torch.get_default_device())
     trunk = getattr(model.visual, "trunk", None)
     if trunk is None or not hasattr(trunk, "forward_intermediates"):
-        raise ValueError(f"OpenCLIP model {config.model_name!r} has no timm trunk with forward_intermediates")
+        raise ConfigError(f"OpenCLIP model {config.model_name!r} has no timm trunk with forward_intermediates")
     return trunk, getattr(model.visual, "image_mean", None), getattr(model.visual, "image_std", None)
 
 
@@ -107,7 +108,7 @@ def extract_trunk_state(state: dict[str, torch.Tensor], expected: set[str]) -> d
         if expected <= found.keys():
             return {k: found[k] for k in expected}  # drops heads/projections the trunk does not have
     missing = sorted(expected - {k.removeprefix("visual.trunk.") for k in state})
-    raise ValueError(
+    raise CheckpointError(
         f"checkpoint does not hold this ConvNeXt trunk (tried prefixes {TRUNK_PREFIXES}); "
         f"{len(missing)} keys missing, e.g. {missing[:3]}; is model_name/dims/depths right?"
     )

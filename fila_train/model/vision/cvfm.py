@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ...utils.errors import ConfigError
+
 ALIGN_MODES = ("avg_pool", "interpolate", "strided_conv")
 FUSION_MODES = ("concat", "add", "cross_attn")
 GATE_MODES = ("scalar", "channel")
@@ -30,10 +32,10 @@ class CVFMConfig:
     def __post_init__(self) -> None:
         self.vit_layers = tuple(int(layer) for layer in self.vit_layers)
         if list(self.vit_layers) != sorted(set(self.vit_layers)) or min(self.vit_layers, default=0) < 1:
-            raise ValueError(f"vit_layers={self.vit_layers} must be distinct, increasing and >= 1")
+            raise ConfigError(f"vit_layers={self.vit_layers} must be distinct, increasing and >= 1")
         for name, allowed in (("align", ALIGN_MODES), ("fusion", FUSION_MODES), ("gate", GATE_MODES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"CVFMConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+                raise ConfigError(f"CVFMConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"vit_layers": list(self.vit_layers), "align": self.align, "fusion": self.fusion, "gate": self.gate}
@@ -183,8 +185,8 @@ def build_cvfm(config: CVFMConfig, dim: int, stage_channels: tuple[int, ...], gr
                num_heads: int) -> nn.ModuleList:
     """One block per (ViT layer, ConvNeXt stage) pair; stage k's window is 2^(last-k) times the ViT grid."""
     if len(config.vit_layers) != len(stage_channels):
-        raise ValueError(f"{len(config.vit_layers)} vit_layers for {len(stage_channels)} ConvNeXt stages; "
-                         "need one per stage")
+        raise ConfigError(f"{len(config.vit_layers)} vit_layers for {len(stage_channels)} ConvNeXt stages; "
+                          "need one per stage")
     last = len(stage_channels) - 1
     return nn.ModuleList(
         CVFMBlock(config, dim, channels, 2 ** (last - k), grid, num_heads) for k, channels in enumerate(stage_channels)

@@ -23,6 +23,7 @@ from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
 from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
 from .cvfm import CVFMConfig, build_cvfm
+from ...utils.errors import ConfigError
 
 
 @dataclass
@@ -56,7 +57,7 @@ class HybridImageProcessor:
 
     def __post_init__(self) -> None:
         if self.anyres.tile_size % self.patch_size:
-            raise ValueError(f"tile_size {self.anyres.tile_size} is not a multiple of patch_size {self.patch_size}")
+            raise ConfigError(f"tile_size {self.anyres.tile_size} is not a multiple of patch_size {self.patch_size}")
 
     @property
     def grid_side(self) -> int:
@@ -140,13 +141,14 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
         self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
         vision_config = self.clip.config
         if config.anyres.tile_size != vision_config.image_size:
-            raise ValueError(f"anyres tile_size {config.anyres.tile_size} != ViT image_size {vision_config.image_size}")
+            raise ConfigError(f"anyres tile_size {config.anyres.tile_size} != ViT image_size "
+                              f"{vision_config.image_size}")
         self.convnext = ConvNeXtBranch(config.convnext)
         # Both branches read the same CLIP-normalised pixels from the processor.
         self.convnext.check_normalization(CLIP_MEAN, CLIP_STD)
         num_layers = vision_config.num_hidden_layers
         if config.cvfm.vit_layers[-1] > num_layers:
-            raise ValueError(f"vit_layers {config.cvfm.vit_layers} exceed the ViT's {num_layers} layers")
+            raise ConfigError(f"vit_layers {config.cvfm.vit_layers} exceed the ViT's {num_layers} layers")
         self.cvfm = build_cvfm(config.cvfm, vision_config.hidden_size, self.convnext.stage_channels,
                                self.grid_side, vision_config.num_attention_heads)
         if config.cvfm.vit_layers[-1] > feature_layer % (num_layers + 1):

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Iterable
 
+from ...utils.errors import ConfigError
+
 # Stages of the forward chain, in order. "vit_after_fusion" is the part of the ViT that runs
 # after FILA's first CVFM block (gradients reach it when CVFM or the ConvNeXt trains); for a
 # plain CLIP tower the whole ViT is "vit_before_fusion".
@@ -175,9 +177,9 @@ def peak_tflops(device_name: str | None, precision: str, override: float | None 
     """The device's dense peak for ``precision`` (``override`` wins); None for an unknown device or a CPU."""
     if override is not None:
         if override <= 0:
-            raise ValueError(f"--peak_tflops must be positive, got {override}")
+            raise ConfigError(f"--peak_tflops must be positive, got {override}")
         return override
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
+        raise ConfigError(f"precision {precision!r}; expected one of {PRECISIONS}")
     peaks = PEAK_TFLOPS.get(device_name or "")
     return None if peaks is None else peaks[PRECISIONS.index(precision)]
