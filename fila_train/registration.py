@@ -17,11 +17,15 @@ PACKAGE = __name__.rpartition(".")[0]
 
 
 def register_with_transformers() -> None:
-    from transformers import AutoImageProcessor, AutoProcessor
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
-    from .model import FilaConfig  # the model package registers the config and the model itself
+    from .model.configuration import FilaConfig
+    from .model.modeling import FilaForConditionalGeneration
     from .processing.image_processing import FilaImageProcessor
     from .processing.processor import FilaProcessor
+
+    AutoConfig.register(FilaConfig.model_type, FilaConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(FilaConfig, FilaForConditionalGeneration, exist_ok=True)
 
     # One class for both backends: it has no torchvision path, and asking for one must not fall back noisily.
     backends = {"pil": FilaImageProcessor, "torchvision": FilaImageProcessor}

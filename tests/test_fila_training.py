@@ -89,7 +89,7 @@ def test_flags_become_complete_saved_options(assets) -> None:
         ModelArguments(model_name_or_path="x", cvfm_layers="1,2,3,4")
     # Unset flags leave the part's dataclass defaults (the spec's) in charge.
     defaults = ModelArguments(model_name_or_path="x", vision_encoder="fila_hybrid").vision_options()
-    assert defaults == {"anyres": {}, "convnext": {}, "cvfm": {}}
+    assert defaults == {}
 
 
 def test_fresh_build_keeps_the_llm_causal(assets) -> None:

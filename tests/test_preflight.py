@@ -12,15 +12,24 @@ import pytest
 
 from distributed_utils import REPO, build_tiny_model, free_port
 from fila_train.demo.tiny_models import as_cli
-from fila_train.training.preflight import CONNECTORS, VISION_ENCODERS, PreflightError, preflight
+from fila_train.model.contracts import CONNECTORS
+from fila_train.training.preflight import PreflightError, preflight
 
 
-def test_the_names_checked_early_are_the_registered_ones():
-    from fila_train.model.connector import CONNECTORS as registered_connectors
-    from fila_train.model.vision import VISION_ENCODERS as registered_encoders
+def test_the_names_checked_early_are_the_registered_ones(tiny_assets, tmp_path):
+    """The preflight reads the contract registries (names only, no torch): a part registered at run time counts."""
+    from fila_train.model.contracts import VISION_ENCODERS, VisionEncoderContract
 
-    assert sorted(VISION_ENCODERS) == registered_encoders.names()
-    assert sorted(CONNECTORS) == registered_connectors.names()
+    assert VISION_ENCODERS.names() == ["clip", "fila_hybrid"] and CONNECTORS.names() == ["linear", "mlp2x_gelu",
+                                                                                          "mmfuser"]
+    flags = good_flags(tiny_assets, tmp_path) | {"vision_encoder": "preflight_probe"}
+    with pytest.raises(PreflightError, match="--vision_encoder 'preflight_probe' is not one of: clip, fila_hybrid"):
+        preflight(as_cli(flags))
+    VISION_ENCODERS.register(VisionEncoderContract(name="preflight_probe"))
+    try:
+        preflight(as_cli(flags))
+    finally:
+        VISION_ENCODERS.unregister("preflight_probe")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import PARTS, FilaForConditionalGeneration
+from ..model import FilaForConditionalGeneration, known_parts
+from ..model.contracts import CONNECTORS, VISION_ENCODERS
 from .run_records import DATA_PLAN, RUN_ARGS, TRAIN_SUMMARY, TRAINER_STATE, RunRecords, StageRun, artifact_folder
 
 
@@ -31,7 +32,7 @@ def _loss(value: float | None) -> str:
 
 def parameter_rows(model: FilaForConditionalGeneration) -> list[list[object]]:
     parts = model.named_parts()
-    counts = {part: sum(p.numel() for _, p in parts[part]) for part in PARTS if part in parts}
+    counts = {part: sum(p.numel() for _, p in parts[part]) for part in known_parts() if part in parts}
     rows: list[list[object]] = [[part, f"{count:,}"] for part, count in counts.items()]
     return rows + [["**total**", f"**{sum(counts.values()):,}**"]]
 
@@ -48,19 +49,16 @@ def architecture_rows(model: FilaForConditionalGeneration) -> list[list[object]]
     tower = (f"`{config.vision_encoder}`: CLIP-ViT ({_origin(vision)}) {vision.image_size}px / patch "
              f"{vision.patch_size}, {vision.num_hidden_layers} layers, hidden {vision.hidden_size}; features of "
              f"layer {config.vision_feature_layer}")
+    encoder, connector_contract = VISION_ENCODERS.get(config.vision_encoder), CONNECTORS.get(config.connector_type)
     rows: list[list[object]] = [["LLM", llm], ["vision encoder", tower]]
-    if config.vision_encoder == "fila_hybrid":
-        options = config.vision_options or {}
-        convnext, cvfm, anyres = options.get("convnext", {}), options.get("cvfm", {}), options.get("anyres", {})
-        trunk = f"dims {convnext.get('dims')}" if convnext.get("dims") else convnext.get("model_name")
-        rows.append(["FILA hybrid", (f"ConvNeXt {trunk}; CVFM after ViT layers {cvfm.get('vit_layers')}; "
-                                     f"canvases {anyres.get('canvases')} in {anyres.get('tile_size')}px tiles")])
+    rows += [list(row) for row in encoder.card_rows(config.vision_options or {})]
     connector = f"`{config.connector_type}`"
     if config.connector_options:
         connector += f" ({', '.join(f'{k}={v}' for k, v in sorted(config.connector_options.items()))})"
     rows.append(["connector", connector])
+    rows += [list(row) for row in connector_contract.card_rows(config.connector_options or {})]
     processor = model.image_processor()
-    views = " (global view + tiles per image)" if config.vision_encoder == "fila_hybrid" else ""
+    views = "" if encoder.views_per_image == "1" else f" ({encoder.views_per_image} per image)"
     rows.append(["image tokens", f"{processor.tokens_per_view} per view{views}"])
     rows.append(["conversation template", f"`{config.conversation_template}`"])
     return rows

@@ -103,9 +103,9 @@ class StageRun:
         parts = self.records.tune_parts() if self.records is not None else None
         if parts is None:
             return None
-        from ..training.connector_artifact import ALIGNED_PARTS
+        from ..model.contracts import aligned_parts
 
-        return 1 if set(parts) <= set(ALIGNED_PARTS) else 2
+        return 1 if set(parts) <= set(aligned_parts()) else 2
 
 
 def artifact_folder(artifact: Path) -> Path:

@@ -1,12 +1,21 @@
-"""Model: vision encoders -> connector -> LLM, as one transformers PreTrainedModel."""
-from .configuration import IMAGE_TOKEN_ID, FilaConfig
-from .modeling import PARTS, FilaForConditionalGeneration, part_of
+"""Model: vision encoders -> connector -> LLM, as one transformers PreTrainedModel.
 
-# After `import fila_train.model`, AutoConfig / AutoModelForImageTextToText load a saved fila folder
-# (model_type "fila") like any transformers model, with no remote code.
-from transformers import AutoConfig, AutoModelForImageTextToText  # noqa: E402
+The names below load on first use: the preflight reads the registered part names (contracts.py) without
+paying for torch and transformers. The Auto classes learn model_type "fila" in fila_train/registration.py.
+"""
+from __future__ import annotations
 
-AutoConfig.register(FilaConfig.model_type, FilaConfig, exist_ok=True)
-AutoModelForImageTextToText.register(FilaConfig, FilaForConditionalGeneration, exist_ok=True)
+import importlib
 
-__all__ = ["IMAGE_TOKEN_ID", "PARTS", "FilaConfig", "FilaForConditionalGeneration", "part_of"]
+_EXPORTS = {"IMAGE_TOKEN_ID": "configuration", "FilaConfig": "configuration",
+            "FilaForConditionalGeneration": "modeling", "part_of": "modeling", "known_parts": "contracts"}
+
+__all__ = ["IMAGE_TOKEN_ID", "PARTS", "FilaConfig", "FilaForConditionalGeneration", "known_parts", "part_of"]
+
+
+def __getattr__(name: str):
+    if name == "PARTS":  # every registered part, so it includes parts registered after this import
+        return importlib.import_module(f"{__name__}.contracts").known_parts()
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .configuration import FilaConfig
+from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import BITS, DEFAULT_TARGET, LoraSettings, require_kbit_support
+from .options import set_option
 from ..utils.errors import ConfigError
-
-
-def parse_ints(text: str) -> list[int]:
-    """"2,6,12,20" -> [2, 6, 12, 20]."""
-    return [int(item) for item in text.split(",") if item.strip()]
 
 
 def parse_canvases(text: str) -> list[list[int]]:
@@ -19,57 +17,70 @@ def parse_canvases(text: str) -> list[list[int]]:
     for item in text.split(","):
         width, _, height = item.strip().lower().partition("x")
         if not (width.isdigit() and height.isdigit()):
-            raise ConfigError(f"--anyres_canvases: {item!r} is not WxH (e.g. 672x672)")
+            raise ConfigError(f"{item!r} is not WxH (e.g. 672x672)")
         canvases.append([int(width), int(height)])
     return canvases
 
 
-# Option flag -> (section of HybridEncoderConfig, key, parser) / (key of MMFuserConfig, parser).
-# Unset flags are left out, so the part's dataclass config supplies its default.
-HYBRID_FLAGS = {
-    "convnext_model": ("convnext", "model_name", str),
-    "convnext_checkpoint": ("convnext", "checkpoint", str),
-    "convnext_dims": ("convnext", "dims", parse_ints),
-    "convnext_depths": ("convnext", "depths", parse_ints),
-    "anyres_canvases": ("anyres", "canvases", parse_canvases),
-    "cvfm_layers": ("cvfm", "vit_layers", parse_ints),
-    "cvfm_align": ("cvfm", "align", str),
-    "cvfm_fusion": ("cvfm", "fusion", str),
+# Shorthand flags (as LLaVA-style scripts write them) -> (the part they belong to, its dotted option key).
+# Any option can also be set with --vision_option / --connector_option KEY=VALUE.
+OPTION_SHORTHANDS = {
+    "convnext_model": ("fila_hybrid", "convnext.model_name"),
+    "convnext_checkpoint": ("fila_hybrid", "convnext.checkpoint"),
+    "convnext_dims": ("fila_hybrid", "convnext.dims"),
+    "convnext_depths": ("fila_hybrid", "convnext.depths"),
+    "anyres_canvases": ("fila_hybrid", "anyres.canvases"),
+    "cvfm_layers": ("fila_hybrid", "cvfm.vit_layers"),
+    "cvfm_align": ("fila_hybrid", "cvfm.align"),
+    "cvfm_fusion": ("fila_hybrid", "cvfm.fusion"),
+    "fuser_key_layers": ("mmfuser", "key_layers"),
+    "fuser_query_layer": ("mmfuser", "query_layer"),
 }
-FUSER_FLAGS = {"fuser_key_layers": ("key_layers", parse_ints), "fuser_query_layer": ("query_layer", int)}
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "LLM folder or hub id (or a saved fila model folder)"})
     vision_tower: str | None = field(default=None, metadata={"help": "CLIP vision folder or hub id"})
-    vision_encoder: str = field(default="clip", metadata={"help": "registered vision encoder: clip, fila_hybrid"})
-    vision_feature_layer: int = -2
-    connector_type: str = field(default="mlp2x_gelu", metadata={
+    # The model's defaults are FilaConfig's: defined once.
+    vision_encoder: str = field(default=FilaConfig.vision_encoder, metadata={
+        "help": "registered vision encoder: clip, fila_hybrid (model/contracts.py)"})
+    vision_feature_layer: int = FilaConfig.vision_feature_layer
+    connector_type: str = field(default=FilaConfig.connector_type, metadata={
         "help": "registered connector: linear, mlp2x_gelu, mmfuser"})
-    # FILA hybrid encoder (--vision_encoder fila_hybrid); unset values take the spec's defaults.
+    # Any field of the part's options dataclass (unset ones keep the dataclass default).
+    vision_option: list[str] = field(default_factory=list, metadata={
+        "action": "extend",  # given twice, both count
+        "help": "KEY=VALUE options of the vision encoder, e.g. cvfm.gate=channel anyres.global_view=canvas "
+                "convnext.trainable=true convnext.random_init=true (an unknown key lists the valid ones)"})
+    connector_option: list[str] = field(default_factory=list, metadata={
+        "action": "extend",
+        "help": "KEY=VALUE options of the connector, e.g. num_heads=8 key_layers=-6,-4"})
+    # Shorthands (OPTION_SHORTHANDS) of --vision_option / --connector_option: their defaults are the options
+    # dataclasses' (HybridEncoderConfig, MMFuserConfig), and stated nowhere else.
     convnext_model: str | None = field(default=None, metadata={
-        "help": "OpenCLIP ConvNeXt architecture (default convnext_large_d_320)"})
+        "help": "fila_hybrid convnext.model_name: the OpenCLIP ConvNeXt architecture"})
     convnext_checkpoint: str | None = field(default=None, metadata={
-        "help": "ConvNeXt weights: a local open_clip checkpoint file, an OpenCLIP HF-format folder, or its hub id"})
+        "help": "fila_hybrid convnext.checkpoint: a local open_clip checkpoint file, an OpenCLIP HF-format folder, "
+                "or its hub id"})
     convnext_dims: str | None = field(default=None, metadata={
-        "help": "with --convnext_depths: a small random timm ConvNeXt instead, e.g. 16,32,64,128"})
-    convnext_depths: str | None = field(default=None, metadata={"help": "e.g. 1,1,1,1"})
+        "help": "fila_hybrid convnext.dims: with --convnext_depths, a small timm ConvNeXt, e.g. 16,32,64,128"})
+    convnext_depths: str | None = field(default=None, metadata={"help": "fila_hybrid convnext.depths, e.g. 1,1,1,1"})
     anyres_canvases: str | None = field(default=None, metadata={
-        "help": "WxH canvases, multiples of the ViT input size (default: 336x672,672x336,672x672,1008x336,"
-                "336x1008 scaled to the tile)"})
+        "help": "fila_hybrid anyres.canvases: WxH canvases, multiples of the ViT input size"})
     cvfm_layers: str | None = field(default=None, metadata={
-        "help": "1-based ViT layers fused with ConvNeXt stages 0..3 (default 2,6,12,20)"})
-    cvfm_align: str | None = field(default=None, metadata={"help": "avg_pool (default), interpolate, strided_conv"})
-    cvfm_fusion: str | None = field(default=None, metadata={"help": "concat (default), add, cross_attn"})
-    # MMFuser (--connector_type mmfuser): hidden-state indices, 0 = embeddings, -1 = last layer.
+        "help": "fila_hybrid cvfm.vit_layers: 1-based ViT layers fused with ConvNeXt stages 0..3"})
+    cvfm_align: str | None = field(default=None, metadata={"help": "fila_hybrid cvfm.align"})
+    cvfm_fusion: str | None = field(default=None, metadata={"help": "fila_hybrid cvfm.fusion"})
+    # MMFuser hidden-state indices: 0 = embeddings, -1 = last layer.
     fuser_key_layers: str | None = field(default=None, metadata={
-        "help": "shallow layers the fuser reads (default -22,-17,-12,-7: for a 24-layer ViT); "
-                "write --fuser_key_layers=-6,-5 (with '=') as the value starts with '-'"})
-    fuser_query_layer: int | None = field(default=None, metadata={"help": "the query layer (default -2)"})
+        "help": "mmfuser key_layers: the shallow layers the fuser reads; write --fuser_key_layers=-6,-5 "
+                "(with '=') as the value starts with '-'"})
+    fuser_query_layer: int | None = field(default=None, metadata={"help": "mmfuser query_layer"})
     pretrained_connector: str | None = field(
         default=None, metadata={"help": "stage-1 connector artifact (connector.safetensors) to start from"})
-    conversation_template: str = field(default="vicuna_v1", metadata={"help": "plain, vicuna_v1, llama3, chatml"})
+    conversation_template: str = field(default=FilaConfig.conversation_template, metadata={
+        "help": "plain, vicuna_v1, llama3, chatml"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
     # LoRA / QLoRA on the LLM (PEFT): with --lora_r > 0, tune part "llm" trains the adapters only.
     lora_r: int = field(default=0, metadata={"help": "LoRA rank of the LLM adapters; 0 = no LoRA (full tuning)"})
@@ -91,22 +102,32 @@ class ModelArguments:
         if self.bits != 16:
             require_kbit_support()
         # An option of a part that is not selected would be silently ignored: refuse it.
-        for flags, owner, current, wanted in (
-                (HYBRID_FLAGS, "--vision_encoder", self.vision_encoder, "fila_hybrid"),
-                (FUSER_FLAGS, "--connector_type", self.connector_type, "mmfuser")):
-            given = [f"--{name}" for name in flags if getattr(self, name) is not None]
-            if given and current != wanted:
-                raise ConfigError(f"{', '.join(given)} only apply to {owner} {wanted}, not {current}")
+        for name, (part, _) in OPTION_SHORTHANDS.items():
+            if getattr(self, name) is not None and part not in (self.vision_encoder, self.connector_type):
+                owner = "--vision_encoder" if part in VISION_ENCODERS else "--connector_type"
+                current = self.vision_encoder if part in VISION_ENCODERS else self.connector_type
+                raise ConfigError(f"--{name} only apply to {owner} {part}, not {current}")
+        self.vision_options()  # unknown keys and unparsable values fail at parse time
+        self.connector_options()
+
+    def _options(self, part: str, contract, assignments: list[str], flag: str) -> dict | None:
+        """The partial options dict of ``part`` (its build completes it): shorthands, then KEY=VALUEs."""
+        if contract.options is None:
+            if assignments:
+                raise ConfigError(f"{flag}: {part} has no options")
+            return None
+        options: dict = {}
+        for name, (owner, key) in OPTION_SHORTHANDS.items():
+            if owner == part and getattr(self, name) is not None:
+                set_option(options, contract.options, f"{key}={getattr(self, name)}", f"--{name}")
+        for assignment in assignments:
+            set_option(options, contract.options, assignment, flag)
+        return options
 
     def vision_options(self) -> dict | None:
-        """Partial HybridEncoderConfig dict for fila_hybrid (the builder completes it), else None."""
-        if self.vision_encoder != "fila_hybrid":
-            return None
-        options: dict[str, dict] = {"anyres": {}, "convnext": {}, "cvfm": {}}
-        for name, (section, key, parse) in HYBRID_FLAGS.items():
-            if getattr(self, name) is not None:
-                options[section][key] = parse(getattr(self, name))
-        return options
+        """Partial options of the vision encoder (None for an encoder without options)."""
+        return self._options(self.vision_encoder, VISION_ENCODERS.get(self.vision_encoder), self.vision_option,
+                             "--vision_option")
 
     def lora_settings(self) -> dict | None:
         """Complete LoraSettings dict for --lora_r > 0 (stored in FilaConfig.lora), else None."""
@@ -117,8 +138,6 @@ class ModelArguments:
                             **{key: value for key, value in given.items() if value is not None}).to_dict()
 
     def connector_options(self) -> dict | None:
-        """Partial MMFuserConfig dict for mmfuser, else None."""
-        if self.connector_type != "mmfuser":
-            return None
-        return {key: parse(getattr(self, name)) for name, (key, parse) in FUSER_FLAGS.items()
-                if getattr(self, name) is not None}
+        """Partial options of the connector (None for a connector without options)."""
+        return self._options(self.connector_type, CONNECTORS.get(self.connector_type), self.connector_option,
+                             "--connector_option")

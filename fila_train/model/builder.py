@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase
 
 from .configuration import FilaConfig
+from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
 from ..utils.errors import ConfigError
@@ -47,10 +48,11 @@ def with_local_convnext(vision_options: dict | None) -> dict | None:
     return {**vision_options, "convnext": {**convnext, "checkpoint": local_checkpoint(convnext["checkpoint"])}}
 
 
-def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vision_encoder: str = "clip",
-                vision_options: dict | None = None, vision_feature_layer: int = -2,
-                connector_type: str = "mlp2x_gelu", connector_options: dict | None = None,
-                conversation_template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
+def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
+                vision_encoder: str = FilaConfig.vision_encoder, vision_options: dict | None = None,
+                vision_feature_layer: int = FilaConfig.vision_feature_layer,
+                connector_type: str = FilaConfig.connector_type, connector_options: dict | None = None,
+                conversation_template: str = FilaConfig.conversation_template, dtype: torch.dtype = torch.float32,
                 attn_implementation: str = "sdpa", lora: dict | None = None) -> FilaForConditionalGeneration:
     """A saved fila model folder loads as is; otherwise LLM + CLIP tower are joined with a new connector.
 
@@ -66,6 +68,10 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *, vis
         return with_lora(model, settings, model_name_or_path)
     if vision_tower is None:
         raise ConfigError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
+    # The encoder's complete options are checked against the tower's config before any weights load.
+    vision_config = CLIPVisionConfig.from_pretrained(vision_tower)
+    vision_options = VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
+    CONNECTORS.get(connector_type)  # an unknown name fails here too
     if settings is not None and settings.bits != 16:
         language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
     else:

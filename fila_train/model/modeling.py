@@ -16,29 +16,9 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin,
 from .checkpointing import set_part_checkpointing
 from .configuration import FilaConfig
 from .connector import build_connector
-from .connector.mmfuser import MMFuser
+from .contracts import CONNECTORS, VISION_ENCODERS, part_prefixes
 from .lora import LoraSettings, add_lora
 from .vision import build_vision_encoder
-from .vision.convnext_branch import ConvNeXtBranch
-from .vision.cvfm import CVFMBlock
-
-# Parameter-name prefixes -> tunable part; the first match wins, so sub-parts come first.
-PART_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("vision_tower.cvfm.", "cvfm"),
-    ("connector.fuser.", "fuser"),
-    ("vision_tower.", "vision"),
-    ("connector.", "connector"),
-    ("language_model.", "llm"),
-)
-PARTS: tuple[str, ...] = ("vision", "cvfm", "connector", "fuser", "llm")
-
-# Modules whose own init the generic transformers one would destroy: MMFuser (zero offset
-# weights + directional bias, zero attention weights, xavier value/output, zero gammas) and
-# CVFM (zero gates, strided conv = average pooling). Their reset_parameters() is the spec's init.
-SELF_INITIALISED: tuple[type[nn.Module], ...] = (MMFuser, CVFMBlock)
-# Modules that are initialised by their constructor (the ConvNeXt: its checkpoint, or timm's
-# init); a fresh build must keep that, as it keeps the pretrained ViT and LLM.
-CONSTRUCTOR_INITIALISED: tuple[type[nn.Module], ...] = (ConvNeXtBranch,)
 
 
 def _is_loaded(parameter: torch.Tensor) -> bool:
@@ -68,11 +48,19 @@ def mark_as_loaded(module: nn.Module) -> None:
         parameter._is_hf_initialized = True
 
 
-def part_of(parameter_name: str) -> str:
-    for prefix, part in PART_PREFIXES:
+def part_of(parameter_name: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+    """The tunable part of a parameter, by the model's (contracts.part_prefixes) prefixes: first match wins."""
+    for prefix, part in prefixes:
         if parameter_name.startswith(prefix):
             return part
     raise ValueError(f"parameter {parameter_name!r} belongs to no tunable part")
+
+
+def initialised_by_the_part(config: FilaConfig) -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(self-initialised, constructor-initialised) module types of the model's encoder and connector."""
+    encoder, connector = VISION_ENCODERS.get(config.vision_encoder), CONNECTORS.get(config.connector_type)
+    return (encoder.self_initialised + connector.self_initialised,
+            encoder.constructor_initialised + connector.constructor_initialised)
 
 
 class FilaPreTrainedModel(PreTrainedModel):
@@ -84,16 +72,20 @@ class FilaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules: list[str] = []
 
+    # Modules whose own init the generic transformers one would destroy (the parts' contracts name them,
+    # e.g. MMFuser, CVFM): their reset_parameters() is the part's init. Set in __init__ from the config.
+    self_initialised: tuple[type, ...] = ()
+
     def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
         # For custom code, transformers marks a module with no direct parameters (CVFMBlock) as
-        # initialised without calling _init_weights on it; a SELF_INITIALISED one must be called.
-        super()._initialize_weights(module, is_custom_code and not isinstance(module, SELF_INITIALISED))
+        # initialised without calling _init_weights on it; a self-initialised one must be called.
+        super()._initialize_weights(module, is_custom_code and not isinstance(module, self.self_initialised))
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # smart_apply visits children before their parent, so a SELF_INITIALISED module's own
+        # smart_apply visits children before their parent, so a self-initialised module's own
         # reset runs after (and overrides) the generic init of its Linear/LayerNorm children.
-        if isinstance(module, SELF_INITIALISED):
+        if isinstance(module, self.self_initialised):
             reset_keeping_loaded(module)
         else:
             super()._init_weights(module)
@@ -103,6 +95,8 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
     def __init__(self, config: FilaConfig, vision_tower: CLIPVisionModel | None = None,
                  language_model: nn.Module | None = None):
         super().__init__(config)
+        self.self_initialised, constructor_initialised = initialised_by_the_part(config)
+        self.part_prefixes = part_prefixes(config.vision_encoder, config.connector_type)
         self.vision_tower = build_vision_encoder(config, tower=vision_tower)
         self.language_model = (language_model if language_model is not None
                                else AutoModelForCausalLM.from_config(config.text_config))
@@ -113,8 +107,8 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
             config.connector_options = stored
         if config.lora is not None:  # the adapters are architecture: a saved LoRA model rebuilds them
             add_lora(self, LoraSettings.from_dict(config.lora))
-        for module in self.modules():
-            if isinstance(module, CONSTRUCTOR_INITIALISED):
+        for module in self.modules():  # a fresh build keeps their init, as it keeps the pretrained ViT and LLM
+            if isinstance(module, constructor_initialised):
                 mark_as_loaded(module)
         self.post_init()
 
@@ -143,7 +137,7 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
     def named_parts(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         parts: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, parameter in self.named_parameters():
-            parts.setdefault(part_of(name), []).append((name, parameter))
+            parts.setdefault(part_of(name, self.part_prefixes), []).append((name, parameter))
         return parts
 
     # --- forward -----------------------------------------------------------------------------

@@ -8,9 +8,8 @@ import transformers
 
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..data.lengths import DEFAULT_CACHE_DIR
-from ..model import PARTS
 from ..model.arguments import ModelArguments  # noqa: F401  (the train command's model flags)
-from ..model.checkpointing import CHECKPOINT_PARTS
+from ..model.contracts import encoder_sub_parts, known_parts
 from ..utils.errors import ConfigError
 
 
@@ -45,7 +44,12 @@ class DataArguments:
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     tune_parts: str = field(default="connector", metadata={
-        "help": f"comma-separated parts to train, of: {', '.join(PARTS)}"})
+        "help": "comma-separated parts to train: vision, connector, llm, and the sub-parts of the registered "
+                "encoders and connectors (cvfm, fuser)"})
+    part_lr: list[str] = field(default_factory=list, metadata={
+        "action": "extend",
+        "help": "learning rates by part, e.g. cvfm=1e-4 fuser=2e-5 (any tunable part; default --learning_rate)"})
+    # Shorthands of --part_lr, as LLaVA-style scripts spell them.
     connector_lr: float | None = field(default=None, metadata={"help": "learning rate of the connector"})
     cvfm_lr: float | None = field(default=None, metadata={"help": "learning rate of FILA's CVFM"})
     fuser_lr: float | None = field(default=None, metadata={"help": "learning rate of the MMFuser fuser"})
@@ -64,7 +68,8 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "padding-free batches: each batch's samples packed into one row, attention kept per sample "
                 "(block-diagonal); pays off with --attn_implementation flash_attention_2"})
     gradient_checkpointing_parts: str | None = field(default=None, metadata={
-        "help": f"with --gradient_checkpointing: the parts to checkpoint, of {', '.join(CHECKPOINT_PARTS)} "
+        "help": "with --gradient_checkpointing: the parts to checkpoint, of llm, vision and what the encoder "
+                "offers (cvfm) "
                 "(default: all the model has)"})
     use_liger: bool = field(default=False, metadata={
         "help": "Liger kernels on the LLM (fused linear cross-entropy, RMSNorm, SwiGLU); needs liger-kernel and a GPU"})
@@ -84,17 +89,18 @@ class TrainingArguments(transformers.TrainingArguments):
             # transformers 5 names it activation_checkpointing_kwargs (the old name warns as deprecated).
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
-        unknown = sorted(set(self.parts()) - set(PARTS))
+        unknown = sorted(set(self.parts()) - set(known_parts()))
         if unknown:
-            raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(PARTS)}")
+            raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(known_parts())}")
+        self.part_learning_rates()  # a bad --part_lr fails at parse time
         self._check_speed_options()
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:
-            unknown = sorted(set(self.checkpointing_parts()) - set(CHECKPOINT_PARTS))
+            known = ("llm", "vision", *encoder_sub_parts())  # the encoder's own parts (checkpointing.py)
+            unknown = sorted(set(self.checkpointing_parts()) - set(known))
             if unknown:
-                raise ConfigError(f"--gradient_checkpointing_parts: unknown part(s) {unknown}; "
-                                  f"known: {list(CHECKPOINT_PARTS)}")
+                raise ConfigError(f"--gradient_checkpointing_parts: unknown part(s) {unknown}; known: {list(known)}")
             if not self.activation_checkpointing:
                 raise ConfigError("--gradient_checkpointing_parts needs --gradient_checkpointing True")
         if self.use_liger_kernel:
@@ -111,7 +117,20 @@ class TrainingArguments(transformers.TrainingArguments):
             return None
         return tuple(p.strip() for p in self.gradient_checkpointing_parts.split(",") if p.strip())
 
+    def part_learning_rates(self) -> dict[str, float]:
+        """--part_lr NAME=LR, then the shorthand flags (which win where both name a part)."""
+        rates: dict[str, float] = {}
+        for item in self.part_lr:
+            name, sep, value = item.partition("=")
+            if not sep or name not in known_parts():
+                raise ConfigError(f"--part_lr {item!r}: expected PART=LR with PART one of {list(known_parts())}")
+            try:
+                rates[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"--part_lr {item!r}: {value!r} is not a number") from None
+        shorthands = {"connector": self.connector_lr, "cvfm": self.cvfm_lr, "fuser": self.fuser_lr,
+                      "vision": self.vision_lr}
+        return rates | {part: rate for part, rate in shorthands.items() if rate is not None}
+
     def part_learning_rate(self, part: str) -> float:
-        specific = {"connector": self.connector_lr, "cvfm": self.cvfm_lr, "fuser": self.fuser_lr,
-                    "vision": self.vision_lr}.get(part)
-        return self.learning_rate if specific is None else specific
+        return self.part_learning_rates().get(part, self.learning_rate)

@@ -15,16 +15,15 @@ from safetensors import safe_open
 from ..utils.distributed import gathered, is_main_process
 from ..utils.files import write_safetensors_atomic
 from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature
+from ..model.contracts import aligned_parts
 from ..utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-ALIGNED_PARTS = ("connector", "cvfm", "fuser")
-
-
 def _aligned_parameters(model) -> dict:
+    aligned = aligned_parts()  # the connector and the sub-parts the contracts mark aligned (cvfm, fuser)
     return {name: parameter for part, params in model.named_parts().items()
-            if part in ALIGNED_PARTS for name, parameter in params}
+            if part in aligned for name, parameter in params}
 
 
 def _signature(model) -> dict[str, str]:

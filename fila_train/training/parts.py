@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..model import PARTS
+from ..model import known_parts
 from ..model.lora import is_lora_parameter
 from ..utils.tables import format_table  # noqa: F401  (re-exported for callers)
 from ..utils.errors import ConfigError
@@ -11,7 +11,10 @@ from ..utils.errors import ConfigError
 
 # With LoRA the LLM's adapters get their own row next to the (frozen) base LLM.
 LORA_ROW = "llm (lora)"
-TABLE_ROWS: tuple[str, ...] = tuple(row for part in PARTS for row in ((part, LORA_ROW) if part == "llm" else (part,)))
+
+
+def table_rows() -> tuple[str, ...]:
+    return tuple(row for part in known_parts() for row in ((part, LORA_ROW) if part == "llm" else (part,)))
 
 
 def apply_tune_parts(model, parts: list[str]) -> None:
@@ -40,7 +43,7 @@ def parameter_table(model) -> list[tuple[str, int, int]]:
         for name, parameter in params:
             by_row.setdefault(table_row(part, name), []).append(parameter)
     return [(row, sum(numel(p) for p in by_row[row]), sum(numel(p) for p in by_row[row] if p.requires_grad))
-            for row in TABLE_ROWS if row in by_row]
+            for row in table_rows() if row in by_row]
 
 
 def format_parameter_table(model) -> str:

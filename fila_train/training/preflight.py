@@ -16,15 +16,12 @@ import sys
 from pathlib import Path
 
 from ..data.mixture import MixtureError, load_mixture
+from ..model.contracts import CONNECTORS, VISION_ENCODERS  # names only: no torch
 from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature
 from .checkpoints import CheckpointError, resolve_resume
 
-# The registered names (model/vision/registry.py, model/connector/): importing those registries takes
-# torch and transformers, so the names are repeated here; tests/test_preflight.py keeps them equal.
-VISION_ENCODERS = ("clip", "fila_hybrid")
-CONNECTORS = ("linear", "mlp2x_gelu", "mmfuser")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "org/name" or "name": a hub model id, not a path
 
 
@@ -176,8 +173,8 @@ def preflight(argv: list[str]) -> None:
         return  # the full parser prints the help
     args, _ = _parser().parse_known_args(argv)
     check_choice("conversation_template", args.conversation_template, TEMPLATES.names())
-    check_choice("vision_encoder", args.vision_encoder, VISION_ENCODERS)
-    check_choice("connector_type", args.connector_type, CONNECTORS)
+    check_choice("vision_encoder", args.vision_encoder, VISION_ENCODERS.names())
+    check_choice("connector_type", args.connector_type, CONNECTORS.names())
     model = check_model_path("model_name_or_path", args.model_name_or_path)
     is_fila = model is not None and model.get("model_type") == "fila"
     tower = check_model_path("vision_tower", args.vision_tower, required=model is not None and not is_fila)

@@ -6,6 +6,10 @@
 #   CONNECTOR=mlp2x_gelu (default) | linear | mmfuser (MMFuser fuser + mlp2x_gelu; trains "fuser")
 # Unset option variables leave the flag out, so the spec's defaults apply (e.g. ConvNeXt model
 # convnext_large_d_320, CVFM after ViT layers 2,6,12,20, fuser keys -22,-17,-12,-7, query -2).
+# VISION_OPTIONS / CONNECTOR_OPTIONS: any option of the part's options dataclass, space-separated KEY=VALUE
+#   (e.g. VISION_OPTIONS="cvfm.gate=channel anyres.global_view=canvas convnext.trainable=true").
+# CONVNEXT_CHECKPOINT defaults to the FILA recipe's LAION ConvNeXt-L, except with CONVNEXT_DIMS (a small
+#   ConvNeXt of its own architecture): then give a checkpoint, or VISION_OPTIONS=convnext.random_init=true.
 VISION_ENCODER=${VISION_ENCODER:-fila_hybrid}
 CONNECTOR=${CONNECTOR:-mlp2x_gelu}
 CVFM_LR=${CVFM_LR:-$LEARNING_RATE}
@@ -18,8 +22,11 @@ optional_flag() {  # optional_flag NAME VALUE: add --NAME=VALUE when VALUE is se
 }
 
 if [ "$VISION_ENCODER" = fila_hybrid ]; then
-  CONVNEXT_CHECKPOINT=${CONVNEXT_CHECKPOINT:-laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup}
-  MODEL_ARGS+=(--convnext_checkpoint "$CONVNEXT_CHECKPOINT" --cvfm_lr "$CVFM_LR")
+  if [ -z "${CONVNEXT_DIMS:-}" ]; then
+    CONVNEXT_CHECKPOINT=${CONVNEXT_CHECKPOINT:-laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup}
+  fi
+  optional_flag convnext_checkpoint "${CONVNEXT_CHECKPOINT:-}"
+  MODEL_ARGS+=(--cvfm_lr "$CVFM_LR")
   optional_flag convnext_model "${CONVNEXT_MODEL:-}"
   optional_flag convnext_dims "${CONVNEXT_DIMS:-}"
   optional_flag convnext_depths "${CONVNEXT_DEPTHS:-}"
@@ -35,3 +42,8 @@ if [ "$CONNECTOR" = mmfuser ]; then
   optional_flag fuser_query_layer "${FUSER_QUERY_LAYER:-}"
   EXTRA_PARTS+=",fuser"
 fi
+# Word splitting is wanted: one KEY=VALUE per word.
+# shellcheck disable=SC2206
+if [ -n "${VISION_OPTIONS:-}" ]; then MODEL_ARGS+=(--vision_option $VISION_OPTIONS); fi
+# shellcheck disable=SC2206
+if [ -n "${CONNECTOR_OPTIONS:-}" ]; then MODEL_ARGS+=(--connector_option $CONNECTOR_OPTIONS); fi

@@ -11,7 +11,8 @@ from transformers import CLIPVisionConfig
 
 from ..vision.base import VisionOutput
 from .mmfuser import MMFuser, MMFuserConfig
-from .projectors import CONNECTORS, Connector, mlp
+from ..contracts import ConnectorContract, SubPart
+from .projectors import Connector, mlp
 from ...utils.errors import ConfigError
 
 # Where each layer index comes from on the command line, for error messages.
@@ -52,5 +53,10 @@ class MMFuserConnector(Connector):
         return self.projector(fused)
 
 
-CONNECTORS.register("mmfuser")(
-    lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)))
+MMFUSER_CONNECTOR = ConnectorContract(
+    name="mmfuser", options=MMFuserConfig,
+    # The fuser (connector.fuser.*) has its own part and learning rate; the MLP is the plain connector's.
+    sub_parts=(SubPart("fuser", "fuser."),),
+    # Zero offset weights + directional bias, zero attention weights, xavier value/output, zero gammas.
+    self_initialised=(MMFuser,),
+    build=lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)))

@@ -1,13 +1,11 @@
-"""The LLaVA projectors (``linear``, ``mlp2x_gelu``) and the connector registry."""
+"""The connector base class and the LLaVA projectors (``linear``, ``mlp2x_gelu``)."""
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig
 
-from ...utils.registry import Registry
+from ..contracts import CONNECTORS, ConnectorContract
 from ..vision.base import VisionOutput
 
 
@@ -44,14 +42,14 @@ class MLPProjector(Connector):
         return self.projector(vision.features)
 
 
-# A factory gets the ViT's config (width, depth: multi-layer connectors check their layer
+# A connector's build gets the ViT's config (width, depth: multi-layer connectors check their layer
 # indices against it), the LLM width and the connector's options dict from FilaConfig.
-ConnectorFactory = Callable[[CLIPVisionConfig, int, dict], Connector]
-CONNECTORS: Registry[ConnectorFactory] = Registry("connector")
-CONNECTORS.register("linear")(lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 1))
-CONNECTORS.register("mlp2x_gelu")(lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 2))
+LINEAR = ConnectorContract(
+    name="linear", build=lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 1))
+MLP2X_GELU = ConnectorContract(
+    name="mlp2x_gelu", build=lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 2))
 
 
 def build_connector(name: str, vision_config: CLIPVisionConfig, llm_hidden: int,
                     options: dict | None = None) -> Connector:
-    return CONNECTORS.get(name)(vision_config, llm_hidden, options or {})
+    return CONNECTORS.get(name).build(vision_config, llm_hidden, options or {})

@@ -10,6 +10,8 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
+from ..contracts import VisionEncoderContract
 from .base import VisionOutput
 
 # OpenAI CLIP normalisation (CLIPImageProcessor's defaults); FILA's ConvNeXt must match it.
@@ -106,6 +108,10 @@ class ClipVisionEncoder(ClipTowerMixin, nn.Module):
     def image_processor(self) -> ClipImageProcessor:
         return ClipImageProcessor(self.config.image_size, self.config.patch_size)
 
+    def checkpoint_switches(self) -> dict[str, Switch]:
+        layers = checkpointing_layers(self.clip)
+        return {"vision": lambda enable, func: set_layer_flags(layers, enable, func)}
+
     def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
         pixel_values = images["pixel_values"].to(dtype=self.clip.dtype)
         out = self.clip(pixel_values=pixel_values, output_hidden_states=True)
@@ -114,3 +120,11 @@ class ClipVisionEncoder(ClipTowerMixin, nn.Module):
             features=patch_states[self.feature_layer],
             hidden_states=patch_states if output_hidden_states else None,
         )
+
+
+CLIP_ENCODER = VisionEncoderContract(
+    name="clip",
+    build=lambda config, tower=None: ClipVisionEncoder(config.vision_config, config.vision_feature_layer, tower=tower),
+    image_processor=lambda vision_config, options=None: ClipImageProcessor(vision_config.image_size,
+                                                                           vision_config.patch_size),
+)

@@ -30,6 +30,9 @@ class ConvNeXtBranchConfig:
     dims: tuple[int, ...] | None = None  # with depths: a small random timm ConvNeXt instead of model_name
     depths: tuple[int, ...] | None = None
     trainable: bool = False  # frozen and run without grad by default (spec)
+    # A fresh build from flags needs a checkpoint unless this says random weights are wanted (tiny models,
+    # training the ConvNeXt from scratch): a frozen random ConvNeXt-L is never picked silently.
+    random_init: bool = False
     # Normalisation the weights were trained with. None: the checkpoint folder's preprocess_cfg,
     # else the OpenCLIP model's, else the OpenAI CLIP constants.
     mean: tuple[float, float, float] | None = None

@@ -12,7 +12,6 @@ import torch
 from transformers import CLIPVisionModel
 
 from .anyres import AnyresConfig
-from .hybrid_encoder import HybridVisionEncoder
 from .registry import build_vision_encoder
 
 
@@ -44,8 +43,8 @@ def _meta_encoder(config) -> torch.nn.Module:
 
 def vision_flops(config) -> VisionFlops:
     encoder = _meta_encoder(config)
-    if isinstance(encoder, HybridVisionEncoder):
-        anyres = encoder.hybrid_config.anyres
+    if hasattr(encoder, "vision_flops_per_image"):  # views vary with the image (FILA): count a typical canvas
+        anyres = encoder.image_processor().anyres
         canvas = default_canvas(anyres)
         views = 1 + (canvas[0] // anyres.tile_size) * (canvas[1] // anyres.tile_size)
         return VisionFlops(canvas, views, encoder.vision_flops_per_image(canvas))

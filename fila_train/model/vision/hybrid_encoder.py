@@ -9,7 +9,7 @@ ViT layer. Output contract: ``VisionOutput``, as ``ClipVisionEncoder``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,11 +18,13 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ...utils.image_size import source_size
+from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
+from ..contracts import SubPart, VisionEncoderContract
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
 from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
 from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
-from .cvfm import CVFMConfig, build_cvfm
+from .cvfm import CVFMBlock, CVFMConfig, build_cvfm
 from ...utils.errors import ConfigError
 
 
@@ -168,6 +170,15 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
     def image_processor(self) -> HybridImageProcessor:
         return HybridImageProcessor(self.hybrid_config.anyres, self.clip.config.patch_size)
 
+    def checkpoint_switches(self) -> dict[str, Switch]:
+        layers = checkpointing_layers(self.clip)
+
+        def vision(enable: bool, func) -> None:
+            set_layer_flags(layers, enable, func)
+            self.convnext.trunk.set_grad_checkpointing(enable)
+
+        return {"vision": vision, "cvfm": lambda enable, func: set_layer_flags(self.cvfm, enable, func)}
+
     def _stage_maps(self, high_res: torch.Tensor | list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """ConvNeXt on every image's canvas -> per image, 4 maps [C, H, W].
 
@@ -219,6 +230,16 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
             return VisionOutput(features=hidden[:, 1:])  # the loop stopped at the feature layer
         return VisionOutput(features=states[feature_index], hidden_states=tuple(states))
 
+    def flop_split(self, flops: dict[str, int], root: str) -> tuple[int, int, int]:
+        """(ConvNeXt, CVFM, ViT blocks after the first fusion) of per-module FLOPs counted with ``root`` as
+        this encoder's name (training/throughput/flop_count.py)."""
+        first_fusion = self.hybrid_config.cvfm.vit_layers[0]  # 1-based: after that block
+        convnext = flops.get(f"{root}.convnext", 0)
+        cvfm = sum(flops.get(f"{root}.cvfm.{k}", 0) for k in range(len(self.cvfm)))
+        layers = self.clip.config.num_hidden_layers
+        after_fusion = sum(flops.get(f"{root}.clip.encoder.layers.{i}", 0) for i in range(first_fusion, layers))
+        return convnext, cvfm, after_fusion
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of each part; ``overhead`` is what FILA adds to the ViT (ConvNeXt + CVFM)."""
         counts = {name: sum(p.numel() for p in getattr(self, name).parameters())
@@ -267,3 +288,58 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
                 f"params ViT {params['vit'] / 1e6:.1f}M "
                 f"+ ConvNeXt {params['convnext'] / 1e6:.1f}M + CVFM {params['cvfm'] / 1e6:.1f}M "
                 f"(+{100 * params['overhead'] / params['vit']:.1f}%)")
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+def hybrid_config_for(vision_config: CLIPVisionConfig, options: dict | None) -> HybridEncoderConfig:
+    """HybridEncoderConfig from (possibly partial) options; the tile defaults to the ViT's input size
+    and the canvases to the spec's 336-tile set scaled to that tile (672x672 -> 2x2 tiles at any size)."""
+    options = dict(options or {})
+    anyres = dict(options.get("anyres", {}))
+    tile = anyres.setdefault("tile_size", vision_config.image_size)
+    default = AnyresConfig()
+    anyres.setdefault("canvases", [(w * tile // default.tile_size, h * tile // default.tile_size)
+                                   for w, h in default.canvases])
+    return HybridEncoderConfig.from_dict({**options, "anyres": anyres})
+
+
+def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -> dict:
+    """The complete options of a fresh build from flags, validated before any weights load."""
+    config = hybrid_config_for(vision_config, options)
+    convnext = config.convnext
+    if convnext.checkpoint is None and not convnext.random_init:
+        raise ConfigError("fila_hybrid needs ConvNeXt weights: --vision_option convnext.checkpoint=FILE|FOLDER|HUB_ID "
+                          "(--convnext_checkpoint), or convnext.random_init=true for random ones on purpose")
+    return config.to_dict()
+
+
+def build_hybrid_encoder(config, tower: CLIPVisionModel | None = None) -> HybridVisionEncoder:
+    hybrid = hybrid_config_for(config.vision_config, config.vision_options)
+    encoder = HybridVisionEncoder(config.vision_config, hybrid, config.vision_feature_layer, tower=tower)
+    # The ConvNeXt weights are now part of the model's state dict: store the architecture and the
+    # normalisation it was checked against, not the checkpoint path (which a reload may not have).
+    branch = encoder.convnext
+    stored = replace(hybrid, convnext=replace(hybrid.convnext, checkpoint=None, mean=branch.mean, std=branch.std))
+    config.vision_options = stored.to_dict()
+    return encoder
+
+
+def card_rows(options: dict) -> list[tuple[str, str]]:
+    convnext, cvfm, anyres = options.get("convnext", {}), options.get("cvfm", {}), options.get("anyres", {})
+    trunk = f"dims {convnext.get('dims')}" if convnext.get("dims") else convnext.get("model_name")
+    return [("FILA hybrid", f"ConvNeXt {trunk}; CVFM after ViT layers {cvfm.get('vit_layers')}; "
+                            f"canvases {anyres.get('canvases')} in {anyres.get('tile_size')}px tiles")]
+
+
+FILA_HYBRID_ENCODER = VisionEncoderContract(
+    name="fila_hybrid", options=HybridEncoderConfig,
+    sub_parts=(SubPart("cvfm", "cvfm."),),  # vision_tower.cvfm.*: its own part and learning rate
+    # CVFM: zero gates, strided conv = average pooling; the ConvNeXt: its checkpoint, or timm's init.
+    self_initialised=(CVFMBlock,), constructor_initialised=(ConvNeXtBranch,),
+    build=build_hybrid_encoder,
+    image_processor=lambda vision_config, options=None: HybridImageProcessor(
+        hybrid_config_for(vision_config, options).anyres, vision_config.patch_size),
+    check_fresh_options=check_fresh_options, card_rows=card_rows, views_per_image="global view + tiles",
+)

@@ -18,7 +18,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from ...model.connector import build_connector
 from ...model.lora import is_lora_parameter
 from ...model.vision.flops import _meta_encoder
-from ...model.vision.hybrid_encoder import HybridVisionEncoder
 from ..parts import numel
 from .mfu import ImageForward, LLMSize, StepFlops, step_flops, trained_stages
 
@@ -89,7 +88,7 @@ class ModelFlopCounter:
         """From a built model: its config, its LLM's size and the parts that require grad now."""
         parts = [part for part, params in model.named_parts().items() if any(p.requires_grad for _, p in params)]
         encoder = model.vision_tower
-        convnext_trainable = isinstance(encoder, HybridVisionEncoder) and encoder.convnext.trainable
+        convnext_trainable = bool(getattr(getattr(encoder, "convnext", None), "trainable", False))
         lora = getattr(model.config, "lora", None) is not None
         return cls(model.config, llm_size(model.language_model), trained_stages(parts, convnext_trainable, lora))
 
@@ -117,12 +116,8 @@ class ModelFlopCounter:
         encoder, connector = type(self.encoder).__name__, type(self.connector).__name__
         vision_total = flops.get(encoder, 0)
         convnext = cvfm = after_fusion = 0
-        if isinstance(self.encoder, HybridVisionEncoder):
-            first_fusion = self.encoder.hybrid_config.cvfm.vit_layers[0]  # 1-based: after that block
-            convnext = flops.get(f"{encoder}.convnext", 0)
-            cvfm = sum(flops.get(f"{encoder}.cvfm.{k}", 0) for k in range(len(self.encoder.cvfm)))
-            layers = self.encoder.clip.config.num_hidden_layers
-            after_fusion = sum(flops.get(f"{encoder}.clip.encoder.layers.{i}", 0) for i in range(first_fusion, layers))
+        if hasattr(self.encoder, "flop_split"):  # an encoder with a side branch fused into the ViT (FILA's)
+            convnext, cvfm, after_fusion = self.encoder.flop_split(flops, encoder)
         fuser = flops.get(f"{connector}.fuser", 0)
         return ImageForward(convnext=convnext, vit_before_fusion=vision_total - convnext - cvfm - after_fusion,
                             cvfm=cvfm, vit_after_fusion=after_fusion, fuser=fuser,

@@ -1,0 +1,123 @@
+"""Every field of the encoder's and connector's options dataclasses can be set from the command line and the
+scripts, typed by the dataclass; an unknown key names the valid ones; a fresh fila_hybrid needs ConvNeXt
+weights unless random ones are asked for. All of it before any weights load."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+import typing
+
+import pytest
+from transformers import HfArgumentParser
+
+from distributed_utils import REPO
+from fila_train.model.arguments import ModelArguments
+from fila_train.model.builder import build_model
+from fila_train.model.connector.mmfuser import MMFuserConfig
+from fila_train.model.options import option_fields, option_keys
+from fila_train.model.vision.hybrid_encoder import HybridEncoderConfig
+from fila_train.utils.errors import ConfigError
+
+# Command-line text -> the value the options dict must then hold, by the field's type.
+SAMPLES = {int: ("3", 3), float: ("0.25", 0.25), bool: ("true", True), str: ("some_value", "some_value"),
+           tuple[int, ...]: ("1,2", [1, 2]), tuple[float, float, float]: ("0.5,0.25,0.125", [0.5, 0.25, 0.125]),
+           tuple[tuple[int, int], ...]: ("28x56,56x28", [[28, 56], [56, 28]])}
+
+
+def field_type(cls: type, key: str):
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = option_fields(cls)[section]
+    annotation = option_fields(cls)[name]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: the X
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def nested(key: str, value) -> dict:
+    *sections, name = key.split(".")
+    result = {name: value}
+    for section in reversed(sections):
+        result = {section: result}
+    return result
+
+
+CASES = [("fila_hybrid", "mlp2x_gelu", "vision_option", HybridEncoderConfig, key) for key in option_keys(HybridEncoderConfig)] \
+    + [("clip", "mmfuser", "connector_option", MMFuserConfig, key) for key in option_keys(MMFuserConfig)]
+
+
+@pytest.mark.parametrize("encoder, connector, flag, cls, key", CASES, ids=[f"{c[2]}:{c[4]}" for c in CASES])
+def test_every_option_field_is_settable_and_typed(encoder, connector, flag, cls, key):
+    text, value = SAMPLES[field_type(cls, key)]
+    args = ModelArguments(model_name_or_path="llm", vision_encoder=encoder, connector_type=connector,
+                          **{flag: [f"{key}={text}"]})
+    options = args.vision_options() if flag == "vision_option" else args.connector_options()
+    assert options == nested(key, value)
+
+
+def test_the_knobs_that_had_no_flag_are_among_them():
+    assert {"cvfm.gate", "anyres.global_view", "convnext.trainable", "convnext.random_init"} <= set(
+        option_keys(HybridEncoderConfig))
+    assert "num_heads" in option_keys(MMFuserConfig)
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("cvfm.gates=channel", "--vision_option: unknown key 'cvfm.gates' of HybridEncoderConfig; valid keys: "
+                           "anyres.tile_size, anyres.canvases, anyres.global_view, convnext.model_name"),
+    ("cvfm=channel", "unknown key 'cvfm'"),
+    ("convnext.trainable=maybe", "'convnext.trainable=maybe': expected true or false, got 'maybe'"),
+    ("cvfm.vit_layers=2,six", "'cvfm.vit_layers=2,six': invalid literal for int()"),
+    ("cvfm.gate", "'cvfm.gate': expected KEY=VALUE"),
+])
+def test_a_bad_option_is_one_line_naming_it(assignment, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        ModelArguments(model_name_or_path="llm", vision_encoder="fila_hybrid", vision_option=[assignment])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_options_of_a_part_without_options_or_of_another_part_are_refused():
+    with pytest.raises(ConfigError, match="--vision_option: clip has no options"):
+        ModelArguments(model_name_or_path="llm", vision_option=["cvfm.gate=channel"])
+    with pytest.raises(ConfigError, match="--cvfm_fusion only apply to --vision_encoder fila_hybrid, not clip"):
+        ModelArguments(model_name_or_path="llm", cvfm_fusion="add")
+
+
+def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_before_any_weights_load(tiny_assets,
+                                                                                                 tmp_path):
+    not_an_llm = str(tmp_path / "no-llm-here")  # loading it would fail with another error
+    small = {"convnext": {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1]}}
+    with pytest.raises(ConfigError, match="fila_hybrid needs ConvNeXt weights: .*convnext.random_init=true"):
+        build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options=small)
+    bad_gate = {**small, "convnext": {**small["convnext"], "random_init": True}, "cvfm": {"gate": "sideways"}}
+    with pytest.raises(ConfigError, match="CVFMConfig.gate='sideways'"):
+        build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options=bad_gate)
+    random = {**small, "convnext": {**small["convnext"], "random_init": True},
+              "anyres": {"canvases": [[56, 56], [28, 56]]}, "cvfm": {"vit_layers": [1, 2, 3, 4]}}
+    model = build_model(str(tiny_assets.llm), str(tiny_assets.clip), vision_encoder="fila_hybrid",
+                        vision_options=random)
+    assert model.config.vision_options["convnext"]["random_init"] is True
+
+
+def script_flags(**env: str) -> list[str]:
+    """The `fila-train train` flags finetune.sh would launch with (DRY_RUN=1 prints them)."""
+    result = subprocess.run(["bash", "scripts/finetune.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, **env))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("fila_train.cli train", 1)[1].split()
+
+
+def test_the_scripts_pass_any_option_and_a_small_random_convnext():
+    default = script_flags()
+    assert "--convnext_checkpoint=laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup" in default
+    flags = script_flags(CONVNEXT_DIMS="16,32,64,128", CONVNEXT_DEPTHS="1,1,1,1", CVFM_LAYERS="1,2,3,4",
+                         VISION_OPTIONS="convnext.random_init=true cvfm.gate=channel anyres.global_view=canvas",
+                         CONNECTOR="mmfuser", CONNECTOR_OPTIONS="num_heads=4 key_layers=-4,-3")
+    assert not any(flag.startswith("--convnext_checkpoint") for flag in flags)
+    model_args, _ = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(args=flags,
+                                                                                return_remaining_strings=True)
+    assert model_args.vision_options() == {
+        "convnext": {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "random_init": True},
+        "cvfm": {"vit_layers": [1, 2, 3, 4], "gate": "channel"}, "anyres": {"global_view": "canvas"}}
+    assert model_args.connector_options() == {"num_heads": 4, "key_layers": [-4, -3]}
