@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..model.arguments import parse_canvases
+from ..model.configuration import DEFAULT_ATTENTION
 from ..utils.files import write_json_atomic
 from .configs import BENCH_CONFIGS
 from ..training.throughput.device import torch_threads
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the device's peak TFLOP/s for MFU (default: the table for known GPUs)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads on a CPU (default: torch's choice)")
-    parser.add_argument("--attn_implementation", default="sdpa", help="sdpa, eager or flash_attention_2")
+    parser.add_argument("--attn_implementation", default=DEFAULT_ATTENTION, help="sdpa, eager or flash_attention_2")
     parser.add_argument("--packing", action="store_true",
                         help="padding-free packing of each batch into one row (as --packing in training)")
     parser.add_argument("--torch_compile_backend", default=None,

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, HfArgumentParser, Llam
 
 from ..demo.tiny_models import TinyFila, as_cli, save_tiny_llm
 from ..model.builder import build_model
-from ..model.configuration import FilaConfig
+from ..model.configuration import DEFAULT_ATTENTION, FilaConfig
 from ..model.modeling import FilaForConditionalGeneration
 from ..utils.registry import Registry
 from ..model.arguments import ModelArguments
@@ -72,7 +72,7 @@ class BenchConfig:
         parts += ["fuser"] * (self.connector_type == "mmfuser")
         return parts + ["llm"] * (stage == 2)
 
-    def fila_config(self, attn_implementation: str = "sdpa") -> FilaConfig:
+    def fila_config(self, attn_implementation: str = DEFAULT_ATTENTION) -> FilaConfig:
         """The real-size composite config (CLIP ViT-L/14-336 + a Llama of ``llm_size``)."""
         if self.tiny:
             raise ConfigError(f"{self.name} is built from saved tiny components, not from a config")
@@ -83,7 +83,7 @@ class BenchConfig:
             connector_type=self.connector_type, attn_implementation=attn_implementation)
 
     def build(self, workdir: Path, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype,
-              attn_implementation: str = "sdpa") -> tuple[FilaForConditionalGeneration, str]:
+              attn_implementation: str = DEFAULT_ATTENTION) -> tuple[FilaForConditionalGeneration, str]:
         """(model with random weights on ``device``, the folder its tokenizer loads from). A tiny
         model is small enough to be built for real where ``device`` is meta."""
         if self.tiny:

@@ -23,6 +23,7 @@ from ..data.dataset import ConversationDataset, DatasetOptions
 from ..data.images import load_rgb_image
 from ..processing.processor import FilaProcessor
 from ..model.builder import load_tokenizer
+from ..model.configuration import DEFAULT_ATTENTION
 from ..training.parts import apply_tune_parts, parameter_table
 from .configs import BENCH_CONFIGS, BenchConfig
 from ..training.throughput.device import device_name, device_peak_tflops, matmul_precision, peak_memory, synchronize
@@ -49,7 +50,7 @@ class BenchOptions:
     warmup: int = 3
     image_size: tuple[int, int] = (1000, 800)
     peak_tflops: float | None = None
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = DEFAULT_ATTENTION
     packing: bool = False  # one packed row per batch (padding-free), as --packing in training
     torch_compile_backend: str | None = None  # torch.compile(model, backend=...) when set
     learning_rate: float = 1e-5
@@ -73,7 +74,7 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 def build_dataset(model, tokenizer_path: str, data: BenchData, stage: int, seq_len: int | None,
                   workdir: Path, packing: bool = False,
-                  attn_implementation: str = "sdpa") -> tuple[ConversationDataset, ConversationCollator]:
+                  attn_implementation: str = DEFAULT_ATTENTION) -> tuple[ConversationDataset, ConversationCollator]:
     """The training dataset and collator over the stage's synthetic records, lengthened to ``seq_len``."""
     max_length = model.config.text_config.max_position_embeddings
     fila_processor = FilaProcessor.for_model(load_tokenizer(tokenizer_path, model, max_length), model.config)

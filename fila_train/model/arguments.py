@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .configuration import FilaConfig
+from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import BITS, DEFAULT_TARGET, LoraSettings, require_kbit_support
 from .options import set_option
@@ -81,7 +81,7 @@ class ModelArguments:
         default=None, metadata={"help": "stage-1 connector artifact (connector.safetensors) to start from"})
     conversation_template: str = field(default=FilaConfig.conversation_template, metadata={
         "help": "plain, vicuna_v1, llama3, chatml"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager or flash_attention_2"})
+    attn_implementation: str = field(default=DEFAULT_ATTENTION, metadata={"help": "sdpa, eager or flash_attention_2"})
     # LoRA / QLoRA on the LLM (PEFT): with --lora_r > 0, tune part "llm" trains the adapters only.
     lora_r: int = field(default=0, metadata={"help": "LoRA rank of the LLM adapters; 0 = no LoRA (full tuning)"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2 x lora_r)"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase
 
-from .configuration import FilaConfig
+from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
@@ -53,7 +53,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
                 vision_feature_layer: int = FilaConfig.vision_feature_layer,
                 connector_type: str = FilaConfig.connector_type, connector_options: dict | None = None,
                 conversation_template: str = FilaConfig.conversation_template, dtype: torch.dtype = torch.float32,
-                attn_implementation: str = "sdpa", lora: dict | None = None) -> FilaForConditionalGeneration:
+                attn_implementation: str = DEFAULT_ATTENTION, lora: dict | None = None) -> FilaForConditionalGeneration:
     """A saved fila model folder loads as is; otherwise LLM + CLIP tower are joined with a new connector.
 
     ``vision_options``/``connector_options`` may be partial (e.g. from command-line flags): the

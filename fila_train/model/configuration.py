@@ -8,6 +8,8 @@ from transformers.configuration_utils import SubConfigSpec
 # Image-context positions carry this id until the model scatters features into them. It is
 # negative so it can never collide with (or train) a vocabulary token.
 IMAGE_TOKEN_ID = -200
+# The attention kernel a model is built with unless asked otherwise (training, bench, inference flags).
+DEFAULT_ATTENTION = "sdpa"
 
 
 @strict
