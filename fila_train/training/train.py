@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -187,5 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv)
     train(model_args, data_args, args)
     if torch.distributed.is_initialized():
+        # The DeepSpeed engine sits in reference cycles: collected only at interpreter exit, its pending gloo
+        # work would be destroyed after the process group, which aborted a finished rank once (SIGABRT,
+        # "terminate called without an active exception"). Collect it while everything is still alive.
+        gc.collect()
         torch.distributed.destroy_process_group()
     return 0
