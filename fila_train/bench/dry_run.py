@@ -15,12 +15,12 @@ from ..model.vision.anyres import tile_grid
 from ..model.vision.flops import default_canvas
 from ..model.vision.hybrid_encoder import HybridImageProcessor
 from ..training.parts import apply_tune_parts
+from ..utils.errors import ConfigError
 from .configs import BENCH_CONFIGS
 from ..training.throughput.flop_count import Layout, ModelFlopCounter
 from ..training.throughput.mfu import stage_multipliers
 from .runner import parameter_summary
 from .synthetic import make_bench_data
-from ..utils.errors import ConfigError
 
 TEXT_TOKENS = 128  # text per sample when no --seq_len is given: about a LLaVA caption or short answer
 

@@ -25,12 +25,12 @@ from ..processing.processor import FilaProcessor
 from ..model.builder import load_tokenizer
 from ..model.configuration import DEFAULT_ATTENTION
 from ..training.parts import apply_tune_parts, parameter_table
+from ..utils.errors import ConfigError
 from .configs import BENCH_CONFIGS, BenchConfig
 from ..training.throughput.device import device_name, device_peak_tflops, matmul_precision, peak_memory, synchronize
 from ..training.throughput.flop_count import ModelFlopCounter
 from ..training.throughput.mfu import StepFlops, mfu
 from .synthetic import STAGE_TEMPLATES, BenchData, fit_to_length, make_bench_data, write_records
-from ..utils.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DISTINCT_BATCHES = 2  # steps cycle through these; every sample has the same image size

@@ -6,8 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import DEFAULT_MAX_PIXELS
 from ..utils.errors import ConfigError, FilaError
+from .images import DEFAULT_MAX_PIXELS
 
 USAGE = """usage: fila-train data <command> [options]
 

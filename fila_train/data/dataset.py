@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.errors import ConfigError, DataRecordError
 from .annotations import AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
 from ..processing.tokenization import ConversationTokenizer
 from .validation import RecordError, check_record
-from ..utils.errors import ConfigError, DataRecordError
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..utils.errors import DataRecordError
 from .dataset import ConversationDataset, SampleError
 from .images import ImageLoadError, image_size, load_rgb_image, require_file
-from ..utils.errors import DataRecordError
 
 logger = logging.getLogger(__name__)
 

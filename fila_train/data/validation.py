@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..utils.errors import DataRecordError
 from .images import ImageLoadError, check_relative_image_path
 from ..processing.conversations import (ConversationError, check_ends_with_answer, check_image_count,
                            parse_turns_indexed)
-from ..utils.errors import DataRecordError
 
 
 class RecordError(DataRecordError):

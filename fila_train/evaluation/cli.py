@@ -14,10 +14,10 @@ from transformers import HfArgumentParser
 
 from ..data.annotations import AnnotationError
 from ..inference.loading import ModelLoadError, ModelOptions
+from ..utils.errors import ConfigError
 from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
 from .metrics import METRICS, get_metric
-from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

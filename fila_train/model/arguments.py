@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..utils.errors import ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import BITS, DEFAULT_TARGET, LoraSettings, require_kbit_support
 from .options import set_option
-from ..utils.errors import ConfigError
 
 
 def parse_canvases(text: str) -> list[list[int]]:

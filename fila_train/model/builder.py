@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase
 
+from ..utils.errors import ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
-from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .chat_templates import IMAGE_PLACEHOLDER
 from ..utils.errors import DataRecordError
+from .chat_templates import IMAGE_PLACEHOLDER
 
 HUMAN, ASSISTANT, SYSTEM = "human", "gpt", "system"
 

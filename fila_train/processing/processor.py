@@ -17,10 +17,10 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 
+from ..utils.errors import ConfigError
 from .chat_templates import IMAGE_PLACEHOLDER, get_template
 from .image_processing import FilaImageProcessor
 from .tokenization import ConversationTokenizer, with_image_token
-from ..utils.errors import ConfigError
 
 PROCESSOR_FILE = "processor_config.json"
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from safetensors import safe_open
 
 from ..utils.distributed import gathered, is_main_process
 from ..utils.files import write_safetensors_atomic
+from ..utils.errors import CheckpointError
 from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature
 from ..model.contracts import aligned_parts
-from ..utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

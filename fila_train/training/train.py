@@ -22,6 +22,7 @@ from ..processing.processor import FilaProcessor
 from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
+from ..utils.errors import ConfigError, FilaError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .checkpoints import resolve_resume
 from .datasets import build_train_dataset, total_skip_counts
@@ -29,7 +30,6 @@ from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
 from .trainer import FilaTrainer
-from ..utils.errors import ConfigError, FilaError
 
 logger = logging.getLogger("fila_train")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig
 
+from ...utils.errors import ConfigError
 from ..vision.base import VisionOutput
 from .mmfuser import MMFuser, MMFuserConfig
 from ..contracts import ConnectorContract, SubPart
 from .projectors import Connector, mlp
-from ...utils.errors import ConfigError
 
 # Where each layer index comes from on the command line, for error messages.
 OPTION_FLAGS = {"query_layer": "--fuser_query_layer", "key_layers": "--fuser_key_layers"}

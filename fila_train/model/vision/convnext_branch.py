@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .clip_encoder import CLIP_MEAN, CLIP_STD
 from ...utils.errors import CheckpointError, ConfigError
+from .clip_encoder import CLIP_MEAN, CLIP_STD
 
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's HF-hub layout
 CONFIG_FILE = "open_clip_config.json"

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ...utils.image_size import source_size
+from ...utils.errors import ConfigError
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import SubPart, VisionEncoderContract
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
@@ -25,7 +26,6 @@ from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
 from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
 from .cvfm import CVFMBlock, CVFMConfig, build_cvfm
-from ...utils.errors import ConfigError
 
 
 @dataclass
