@@ -19,6 +19,7 @@ from distributed_utils import tiny_batch
 from fila_train.demo.tiny_models import as_cli
 from fila_train.export.exporter import ExportOptions, export_checkpoint
 from fila_train.model import FilaForConditionalGeneration
+from fila_train.model.checkpointing import checkpointable_parts
 from fila_train.model.connector import Connector
 from fila_train.model.contracts import (CONNECTORS, VISION_ENCODERS, ConnectorContract, SubPart,
                                         VisionEncoderContract)
@@ -183,6 +184,7 @@ def test_the_toy_parts_train_and_keep_their_own_init(trained, tiny_assets):
     assert saved.config.vision_options == {"pool": 2, "scale": 0.5} and saved.config.connector_options == {"hidden": 8}
     assert {"toy_bias", "toy_mixer", "connector", "vision", "llm"} <= set(saved.named_parts())
     assert saved.vision_tower.toy_bias.abs().sum() > 0 and saved.connector.toy_mixer.gate.abs().sum() > 0  # trained
+    assert checkpointable_parts(saved) == ("llm", "vision")  # the encoder's CLIP layers, found without asking it
     fresh = FilaForConditionalGeneration(saved.config)  # a fresh build: the toy mixer's own init, gate closed
     assert fresh.connector.toy_mixer.gate.item() == 0.0
     # The stage-1 artifact carries the aligned sub-parts, and loads into a fresh model.

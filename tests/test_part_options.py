@@ -70,6 +70,9 @@ def test_the_knobs_that_had_no_flag_are_among_them():
     ("convnext.trainable=maybe", "'convnext.trainable=maybe': expected true or false, got 'maybe'"),
     ("cvfm.vit_layers=2,six", "'cvfm.vit_layers=2,six': invalid literal for int()"),
     ("cvfm.gate", "'cvfm.gate': expected KEY=VALUE"),
+    ("anyres.canvases=672", "'anyres.canvases=672': '672' is not WxH"),
+    ("convnext.mean=0.5,0.5", "'convnext.mean=0.5,0.5': expected 3 comma-separated values, got 2"),
+    ("cvfm.vit_layers=", "'cvfm.vit_layers=': expected at least one value"),
 ])
 def test_a_bad_option_is_one_line_naming_it(assignment, message):
     with pytest.raises(ConfigError, match=None) as error:
@@ -93,6 +96,9 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
     bad_gate = {**small, "convnext": {**small["convnext"], "random_init": True}, "cvfm": {"gate": "sideways"}}
     with pytest.raises(ConfigError, match="CVFMConfig.gate='sideways'"):
         build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options=bad_gate)
+    # The connector's options too: the default MMFuser layers do not exist in the tiny 6-layer ViT.
+    with pytest.raises(ConfigError, match=r"MMFuser option key_layers=\(-22, -17, -12, -7\)"):
+        build_model(not_an_llm, str(tiny_assets.clip), connector_type="mmfuser")
     random = {**small, "convnext": {**small["convnext"], "random_init": True},
               "anyres": {"canvases": [[56, 56], [28, 56]]}, "cvfm": {"vit_layers": [1, 2, 3, 4]}}
     model = build_model(str(tiny_assets.llm), str(tiny_assets.clip), vision_encoder="fila_hybrid",

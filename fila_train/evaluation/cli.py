@@ -14,7 +14,7 @@ from transformers import HfArgumentParser
 
 from ..data.annotations import AnnotationError
 from ..inference.loading import ModelLoadError, ModelOptions
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, FilaError
 from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
 from .metrics import METRICS, get_metric
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((ModelOptions, EvalArguments), prog="fila-train eval", description=__doc__)
     try:
         model_options, args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    except ValueError as error:  # a value __post_init__ refuses: a usage error like argparse's own
+    except FilaError:
+        raise  # one line from fila-train, exit code 1
+    except ValueError as error:  # flags the parser left over: a usage error like argparse's own
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metric = get_metric(args.metric)

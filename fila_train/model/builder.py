@@ -71,7 +71,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     # The encoder's complete options are checked against the tower's config before any weights load.
     vision_config = CLIPVisionConfig.from_pretrained(vision_tower)
     vision_options = VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
-    CONNECTORS.get(connector_type)  # an unknown name fails here too
+    connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
     if settings is not None and settings.bits != 16:
         language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
     else:

@@ -7,7 +7,8 @@ composite routes here, so the HF Trainer's ``--gradient_checkpointing`` switches
   trainer's checkpoint kwargs and ``every_n_layers``);
 - each part the vision encoder offers in ``checkpoint_switches()`` (part -> switch(enable, func)): the
   CLIP encoder's ``vision`` layers, and for FILA's hybrid encoder the ConvNeXt stages (only matters when
-  the ConvNeXt is trainable) and the ``cvfm`` blocks. An encoder without the method offers none.
+  the ConvNeXt is trainable) and the ``cvfm`` blocks. An encoder without the method offers ``vision``:
+  every layer inside it with transformers' per-layer switch (its CLIP tower's).
 
 The encoder's parts always checkpoint non-reentrantly: CVFM takes the ConvNeXt maps in a list, which
 reentrant checkpointing does not treat as inputs, so their gradients would silently be lost.
@@ -37,7 +38,10 @@ def checkpointing_layers(module: nn.Module) -> list[nn.Module]:
 
 
 def encoder_switches(encoder: nn.Module) -> dict[str, Switch]:
-    return encoder.checkpoint_switches() if hasattr(encoder, "checkpoint_switches") else {}
+    if hasattr(encoder, "checkpoint_switches"):
+        return encoder.checkpoint_switches()
+    layers = checkpointing_layers(encoder)
+    return {"vision": lambda enable, func: set_layer_flags(layers, enable, func)} if layers else {}
 
 
 def checkpointable_parts(model: nn.Module) -> tuple[str, ...]:
@@ -49,7 +53,7 @@ def set_part_checkpointing(model: nn.Module, parts: Iterable[str] | None, enable
                            checkpoint_func: Callable, every_n_layers: int = 1) -> None:
     """Turn checkpointing on (``enable``) for ``parts`` (None: all the model has), off for the rest."""
     switches = encoder_switches(model.vision_tower)
-    available = ("llm", *switches)
+    available = checkpointable_parts(model)
     selected = set(available if parts is None else parts)
     unsupported = sorted(selected - set(available))
     if unsupported:

@@ -5,6 +5,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .contracts import DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER
+
 # Image-context positions carry this id until the model scatters features into them. It is
 # negative so it can never collide with (or train) a vocabulary token.
 IMAGE_TOKEN_ID = -200
@@ -29,10 +31,10 @@ class FilaConfig(PreTrainedConfig):
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    vision_encoder: str = "clip"
+    vision_encoder: str = DEFAULT_VISION_ENCODER
     vision_options: dict | None = None
     vision_feature_layer: int = -2
-    connector_type: str = "mlp2x_gelu"
+    connector_type: str = DEFAULT_CONNECTOR
     connector_options: dict | None = None
     image_token_id: int = IMAGE_TOKEN_ID
     conversation_template: str = "vicuna_v1"

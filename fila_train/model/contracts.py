@@ -10,9 +10,9 @@ imported when the part is asked for.
 
 What a part's *module* must offer (duck-typed, as transformers does for its models):
 - an encoder: ``image_processor()``; ``forward(images, output_hidden_states) -> VisionOutput``; ``config`` and
-  ``hidden_size`` (the CLIP tower's); optionally ``checkpoint_layers() -> {part: [modules]}`` (modules with
-  transformers' ``gradient_checkpointing`` switch) and ``flop_split(flops_by_module, prefix)`` (see
-  training/throughput/flop_count.py);
+  ``hidden_size`` (the CLIP tower's); optionally ``checkpoint_switches() -> {part: switch(enable, func)}``
+  (default: "vision" over every layer with transformers' checkpointing switch, model/checkpointing.py) and
+  ``flop_split(flops_by_module, root)`` (training/throughput/flop_count.py);
 - a connector: a ``model.connector.Connector``.
 """
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Any, Generic, TypeVar
 from ..utils.errors import ConfigError
 
 T = TypeVar("T")
+
+# The model's default parts (FilaConfig's defaults; here so that the light preflight reads the same ones).
+DEFAULT_VISION_ENCODER = "clip"
+DEFAULT_CONNECTOR = "mlp2x_gelu"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class VisionEncoderContract(PartContract):
 class ConnectorContract(PartContract):
     # (CLIPVisionConfig, LLM hidden size, options dict) -> the Connector.
     build: Callable[..., Any] = None
+    # (CLIPVisionConfig, options dict or None) -> complete options, validated before any weights load.
+    check_fresh_options: Callable[..., Any] = lambda vision_config, options: options
 
 
 class ContractRegistry(Generic[T]):
@@ -123,11 +129,13 @@ CONNECTORS: ContractRegistry[ConnectorContract] = ContractRegistry("connector", 
 BASE_PARTS = (("vision_tower.", "vision"), ("connector.", "connector"), ("language_model.", "llm"))
 
 
-def part_prefixes(vision_encoder: str, connector_type: str) -> tuple[tuple[str, str], ...]:
-    """Parameter-name prefix -> tunable part for one model; the first match wins, so sub-parts come first."""
-    encoder, connector = VISION_ENCODERS.get(vision_encoder), CONNECTORS.get(connector_type)
-    subs = tuple((f"vision_tower.{sub.prefix}", sub.name) for sub in encoder.sub_parts) + tuple(
-        (f"connector.{sub.prefix}", sub.name) for sub in connector.sub_parts)
+def part_prefixes(vision_encoder: str | None = None, connector_type: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Parameter-name prefix -> tunable part for one model (None: every registered one); the first match wins,
+    so sub-parts come first."""
+    encoders = VISION_ENCODERS.all() if vision_encoder is None else [VISION_ENCODERS.get(vision_encoder)]
+    connectors = CONNECTORS.all() if connector_type is None else [CONNECTORS.get(connector_type)]
+    subs = tuple((f"vision_tower.{sub.prefix}", sub.name) for encoder in encoders for sub in encoder.sub_parts) + \
+        tuple((f"connector.{sub.prefix}", sub.name) for connector in connectors for sub in connector.sub_parts)
     return subs + BASE_PARTS
 
 

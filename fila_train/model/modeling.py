@@ -48,9 +48,10 @@ def mark_as_loaded(module: nn.Module) -> None:
         parameter._is_hf_initialized = True
 
 
-def part_of(parameter_name: str, prefixes: tuple[tuple[str, str], ...]) -> str:
-    """The tunable part of a parameter, by the model's (contracts.part_prefixes) prefixes: first match wins."""
-    for prefix, part in prefixes:
+def part_of(parameter_name: str, prefixes: tuple[tuple[str, str], ...] | None = None) -> str:
+    """The tunable part of a parameter, by a model's prefixes (contracts.part_prefixes; None: those of every
+    registered part): the first match wins."""
+    for prefix, part in prefixes or part_prefixes():
         if parameter_name.startswith(prefix):
             return part
     raise ValueError(f"parameter {parameter_name!r} belongs to no tunable part")

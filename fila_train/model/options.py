@@ -50,11 +50,22 @@ def parse_value(text: str, annotation: Any) -> Any:
         return None
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (tuple, list):
-        item = args[0] if args else str
-        if typing.get_origin(item) in (tuple, list):  # sizes: "672x336,336x672"
-            return [parse_value(part.replace("x", ",").replace("X", ","), item)
-                    for part in text.split(",") if part.strip()]
-        return [parse_value(part.strip(), item) for part in text.split(",") if part.strip()]
+        variable = not args or len(args) == 2 and args[1] is Ellipsis  # tuple[int, ...], list[int]
+        items = (args[0] if args else str,) if variable else args
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if variable and not parts:
+            raise ValueError(f"expected at least one value, got {text!r}")
+        if typing.get_origin(items[0]) in (tuple, list):  # sizes: "672x336,336x672"
+            sizes = []
+            for part in parts:
+                try:
+                    sizes.append(parse_value(part.lower().replace("x", ","), items[0]))
+                except ValueError:
+                    raise ValueError(f"{part!r} is not WxH (e.g. 672x336)") from None
+            return sizes
+        if not variable and len(parts) != len(items):
+            raise ValueError(f"expected {len(items)} comma-separated values, got {len(parts)} in {text!r}")
+        return [parse_value(part, item) for part, item in zip(parts, items * len(parts) if variable else items)]
     if annotation is bool:
         if text.strip().lower() not in TRUE + FALSE:
             raise ValueError(f"expected true or false, got {text!r}")
@@ -68,7 +79,7 @@ def set_option(options: dict, cls: type, assignment: str, flag: str) -> None:
     """Apply one ``KEY=VALUE`` to the (nested, partial) ``options`` dict of dataclass ``cls``."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {option_keys(cls)[0]}=...")
+        raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, one of {', '.join(option_keys(cls))}")
     target, current = options, cls
     *sections, name = key.strip().split(".")
     for section in sections:
@@ -87,15 +98,3 @@ def set_option(options: dict, cls: type, assignment: str, flag: str) -> None:
 
 def unknown_key(flag: str, key: str, cls: type) -> ConfigError:
     return ConfigError(f"{flag}: unknown key {key!r} of {cls.__name__}; valid keys: {', '.join(option_keys(cls))}")
-
-
-def parsed_options(cls: type | None, assignments: list[str], flag: str, part: str) -> dict | None:
-    """The partial options dict of ``assignments`` (None when there are none)."""
-    if not assignments:
-        return None
-    if cls is None:
-        raise ConfigError(f"{flag}: {part} has no options")
-    options: dict = {}
-    for assignment in assignments:
-        set_option(options, cls, assignment, flag)
-    return options

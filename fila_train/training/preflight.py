@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ..data.mixture import MixtureError, load_mixture
-from ..model.contracts import CONNECTORS, VISION_ENCODERS  # names only: no torch
+from ..model.contracts import (  # names only: no torch
+    CONNECTORS, DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, VISION_ENCODERS)
 from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature
@@ -153,11 +154,13 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
     except Exception as error:  # safetensors reports a bad header in several exception types
         raise PreflightError(f"--pretrained_connector {path}: not a readable safetensors file ({error})") from None
     if model is not None and model.get("model_type") == "fila":
-        expected = connector_signature(model.get("vision_encoder", "clip"), model.get("connector_type", "mlp2x_gelu"),
+        expected = connector_signature(model.get("vision_encoder", DEFAULT_VISION_ENCODER),
+                                       model.get("connector_type", DEFAULT_CONNECTOR),
                                        hidden_size(model.get("vision_config") or {}),
                                        hidden_size(model.get("text_config") or {}))
     elif model is not None and tower is not None:
-        expected = connector_signature(args.vision_encoder or "clip", args.connector_type or "mlp2x_gelu",
+        expected = connector_signature(args.vision_encoder or DEFAULT_VISION_ENCODER,
+                                       args.connector_type or DEFAULT_CONNECTOR,
                                        hidden_size(tower.get("vision_config") or tower), hidden_size(model))
     else:
         return  # a hub model: its sizes are known once it is loaded (load_connector_artifact checks again)

@@ -53,10 +53,18 @@ class MMFuserConnector(Connector):
         return self.projector(fused)
 
 
+def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -> dict:
+    """The complete options, checked against the ViT's depth before any weights load."""
+    config = MMFuserConfig.from_dict(options or {})
+    check_layer_indices(config, vision_config.num_hidden_layers)
+    return config.to_dict()
+
+
 MMFUSER_CONNECTOR = ConnectorContract(
     name="mmfuser", options=MMFuserConfig,
     # The fuser (connector.fuser.*) has its own part and learning rate; the MLP is the plain connector's.
     sub_parts=(SubPart("fuser", "fuser."),),
     # Zero offset weights + directional bias, zero attention weights, xavier value/output, zero gammas.
     self_initialised=(MMFuser,),
-    build=lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)))
+    build=lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)),
+    check_fresh_options=check_fresh_options)
