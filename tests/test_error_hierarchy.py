@@ -76,4 +76,4 @@ def test_the_cli_prints_a_fila_error_as_one_line_with_exit_code_1(tiny_assets, c
                  str(tiny_assets.clip), "--vision_encoder", "fila_hybird"])
     assert code == 1
     assert capsys.readouterr().err.splitlines() == [
-        "fila-train data: error: unknown vision encoder 'fila_hybird'; choose one of: clip, fila_hybrid"]
+        "fila-train data: error: unknown vision encoder 'fila_hybird'; choose one of: anyres, clip, fila_hybrid"]

@@ -20,10 +20,11 @@ def test_the_names_checked_early_are_the_registered_ones(tiny_assets, tmp_path):
     """The preflight reads the contract registries (names only, no torch): a part registered at run time counts."""
     from fila_train.model.contracts import VISION_ENCODERS, VisionEncoderContract
 
-    assert VISION_ENCODERS.names() == ["clip", "fila_hybrid"] and CONNECTORS.names() == ["linear", "mlp2x_gelu",
-                                                                                          "mmfuser"]
+    assert VISION_ENCODERS.names() == ["anyres", "clip", "fila_hybrid"]
+    assert CONNECTORS.names() == ["linear", "mlp2x_gelu", "mmfuser"]
     flags = good_flags(tiny_assets, tmp_path) | {"vision_encoder": "preflight_probe"}
-    with pytest.raises(PreflightError, match="--vision_encoder 'preflight_probe' is not one of: clip, fila_hybrid"):
+    with pytest.raises(PreflightError,
+                       match="--vision_encoder 'preflight_probe' is not one of: anyres, clip, fila_hybrid"):
         preflight(as_cli(flags))
     VISION_ENCODERS.register(VisionEncoderContract(name="preflight_probe"))
     try:
@@ -57,7 +58,7 @@ def cases(assets, tmp_path, artifact):
     return {
         "template": ({"conversation_template": "vicuna"}, ["--conversation_template 'vicuna' is not one of",
                                                            "chatml, llama3, plain, vicuna_v1"]),
-        "encoder": ({"vision_encoder": "fila"}, ["--vision_encoder 'fila' is not one of: clip, fila_hybrid"]),
+        "encoder": ({"vision_encoder": "fila"}, ["--vision_encoder 'fila' is not one of: anyres, clip, fila_hybrid"]),
         "connector": ({"connector_type": "mlp"}, ["--connector_type 'mlp' is not one of", "mlp2x_gelu"]),
         "model": ({"model_name_or_path": str(tmp_path / "no_llm")}, ["--model_name_or_path", "no_llm: no such folder"]),
         "hub_offline": ({"model_name_or_path": "lmsys/vicuna-7b-v1.5"}, ["HF_HUB_OFFLINE is set"]),

@@ -22,19 +22,19 @@ def parse_canvases(text: str) -> list[list[int]]:
     return canvases
 
 
-# Shorthand flags (as LLaVA-style scripts write them) -> (the part they belong to, its dotted option key).
+# Shorthand flags (as LLaVA-style scripts write them) -> (the parts they belong to, the dotted option key).
 # Any option can also be set with --vision_option / --connector_option KEY=VALUE.
 OPTION_SHORTHANDS = {
-    "convnext_model": ("fila_hybrid", "convnext.model_name"),
-    "convnext_checkpoint": ("fila_hybrid", "convnext.checkpoint"),
-    "convnext_dims": ("fila_hybrid", "convnext.dims"),
-    "convnext_depths": ("fila_hybrid", "convnext.depths"),
-    "anyres_canvases": ("fila_hybrid", "anyres.canvases"),
-    "cvfm_layers": ("fila_hybrid", "cvfm.vit_layers"),
-    "cvfm_align": ("fila_hybrid", "cvfm.align"),
-    "cvfm_fusion": ("fila_hybrid", "cvfm.fusion"),
-    "fuser_key_layers": ("mmfuser", "key_layers"),
-    "fuser_query_layer": ("mmfuser", "query_layer"),
+    "convnext_model": (("fila_hybrid",), "convnext.model_name"),
+    "convnext_checkpoint": (("fila_hybrid",), "convnext.checkpoint"),
+    "convnext_dims": (("fila_hybrid",), "convnext.dims"),
+    "convnext_depths": (("fila_hybrid",), "convnext.depths"),
+    "anyres_canvases": (("fila_hybrid", "anyres"), "anyres.canvases"),
+    "cvfm_layers": (("fila_hybrid",), "cvfm.vit_layers"),
+    "cvfm_align": (("fila_hybrid",), "cvfm.align"),
+    "cvfm_fusion": (("fila_hybrid",), "cvfm.fusion"),
+    "fuser_key_layers": (("mmfuser",), "key_layers"),
+    "fuser_query_layer": (("mmfuser",), "query_layer"),
 }
 
 
@@ -44,7 +44,7 @@ class ModelArguments:
     vision_tower: str | None = field(default=None, metadata={"help": "CLIP vision folder or hub id"})
     # The model's defaults are FilaConfig's: defined once.
     vision_encoder: str = field(default=FilaConfig.vision_encoder, metadata={
-        "help": "registered vision encoder: clip, fila_hybrid (model/contracts.py)"})
+        "help": "registered vision encoder: clip, anyres, fila_hybrid (model/contracts.py)"})
     vision_feature_layer: int = FilaConfig.vision_feature_layer
     connector_type: str = field(default=FilaConfig.connector_type, metadata={
         "help": "registered connector: linear, mlp2x_gelu, mmfuser"})
@@ -102,11 +102,11 @@ class ModelArguments:
         if self.bits != 16:
             require_kbit_support()
         # An option of a part that is not selected would be silently ignored: refuse it.
-        for name, (part, _) in OPTION_SHORTHANDS.items():
-            if getattr(self, name) is not None and part not in (self.vision_encoder, self.connector_type):
-                owner = "--vision_encoder" if part in VISION_ENCODERS else "--connector_type"
-                current = self.vision_encoder if part in VISION_ENCODERS else self.connector_type
-                raise ConfigError(f"--{name} only apply to {owner} {part}, not {current}")
+        for name, (parts, _) in OPTION_SHORTHANDS.items():
+            if getattr(self, name) is not None and not {self.vision_encoder, self.connector_type} & set(parts):
+                owner = "--vision_encoder" if parts[0] in VISION_ENCODERS else "--connector_type"
+                current = self.vision_encoder if parts[0] in VISION_ENCODERS else self.connector_type
+                raise ConfigError(f"--{name} only apply to {owner} {' or '.join(parts)}, not {current}")
         self.vision_options()  # unknown keys and unparsable values fail at parse time
         self.connector_options()
 
@@ -117,8 +117,8 @@ class ModelArguments:
                 raise ConfigError(f"{flag}: {part} has no options")
             return None
         options: dict = {}
-        for name, (owner, key) in OPTION_SHORTHANDS.items():
-            if owner == part and getattr(self, name) is not None:
+        for name, (owners, key) in OPTION_SHORTHANDS.items():
+            if part in owners and getattr(self, name) is not None:
                 set_option(options, contract.options, f"{key}={getattr(self, name)}", f"--{name}")
         for assignment in assignments:
             set_option(options, contract.options, assignment, flag)

@@ -114,6 +114,7 @@ class ContractRegistry(Generic[T]):
 
 
 BUILT_IN_VISION_ENCODERS = {
+    "anyres": "fila_train.model.vision.anyres_encoder:ANYRES_ENCODER",
     "clip": "fila_train.model.vision.clip_encoder:CLIP_ENCODER",
     "fila_hybrid": "fila_train.model.vision.hybrid_encoder:FILA_HYBRID_ENCODER",
 }

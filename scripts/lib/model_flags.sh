@@ -3,6 +3,7 @@
 # adds to the stage's default TUNE_PARTS (EXTRA_PARTS).
 #   VISION_ENCODER=fila_hybrid (default): CLIP-ViT + ConvNeXt through CVFM (FILA); trains "cvfm"
 #   VISION_ENCODER=clip:                  the plain LLaVA-1.5 vision side
+#   VISION_ENCODER=anyres:                FILA's global view + tiles on the ViT alone (crop-only baseline)
 #   CONNECTOR=mlp2x_gelu (default) | linear | mmfuser (MMFuser fuser + mlp2x_gelu; trains "fuser")
 # Unset option variables leave the flag out, so the spec's defaults apply (e.g. ConvNeXt model
 # convnext_large_d_320, CVFM after ViT layers 2,6,12,20, fuser keys -22,-17,-12,-7, query -2).
@@ -35,6 +36,9 @@ if [ "$VISION_ENCODER" = fila_hybrid ]; then
   optional_flag cvfm_align "${CVFM_ALIGN:-}"
   optional_flag cvfm_fusion "${CVFM_FUSION:-}"
   EXTRA_PARTS+=",cvfm"
+fi
+if [ "$VISION_ENCODER" = anyres ]; then  # FILA's views and ViT without ConvNeXt and CVFM (its ablation)
+  optional_flag anyres_canvases "${ANYRES_CANVASES:-}"
 fi
 if [ "$CONNECTOR" = mmfuser ]; then
   MODEL_ARGS+=(--fuser_lr "$FUSER_LR")

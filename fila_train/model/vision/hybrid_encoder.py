@@ -56,6 +56,7 @@ class HybridImageProcessor:
     convnext_stride: int = ConvNeXtBranch.total_stride
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    high_res: bool = True  # the ConvNeXt's canvas; the crop-only anyres encoder has no use for it
 
     def __post_init__(self) -> None:
         if self.anyres.tile_size % self.patch_size:
@@ -91,13 +92,12 @@ class HybridImageProcessor:
             to_normalized_tensor(global_view(image, canvas_image, self.anyres), self.mean, self.std).unsqueeze(0),
             cut_tiles(to_normalized_tensor(canvas_image, self.mean, self.std), self.anyres.tile_size),
         ])
-        # Resized from the original image, not upsampled from the tiles: the ConvNeXt must see real detail.
-        high_res = fit_to_canvas(image, self.high_res_size(canvas), fill, (width, height))
-        return {
-            "pixel_values": views,
-            "hr_pixel_values": to_normalized_tensor(high_res, self.mean, self.std).unsqueeze(0),
-            "grid": tile_grid(canvas, self.anyres.tile_size),
-        }
+        processed = {"pixel_values": views, "grid": tile_grid(canvas, self.anyres.tile_size)}
+        if self.high_res:
+            # Resized from the original image, not upsampled from the tiles: the ConvNeXt must see real detail.
+            high_res = fit_to_canvas(image, self.high_res_size(canvas), fill, (width, height))
+            processed["hr_pixel_values"] = to_normalized_tensor(high_res, self.mean, self.std).unsqueeze(0)
+        return processed
 
     def num_image_tokens(self, processed: dict[str, Any]) -> int:
         return processed["pixel_values"].shape[0] * self.tokens_per_view
@@ -112,13 +112,13 @@ class HybridImageProcessor:
 
     def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
         """Views concatenated in image order; high-res canvases stacked if all alike, else a list."""
-        high_res = [p["hr_pixel_values"] for p in processed]
-        same_shape = len({tuple(h.shape) for h in high_res}) == 1
-        return {
-            "pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0),
-            "hr_pixel_values": torch.cat(high_res, dim=0) if same_shape else high_res,
-            "grids": torch.tensor([list(p["grid"]) for p in processed], dtype=torch.long).reshape(-1, 2),
-        }
+        batch = {"pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0),
+                 "grids": torch.tensor([list(p["grid"]) for p in processed], dtype=torch.long).reshape(-1, 2)}
+        if self.high_res:
+            high_res = [p["hr_pixel_values"] for p in processed]
+            same_shape = len({tuple(h.shape) for h in high_res}) == 1
+            batch["hr_pixel_values"] = torch.cat(high_res, dim=0) if same_shape else high_res
+        return batch
 
 
 def _grid_list(grids: Any) -> list[tuple[int, int]]:
