@@ -53,7 +53,7 @@ def set_part_checkpointing(model: nn.Module, parts: Iterable[str] | None, enable
                            checkpoint_func: Callable, every_n_layers: int = 1) -> None:
     """Turn checkpointing on (``enable``) for ``parts`` (None: all the model has), off for the rest."""
     switches = encoder_switches(model.vision_tower)
-    available = checkpointable_parts(model)
+    available = ("llm", *switches)  # checkpointable_parts(model), without asking the encoder twice
     selected = set(available if parts is None else parts)
     unsupported = sorted(selected - set(available))
     if unsupported:

@@ -18,7 +18,7 @@ from ..contracts import VisionEncoderContract
 from .anyres import AnyresConfig
 from .base import VisionOutput
 from .clip_encoder import ClipTowerMixin
-from .hybrid_encoder import HybridImageProcessor, hybrid_config_for
+from .hybrid_encoder import HybridImageProcessor, checked_grids, hybrid_config_for
 
 
 @dataclass
@@ -59,10 +59,7 @@ class AnyresVisionEncoder(ClipTowerMixin, nn.Module):
     def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
         pixel_values = images["pixel_values"].to(device=self.clip.device, dtype=self.clip.dtype)
         if "grids" in images:  # absent only in FLOP probes of one view
-            grids = images["grids"].tolist() if hasattr(images["grids"], "tolist") else images["grids"]
-            views = sum(1 + int(rows) * int(cols) for rows, cols in grids)
-            if views != pixel_values.shape[0]:
-                raise ValueError(f"grids {grids} imply {views} views, got {pixel_values.shape[0]}")
+            checked_grids(images["grids"], pixel_values.shape[0])
         out = self.clip(pixel_values=pixel_values, output_hidden_states=True)
         states = tuple(hidden[:, 1:] for hidden in out.hidden_states)
         return VisionOutput(features=states[self.feature_layer],

@@ -121,10 +121,15 @@ class HybridImageProcessor:
         return batch
 
 
-def _grid_list(grids: Any) -> list[tuple[int, int]]:
+def checked_grids(grids: Any, num_views: int) -> list[tuple[int, int]]:
+    """The batch's tile grids as (rows, cols), checked against its number of views (1 + tiles per image)."""
     if isinstance(grids, torch.Tensor):
         grids = grids.tolist()
-    return [(int(rows), int(cols)) for rows, cols in grids]
+    grids = [(int(rows), int(cols)) for rows, cols in grids]
+    implied = sum(1 + rows * cols for rows, cols in grids)
+    if implied != num_views:
+        raise ValueError(f"grids {grids} imply {implied} views, got {num_views}")
+    return grids
 
 
 def _split_images(high_res: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -206,10 +211,7 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
 
     def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
         pixel_values = images["pixel_values"].to(device=self.clip.device, dtype=self.clip.dtype)
-        grids = _grid_list(images["grids"])
-        num_views = sum(1 + rows * cols for rows, cols in grids)
-        if num_views != pixel_values.shape[0]:
-            raise ValueError(f"grids {grids} imply {num_views} views, got {pixel_values.shape[0]}")
+        grids = checked_grids(images["grids"], pixel_values.shape[0])
         stage_maps = self._stage_maps(images["hr_pixel_values"])
 
         vit = self._vit
