@@ -73,3 +73,58 @@ def test_weights_move_between_fila_and_anyres_with_the_same_logits(tiny_assets, 
                                               for key in missing)
     with torch.no_grad():
         assert torch.equal(again.eval()(**batch).logits, expected)
+
+
+def anyres_flags() -> dict[str, str]:
+    return {"vision_encoder": "anyres", "vision_option": f"anyres.canvases={TINY.hybrid_flags('')['anyres_canvases']}"}
+
+
+def test_an_anyres_stage1_artifact_starts_fila_and_not_the_reverse(tiny_assets, fila, tmp_path, caplog):
+    """anyres -> FILA: the connector loads, CVFM keeps its closed gates, so FILA starts as the anyres model.
+    FILA -> anyres would drop a trained CVFM: refused, naming the encoders."""
+    from fila_train.training.connector_artifact import load_connector_artifact, save_connector_artifact
+    from fila_train.utils.errors import CheckpointError
+
+    anyres = tiny_anyres(tiny_assets).eval()
+    with torch.no_grad():
+        for parameter in anyres.connector.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)  # a "trained" connector, unlike any fresh one
+    save_connector_artifact(anyres, tmp_path / "anyres")
+    started = build_tiny_model(tiny_assets, hybrid=True, fuser=False).eval()
+    before = {name: p.clone() for name, p in started.vision_tower.cvfm.named_parameters()}
+    with caplog.at_level("INFO"):
+        load_connector_artifact(started, tmp_path / "anyres")
+    assert "connector artifact from a stage 1 of anyres: cvfm keep their own init" in caplog.text
+    for name, parameter in started.connector.state_dict().items():
+        assert torch.equal(parameter, anyres.connector.state_dict()[name]), name
+    for name, parameter in started.vision_tower.cvfm.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    started.vision_tower.clip.load_state_dict(anyres.vision_tower.clip.state_dict())
+    started.language_model.load_state_dict(anyres.language_model.state_dict())
+    batch = tiny_batch(fila, tiny_assets, size=2, stage2=True)
+    with torch.no_grad():
+        assert torch.equal(started(**batch).logits, anyres(**batch).logits)
+
+    save_connector_artifact(fila, tmp_path / "fila")
+    with pytest.raises(CheckpointError, match=r"trained for a different model: vision_encoder fila_hybrid "
+                                              r"\(this run: anyres\)"):
+        load_connector_artifact(tiny_anyres(tiny_assets), tmp_path / "fila")
+
+
+def test_the_preflight_takes_the_same_artifacts_before_any_weights_load(tiny_assets, fila, tmp_path):
+    from fila_train.demo.tiny_models import as_cli
+    from fila_train.training.connector_artifact import save_connector_artifact
+    from fila_train.training.preflight import PreflightError, preflight
+
+    save_connector_artifact(tiny_anyres(tiny_assets), tmp_path / "anyres")
+    save_connector_artifact(fila, tmp_path / "fila")
+    base = {"model_name_or_path": str(tiny_assets.llm), "vision_tower": str(tiny_assets.clip),
+            "data_path": str(tiny_assets.stage2_data), "image_folder": str(tiny_assets.image_folder),
+            "output_dir": str(tmp_path / "out")}
+    hybrid = {"vision_encoder": "fila_hybrid", **TINY.hybrid_flags(tiny_assets.convnext)}
+    preflight(as_cli(base | hybrid | {"pretrained_connector": str(tmp_path / "anyres")}))
+    preflight(as_cli(base | anyres_flags() | {"pretrained_connector": str(tmp_path / "anyres")}))
+    with pytest.raises(PreflightError, match=r"vision_encoder fila_hybrid \(this run: anyres\)$"):
+        preflight(as_cli(base | anyres_flags() | {"pretrained_connector": str(tmp_path / "fila")}))
+    with pytest.raises(PreflightError, match=r"vision_encoder anyres \(this run: clip\)$"):
+        preflight(as_cli(base | {"pretrained_connector": str(tmp_path / "anyres")}))

@@ -67,6 +67,9 @@ class VisionEncoderContract(PartContract):
     # will use, checked before any weights load.
     check_fresh_options: Callable[..., Any] = lambda vision_config, options: options
     views_per_image: str = "1"  # for the model card: "1", or how the views vary
+    # Encoders that hand the connector the same tokens (views, tokens per view, feature layer) share a layout
+    # name ("" = the encoder's own): one's stage-1 artifact starts another (encoders_started_by).
+    token_layout: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,20 @@ def known_parts() -> tuple[str, ...]:
     encoder_subs = [sub.name for contract in VISION_ENCODERS.all() for sub in contract.sub_parts]
     connector_subs = [sub.name for contract in CONNECTORS.all() for sub in contract.sub_parts]
     return tuple(dict.fromkeys(("vision", *encoder_subs, "connector", *connector_subs, "llm")))
+
+
+def encoders_started_by(vision_encoder: str) -> tuple[str, ...]:
+    """The encoders a stage-1 artifact of ``vision_encoder`` can start: the same token layout, and each aligned
+    sub-part the artifact holds (an encoder's extra ones keep their own init: CVFM's closed gates)."""
+    def layout(contract: VisionEncoderContract) -> str:
+        return contract.token_layout or contract.name
+
+    def aligned(contract: VisionEncoderContract) -> set[str]:
+        return {sub.name for sub in contract.sub_parts if sub.aligned}
+
+    own = VISION_ENCODERS.get(vision_encoder)
+    return tuple(contract.name for contract in VISION_ENCODERS.all()
+                 if layout(contract) == layout(own) and aligned(own) <= aligned(contract))
 
 
 def aligned_parts() -> tuple[str, ...]:

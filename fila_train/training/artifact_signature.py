@@ -19,6 +19,15 @@ def connector_signature(vision_encoder: str, connector_type: str, vision_hidden:
             "vision_hidden": str(vision_hidden), "llm_hidden": str(llm_hidden)}
 
 
+def signature_mismatches(signature: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """What keeps the artifact of ``signature`` from starting the model of ``expected`` (a connector_signature),
+    as "key <artifact's> (this run: <model's>)". Its "starts" lists the encoders it can start (written since
+    the crop-only anyres encoder; older files start their own encoder only)."""
+    starts = (signature.get("starts") or signature.get("vision_encoder", "")).split(",")
+    return [f"{key} {signature.get(key, '?')} (this run: {value})" for key, value in expected.items()
+            if (value not in starts if key == "vision_encoder" else signature.get(key) != value)]
+
+
 def read_signature(path: str | Path) -> dict[str, str]:
     """The signature in the file's header (empty when it has none); tensors are not read."""
     with safe_open(str(path), framework="numpy") as handle:

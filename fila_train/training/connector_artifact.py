@@ -15,13 +15,13 @@ from safetensors import safe_open
 from ..utils.distributed import gathered, is_main_process
 from ..utils.files import write_safetensors_atomic
 from ..utils.errors import CheckpointError
-from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature
-from ..model.contracts import aligned_parts
+from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature, signature_mismatches
+from ..model.contracts import VISION_ENCODERS, aligned_parts, encoders_started_by
 
 logger = logging.getLogger(__name__)
 
-def _aligned_parameters(model) -> dict:
-    aligned = aligned_parts()  # the connector and the sub-parts the contracts mark aligned (cvfm, fuser)
+def _aligned_parameters(model, without: set[str] = frozenset()) -> dict:
+    aligned = set(aligned_parts()) - without  # the connector and the sub-parts the contracts mark aligned (cvfm, fuser)
     return {name: parameter for part, params in model.named_parts().items()
             if part in aligned for name, parameter in params}
 
@@ -32,6 +32,10 @@ def _signature(model) -> dict[str, str]:
                                config.text_config.hidden_size)
 
 
+def _sub_parts(vision_encoder: str) -> set[str]:
+    return {sub.name for sub in VISION_ENCODERS.get(vision_encoder).sub_parts}
+
+
 def save_connector_artifact(model, directory: str | Path) -> Path | None:
     """Collective under ZeRO-3 (every rank must call); only rank 0 writes."""
     path = Path(directory) / ARTIFACT_NAME
@@ -40,7 +44,8 @@ def save_connector_artifact(model, directory: str | Path) -> Path | None:
         if is_main_process():
             # Keep the trained dtype: stage 2 must see bit-identical weights.
             tensors = {name: p.detach() for name, p in parameters.items()}
-            write_safetensors_atomic(path, tensors, metadata={SIGNATURE_KEY: json.dumps(_signature(model))})
+            signature = _signature(model) | {"starts": ",".join(encoders_started_by(model.config.vision_encoder))}
+            write_safetensors_atomic(path, tensors, metadata={SIGNATURE_KEY: json.dumps(signature)})
             logger.info("wrote connector artifact %s (%d tensors)", path, len(tensors))
             return path
     return None
@@ -53,10 +58,17 @@ def load_connector_artifact(model, path: str | Path) -> None:
         path = path / ARTIFACT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"connector artifact not found: {path}")
-    parameters = _aligned_parameters(model)
     signature, expected = read_signature(path), _signature(model)
-    if signature != expected:
-        raise CheckpointError(f"{path} was trained for {signature}, but this model is {expected}")
+    if signature_mismatches(signature, expected):
+        raise CheckpointError(f"{path} was trained for a different model: "
+                              f"{', '.join(signature_mismatches(signature, expected))}")
+    # An artifact of another encoder with the same tokens (anyres -> fila_hybrid) lacks this encoder's extra
+    # sub-parts; they keep their own init.
+    fresh = _sub_parts(model.config.vision_encoder) - _sub_parts(signature["vision_encoder"])
+    if fresh:
+        logger.info("connector artifact from a stage 1 of %s: %s keep their own init", signature["vision_encoder"],
+                    ", ".join(sorted(fresh)))
+    parameters = _aligned_parameters(model, without=fresh)
     with safe_open(str(path), framework="pt") as handle:
         keys = set(handle.keys())
         missing, unexpected = sorted(set(parameters) - keys), sorted(keys - set(parameters))

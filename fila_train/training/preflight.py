@@ -20,7 +20,7 @@ from ..model.contracts import (  # names only: no torch
     CONNECTORS, DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, VISION_ENCODERS)
 from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
-from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature
+from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature, signature_mismatches
 from .checkpoints import CheckpointError, resolve_resume
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "org/name" or "name": a hub model id, not a path
@@ -164,10 +164,9 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
                                        hidden_size(tower.get("vision_config") or tower), hidden_size(model))
     else:
         return  # a hub model: its sizes are known once it is loaded (load_connector_artifact checks again)
-    if signature != expected:
-        differing = ", ".join(f"{key} {signature.get(key, '?')} (this run: {value})"
-                              for key, value in expected.items() if signature.get(key) != value)
-        raise PreflightError(f"--pretrained_connector {path} was trained for a different model: {differing}")
+    if signature_mismatches(signature, expected):
+        raise PreflightError(f"--pretrained_connector {path} was trained for a different model: "
+                             f"{', '.join(signature_mismatches(signature, expected))}")
 
 
 def preflight(argv: list[str]) -> None:

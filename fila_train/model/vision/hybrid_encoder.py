@@ -344,4 +344,5 @@ FILA_HYBRID_ENCODER = VisionEncoderContract(
     image_processor=lambda vision_config, options=None: HybridImageProcessor(
         hybrid_config_for(vision_config, options).anyres, vision_config.patch_size),
     check_fresh_options=check_fresh_options, card_rows=card_rows, views_per_image="global view + tiles",
+    token_layout="anyres",  # its ViT side is the crop-only anyres encoder's: an anyres stage 1 starts it
 )
