@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fila_train.evaluation.cli:main", "score a checkpoint on a benchmark file (vqa, anls, relaxed, exact)"),
     "bench": ("fila_train.bench.cli:main", "measure step time, tokens/s, MFU and memory (or the data pipeline)"),
     "demo": ("fila_train.demo.cli:main", "build the synthetic demo dataset and tiny models (used by scripts/demo.sh)"),
+    "ablate": ("fila_train.ablation.cli:main", "FILA's ablation: anyres vs FILA's fusions on the fragmentation probe"),
 }
 
 

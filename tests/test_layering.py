@@ -20,7 +20,8 @@ LAYERS: dict[str, int] = {
     "training": 4,
     "export": 5, "inference": 5, "demo": 5,
     "evaluation": 6, "bench": 6,
-    "root": 7,
+    "ablation": 7,
+    "root": 8,
 }
 
 

@@ -1,4 +1,4 @@
-"""``fila-train data convert|inspect``."""
+"""``fila-train data convert|inspect|probe``."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +14,7 @@ USAGE = """usage: fila-train data <command> [options]
 commands:
   convert   write LLaVA-format JSONL from a public dataset release (see `data convert --help`)
   inspect   check a mixture (or one annotation file) with the real tokenizer and image processor
+  probe     generate the fragmentation probe (symbols cut by tile borders, and a control) for a model's tiles
 """
 
 
@@ -110,5 +111,8 @@ def main(argv: list[str]) -> int:
         return convert_main(rest)
     if command == "inspect":
         return inspect_main(rest)
+    if command == "probe":
+        from .probe import main as probe_main
+        return probe_main(rest)
     print(f"fila-train data: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -66,6 +66,10 @@ def write_json_atomic(path: str | Path, data: object) -> None:
     _replace_atomically(Path(path), write)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    _replace_atomically(Path(path), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
 def write_jsonl_atomic(path: str | Path, records: Iterable[object]) -> None:
     """One JSON object per line (UTF-8, non-ASCII kept readable)."""
     def write(temporary: str) -> None:

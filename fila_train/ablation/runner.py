@@ -1,0 +1,152 @@
+"""Run every (variant, seed) of an ablation through the normal path: scripts/pretrain.sh, scripts/finetune.sh
+(stage 2 from the run's own stage-1 artifact), then ``fila-train eval`` on both probe splits.
+
+Each step is a subprocess with its own log; a step whose output is complete is skipped, so an interrupted
+ablation continues where it stopped. Runs go ``parallel`` at a time, each with its own master port.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.probe import SPLITS, ProbeLayout, ProbeOptions, layout_for, make_probe, probe_paths
+from ..utils.errors import ConfigError, FilaError
+from .config import AblationConfig, StageRecipe, variant_env
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+BASE_PORT = 29700
+
+
+class AblationRunError(FilaError):
+    """A step of one run failed; the message names its log."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    variant: str
+    seed: int
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}-seed{self.seed}"
+
+    def stage_dir(self, stage: int) -> Path:
+        return self.folder / f"stage{stage}"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.folder / f"eval-{split}"
+
+
+def prepare_models(config: AblationConfig, output: Path) -> dict[str, str]:
+    """The scripts' model variables: the config's, or the tiny CPU models (made once under OUTPUT/models)."""
+    if not config.tiny:
+        return dict(config.models)
+    paths_file = output / "models" / "paths.json"
+    if not paths_file.is_file():
+        from ..demo.cli import prepare
+
+        prepare(output / "models", num_images=24, seed=0)
+    paths = json.loads(paths_file.read_text())
+    return {"MODEL": paths["llm"], "VISION_TOWER": paths["vision_tower"],
+            "CONVNEXT_CHECKPOINT": paths["convnext_checkpoint"], "CONVNEXT_DIMS": paths["convnext_dims"],
+            "CONVNEXT_DEPTHS": paths["convnext_depths"], "ANYRES_CANVASES": paths["anyres_canvases"],
+            "CVFM_LAYERS": paths["cvfm_layers"], "FUSER_KEY_LAYERS": paths["fuser_key_layers"],
+            "FUSER_QUERY_LAYER": paths["fuser_query_layer"]}
+
+
+def prepare_probe(config: AblationConfig, models: dict[str, str], output: Path) -> dict[str, str]:
+    folder = output / "probe"
+    written = probe_paths(folder)
+    if written is not None:
+        return written
+    if "VISION_TOWER" not in models:
+        raise ConfigError("ablation config: models must name VISION_TOWER (the probe follows its tiles)")
+    layout: ProbeLayout = layout_for(models["VISION_TOWER"], models.get("ANYRES_CANVASES"), config.probe.canvas)
+    logger.info("probe: %dpx tiles, %dpx patches, %dx%d canvas", layout.tile, layout.patch, *layout.canvas)
+    return make_probe(folder, layout, ProbeOptions(config.probe.train, config.probe.held_out, config.probe.seed))
+
+
+def _stage_env(recipe: StageRecipe) -> dict[str, str]:
+    return {"GLOBAL_BATCH_SIZE": str(recipe.global_batch_size), "PER_DEVICE_BATCH_SIZE": str(recipe.per_device_batch_size),
+            "LEARNING_RATE": str(recipe.learning_rate), "MAX_STEPS": str(recipe.max_steps),
+            "EPOCHS": "1000",  # max_steps decides: every variant gets exactly the same steps
+            "MAX_LENGTH": str(recipe.max_length), "SAVE_STEPS": "1000000000"}
+
+
+def _run_step(command: list[str], env: dict[str, str], log: Path, done: Path, what: str) -> None:
+    if done.is_file():
+        logger.info("%s: done before, kept (%s)", what, done)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        result = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT)
+    if result.returncode != 0 or not done.is_file():
+        raise AblationRunError(f"{what} failed (exit {result.returncode}); see {log}")
+    logger.info("%s: done", what)
+
+
+def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe: dict[str, str], slot: int) -> None:
+    common = {**models, **config.launch, **variant_env(plan.variant), "IMAGE_FOLDER": probe["image_folder"],
+              "REPORT_TO": config.report_to, "LOGGING_STEPS": "5", "MASTER_PORT": str(BASE_PORT + 10 * slot),
+              "WANDB_RUN_GROUP": config.name, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "fila-train-ablation")}
+    if config.threads_per_run:
+        common["OMP_NUM_THREADS"] = str(config.threads_per_run)
+    for stage, script, recipe in ((1, "pretrain.sh", config.stage1), (2, "finetune.sh", config.stage2)):
+        env = common | _stage_env(recipe) | {"DATA_PATH": probe[f"stage{stage}"], "OUTPUT_DIR": str(plan.stage_dir(stage))}
+        if stage == 2:
+            env |= {"PRETRAINED_CONNECTOR": str(plan.stage_dir(1) / "connector.safetensors"),
+                    "TEMPLATE": "vicuna_v1", "GRADIENT_CHECKPOINTING": "False"}
+        _run_step(["bash", str(REPO / "scripts" / script), "--seed", str(plan.seed), "--warmup_ratio",
+                   str(recipe.warmup_ratio), "--run_name", f"{plan.label}-stage{stage}"],
+                  env, plan.folder / f"stage{stage}.log", plan.stage_dir(stage) / "train_summary.json",
+                  f"{plan.label} stage {stage}")
+    for split in SPLITS:
+        _run_step([sys.executable, "-m", "fila_train.cli", "eval", "--model", str(plan.stage_dir(2)),
+                   "--bench", probe[split], "--image_folder", probe["image_folder"], "--metric", "exact",
+                   "--no_short_answer_prompt", "--max_new_tokens", "4", "--batch_size", str(config.eval_batch_size),
+                   "--output", str(plan.eval_dir(split))],
+                  common, plan.folder / f"eval-{split}.log", plan.eval_dir(split) / "score.json",
+                  f"{plan.label} eval {split}")
+
+
+def plans(config: AblationConfig, output: Path) -> list[RunPlan]:
+    # Seeds outermost: with runs in parallel, every variant has its first seed early.
+    return [RunPlan(variant, seed, output / "runs" / variant / f"seed{seed}")
+            for seed in config.seeds for variant in config.variants]
+
+
+def run_ablation(config: AblationConfig) -> list[RunPlan]:
+    """Prepare models and probe, then train and evaluate every run; raises on the first failed run."""
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    models = prepare_models(config, output)
+    probe = prepare_probe(config, models, output)
+    todo = plans(config, output)
+    logger.info("ablation %s: %d variants x %d seeds, %d at a time", config.name, len(config.variants),
+                len(config.seeds), config.parallel)
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(config.parallel):
+        slots.put(slot)
+
+    def slotted(plan: RunPlan) -> None:
+        slot = slots.get()  # a slot (its master port) belongs to one running run at a time
+        try:
+            run_one(plan, config, models, probe, slot)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=config.parallel) as pool:
+        errors = [future.exception() for future in [pool.submit(slotted, plan) for plan in todo]]
+    failed = [error for error in errors if error is not None]
+    if failed:
+        raise failed[0]
+    return todo

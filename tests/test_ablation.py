@@ -1,0 +1,117 @@
+"""The ablation runner end to end at unit size (one seed, a few steps: the pipeline, not the result), its
+resumption, its config checks and its verdict."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fila_train.ablation.config import AblationConfig, StageRecipe, ProbeSettings, load_config
+from fila_train.ablation.report import verdict
+from fila_train.utils.errors import ConfigError
+
+from distributed_utils import REPO
+
+
+def unit_config(output, **changes) -> AblationConfig:
+    return AblationConfig(**{
+        "name": "ablation-unit-group-7c1f", "output": str(output), "variants": ["anyres", "fila_concat"],
+        "seeds": [0], "probe": ProbeSettings(train=16, held_out=4),
+        "stage1": StageRecipe(max_steps=2, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4),
+        "stage2": StageRecipe(max_steps=2, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4),
+        "eval_batch_size": 4, **changes})
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    from fila_train.ablation.cli import log_to_wandb
+    from fila_train.ablation.report import write_report
+    from fila_train.ablation.runner import run_ablation
+
+    config = unit_config(tmp_path_factory.mktemp("ablation"))
+    plans = run_ablation(config)
+    results = write_report(config, plans)
+    log_to_wandb(results, tmp_path_factory.getbasetemp() / "ablation0")
+    return config, plans, results
+
+
+def test_every_variant_trains_both_stages_and_is_scored_on_both_splits(ablation):
+    config, plans, results = ablation
+    assert [(run["variant"], run["seed"]) for run in results["runs"]] == [("anyres", 0), ("fila_concat", 0)]
+    for plan, run in zip(plans, results["runs"]):
+        for stage in (1, 2):
+            summary = json.loads((plan.stage_dir(stage) / "train_summary.json").read_text())
+            assert summary["steps"] == 2 and summary["vision_encoder"] == ("anyres" if plan.variant == "anyres"
+                                                                          else "fila_hybrid")
+        # Stage 2 started from the run's own stage-1 artifact, through finetune.sh.
+        assert str(plan.stage_dir(1) / "connector.safetensors") in (plan.folder / "stage2.log").read_text()
+        assert 0 <= run["fragmented"] <= 1 and 0 <= run["control"] <= 1
+        for split in ("fragmented", "control"):
+            score = json.loads((plan.eval_dir(split) / "score.json").read_text())
+            assert score["count"] == 4 and score["metric"] == "exact"
+    hybrid = json.loads((plans[1].stage_dir(2) / "config.json").read_text())
+    assert hybrid["vision_options"]["cvfm"]["fusion"] == "concat"
+
+
+def test_the_table_chart_and_wandb_group(ablation):
+    config, plans, results = ablation
+    folder = plans[0].folder.parents[2]
+    table = (folder / "results.md").read_text()
+    assert re.search(r"\| anyres \| [\d.]+ ± [\d.]+ \([\d.]+-[\d.]+\) \| [\d.]+ ± ", table) and "| fila_concat |" in table
+    assert "FILA (concat) - anyres, fragmented:" in table
+    assert json.loads((folder / "results.json").read_text())["summary"].keys() == {"anyres", "fila_concat"}
+    assert (folder / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every training run and the results run went to wandb (offline) in the ablation's group.
+    records = [path.read_bytes() for path in folder.rglob("run-*.wandb")]
+    assert len(records) == 2 * 2 + 1 and all(config.name.encode() in record for record in records)
+
+
+def test_a_second_run_keeps_every_finished_step(ablation, caplog):
+    from fila_train.ablation.runner import run_ablation
+
+    config, plans, _ = ablation
+    before = {path: path.stat().st_mtime_ns for plan in plans for path in plan.folder.rglob("*.json")}
+    with caplog.at_level("INFO"):
+        run_ablation(config)
+    assert caplog.text.count("done before, kept") == 2 * 4
+    assert before == {path: path.stat().st_mtime_ns for plan in plans for path in plan.folder.rglob("*.json")}
+
+
+def test_a_failed_step_names_its_log(ablation, tmp_path):
+    from pathlib import Path
+
+    from fila_train.ablation.runner import AblationRunError, prepare_models, run_ablation
+
+    models = prepare_models(ablation[0], Path(ablation[0].output))  # the fixture's tiny models, not made again
+    config = unit_config(tmp_path, variants=["anyres"], report_to="none", models=models,
+                         launch={"NPROC_PER_NODE": "1", "ZERO_CONFIG": "zero_configs/no_such.json"})
+    with pytest.raises(AblationRunError, match=re.escape(f"anyres-seed0 stage 1 failed (exit 1); see {tmp_path}")):
+        run_ablation(config)
+
+
+def test_configs_are_checked_and_the_cluster_config_loads(tmp_path):
+    real = load_config(REPO / "configs/ablation/fila7b.yaml")
+    assert real.models["VISION_TOWER"] == "openai/clip-vit-large-patch14-336" and real.parallel == 1
+    assert real.variants == AblationConfig().variants and real.stage2.learning_rate == 2e-5
+    with pytest.raises(ConfigError, match="unknown ablation variant 'fila_sum'"):
+        load_config(None, {"variants": ["anyres", "fila_sum"]})
+    load_config(None, {"variants": ["anyres", "fila_concat+mmfuser"]})
+    (tmp_path / "bad.yaml").write_text("stage2:\n  steps: 10\n")
+    with pytest.raises(ConfigError, match="unknown key 'steps'; valid keys: max_steps, learning_rate"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_the_verdict_compares_the_margin_with_the_seed_spread():
+    def split(values):
+        return {"mean": sum(values) / len(values), "range": max(values) - min(values), "seeds": len(values)}
+
+    summary = {"anyres": {"fragmented": split([0.50, 0.55, 0.52]), "control": split([0.80, 0.85, 0.82])},
+               "fila_concat": {"fragmented": split([0.70, 0.75, 0.72]), "control": split([0.80, 0.78, 0.84])}}
+    found = verdict(summary)
+    assert found["fila_beats_anyres_on_fragmented"] and found["fila_not_worse_on_control"] and found["seeds"] == 3
+    summary["fila_concat"]["fragmented"] = split([0.50, 0.75, 0.60])  # a margin inside the spread
+    assert not verdict(summary)["fila_beats_anyres_on_fragmented"]
+    summary["fila_concat"]["control"] = split([0.60, 0.62, 0.61])
+    assert not verdict(summary)["fila_not_worse_on_control"]
+    assert verdict({"anyres": summary["anyres"]}) is None
