@@ -52,9 +52,9 @@ def prepare_models(config: AblationConfig, output: Path) -> dict[str, str]:
         return dict(config.models)
     paths_file = output / "models" / "paths.json"
     if not paths_file.is_file():
-        from ..demo.cli import prepare
+        from ..demo.cli import DEFAULT_NUM_IMAGES, prepare
 
-        prepare(output / "models", num_images=24, seed=0)
+        prepare(output / "models", num_images=DEFAULT_NUM_IMAGES, seed=0)
     paths = json.loads(paths_file.read_text())
     return {"MODEL": paths["llm"], "VISION_TOWER": paths["vision_tower"],
             "CONVNEXT_CHECKPOINT": paths["convnext_checkpoint"], "CONVNEXT_DIMS": paths["convnext_dims"],
@@ -106,7 +106,9 @@ def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe
             env |= {"PRETRAINED_CONNECTOR": str(plan.stage_dir(1) / "connector.safetensors"),
                     "TEMPLATE": "vicuna_v1", "GRADIENT_CHECKPOINTING": "False"}
         _run_step(["bash", str(REPO / "scripts" / script), "--seed", str(plan.seed), "--warmup_ratio",
-                   str(recipe.warmup_ratio), "--run_name", f"{plan.label}-stage{stage}"],
+                   str(recipe.warmup_ratio), "--lr_scheduler_type", recipe.lr_scheduler,
+                   "--max_grad_norm", str(recipe.max_grad_norm),
+                   "--run_name", f"{plan.label}-stage{stage}"],
                   env, plan.folder / f"stage{stage}.log", plan.stage_dir(stage) / "train_summary.json",
                   f"{plan.label} stage {stage}")
     for split in SPLITS:

@@ -1,18 +1,18 @@
 """The fragmentation probe: a band of small two-texture symbols per image, along a tile border (fragmented) or
 inside the tiles (control), in our LLaVA format.
 
-A symbol is two halves side by side (or one above the other), each a one-pixel checkerboard in one of its two
-phases. The global view (the image squeezed to one tile, 2x smaller) sees the same flat grey band for every
-symbol, while a tile sees it pixel for pixel. The question is whether the two halves are the same pattern
-(yes / no, half of each): the answer is the seam between the halves, and no half alone tells it.
+A symbol is two halves side by side (or one above the other), each a one-pixel texture (stripes either way or
+a checkerboard, in two phases). The global view (the image squeezed to one tile, 2x smaller) sees about the same
+flat grey band for every symbol, while a tile sees it pixel for pixel. The question is whether the two halves are the same pattern
+(1 / 0, half of each): the answer is the seam between the halves, and no half alone tells it.
 
 - fragmented: the seam lies on a border between two tiles, one half in each tile; the ViT never sees the two
   halves in one forward pass.
 - control: the same band inside one column (or row) of tiles, the seam in the middle of a patch, so one patch
   (one token) holds both sides of it.
 
-The band repeats the symbol along its line, across the image but one symbol away from its border: one symbol
-is too few tokens among the views' hundreds for a tiny model to find in minutes. Sizes follow the model: the image is one canvas of the
+The band repeats the symbol along its line, across the whole image: one symbol is too few tokens among the
+views' hundreds for a tiny model to find in minutes. Sizes follow the model: the image is one canvas of the
 anyres configuration and the symbol ``symbol_patches`` ViT patches on a side, so the same generator serves the
 tiny CPU models (56px tiles) and the real 336/672 setup. Deterministic for a seed.
 """
@@ -30,14 +30,21 @@ from ..utils.errors import ConfigError
 from ..utils.files import write_json_atomic, write_jsonl_atomic
 
 IMAGE_TOKEN = "<image>"
-# The two phases of a one-pixel checkerboard. Every row and every column of either alternates ink, so a
-# symmetric 2x downscale (the global view of a canvas twice the tile) maps both, and any seam or edge between
-# them, to the same flat grey: the global view cannot tell whether a symbol's halves match (test_probe.py).
+# One-pixel stripes and checkerboards, two phases each: every 2x2 window holds two black pixels, so a 2x
+# downscale (the global view of a canvas twice the tile) turns each into the same flat grey. Where two textures
+# meet, a few grey levels of the seam survive the downscale (test_probe.py measures them, docs/ablation.md
+# reports them); a checkerboard's phase change alone leaves almost none.
 TEXTURES = {
-    "checker": lambda x, y: (x + y) % 2 == 0,
-    "shifted checker": lambda x, y: (x + y) % 2 == 1,
+    "vertical stripes": lambda xs, ys: xs % 2 == 0,
+    "shifted vertical stripes": lambda xs, ys: xs % 2 == 1,
+    "horizontal stripes": lambda xs, ys: ys % 2 == 0,
+    "shifted horizontal stripes": lambda xs, ys: ys % 2 == 1,
+    "checker": lambda xs, ys: (xs + ys) % 2 == 0,
+    "shifted checker": lambda xs, ys: (xs + ys) % 2 == 1,
 }
-QUESTION = "Each symbol in the image has two halves. Are the two halves the same pattern? Answer yes or no."
+QUESTION = "Each symbol in the image has two halves. Are they the same pattern? Answer 1 for yes, 0 for no."
+# Digits: one token in every tokenizer, the tiny demo one included ("yes" is two there and learns far slower).
+ANSWERS = {True: "1", False: "0"}
 SPLITS = ("fragmented", "control")
 
 
@@ -87,23 +94,21 @@ class ProbeOptions:
 
 
 def symbol(first: str, second: str, axis: str, size: int) -> np.ndarray:
-    """A size x size ink mask: texture ``first`` in the left (axis "x") or top half, ``second`` in the other."""
+    """size x size grey levels: texture ``first`` in the left (axis "x") or top half, ``second`` in the other."""
     ys, xs = np.mgrid[0:size, 0:size]
     first_half = xs < size // 2 if axis == "x" else ys < size // 2
-    return np.where(first_half, TEXTURES[first](xs, ys), TEXTURES[second](xs, ys))
+    return np.where(np.where(first_half, TEXTURES[first](xs, ys), TEXTURES[second](xs, ys)), 0, 255)
 
 
 def render(layout: ProbeLayout, seam: tuple[str, int], first: str, second: str) -> Image.Image:
-    """The band of symbols along ``seam``, black on white."""
+    """The band of symbols along ``seam``, on white."""
     axis, at = seam
     size, width = layout.symbol_size, layout.canvas[0]
     pixels = np.full((layout.canvas[1], width), 255, dtype=np.uint8)
-    ink = symbol(first, second, axis, size)
-    # Not the first and last symbol of the line: at the image's border a resize's clipped filter would show the
-    # checkerboard's phase to the global view.
-    for along in range(size, (layout.canvas[1] if axis == "x" else width) - size, size):
+    levels = symbol(first, second, axis, size).round().astype(np.uint8)
+    for along in range(0, layout.canvas[1] if axis == "x" else width, size):
         x, y = (at - size // 2, along) if axis == "x" else (along, at - size // 2)
-        pixels[y:y + size, x:x + size][ink] = 0
+        pixels[y:y + size, x:x + size] = levels
     return Image.fromarray(pixels).convert("RGB")
 
 
@@ -115,13 +120,14 @@ def _records(layout: ProbeLayout, image_dir: Path, name: str, count: int, placem
     for index in range(count):
         placement = placements[index % len(placements)]
         seam = rng.choice(seams[placement])
-        first = rng.choice(list(TEXTURES))
+        textures = list(TEXTURES)
+        first = rng.choice(textures)
         same = rng.random() < 0.5
-        second = first if same else rng.choice([t for t in TEXTURES if t != first])
+        second = first if same else rng.choice([t for t in textures if t != first])
         image = f"{name}/{index:06d}.png"
         render(layout, seam, first, second).save(image_dir / image, format="PNG", compress_level=1)
         records.append({"id": f"{name}_{index:06d}", "image": image, "placement": placement,
-                        "answer": "yes" if same else "no", "halves": [first, second], "seam": list(seam)})
+                        "answer": ANSWERS[same], "halves": [first, second], "seam": list(seam)})
     return records
 
 

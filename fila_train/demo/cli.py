@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..utils.files import write_json_atomic
 
+DEFAULT_NUM_IMAGES = 240  # synthetic documents: enough text to pre-train the tiny LLM in seconds
+
 
 def prepare(output: Path, num_images: int, seed: int) -> dict:
     from .pretrain_llm import pretrain_tiny_llm
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("prepare", help="synthetic document/OCR data, tokenizer, tiny CLIP + ConvNeXt + LLM")
     make.add_argument("--output", type=Path, default=Path("playground/demo"))
-    make.add_argument("--num_images", type=int, default=240)
+    make.add_argument("--num_images", type=int, default=DEFAULT_NUM_IMAGES)
     make.add_argument("--seed", type=int, default=0)
     report = commands.add_parser("summarize", help="write summary.json from the stage outputs")
     report.add_argument("--output", type=Path, default=Path("playground/demo"))
