@@ -97,7 +97,9 @@ def _run_step(command: list[str], env: dict[str, str], log: Path, done: Path, wh
 def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe: dict[str, str], slot: int) -> None:
     common = {**models, **config.launch, **variant_env(plan.variant), "IMAGE_FOLDER": probe["image_folder"],
               "REPORT_TO": config.report_to, "LOGGING_STEPS": "5", "MASTER_PORT": str(BASE_PORT + 10 * slot),
-              "WANDB_RUN_GROUP": config.name, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "fila-train-ablation")}
+              "WANDB_RUN_GROUP": config.name, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "fila-train-ablation"),
+              # The scripts run this interpreter (its environment), whatever `python` is on PATH.
+              "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if config.threads_per_run:
         common["OMP_NUM_THREADS"] = str(config.threads_per_run)
     for stage, script, recipe in ((1, "pretrain.sh", config.stage1), (2, "finetune.sh", config.stage2)):

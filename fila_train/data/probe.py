@@ -2,9 +2,9 @@
 inside the tiles (control), in our LLaVA format.
 
 A symbol is two halves side by side (or one above the other), each a one-pixel texture (stripes either way or
-a checkerboard, in two phases). The global view (the image squeezed to one tile, 2x smaller) sees about the same
-flat grey band for every symbol, while a tile sees it pixel for pixel. The question is whether the two halves are the same pattern
-(1 / 0, half of each): the answer is the seam between the halves, and no half alone tells it.
+a checkerboard, in two phases). The global view (the image squeezed to one tile, 2x smaller) turns every
+texture into the same flat grey; a tile sees it pixel for pixel. The question is whether the two halves are the
+same pattern (1 / 0, half each): the answer is the seam between the halves, and no half alone tells it.
 
 - fragmented: the seam lies on a border between two tiles, one half in each tile; the ViT never sees the two
   halves in one forward pass.
@@ -31,9 +31,8 @@ from ..utils.files import write_json_atomic, write_jsonl_atomic
 
 IMAGE_TOKEN = "<image>"
 # One-pixel stripes and checkerboards, two phases each: every 2x2 window holds two black pixels, so a 2x
-# downscale (the global view of a canvas twice the tile) turns each into the same flat grey. Where two textures
-# meet, a few grey levels of the seam survive the downscale (test_probe.py measures them, docs/ablation.md
-# reports them); a checkerboard's phase change alone leaves almost none.
+# downscale (the global view of a canvas twice the tile) turns each into the same flat grey (test_probe.py).
+# Where two textures meet, a trace of the seam survives the downscale (measured in docs/ablation.md).
 TEXTURES = {
     "vertical stripes": lambda xs, ys: xs % 2 == 0,
     "shifted vertical stripes": lambda xs, ys: xs % 2 == 1,
@@ -105,7 +104,7 @@ def render(layout: ProbeLayout, seam: tuple[str, int], first: str, second: str) 
     axis, at = seam
     size, width = layout.symbol_size, layout.canvas[0]
     pixels = np.full((layout.canvas[1], width), 255, dtype=np.uint8)
-    levels = symbol(first, second, axis, size).round().astype(np.uint8)
+    levels = symbol(first, second, axis, size).astype(np.uint8)
     for along in range(0, layout.canvas[1] if axis == "x" else width, size):
         x, y = (at - size // 2, along) if axis == "x" else (along, at - size // 2)
         pixels[y:y + size, x:x + size] = levels
@@ -120,10 +119,9 @@ def _records(layout: ProbeLayout, image_dir: Path, name: str, count: int, placem
     for index in range(count):
         placement = placements[index % len(placements)]
         seam = rng.choice(seams[placement])
-        textures = list(TEXTURES)
-        first = rng.choice(textures)
+        first = rng.choice(list(TEXTURES))
         same = rng.random() < 0.5
-        second = first if same else rng.choice([t for t in textures if t != first])
+        second = first if same else rng.choice([name for name in TEXTURES if name != first])
         image = f"{name}/{index:06d}.png"
         render(layout, seam, first, second).save(image_dir / image, format="PNG", compress_level=1)
         records.append({"id": f"{name}_{index:06d}", "image": image, "placement": placement,
@@ -154,7 +152,7 @@ def make_probe(output: str | Path, layout: ProbeLayout, options: ProbeOptions = 
         for r in train])
     for split, records in held_out.items():
         write_jsonl_atomic(Path(paths[split]), [{"id": r["id"], "image": r["image"], "question": QUESTION,
-                                           "answers": [r["answer"]]} for r in records])
+                                                 "answers": [r["answer"]]} for r in records])
     # Relative paths: the same seed writes the same bytes wherever the folder is.
     write_json_atomic(output / "probe.json", {"layout": asdict(layout), "options": asdict(options),
                                               "paths": {name: str(Path(path).relative_to(output))
