@@ -59,9 +59,9 @@ def load_connector_artifact(model, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"connector artifact not found: {path}")
     signature, expected = read_signature(path), _signature(model)
-    if signature_mismatches(signature, expected):
-        raise CheckpointError(f"{path} was trained for a different model: "
-                              f"{', '.join(signature_mismatches(signature, expected))}")
+    mismatches = signature_mismatches(signature, expected)
+    if mismatches:
+        raise CheckpointError(f"{path} was trained for a different model: {', '.join(mismatches)}")
     # An artifact of another encoder with the same tokens (anyres -> fila_hybrid) lacks this encoder's extra
     # sub-parts; they keep their own init.
     fresh = _sub_parts(model.config.vision_encoder) - _sub_parts(signature["vision_encoder"])

@@ -164,9 +164,10 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
                                        hidden_size(tower.get("vision_config") or tower), hidden_size(model))
     else:
         return  # a hub model: its sizes are known once it is loaded (load_connector_artifact checks again)
-    if signature_mismatches(signature, expected):
+    mismatches = signature_mismatches(signature, expected)
+    if mismatches:
         raise PreflightError(f"--pretrained_connector {path} was trained for a different model: "
-                             f"{', '.join(signature_mismatches(signature, expected))}")
+                             f"{', '.join(mismatches)}")
 
 
 def preflight(argv: list[str]) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from ...utils.errors import ConfigError
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import VisionEncoderContract
 from .anyres import AnyresConfig
@@ -43,11 +42,7 @@ class AnyresVisionEncoder(ClipTowerMixin, nn.Module):
                  tower: CLIPVisionModel | None = None):
         super().__init__()
         self.anyres_config = config
-        self.feature_layer = feature_layer
-        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
-        if config.anyres.tile_size != self.clip.config.image_size:
-            raise ConfigError(f"anyres tile_size {config.anyres.tile_size} != ViT image_size "
-                              f"{self.clip.config.image_size}")
+        self._attach_tower(vision_config, feature_layer, tower, config.anyres.tile_size)
 
     def image_processor(self) -> HybridImageProcessor:
         return HybridImageProcessor(self.anyres_config.anyres, self.clip.config.patch_size, high_res=False)

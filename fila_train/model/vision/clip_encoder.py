@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from ...utils.errors import ConfigError
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import VisionEncoderContract
 from .base import VisionOutput
@@ -87,6 +88,14 @@ class ClipTowerMixin:
 
     clip: CLIPVisionModel
 
+    def _attach_tower(self, vision_config: CLIPVisionConfig, feature_layer: int, tower: CLIPVisionModel | None,
+                      tile_size: int | None = None) -> None:
+        """The given tower or a fresh one from ``vision_config``; an anyres tile must be the ViT's input size."""
+        self.feature_layer = feature_layer
+        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
+        if tile_size is not None and tile_size != self.clip.config.image_size:
+            raise ConfigError(f"anyres tile_size {tile_size} != ViT image_size {self.clip.config.image_size}")
+
     @property
     def config(self) -> CLIPVisionConfig:
         return self.clip.config
@@ -102,8 +111,7 @@ class ClipVisionEncoder(ClipTowerMixin, nn.Module):
     def __init__(self, vision_config: CLIPVisionConfig, feature_layer: int = -2,
                  tower: CLIPVisionModel | None = None):
         super().__init__()
-        self.feature_layer = feature_layer
-        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
+        self._attach_tower(vision_config, feature_layer, tower)
 
     def image_processor(self) -> ClipImageProcessor:
         return ClipImageProcessor(self.config.image_size, self.config.patch_size)

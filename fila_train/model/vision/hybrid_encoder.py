@@ -144,12 +144,8 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
                  tower: CLIPVisionModel | None = None):
         super().__init__()
         self.hybrid_config = config
-        self.feature_layer = feature_layer
-        self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
+        self._attach_tower(vision_config, feature_layer, tower, config.anyres.tile_size)
         vision_config = self.clip.config
-        if config.anyres.tile_size != vision_config.image_size:
-            raise ConfigError(f"anyres tile_size {config.anyres.tile_size} != ViT image_size "
-                              f"{vision_config.image_size}")
         self.convnext = ConvNeXtBranch(config.convnext)
         # Both branches read the same CLIP-normalised pixels from the processor.
         self.convnext.check_normalization(CLIP_MEAN, CLIP_STD)
