@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPVisionConfig, HfArgumentParser, LlamaConfig
+from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
 
 from ..demo.tiny_models import TinyFila, as_cli, save_tiny_llm
 from ..model.builder import build_model
@@ -20,6 +20,7 @@ from ..model.configuration import DEFAULT_ATTENTION, FilaConfig
 from ..model.modeling import FilaForConditionalGeneration
 from ..utils.registry import Registry
 from ..model.arguments import ModelArguments
+from ..utils.argument_parser import StrictArgumentParser
 from ..utils.errors import ConfigError
 
 # CLIP ViT-L/14-336 (openai/clip-vit-large-patch14-336), the tower of LLaVA-1.5 and FILA.
@@ -103,7 +104,7 @@ class BenchConfig:
             flags |= TINY.hybrid_flags(TINY.save_convnext(workdir / "tiny-convnext"))
         if self.connector_type == "mmfuser":
             flags |= TINY.fuser_flags()
-        (args,) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(args=as_cli(flags))
+        (args,) = StrictArgumentParser(ModelArguments).parse(as_cli(flags))
         model = build_model(args.model_name_or_path, args.vision_tower, vision_encoder=args.vision_encoder,
                             vision_options=args.vision_options(), connector_type=args.connector_type,
                             connector_options=args.connector_options(), dtype=dtype,

@@ -56,20 +56,18 @@ def load_inspection_processor(model_args):
 
 
 def inspect_main(argv: list[str]) -> int:
-    from transformers import HfArgumentParser
-
     from ..model.arguments import ModelArguments
+    from ..utils.argument_parser import StrictArgumentParser
     from ..utils.files import write_json_atomic
     from .dataset import DatasetOptions
     from .inspect import format_report, inspect_mixture, report_dict
     from .mixed_dataset import MixtureDataset
     from .mixture import load_mixture, single_source
 
-    parser = HfArgumentParser((InspectArguments, ModelArguments))
-    parser.prog = "fila-train data inspect"
+    parser = StrictArgumentParser((InspectArguments, ModelArguments), prog="fila-train data inspect")
     if argv and not argv[0].startswith("-"):  # the spec may be given positionally
         argv = ["--data_path", argv[0], *argv[1:]]
-    args, model_args = parser.parse_args_into_dataclasses(args=argv)
+    args, model_args = parser.parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     fila_processor = load_inspection_processor(model_args)
     template, processor = fila_processor.conversation_template, fila_processor.image_processor.encoder_processor

@@ -10,11 +10,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
 
 from ..data.annotations import AnnotationError
 from ..inference.loading import ModelLoadError, ModelOptions
-from ..utils.errors import ConfigError, FilaError
+from ..utils.argument_parser import StrictArgumentParser
+from ..utils.errors import ConfigError
 from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
 from .metrics import METRICS, get_metric
@@ -43,13 +43,8 @@ class EvalArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser((ModelOptions, EvalArguments), prog="fila-train eval", description=__doc__)
-    try:
-        model_options, args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    except FilaError:
-        raise  # one line from fila-train, exit code 1
-    except ValueError as error:  # flags the parser left over: a usage error like argparse's own
-        parser.error(str(error))
+    parser = StrictArgumentParser((ModelOptions, EvalArguments), prog="fila-train eval", description=__doc__)
+    model_options, args = parser.parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metric = get_metric(args.metric)
     image_folder = Path(args.image_folder) if args.image_folder else None

@@ -5,9 +5,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, TextStreamer, set_seed
+from transformers import TextStreamer, set_seed
 
 from ..data.images import ImageLoadError, load_rgb_image
+from ..utils.argument_parser import StrictArgumentParser
 from .generation import GenerationOptions, PromptError, build_prompt, generate_ids
 from .loading import ModelLoadError, ModelOptions
 
@@ -20,10 +21,9 @@ class GenerateArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser((ModelOptions, GenerateArguments, GenerationOptions),
-                              prog="fila-train generate", description=__doc__)
-    model_options, args, options = parser.parse_args_into_dataclasses(
-        args=sys.argv[1:] if argv is None else argv)
+    parser = StrictArgumentParser((ModelOptions, GenerateArguments, GenerationOptions),
+                                  prog="fila-train generate", description=__doc__)
+    model_options, args, options = parser.parse(sys.argv[1:] if argv is None else argv)
     try:
         image = load_rgb_image(Path(args.image)) if args.image else None  # before the slow part
         loaded = model_options.load()

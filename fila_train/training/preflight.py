@@ -22,6 +22,7 @@ from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature, signature_mismatches
 from .checkpoints import CheckpointError, resolve_resume
+from .llava_flags import translate_llava_flags
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "org/name" or "name": a hub model id, not a path
 
@@ -174,6 +175,7 @@ def preflight(argv: list[str]) -> None:
     """Raise PreflightError naming the first problem in ``argv`` (``fila-train train`` flags)."""
     if "-h" in argv or "--help" in argv:
         return  # the full parser prints the help
+    argv, _ = translate_llava_flags(argv)
     args, _ = _parser().parse_known_args(argv)
     check_choice("conversation_template", args.conversation_template, TEMPLATES.names())
     check_choice("vision_encoder", args.vision_encoder, VISION_ENCODERS.names())
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     """For the launcher scripts: exit 1 with one line on stderr when the run cannot start."""
     try:
         preflight(sys.argv[1:] if argv is None else argv)
-    except PreflightError as error:
+    except ConfigError as error:  # a PreflightError, or a LLaVA flag value we do not implement
         print(f"[fila-train] error: {error}", file=sys.stderr)
         return 1
     return 0

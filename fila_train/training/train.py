@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import HfArgumentParser
 
 from ..data.packing import build_collator
 from ..model.builder import build_model, load_tokenizer
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
+from ..utils.argument_parser import StrictArgumentParser
 from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
@@ -26,6 +26,7 @@ from ..utils.errors import ConfigError, FilaError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .checkpoints import resolve_resume
 from .datasets import build_train_dataset, total_skip_counts
+from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
@@ -44,16 +45,12 @@ def write_run_args(model_args: ModelArguments, data_args: DataArguments, args: T
     write_json_atomic(Path(args.output_dir) / RUN_ARGS_FILE, record)
 
 
-class OneLineArgumentParser(HfArgumentParser):
-    def error(self, message: str):
-        # argparse prints the usage of all ~200 training flags before its one useful line.
-        raise ConfigError(message)
-
-
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    parser = OneLineArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    """Our flags and LLaVA's aliases of them (llava_flags.py), spelled in full."""
+    argv, _ = translate_llava_flags(argv)
+    parser = StrictArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        return parser.parse(argv)
     except FilaError:
         raise
     except ValueError as error:  # flags the parser left over, and transformers' own TrainingArguments checks
@@ -91,7 +88,9 @@ def format_vision_flops(flops: VisionFlops) -> str:
     return format_table([f"vision forward per image ({width}x{height}, {flops.views} view(s))", "TFLOPs"], rows)
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
+          notes: tuple[str, ...] = ()) -> dict:
+    """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours)."""
     if model_args.lora_r and "llm" not in args.parts():
         raise ConfigError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
                           f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
@@ -105,6 +104,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     with console_logging(process_log_level(args), log_format), warnings.catch_warnings():
         # DeepSpeed's ZeRO reduce path calls this once per bucket: thousands of identical lines.
         warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor` is deprecated", category=FutureWarning)
+        for note in notes:
+            logger.info(note)
         return run_training(model_args, data_args, args)
 
 
@@ -185,8 +186,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv)
-    train(model_args, data_args, args)
+    argv = sys.argv[1:] if argv is None else argv
+    _, notes = translate_llava_flags(argv)
+    train(*parse_args(argv), notes=tuple(notes))
     if torch.distributed.is_initialized():
         # The DeepSpeed engine sits in reference cycles: collected only at interpreter exit, its pending gloo
         # work would be destroyed after the process group, which aborted a finished rank once (SIGABRT,
