@@ -6,6 +6,7 @@ import sys
 
 from .utils.errors import FilaError
 from .utils.processes import die_with_launcher
+from .utils.quiet import known_noise_silenced
 
 # Subcommand -> ("module:function", one-line help). Modules are imported only when their
 # command runs, so `fila-train generate` does not pay for DeepSpeed and friends.
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_launcher()  # before the slow imports: a launcher killed meanwhile is noticed at once
     module_name, _, function = COMMANDS[command][0].partition(":")
     try:
-        return getattr(importlib.import_module(module_name), function)(rest)
+        with known_noise_silenced():  # before the imports: some of the noise comes from importing
+            return getattr(importlib.import_module(module_name), function)(rest)
     except FilaError as error:  # the user's to fix, and its message says how; anything else keeps its traceback
         print(f"fila-train {command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1

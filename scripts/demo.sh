@@ -12,6 +12,8 @@ source .venv/bin/activate
 export HF_HUB_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-offline} PYTHON=python
 DEMO=${DEMO_DIR:-playground/demo}
 start=$(date +%s)
+# A port nobody listens on now (MASTER_PORT wins): two demos on one machine must not collide.
+free_port() { python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 
 echo "== preparing synthetic data and tiny models in $DEMO"
 fila-train demo prepare --output "$DEMO"
@@ -27,13 +29,13 @@ COMMON=(MODEL="$(paths llm)" VISION_TOWER="$(paths vision_tower)" IMAGE_FOLDER="
 echo "== stage 1: align the connector (+ CVFM / fuser) on captions (ZeRO-2)"
 env "${COMMON[@]}" DATA_PATH="$(paths stage1_data)" OUTPUT_DIR="$DEMO/stage1" \
   GLOBAL_BATCH_SIZE=16 PER_DEVICE_BATCH_SIZE=8 LEARNING_RATE=2e-3 EPOCHS=4 MAX_LENGTH=512 \
-  MASTER_PORT=${MASTER_PORT:-29531} bash scripts/pretrain.sh
+  MASTER_PORT=${MASTER_PORT:-$(free_port)} bash scripts/pretrain.sh
 
 echo "== stage 2: instruction tuning of connector (+ CVFM / fuser) + LLM (ZeRO-3)"
 env "${COMMON[@]}" DATA_PATH="$(paths stage2_data)" OUTPUT_DIR="$DEMO/stage2" \
   PRETRAINED_CONNECTOR="$DEMO/stage1/connector.safetensors" TEMPLATE=vicuna_v1 \
   GLOBAL_BATCH_SIZE=16 PER_DEVICE_BATCH_SIZE=8 LEARNING_RATE=1e-3 EPOCHS=6 MAX_LENGTH=512 \
-  GRADIENT_CHECKPOINTING=False MASTER_PORT=${MASTER_PORT:-29532} bash scripts/finetune.sh
+  GRADIENT_CHECKPOINTING=False MASTER_PORT=${MASTER_PORT:-$(free_port)} bash scripts/finetune.sh
 
 echo "== export: one merged, self-contained model folder"
 fila-train export --checkpoint "$DEMO/stage2" --output "$DEMO/export" --dtype fp32 --overwrite

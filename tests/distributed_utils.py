@@ -376,8 +376,8 @@ def resume_reference_args(assets: FilaAssets, mixture: Path, steps: int, save_st
     """Stage 2 under ZeRO-3 with modality grouping, a dataloader worker and bad records skipped."""
     flags = assets.model_flags(hybrid=False, fuser=False) | {
         "data_path": str(mixture), "conversation_template": "vicuna_v1", "tune_parts": "connector,llm",
-        "learning_rate": "3e-3", "deepspeed": "zero_configs/zero3.json", "per_device_train_batch_size": "2",
-        "max_steps": str(steps), "logging_steps": "1", "save_strategy": "steps", "save_steps": str(save_steps),
+        "learning_rate": "3e-3", "connector_lr": "1e-3", "deepspeed": "zero_configs/zero3.json",
+        "per_device_train_batch_size": "2", "max_steps": str(steps), "logging_steps": "1", "save_strategy": "steps", "save_steps": str(save_steps),
         "model_max_length": "512", "seed": "8", "group_by_modality_length": "True",
         "dataloader_num_workers": "1", "on_bad_sample": "skip", "log_sample_ids": "True",
         "length_cache_dir": str(mixture.parent / "lengths"), "report_to": "none",

@@ -443,3 +443,77 @@ def test_image_root_limit_and_help(tmp_path, capsys):
     for source in ("ai2d", "chartqa", "docvqa", "dvqa", "infographicvqa", "llava", "ocrvqa", "stvqa",
                    "textcaps", "textvqa"):
         assert f"    {source}" in listed
+
+
+# ---------------------------------------------------------------- validation splits -> benchmark files
+
+def test_validation_splits_become_benchmark_files_with_every_reference_answer(tmp_path, capsys):
+    """DocVQA, InfographicVQA, TextVQA and ChartQA val: one question per record, every annotator's answer,
+    read by fila-train eval with the benchmark's own metric."""
+    from fila_train.evaluation.bench import read_bench
+    from fila_train.evaluation.metrics import get_metric
+
+    docvqa = write_json(tmp_path / "spdocvqa" / "val_v1.0_withQT.json", {
+        "dataset_name": "SP-DocVQA", "dataset_split": "val", "dataset_version": "1.0", "data": [
+            {**docvqa_entry(49153, "What is the ‘actual’ value per 1000, during the year 1975?", "pybv0228_81",
+                            ["0.28", "0.28 "]), "data_split": "val"}]})
+    infovqa = write_json(tmp_path / "infographicsVQA_val_v1.0_withQT.json", {
+        "dataset_name": "infographicVQA", "dataset_split": "val", "dataset_version": "1.0", "data": [
+            {"questionId": 65718, "question": "What percent of users are women?", "image_local_name": "10002.jpeg",
+             "answers": ["52%", "52"], "answer_type": ["single span"]}]})
+    textvqa = write_json(tmp_path / "TextVQA_0.5.1_val.json", {
+        "dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
+            textvqa_entry(34602, "003a8ae2ef43b901", "what is the brand of this camera?",
+                          ["nous les gosses"] + ["dakota"] * 9, set_name="val")]})
+    write_json(tmp_path / "ChartQA Dataset" / "val" / "val_human.json", [
+        {"imgname": "3345.png", "query": "What's the value of the lowest bar?", "label": "23"}])
+    write_json(tmp_path / "ChartQA Dataset" / "val" / "val_augmented.json", [
+        {"imgname": "1200.png", "query": "How many bars are there?", "label": 4}])
+    cases = {
+        "docvqa": ([str(docvqa.parent)], "anls", [
+            {"id": "docvqa_49153", "image": "documents/pybv0228_81.png",
+             "question": "What is the ‘actual’ value per 1000, during the year 1975?", "answers": ["0.28", "0.28"]}]),
+        "infographicvqa": ([str(infovqa)], "anls", [
+            {"id": "infographicvqa_65718", "image": "10002.jpeg", "question": "What percent of users are women?",
+             "answers": ["52%", "52"]}]),
+        "textvqa": ([str(textvqa)], "vqa", [
+            {"id": "textvqa_34602", "image": "train_images/003a8ae2ef43b901.jpg",
+             "question": "what is the brand of this camera?", "answers": ["nous les gosses"] + ["dakota"] * 9}]),
+        "chartqa": ([str(tmp_path / "ChartQA Dataset")], "relaxed", [
+            {"id": "chartqa_val_human_0", "image": "png/3345.png", "question": "What's the value of the lowest bar?",
+             "answers": ["23"]},
+            {"id": "chartqa_val_augmented_0", "image": "png/1200.png", "question": "How many bars are there?",
+             "answers": ["4"]}]),
+    }
+    for source, (inputs, metric, expected) in cases.items():
+        output = tmp_path / "bench" / f"{source}_val.jsonl"
+        assert main([source, "--input", *inputs, "--split", "val", "--output", str(output)]) == 0
+        assert "benchmark questions written" in capsys.readouterr().out
+        assert [json.loads(line) for line in output.read_text().splitlines()] == expected
+        # No images on disk here: eval reads the same records without their image field.
+        stripped = tmp_path / "bench" / f"{source}_noimage.jsonl"
+        stripped.write_text("".join(json.dumps({k: v for k, v in record.items() if k != "image"}) + "\n"
+                                    for record in expected))
+        assert [q.answers for q in read_bench(stripped, get_metric(metric), None)] == \
+            [record["answers"] for record in expected]
+
+
+@pytest.mark.parametrize("make, flags, says", [
+    (lambda folder: docvqa_release(folder), ["--split", "val"],
+     "this is the 'train' split (field 'dataset_split'), but --split is 'val': pass the val file, or --split train"),
+    (lambda folder: write_json(folder / "val_v1.0_withQT.json", {"dataset_split": "val", "data": []}), [],
+     "this is the 'val' split (field 'dataset_split'), but --split is 'train'"),
+    (lambda folder: textvqa_file(folder), ["--split", "val"], "this is the 'train' split (field 'dataset_type')"),
+    (lambda folder: chartqa_release(folder) / "train_human.json", ["--split", "val", "--subset", "human"],
+     "this is the 'train' split (its file name), but --split is 'val'"),
+    (lambda folder: write_json(folder / "val_v1.0_withQT.json", {"dataset_split": "val", "data": []}),
+     ["--split", "val", "--group_by_image"], "--group_by_image does not apply to --split val"),
+])
+def test_a_split_that_contradicts_the_files_own_contents_is_an_error(tmp_path, capsys, make, flags, says):
+    path = make(tmp_path / "release")
+    source = {"val_v1.0_withQT.json": "docvqa", "train_v1.0_withQT.json": "docvqa",
+              "TextVQA_0.5.1_train.json": "textvqa", "train_human.json": "chartqa"}[path.name]
+    output = tmp_path / "out.jsonl"
+    assert main([source, "--input", str(path), *flags, "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert says in err and not output.exists()

@@ -285,7 +285,51 @@ def test_eval_cli_scores_its_predictions(saved_model, tiny_assets, loaded, tmp_p
     assert summary["score"] == pytest.approx(sum(by_hand) / len(by_hand)) and summary["score"] > 0
     assert summary["metric"] == "anls" and summary["count"] == len(bench)
     assert Path(summary["model"]) == saved_model.resolve()
-    assert f"anls: {100 * summary['score']:.2f}" in capsys.readouterr().out
+    printed = f"anls {100 * summary['score']:.2f}%"  # percent, two decimals; the files keep the fraction
+    assert printed in capsys.readouterr().out
+    # The demo's summary prints the same score the same way.
+    from fila_train.demo.cli import main as demo_main
+
+    for stage in ("stage1", "stage2"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "train_summary.json").write_text(json.dumps(
+            {"loss_first": 2.0, "loss_last": 1.0, "steps": 1, "seconds": 1.0, "output_dir": str(tmp_path / stage),
+             "vision_encoder": "clip", "connector_type": "mlp2x_gelu"}))
+    assert demo_main(["summarize", "--output", str(tmp_path), "--stage1", str(tmp_path / "stage1"),
+                      "--stage2", str(tmp_path / "stage2"), "--eval", str(output)]) == 0
+    assert f"eval: {printed} on {len(bench)} held-out questions" in capsys.readouterr().out
+
+
+def test_eval_answers_llava_question_files_and_writes_llava_answer_files(saved_model, tiny_assets, tmp_path,
+                                                                          capsys):
+    """LLaVA's question file (question_id, image, text; no answers) is answered without a metric, and the answers
+    equal those of the same questions in our format; both runs write LLaVA's answer file."""
+    from fila_train.cli import main
+
+    ours = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
+            .read_text().splitlines()][:3]
+    llava = [{"question_id": index, "image": record["image"], "text": f"{record['question']}\n{SHORT_ANSWER_PROMPT}",
+              "category": "default"} for index, record in enumerate(ours)]
+    common = ["--model", str(saved_model), "--image_folder", str(tiny_assets.image_folder), "--batch_size", "2",
+              "--max_new_tokens", str(STEPS), "--dtype", "float32"]
+    assert main(["eval", "--bench", str(write_jsonl(tmp_path / "llava_questions.jsonl", llava)),
+                 "--output", str(tmp_path / "llava"), *common]) == 0
+    assert "answered 3 questions" in capsys.readouterr().out
+    assert not (tmp_path / "llava" / "score.json").exists()
+    assert main(["eval", "--bench", str(write_jsonl(tmp_path / "ours.jsonl", ours)), "--metric", "anls",
+                 "--output", str(tmp_path / "ours"), *common]) == 0
+    answers = [json.loads(line) for line in (tmp_path / "llava" / "answers.jsonl").read_text().splitlines()]
+    assert [set(row) for row in answers] == [{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}] * 3
+    assert [row["question_id"] for row in answers] == [0, 1, 2]  # the file's ids, with their type
+    assert [row["prompt"] for row in answers] == [record["text"] for record in llava]
+    predictions = [json.loads(line)["prediction"] for line in
+                   (tmp_path / "ours" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in answers] == predictions
+    again = [json.loads(line) for line in (tmp_path / "ours" / "answers.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in again] == predictions
+    # A LLaVA question file has nothing to score.
+    assert main(["eval", "--bench", str(tmp_path / "llava_questions.jsonl"), "--metric", "exact", *common]) == 1
+    assert "a LLaVA question file has no answers to score" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("metric, make_answers, expected", [

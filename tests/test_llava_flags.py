@@ -19,10 +19,12 @@ LLAVA_STAGE2 = ["--version", "v1", "--mm_projector_type", "mlp2x_gelu", "--pretr
                 "stage1/mm_projector.bin", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
                 "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--tune_mm_mlp_adapter", "False",
                 "--freeze_backbone", "False", "--mm_vision_tower_lr", "2e-6", "--mm_projector_lr", "2e-5",
-                "--lazy_preprocess", "True", "--evaluation_strategy", "no", "--mm_vision_select_feature", "patch"]
+                "--lazy_preprocess", "True", "--evaluation_strategy", "no", "--mm_vision_select_feature", "patch",
+                "--gradient_checkpointing", "True"]
 OURS_STAGE2 = ["--conversation_template", "vicuna_v1", "--connector_type", "mlp2x_gelu", "--pretrained_connector",
                "stage1/mm_projector.bin", "--vision_feature_layer=-2", "--tune_parts", "connector,llm",
-               "--vision_lr", "2e-6", "--connector_lr", "2e-5", "--eval_strategy", "no"]
+               "--vision_lr", "2e-6", "--connector_lr", "2e-5", "--eval_strategy", "no",
+               "--activation_checkpointing", "True"]
 
 
 def as_dicts(parsed) -> list[dict]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..utils.files import write_json_atomic
+from ..utils.scores import format_score
 
 DEFAULT_NUM_IMAGES = 240  # synthetic documents: enough text to pre-train the tiny LLM in seconds
 
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
         answer = summary["answer"]
         print(f"answer: {answer.get('question')!r} -> {answer['prediction']!r} (reference {answer.get('answers')})")
     if "eval" in summary:
-        print(f"eval: {summary['eval']['metric']} {summary['eval']['score']:.3f} on {summary['eval']['count']} "
+        print(f"eval: {format_score(summary['eval']['metric'], summary['eval']['score'])} on {summary['eval']['count']} "
               f"held-out questions")
     print(f"summary: {args.output / 'summary.json'}")
     return 0

@@ -1,7 +1,9 @@
-"""``fila-train eval``: score a saved model on a benchmark file (LLaVA question-format JSONL).
+"""``fila-train eval``: answer a benchmark file's questions with a saved model, and score them.
 
-Writes OUTPUT/predictions.jsonl (id, question, prediction, answers, score per question) and
-OUTPUT/score.json (metric, score = mean per-question score in [0, 1], count, bench, model).
+Writes OUTPUT/predictions.jsonl (id, question, prediction, answers, score per question),
+OUTPUT/score.json (metric, score = mean per-question score in [0, 1], count, bench, model) and
+OUTPUT/answers.jsonl in LLaVA's answer-file format. A LLaVA question file (question_id, image, text; no
+answers) is answered without --metric: answers.jsonl only.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from ..data.annotations import AnnotationError
 from ..inference.loading import ModelLoadError, ModelOptions
 from ..utils.argument_parser import StrictArgumentParser
 from ..utils.errors import ConfigError
+from ..utils.scores import format_score
 from .bench import BenchError, read_bench
-from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_results
+from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_answers, write_results
 from .metrics import METRICS, get_metric
 
 logger = logging.getLogger(__name__)
@@ -24,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalArguments:
-    bench: str = field(metadata={"help": "benchmark JSONL: id, image, question, answers (list)"})
-    metric: str = field(metadata={"help": "how answers are scored", "choices": METRICS.names()})
+    bench: str = field(metadata={"help": "benchmark JSONL: id, image, question, answers (list); or a LLaVA "
+                                         "question file: question_id, image, text"})
+    metric: str | None = field(default=None, metadata={
+        "help": "how answers are scored (leave out for a file without answers: answered, not scored)",
+        "choices": METRICS.names()})
     image_folder: str | None = field(default=None, metadata={"help": "folder the records' image paths are relative to"})
     output: str | None = field(default=None, metadata={"help": "output folder (default: MODEL/eval/<bench name>)"})
     batch_size: int = field(default=8, metadata={"help": "questions per generation batch"})
@@ -46,23 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = StrictArgumentParser((ModelOptions, EvalArguments), prog="fila-train eval", description=__doc__)
     model_options, args = parser.parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metric = get_metric(args.metric)
+    metric = get_metric(args.metric) if args.metric else None
     image_folder = Path(args.image_folder) if args.image_folder else None
     try:
         # Every record is checked before the model is loaded: a bad line fails in seconds, not hours.
         questions = read_bench(args.bench, metric, image_folder, args.limit)
         loaded = model_options.load()
         logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
-                    len(questions), args.bench, metric.name, args.batch_size)
+                    len(questions), args.bench, metric.name if metric else "none: answers only", args.batch_size)
         predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
                               SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
     except (BenchError, AnnotationError, ModelLoadError) as error:
         print(f"fila-train eval: error: {error}", file=sys.stderr)
         return 1
+    output = args.output_dir(model_options.model)
+    answers = write_answers(questions, predictions, model_options.model, output)
+    if metric is None:
+        print(f"answered {len(questions)} questions of {args.bench}, not scored (no answers in the file); "
+              f"LLaVA's answer file: {answers}")
+        return 0
     result = score(metric, questions, predictions, str(Path(args.bench).resolve()),
                    str(Path(model_options.model).resolve()))
-    output = args.output_dir(model_options.model)
     write_results(result, output)
-    print(f"{metric.name}: {100 * result.summary['score']:.2f} on {result.summary['count']} questions "
+    print(f"{format_score(metric.name, result.summary['score'])} on {result.summary['count']} questions "
           f"of {args.bench} (written to {output})")
     return 0

@@ -1,6 +1,7 @@
 """Batched greedy answers to benchmark questions, scored per question and written atomically."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from ..inference.loading import InferenceModel
 from ..utils.files import write_json_atomic, write_jsonl_atomic
 from .bench import BenchError, BenchQuestion
 from .metrics import Metric, mean_score
+
+LLAVA_ANSWERS_FILE = "answers.jsonl"  # LLaVA's answer-file format, beside our predictions.jsonl
 
 # LLaVA-1.5's instruction for short-answer benchmarks (TextVQA, VQAv2, DocVQA, ChartQA, ...).
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -66,6 +69,23 @@ def score(metric: Metric, questions: list[BenchQuestion], predictions: list[str]
     summary = {"metric": metric.name, "score": mean_score([row["score"] for row in rows]), "count": len(rows),
                "bench": bench, "model": model}
     return EvalResult(rows, summary)
+
+
+def answer_rows(questions: list[BenchQuestion], predictions: list[str], model: str) -> list[dict]:
+    """LLaVA's answer-file records (``llava/eval/model_vqa_loader.py``), which its per-benchmark scoring scripts
+    and submission converters read. ``answer_id`` is derived from model and question, so a rerun writes the
+    same file (LLaVA draws a random one)."""
+    model_id = Path(model).name
+    return [{"question_id": item.source_id, "prompt": item.question, "text": prediction,
+             "answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}/{item.id}").hex, "model_id": model_id,
+             "metadata": {}}
+            for item, prediction in zip(questions, predictions, strict=True)]
+
+
+def write_answers(questions: list[BenchQuestion], predictions: list[str], model: str, output: Path) -> Path:
+    path = output / LLAVA_ANSWERS_FILE
+    write_jsonl_atomic(path, answer_rows(questions, predictions, model))
+    return path
 
 
 def write_results(result: EvalResult, output: Path) -> None:

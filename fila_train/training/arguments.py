@@ -68,7 +68,7 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "padding-free batches: each batch's samples packed into one row, attention kept per sample "
                 "(block-diagonal); pays off with --attn_implementation flash_attention_2"})
     gradient_checkpointing_parts: str | None = field(default=None, metadata={
-        "help": "with --gradient_checkpointing: the parts to checkpoint, of llm, vision and what the encoder "
+        "help": "with --activation_checkpointing (--gradient_checkpointing): the parts to checkpoint, of llm, vision and what the encoder "
                 "offers (cvfm) "
                 "(default: all the model has)"})
     use_liger: bool = field(default=False, metadata={
@@ -102,7 +102,8 @@ class TrainingArguments(transformers.TrainingArguments):
             if unknown:
                 raise ConfigError(f"--gradient_checkpointing_parts: unknown part(s) {unknown}; known: {list(known)}")
             if not self.activation_checkpointing:
-                raise ConfigError("--gradient_checkpointing_parts needs --gradient_checkpointing True")
+                raise ConfigError("--gradient_checkpointing_parts needs --gradient_checkpointing True "
+                                  "(--activation_checkpointing True)")
         if self.use_liger_kernel:
             # HF's flag patches by the top-level model type, which Liger does not know for the
             # composite: it would silently patch nothing.

@@ -54,7 +54,9 @@ LLAVA_FLAGS: dict[str, LlavaFlag] = {
     "mm_vision_tower_lr": LlavaFlag("vision_lr"),
     "mm_projector_lr": LlavaFlag("connector_lr"),
     "lazy_preprocess": LlavaFlag(None, {TRUE: None}, "samples are always prepared lazily here", boolean=True),
-    "evaluation_strategy": LlavaFlag("eval_strategy"),  # transformers' old name, in every LLaVA script
+    # transformers' old names, in every LLaVA script (the old names warn as deprecated).
+    "evaluation_strategy": LlavaFlag("eval_strategy"),
+    "gradient_checkpointing": LlavaFlag("activation_checkpointing", boolean=True),
 }
 
 

@@ -10,6 +10,8 @@ from .parts import format_table
 
 logger = logging.getLogger(__name__)
 
+WANDB_PROJECT = "fila-train"
+
 
 def _wandb_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -24,6 +26,7 @@ def configure_wandb(report_to: list[str], output_dir: str) -> None:
     """Without an API key wandb online fails (or hangs ~100 s without network): go offline, say so."""
     if "wandb" not in report_to:
         return
+    os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)  # transformers' default is "huggingface"
     os.environ.setdefault("WANDB_DIR", output_dir)
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
     if "WANDB_MODE" not in os.environ and not _wandb_key_configured():

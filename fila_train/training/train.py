@@ -6,7 +6,6 @@ import gc
 import logging
 import os
 import sys
-import warnings
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..utils.argument_parser import StrictArgumentParser
 from ..utils.distributed import is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
+from ..utils.quiet import known_noise_silenced
 from ..utils.errors import ConfigError, FilaError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .checkpoints import resolve_resume
@@ -101,9 +101,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         # the world size from DeepSpeed's communicator: it must be up before the model is built.
         deepspeed.init_distributed()
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
-    with console_logging(process_log_level(args), log_format), warnings.catch_warnings():
-        # DeepSpeed's ZeRO reduce path calls this once per bucket: thousands of identical lines.
-        warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor` is deprecated", category=FutureWarning)
+    with console_logging(process_log_level(args), log_format), known_noise_silenced():
         for note in notes:
             logger.info(note)
         return run_training(model_args, data_args, args)
@@ -167,6 +165,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
 
     trainer.save_model(args.output_dir)
     save_connector_artifact(trainer.model, args.output_dir)
+    trainer.write_curves()
     if is_main_process():
         give_files_open_mode(Path(args.output_dir))  # save_pretrained's safetensors shards come out 0600
     tokens_per_second = trainer.tokens_seen * world_size() / max(seconds, 1e-9)

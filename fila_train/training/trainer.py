@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from .throughput.step_metrics import TrainingMetrics
@@ -16,7 +17,9 @@ from ..utils.distributed import barrier, rank, world_size
 from ..utils.files import give_files_open_mode
 from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
 from .connector_artifact import save_connector_artifact
+from .curves import CURVES_FILE, PART_LR_PREFIX, write_curves
 from .parts import optimizer_groups
+from .progress import ReadableProgress
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ if not hasattr(Trainer, "_run_epoch"):  # FilaTrainer._run_epoch below would sil
 class FilaTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.pop_callback(ProgressCallback) is not None:  # present unless --disable_tqdm
+            self.add_callback(ReadableProgress)
         self._tokens_since_log = 0
         self._tokens_total = 0
         # Set by the first training batch: the first logged window must not include start-up
@@ -122,9 +127,29 @@ class FilaTrainer(Trainer):
             logs["tokens_per_second_per_device"] = round(self._tokens_since_log / elapsed, 2)
             logs["tokens_per_second"] = round(self._tokens_since_log * world_size() / elapsed, 2)
             logs.update(self._step_metrics.log_values(elapsed))
+            logs.update(self.part_learning_rates(logs.get("learning_rate")))
             self._tokens_since_log = 0
             self._last_log_time = now
         super().log(logs, start_time)
+
+    def part_learning_rates(self, logged: float | None) -> dict[str, float]:
+        """Each part's rate for the logged step, as ``learning_rate/<part>``.
+
+        transformers logs the first group's rate from before the scheduler stepped; the groups themselves
+        already hold the next step's. Every schedule here scales each group's initial rate by one common
+        factor, so a part's rate for the logged step is its initial rate times the logged one's factor."""
+        groups = [group for group in (self.optimizer.param_groups if self.optimizer is not None else [])
+                  if "part" in group]
+        if not groups or logged is None or not groups[0].get("initial_lr"):
+            return {}
+        factor = logged / self.optimizer.param_groups[0]["initial_lr"]
+        return {f"{PART_LR_PREFIX}{group['part']}": group["initial_lr"] * factor for group in groups}
+
+    def write_curves(self) -> None:
+        """OUTPUT_DIR/curves.png from the log history so far (main process)."""
+        if self.args.should_save:
+            write_curves(self.state.log_history, Path(self.args.output_dir) / CURVES_FILE,
+                         f"{Path(self.args.output_dir).name}: step {self.state.global_step}")
 
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is saved, the Trainer writes it under the staging folder (checkpoints.py).
@@ -159,6 +184,7 @@ class FilaTrainer(Trainer):
                 self.state.best_model_checkpoint = str(run_dir / Path(best).name)
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            self.write_curves()
         barrier()
 
     @property

@@ -45,7 +45,8 @@ def give_files_open_mode(folder: Path) -> None:
             os.chmod(path, mode | executable)
 
 
-def _replace_atomically(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
+    """``write(temporary_path)`` writes the content; readers of ``path`` then see all of it or the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary, mode = _create_temporary(path)
     try:
@@ -63,11 +64,11 @@ def write_json_atomic(path: str | Path, data: object) -> None:
         with open(temporary, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
-    _replace_atomically(Path(path), write)
+    replace_atomically(Path(path), write)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    _replace_atomically(Path(path), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    replace_atomically(Path(path), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[object]) -> None:
@@ -76,7 +77,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[object]) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    _replace_atomically(Path(path), write)
+    replace_atomically(Path(path), write)
 
 
 def write_safetensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor],
@@ -84,4 +85,4 @@ def write_safetensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor],
     from safetensors.torch import save_file
 
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _replace_atomically(Path(path), lambda temporary: save_file(contiguous, temporary, metadata=metadata))
+    replace_atomically(Path(path), lambda temporary: save_file(contiguous, temporary, metadata=metadata))

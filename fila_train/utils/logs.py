@@ -23,7 +23,8 @@ def console_logging(level: int, fmt: str) -> Iterator[None]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    transformers.utils.logging.set_verbosity(level)
+    # transformers' INFO is config dumps (every config and generation config it loads): debug material.
+    transformers.utils.logging.set_verbosity(level if level <= logging.DEBUG else max(level, logging.WARNING))
     try:
         yield
     finally:

@@ -30,6 +30,7 @@ class ChartQA(Converter):
 
     name = "chartqa"
     splits = ("train", "val", "test")
+    bench_splits = ("val", "test")
     default_split = "train"
     subsets = ("human", "augmented")
 
@@ -47,6 +48,8 @@ class ChartQA(Converter):
         raise SourceFileError(f"{folder}: no {' and '.join(names)} here or in {folder / args.split}")
 
     def records(self, path: Path, args: argparse.Namespace) -> Iterator[tuple[str, Any]]:
+        # The entries do not name their split; the release's file names do (val_human.json).
+        self.check_split(path, path.stem.partition("_")[0], "its file name", args)
         for index, raw in enumerate(json_list(path, self.name)):
             yield f"{path}[{index}]", (f"{path.stem}_{index}", raw)
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ...utils.files import write_jsonl_atomic
 from ..annotations import AnnotationError
+from ..images import ImageLoadError, check_relative_image_path
 from ..validation import RecordError, check_record
 from .base import Converter
 from .fields import SourceRecordError, SkipSample, SourceFileError, summary_reason
@@ -28,12 +29,14 @@ class Summary:
     # reason -> records left out: source records (bad field, other split) or output records (failed a check)
     skipped: Counter = field(default_factory=Counter)
     repeated_ids: int = 0  # llava pass-through: records whose id an earlier record already had
+    bench: bool = False  # written as a benchmark file (fila-train eval's format)
 
     def report(self) -> str:
         lines = [f"{self.source}: read {self.read} records from {len(self.files)} file(s) "
                  f"({', '.join(str(path) for path in self.files)})",
                  f"  samples taken: {self.samples}",
-                 f"  records written: {self.written} -> {self.output}",
+                 f"  {'benchmark questions' if self.bench else 'records'} written: {self.written} -> {self.output}"
+                 + (" (fila-train eval's format, every reference answer)" if self.bench else ""),
                  f"  skipped: {sum(self.skipped.values())}"]
         lines += [f"    {count} x {reason}" for reason, count in self.skipped.most_common()]
         if self.repeated_ids:
@@ -106,15 +109,24 @@ def prefixed_images(record: dict, prefix: str) -> dict:
     return {**record, "image": [join(path) for path in image] if isinstance(image, list) else join(image)}
 
 
+def check_bench_record(record: dict, where: str) -> list[str]:
+    """A benchmark record's image path (its question and answers come from the converter's checked fields)."""
+    try:
+        return [check_relative_image_path(record["image"])]
+    except ImageLoadError as error:
+        raise RecordError(f"{where}: field 'image': {error}") from None
+
+
 def checked_records(records: Iterable[tuple[str, dict]], converter: Converter, args: argparse.Namespace,
                     summary: Summary, bad: BadSamples) -> Iterator[dict]:
-    """Every record passes the training-time check (validation.check_record) before it is written;
-    converted ids are unique; with --image_root every image must exist."""
+    """Every record passes the training-time check (validation.check_record; a benchmark record its own)
+    before it is written; converted ids are unique; with --image_root every image must exist."""
+    check = check_bench_record if converter.writes_bench(args) else check_record
     first_seen: dict[str, str] = {}
     for where, record in records:
         record = prefixed_images(record, args.image_prefix)
         try:
-            paths = check_record(record, where)
+            paths = check(record, where)
         except RecordError as error:
             detail = str(error).removeprefix(f"{where}: ")
             bad(SourceRecordError(where, f"invalid record: {summary_reason(detail)}", detail))
@@ -139,7 +151,7 @@ def checked_records(records: Iterable[tuple[str, dict]], converter: Converter, a
 
 
 def run(converter: Converter, args: argparse.Namespace) -> Summary:
-    summary = Summary(source=converter.name, output=args.output)
+    summary = Summary(source=converter.name, output=args.output, bench=converter.writes_bench(args))
     bad = BadSamples(args.on_bad_sample, summary)
     summary.files = input_files(converter, args.input, args)
     located = located_samples(converter, summary.files, args, summary, bad)

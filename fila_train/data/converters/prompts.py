@@ -54,3 +54,12 @@ def grouped_by_image(source: str, located: Iterable[Located], instruction: str) 
         where = f"{members[0][0]} (record {record_id!r}"
         where += f", with {len(members) - 1} more questions about its image)" if len(members) > 1 else ")"
         yield where, qa_record(record_id, samples, instruction)
+
+
+def bench_records(source: str, located: Iterable[Located]) -> Iterator[tuple[str, dict]]:
+    """``fila-train eval``'s format: one question per record with every reference answer, no instruction (eval
+    adds LLaVA's short-answer one itself)."""
+    for where, sample in located:
+        record_id = f"{source}_{sample.id}"
+        yield f"{where} (record {record_id!r})", {"id": record_id, "image": sample.image, "question": sample.question,
+                                                  "answers": list(sample.answers or (sample.answer,))}

@@ -25,9 +25,10 @@ class QuestionListConverter(Converter):
 
     def convert(self, raw: Any, where: str, args: argparse.Namespace) -> Iterator[Sample]:
         where = with_id(where, raw, self.id_field)
+        answers = answer_list(raw, "answers", where)
         yield Sample(id=identifier(raw, self.id_field, where), image=text(raw, self.image_field, where),
-                     question=text(raw, "question", where),
-                     answer=type(self).choose_answer(answer_list(raw, "answers", where)))
+                     question=text(raw, "question", where), answer=type(self).choose_answer(answers),
+                     answers=tuple(answers))
 
 
 @register
@@ -43,6 +44,7 @@ class DocVQA(QuestionListConverter):
 
     name = "docvqa"
     splits = ("train", "val")
+    bench_splits = ("val",)
     default_split = "train"
     file_patterns = ("{split}_v1.0_withQT.json", "{split}_v1.0.json")
     id_field, image_field, choose_answer = "questionId", "image", first
@@ -60,6 +62,7 @@ class InfographicVQA(QuestionListConverter):
 
     name = "infographicvqa"
     splits = ("train", "val")
+    bench_splits = ("val",)
     default_split = "train"
     file_patterns = ("infographicsVQA_{split}_v1.0*.json",)
     id_field, image_field, choose_answer = "questionId", "image_local_name", first

@@ -16,3 +16,5 @@ class Sample:
     image: str
     question: str | None
     answer: str
+    # Every reference answer (all annotators'), for a benchmark file; empty where the source has one answer.
+    answers: tuple[str, ...] = ()

@@ -36,14 +36,15 @@ class TextVQA(TextVQAImages):
     """
 
     name = "textvqa"
+    bench_splits = ("val",)
     file_patterns = ("TextVQA_0.5.1_{split}.json",)
 
     def convert(self, raw: Any, where: str, args: argparse.Namespace) -> Iterator[Sample]:
         where = with_id(where, raw, "question_id")
+        answers = answer_list(raw, "answers", where)
         yield Sample(id=identifier(raw, "question_id", where),
                      image=self.image_path(raw, identifier(raw, "image_id", where)),
-                     question=text(raw, "question", where),
-                     answer=most_common(answer_list(raw, "answers", where)))
+                     question=text(raw, "question", where), answer=most_common(answers), answers=tuple(answers))
 
 
 @register

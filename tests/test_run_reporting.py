@@ -1,0 +1,80 @@
+"""Looking at a run without a wandb account: curves.png at every checkpoint and at the end, every part's
+learning rate in the logs, readable progress, and a log with no warning repeated per step (the 2-process
+ZeRO-3 reference run of test_resume.py)."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from fila_train.training.curves import CURVES_FILE, PANELS, series, write_curves
+from fila_train.training.progress import LINES_PER_RUN, format_log_line
+from fila_train.training.reporting import WANDB_PROJECT, configure_wandb
+
+
+def final_log_history(run) -> list[dict]:
+    last = max(run.output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    return json.loads((last / "trainer_state.json").read_text())["log_history"]
+
+
+def test_every_part_logs_its_own_learning_rate(uninterrupted):
+    """--learning_rate 3e-3 with --connector_lr 1e-3: the two parts' logged rates keep that ratio through warmup
+    and decay, and transformers' single learning_rate is only one of them."""
+    history = [entry for entry in final_log_history(uninterrupted[1]) if "loss" in entry]
+    assert history
+    for entry in history:
+        assert entry["learning_rate/llm"] == pytest.approx(3 * entry["learning_rate/connector"])
+        assert entry["learning_rate"] in (entry["learning_rate/llm"], entry["learning_rate/connector"])
+
+
+def test_curves_png_is_written_at_checkpoints_and_at_the_end(uninterrupted):
+    run = uninterrupted[1]
+    with Image.open(run.output_dir / CURVES_FILE) as image:
+        assert image.format == "PNG" and image.width >= 200 * len(PANELS)
+    losses = series(final_log_history(run), "loss")["loss"]
+    assert losses[0] == list(range(1, len(losses[0]) + 1))  # every logged step is a point of the curve
+    rates = series(final_log_history(run), "learning_rate/")
+    assert set(rates) == {"connector", "llm"}
+
+
+def test_curves_png_says_what_was_not_logged(tmp_path):
+    """No MFU on CPU: the panel says why rather than staying blank (the figure is still written)."""
+    history = [{"step": step, "loss": 1.0 / step, "grad_norm": 0.5, "learning_rate/llm": 1e-3} for step in (1, 2, 3)]
+    path = write_curves(history + [{"step": 3, "train_runtime": 1.0}], tmp_path / CURVES_FILE, "a run")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+    assert series(history, "mfu") == {}
+
+
+def test_the_run_log_is_readable_and_quiet(uninterrupted):
+    """Rank 0's whole output: no warning printed twice, no config dumps, progress as short lines (about
+    LINES_PER_RUN of them), not one dict per step."""
+    log = uninterrupted[1].rank_log(0)
+    warnings = Counter(line.strip() for line in log.splitlines() if re.search(r"Warning\b|\[WARNING\]", line))
+    assert [line for line, count in warnings.items() if count > 1] == []
+    assert "all_gather_into_tensor" not in log and "gemm_4bit_forward" not in log
+    assert "Model config" not in log and "GenerationConfig {" not in log
+    assert "{'loss'" not in log
+    lines = re.findall(r"step \d+/\d+ \| loss \d", log)
+    assert 1 <= len(lines) <= LINES_PER_RUN + 1
+
+
+def test_progress_line():
+    line = format_log_line(10, 60, {"loss": 5.97312, "grad_norm": 2.2581, "learning_rate": 0.0019,
+                                    "tokens_per_second": 3450.2, "mfu": 0.412})
+    assert line == "step 10/60 | loss 5.9731 | grad norm 2.26 | lr 0.0019 | tokens/s 3,450 | MFU 41.2%"
+
+
+def test_wandb_project_defaults_to_fila_train(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    configure_wandb(["wandb"], str(tmp_path))
+    import os
+
+    assert os.environ["WANDB_PROJECT"] == WANDB_PROJECT == "fila-train"
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    configure_wandb(["wandb"], str(tmp_path))
+    assert os.environ["WANDB_PROJECT"] == "mine"
