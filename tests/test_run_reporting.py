@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from fila_train.training.curves import CURVES_FILE, PANELS, series, write_curves
+from fila_train.training.curves import CURVES_FILE, series, write_curves
 from fila_train.training.progress import LINES_PER_RUN, format_log_line
 from fila_train.training.reporting import WANDB_PROJECT, configure_wandb
 
@@ -33,7 +33,7 @@ def test_every_part_logs_its_own_learning_rate(uninterrupted):
 def test_curves_png_is_written_at_checkpoints_and_at_the_end(uninterrupted):
     run = uninterrupted[1]
     with Image.open(run.output_dir / CURVES_FILE) as image:
-        assert image.format == "PNG" and image.width >= 200 * len(PANELS)
+        assert image.format == "PNG" and image.width >= 600
     losses = series(final_log_history(run), "loss")["loss"]
     assert losses[0] == list(range(1, len(losses[0]) + 1))  # every logged step is a point of the curve
     rates = series(final_log_history(run), "learning_rate/")

@@ -48,6 +48,8 @@ def summarize(output: Path, stages: dict[str, Path], export: Path | None = None,
         run = json.loads((folder / "train_summary.json").read_text())
         summary[stage] = {key: run[key] for key in ("loss_first", "loss_last", "steps", "seconds",
                                                      "output_dir", "vision_encoder", "connector_type")}
+        if (folder / "curves.png").is_file():
+            summary[stage]["curves"] = str((folder / "curves.png").resolve())
     if export is not None:
         summary["export_dir"] = str(export.resolve())
     if answer_file is not None:
@@ -85,7 +87,8 @@ def main(argv: list[str]) -> int:
     for stage in ("stage1", "stage2"):
         values = summary[stage]
         print(f"{stage}: loss {values['loss_first']:.3f} -> {values['loss_last']:.3f} over {values['steps']} "
-              f"steps in {values['seconds']:.0f} s; written to {values['output_dir']}")
+              f"steps in {values['seconds']:.0f} s; written to {values['output_dir']}"
+              + (f" (curves: {values['curves']})" if "curves" in values else ""))
     if "answer" in summary:
         answer = summary["answer"]
         print(f"answer: {answer.get('question')!r} -> {answer['prediction']!r} (reference {answer.get('answers')})")

@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, 
 from ..utils.errors import ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
+from .llava_layout import folder_layout
+from .llava_release import LlavaRelease, check_projector_fits, load_llava_release
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
 
@@ -66,18 +68,29 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         model = FilaForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
         return with_lora(model, settings, model_name_or_path)
-    if vision_tower is None:
+    layout = folder_layout(model_name_or_path)
+    if vision_tower is None and layout is None:
         raise ConfigError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
     # The encoder's complete options are checked against the tower's config before any weights load.
-    vision_config = CLIPVisionConfig.from_pretrained(vision_tower)
+    vision_config = release_vision_config(model_name_or_path, vision_tower) if layout else \
+        CLIPVisionConfig.from_pretrained(vision_tower)
     vision_options = VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
-    if settings is not None and settings.bits != 16:
+    release = None
+    if layout is not None:
+        if settings is not None and settings.bits != 16:
+            raise ConfigError(f"--bits {settings.bits}: a LLaVA release ({model_name_or_path}) loads unquantized; "
+                              f"export it as a fila model first, or train LoRA at 16 bits")
+        release = load_llava_release(model_name_or_path, vision_tower, dtype, attn_implementation)
+        language_model, tower, vision_feature_layer = \
+            release.language_model, release.vision_tower, release.vision_feature_layer
+    elif settings is not None and settings.bits != 16:
         language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
     else:
         language_model = AutoModelForCausalLM.from_pretrained(
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
-    tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
+    if release is None:
+        tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
     config = FilaConfig(
         vision_config=tower.config, text_config=language_model.config, vision_encoder=vision_encoder,
         vision_options=with_local_convnext(vision_options), vision_feature_layer=vision_feature_layer,
@@ -88,11 +101,34 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         # overwrites the LLM's, which then runs without its causal mask.
         attn_implementation=attn_implementation, lora=None if settings is None else settings.to_dict())
     model = FilaForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
+    if release is not None:
+        load_release_projector(model, release, model_name_or_path)
     if is_quantized(language_model):  # .to(dtype) must not touch the packed k-bit weights
         model.vision_tower.to(dtype)
         model.connector.to(dtype)
         return model
     return model.to(dtype)
+
+
+def release_vision_config(path: str, vision_tower: str | None) -> CLIPVisionConfig:
+    """A LLaVA release's CLIP config, read before any weights: llava-hf holds it, original LLaVA names a tower."""
+    raw = json.loads((Path(path) / "config.json").read_text())
+    if "vision_config" in raw:
+        from transformers import LlavaConfig
+
+        return LlavaConfig.from_pretrained(path).vision_config
+    return CLIPVisionConfig.from_pretrained(vision_tower or raw["mm_vision_tower"])
+
+
+def load_release_projector(model: FilaForConditionalGeneration, release: LlavaRelease, path: str) -> None:
+    """The release's projector into the connector's MLP (MMFuser's too: its fuser keeps its closed gates)."""
+    projector = model.connector.projector
+    depth = sum(isinstance(layer, torch.nn.Linear) for layer in projector)
+    check_projector_fits(release.projector, depth, model.config.vision_config.hidden_size,
+                         model.config.text_config.hidden_size, f"{path} ({release.layout})")
+    with torch.no_grad():
+        projector.load_state_dict({name: tensor.to(dtype=next(projector.parameters()).dtype)
+                                   for name, tensor in release.projector.items()})
 
 
 def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None,

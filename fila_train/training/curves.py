@@ -16,7 +16,9 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("learning rate by part", (PART_LR_PREFIX,)),
     ("tokens/s (all ranks)", ("tokens_per_second",)),
     ("MFU (%)", ("mfu",)),
+    ("peak memory (GiB)", ("peak_memory_gib",)),
 )
+COLUMNS = 3
 MISSING = {"MFU (%)": "not logged: MFU needs a known GPU or --peak_tflops"}
 
 
@@ -38,8 +40,11 @@ def write_curves(log_history: list[dict], path: Path, title: str) -> Path:
     """One figure, a panel per PANELS entry, written atomically to ``path``."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
-    figure = Figure(figsize=(4.2 * len(PANELS), 3.2), dpi=100)
-    axes = figure.subplots(1, len(PANELS))
+    rows = -(-len(PANELS) // COLUMNS)
+    figure = Figure(figsize=(4.2 * COLUMNS, 3.0 * rows + 0.4), dpi=100)
+    axes = figure.subplots(rows, COLUMNS, squeeze=False).flatten()
+    for ax in axes[len(PANELS):]:
+        ax.set_visible(False)
     for ax, (panel, keys) in zip(axes, PANELS):
         lines = {name: data for key in keys for name, data in series(log_history, key).items()}
         for name, (steps, values) in lines.items():

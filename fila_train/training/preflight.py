@@ -18,6 +18,7 @@ from pathlib import Path
 from ..data.mixture import MixtureError, load_mixture
 from ..model.contracts import (  # names only: no torch
     CONNECTORS, DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, VISION_ENCODERS)
+from ..model.llava_layout import PROJECTOR_DEPTHS, release_layout, release_projector_type
 from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature, signature_mismatches
@@ -142,6 +143,37 @@ def hidden_size(config: dict) -> int | None:
     return None
 
 
+def connector_depth(connector_type: str) -> int | None:
+    """Linear layers in a connector's MLP, for the projectors LLaVA has (mmfuser ends in mlp2x_gelu's)."""
+    return {**PROJECTOR_DEPTHS, "mmfuser": PROJECTOR_DEPTHS["mlp2x_gelu"]}.get(connector_type)
+
+
+def check_release_connector(args: argparse.Namespace, model: dict, layout: str) -> None:
+    connector = args.connector_type or DEFAULT_CONNECTOR
+    projector = release_projector_type(model)
+    if connector_depth(connector) != PROJECTOR_DEPTHS.get(projector):
+        raise PreflightError(f"--model_name_or_path {args.model_name_or_path} is an {layout} model with LLaVA's "
+                             f"{projector} projector, which --connector_type {connector} cannot start from")
+
+
+def check_llava_projector(path: Path, args: argparse.Namespace, model: dict | None, tower: dict | None) -> None:
+    """LLaVA's stage-1 mm_projector.bin: a torch pickle, so torch is imported for this check only."""
+    from ..model.llava_release import check_projector_fits, llava_projector_file
+
+    vision = hidden_size((tower or {}).get("vision_config") or tower or {}) if tower else None
+    llm = hidden_size(model or {}) if model is not None and release_layout(model) is None else None
+    try:
+        projector = llava_projector_file(path)
+        depth = connector_depth(args.connector_type or DEFAULT_CONNECTOR)
+        if depth is None:
+            raise PreflightError(f"--pretrained_connector {path} is LLaVA's projector, which --connector_type "
+                                 f"{args.connector_type} has none of")
+        if vision is not None and llm is not None:
+            check_projector_fits(projector, depth, vision, llm, str(path))
+    except CheckpointError as error:
+        raise PreflightError(f"--pretrained_connector {error}") from None
+
+
 def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tower: dict | None) -> None:
     """The artifact's header against the model the flags describe (sizes from the config files)."""
     if not args.pretrained_connector:  # unset, or "" from a script variable left empty
@@ -150,6 +182,9 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
     if path.is_dir():
         path = path / ARTIFACT_NAME
     check_file("pretrained_connector", str(path))
+    if path.suffix == ".bin":
+        check_llava_projector(path, args, model, tower)
+        return
     try:
         signature = read_signature(path)
     except Exception as error:  # safetensors reports a bad header in several exception types
@@ -182,7 +217,12 @@ def preflight(argv: list[str]) -> None:
     check_choice("connector_type", args.connector_type, CONNECTORS.names())
     model = check_model_path("model_name_or_path", args.model_name_or_path)
     is_fila = model is not None and model.get("model_type") == "fila"
-    tower = check_model_path("vision_tower", args.vision_tower, required=model is not None and not is_fila)
+    llava = release_layout(model)
+    # A LLaVA release brings its tower (llava-hf holds it, original LLaVA names it in mm_vision_tower).
+    tower = check_model_path("vision_tower", args.vision_tower or (model or {}).get("mm_vision_tower"),
+                             required=model is not None and not is_fila and llava is None)
+    if llava is not None:
+        check_release_connector(args, model, llava)
     if args.convnext_checkpoint is not None and not HUB_ID.match(args.convnext_checkpoint) \
             and not Path(args.convnext_checkpoint).expanduser().exists():
         raise PreflightError(f"--convnext_checkpoint {args.convnext_checkpoint}: no such file or folder")

@@ -1,0 +1,196 @@
+"""Start from a LLaVA release: its LLM, CLIP tower, feature layer and projector become a fila model's.
+
+Two layouts are read:
+- **llava-hf** (transformers' ``LlavaForConditionalGeneration``: ``config.json`` with ``model_type`` "llava" and
+  ``text_config`` / ``vision_config``; our own ``--format llava`` export is one). Loaded by transformers' Llava
+  class, whose modules are then moved, not copied, into the fila model.
+- **original LLaVA-1.5** (``LlavaLlamaForCausalLM``: a Llama checkpoint whose config has ``mm_vision_tower``,
+  ``mm_projector_type``, ``mm_vision_select_layer``, and whose weights hold ``model.mm_projector.*``). The
+  vision tower is not in those weights: it is the ``mm_vision_tower`` folder or hub id (``--vision_tower``
+  overrides it).
+
+LLaVA's stage-1 output, ``mm_projector.bin`` (the projector alone, same names), starts a run through
+``--pretrained_connector`` (training/connector_artifact.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from ..utils.errors import CheckpointError, ConfigError
+from .llava_layout import LLAVA_HF, ORIGINAL, PROJECTOR_DEPTHS, folder_layout
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_PREFIX = "mm_projector."  # original LLaVA: model.mm_projector.{0,2}.* (mlp2x_gelu) or .weight (linear)
+
+
+@dataclass
+class LlavaRelease:
+    layout: str
+    language_model: PreTrainedModel
+    vision_tower: CLIPVisionModel
+    vision_feature_layer: int
+    projector: dict[str, torch.Tensor]  # our mlp names: "0.weight", "0.bias" (, "2.weight", "2.bias")
+
+
+def projector_depth(state: dict[str, torch.Tensor], origin: str) -> int:
+    """Linear layers of a LLaVA projector state dict (keys "0.weight", ... or "weight" for ``linear``)."""
+    if set(state) == {"weight", "bias"}:
+        return 1
+    if set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        return 2
+    raise CheckpointError(f"{origin}: the projector has weights {sorted(state)}; only LLaVA's linear and "
+                          f"mlp2x_gelu projectors are read")
+
+
+def as_our_projector(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LLaVA's projector names -> our mlp's (``linear`` is one bare Linear in LLaVA, layer 0 here)."""
+    return {f"0.{name}": tensor for name, tensor in state.items()} if set(state) == {"weight", "bias"} else state
+
+
+def llava_projector_file(path: Path) -> dict[str, torch.Tensor]:
+    """The projector of LLaVA's stage-1 ``mm_projector.bin`` (torch.save of ``model.mm_projector.*``), in our
+    mlp names. Read with ``weights_only=True``: a pickle runs no code here."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch reports a bad or unsafe pickle in several exception types
+        raise CheckpointError(f"{path}: not a LLaVA projector file ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    projector = {name.split(PROJECTOR_PREFIX, 1)[1]: tensor for name, tensor in state.items()
+                 if PROJECTOR_PREFIX in name}
+    if not projector:
+        raise CheckpointError(f"{path}: no {PROJECTOR_PREFIX}* weights (LLaVA's stage-1 projector file)")
+    projector_depth(projector, str(path))
+    return as_our_projector(projector)
+
+
+def check_projector_fits(projector: dict[str, torch.Tensor], depth: int, vision_hidden: int, llm_hidden: int,
+                         origin: str) -> None:
+    """The shape and architecture check of a LLaVA projector against the model it starts."""
+    found = len(projector) // 2  # our names: a weight and a bias per Linear
+    if found != depth:
+        names = {value: name for name, value in PROJECTOR_DEPTHS.items()}
+        raise CheckpointError(f"{origin} is LLaVA's {names[found]} projector, but the model's connector has "
+                              f"{depth} Linear layer(s) ({names.get(depth, depth)})")
+    shape = tuple(projector["0.weight"].shape)
+    if shape != (llm_hidden, vision_hidden):
+        raise CheckpointError(f"{origin} projects {shape[1]} -> {shape[0]} features, the model needs "
+                              f"{vision_hidden} (vision tower) -> {llm_hidden} (LLM)")
+
+
+def _checked(reasons: list[str], path: str) -> None:
+    if reasons:
+        raise ConfigError(f"{path}: cannot start from this LLaVA model: {'; '.join(reasons)}")
+
+
+def _load_llava_hf(path: str, dtype: torch.dtype, attn_implementation: str) -> LlavaRelease:
+    from transformers import LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    config = llava.config
+    reasons = []
+    if config.vision_config.model_type != "clip_vision_model":
+        reasons.append(f"its vision tower is {config.vision_config.model_type!r}, not CLIP")
+    if config.vision_feature_select_strategy != "default":
+        reasons.append(f"vision_feature_select_strategy {config.vision_feature_select_strategy!r} (only 'default': "
+                       f"patch tokens, CLS dropped)")
+    if not isinstance(config.vision_feature_layer, int):
+        reasons.append(f"vision_feature_layer {config.vision_feature_layer!r} is not one layer")
+    if config.projector_hidden_act != "gelu" or not config.multimodal_projector_bias:
+        reasons.append("its projector is not LLaVA's Linear-GELU-Linear with biases")
+    _checked(reasons, path)
+    # A causal-LM skeleton on the meta device whose body and head are Llava's own modules: nothing is copied.
+    with init_empty_weights():
+        language_model = AutoModelForCausalLM.from_config(config.text_config, attn_implementation=attn_implementation)
+    setattr(language_model, language_model.base_model_prefix, llava.model.language_model)
+    language_model.lm_head = llava.lm_head
+    tower = llava.model.vision_tower  # transformers' CLIPVisionModel itself
+    if not isinstance(tower, CLIPVisionModel):
+        raise ConfigError(f"{path}: its vision tower is a {type(tower).__name__}, not a CLIPVisionModel")
+    projector = llava.model.multi_modal_projector
+    weights = {"0.weight": projector.linear_1.weight, "0.bias": projector.linear_1.bias,
+               "2.weight": projector.linear_2.weight, "2.bias": projector.linear_2.bias}
+    return LlavaRelease(LLAVA_HF, language_model, tower, config.vision_feature_layer,
+                        {name: tensor.detach() for name, tensor in weights.items()})
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for pattern in ("*.safetensors", "*.bin"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found
+    raise CheckpointError(f"{folder}: no *.safetensors or *.bin weights")
+
+
+def _original_projector(folder: Path) -> dict[str, torch.Tensor]:
+    """``model.mm_projector.*`` from the shard(s) that hold it (the index says which; no whole-model load)."""
+    files = _weight_files(folder)
+    index = next((folder / name for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                  if (folder / name).is_file()), None)
+    if index is not None:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({folder / shard for key, shard in weight_map.items() if PROJECTOR_PREFIX in key})
+    projector: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as handle:
+                projector |= {key.split(PROJECTOR_PREFIX, 1)[1]: handle.get_tensor(key) for key in handle.keys()
+                              if PROJECTOR_PREFIX in key}
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            projector |= {key.split(PROJECTOR_PREFIX, 1)[1]: value for key, value in state.items()
+                          if PROJECTOR_PREFIX in key}
+    if not projector:
+        raise CheckpointError(f"{folder}: no {PROJECTOR_PREFIX}* weights in {[file.name for file in files]}")
+    projector_depth(projector, str(folder))
+    return as_our_projector(projector)
+
+
+def _load_original(path: str, vision_tower: str | None, dtype: torch.dtype,
+                   attn_implementation: str) -> LlavaRelease:
+    raw = json.loads((Path(path) / "config.json").read_text())
+    reasons = []
+    if raw.get("mm_projector_type") not in PROJECTOR_DEPTHS:
+        reasons.append(f"mm_projector_type {raw.get('mm_projector_type')!r} (linear or mlp2x_gelu are read)")
+    if raw.get("mm_vision_select_feature", "patch") != "patch":
+        reasons.append(f"mm_vision_select_feature {raw['mm_vision_select_feature']!r} (only 'patch')")
+    for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):
+        if raw.get(flag):
+            reasons.append(f"{flag} is true (image start/end and patch tokens are not implemented)")
+    if raw.get("image_aspect_ratio", "pad") != "pad" or raw.get("mm_patch_merge_type", "flat") != "flat":
+        reasons.append("it is not LLaVA-1.5's single padded view (image_aspect_ratio pad, flat patches)")
+    _checked(reasons, path)
+    # Its config is a Llama config plus LLaVA's mm_* keys; the Llama fields alone build the LLM.
+    llama_fields = set(LlamaConfig().to_dict()) - {"model_type", "architectures", "transformers_version"}
+    llm_config = LlamaConfig(**{key: value for key, value in raw.items() if key in llama_fields})
+    language_model = LlamaForCausalLM.from_pretrained(path, config=llm_config, dtype=dtype,
+                                                      attn_implementation=attn_implementation)
+    tower = CLIPVisionModel.from_pretrained(vision_tower or raw["mm_vision_tower"], dtype=dtype)
+    return LlavaRelease(ORIGINAL, language_model, tower, int(raw.get("mm_vision_select_layer", -2)),
+                        _original_projector(Path(path)))
+
+
+def load_llava_release(path: str, vision_tower: str | None, dtype: torch.dtype,
+                       attn_implementation: str) -> LlavaRelease:
+    layout = folder_layout(path)
+    if layout == LLAVA_HF:
+        if vision_tower is not None:
+            logger.warning("%s is a llava-hf model: its own CLIP tower is used, --vision_tower %s is not", path,
+                           vision_tower)
+        release = _load_llava_hf(path, dtype, attn_implementation)
+    elif layout == ORIGINAL:
+        release = _load_original(path, vision_tower, dtype, attn_implementation)
+    else:
+        raise ConfigError(f"{path} is not a LLaVA model folder")
+    logger.info("starting from the %s model %s: its LLM, CLIP tower, feature layer %d and %s projector", layout,
+                path, release.vision_feature_layer, "linear" if len(release.projector) == 2 else "mlp2x_gelu")
+    return release
