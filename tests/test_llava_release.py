@@ -171,3 +171,19 @@ def test_stage2_trains_from_a_llava_hf_folder_with_llava_flags(llava, tiny_asset
     saved = build_model(str(tmp_path / "run"))
     assert saved.config.model_type == "fila" and saved.config.vision_encoder == "clip"
     assert load_tokenizer(str(tmp_path / "run"), saved, 512).pad_token_id is not None
+
+
+def test_generate_and_eval_read_a_llava_hf_folder(llava, tiny_assets, tmp_path, capsys):
+    """`fila-train eval` (and so lmms-eval's --model fila) on a llava-hf folder: read as LLaVA-1.5, prompted
+    with the vicuna_v1 template it was trained with."""
+    from fila_train.cli import main
+    from fila_train.inference.loading import load_model
+
+    loaded = load_model(llava[0], dtype="float32", device="cpu")
+    assert loaded.model.config.vision_encoder == "clip" and loaded.model.config.conversation_template == "vicuna_v1"
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text((tiny_assets.stage2_data.parent / "eval_questions.jsonl").read_text().splitlines()[0] + "\n")
+    assert main(["eval", "--model", str(llava[0]), "--bench", str(bench), "--image_folder",
+                 str(tiny_assets.image_folder), "--metric", "anls", "--max_new_tokens", "4", "--dtype", "float32",
+                 "--device", "cpu", "--output", str(tmp_path / "out")]) == 0
+    assert "on 1 questions" in capsys.readouterr().out

@@ -89,9 +89,11 @@ def read_bench(path: str | Path, metric: Metric | None, image_folder: Path | Non
     first_seen: dict[str, str] = {}
     for index in range(count):
         where = annotations.location(index)
-        item = _question(annotations[index], where, metric, image_folder)
+        record = annotations[index]
+        item = _question(record, where, metric, image_folder)
         if item.id in first_seen:
-            raise BenchError(f"{where}: id {item.id!r} was already used at {first_seen[item.id]}")
+            key, _ = _field(record, "id", "question_id" in record and "id" not in record)
+            raise BenchError(f"{where}: field {key!r}: {item.id!r} was already used at {first_seen[item.id]}")
         first_seen[item.id] = where
         questions.append(item)
     if not questions:

@@ -11,9 +11,11 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from ..processing.processor import FilaProcessor, load_processor
 from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
-from ..model.builder import is_fila_checkpoint
+from ..model.builder import build_model, is_fila_checkpoint, load_tokenizer
+from ..model.llava_layout import folder_layout
 from ..utils.errors import CheckpointError, ConfigError
 
+LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -80,13 +82,18 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
         fila = is_fila_checkpoint(path)
     except ValueError as error:  # config.json is not JSON
         raise ModelLoadError(f"{path}/config.json: {error}") from None
-    if not fila:
-        raise ModelLoadError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila'); "
-                             f"give the output folder of a training run or of `fila-train export`")
+    release = None if fila else folder_layout(path)
+    if not fila and release is None:
+        raise ModelLoadError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila') "
+                             f"nor a LLaVA release; give the output folder of a training run or of `fila-train export`")
     device = torch.device(device) if device is not None else default_device()
     try:
-        model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
-        processor = load_processor(path, model.config)
+        if release is not None:  # a llava-hf or original LLaVA-1.5 folder, read as LLaVA-1.5 (clip + projector)
+            model = build_model(path, dtype=resolve_dtype(dtype, device))
+            processor = FilaProcessor.for_model(load_tokenizer(path, model, LLAVA_MAX_LENGTH), model.config)
+        else:
+            model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+            processor = load_processor(path, model.config)
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
     except ValueError as error:  # a config the model refuses to build from (e.g. a QLoRA run: export it first)

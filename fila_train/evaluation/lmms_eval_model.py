@@ -1,0 +1,87 @@
+"""lmms-eval's ``--model fila``: any lmms-eval task on a fila model folder or a LLaVA release.
+
+Registered the way lmms-eval loads external models, through the ``lmms_eval.models`` entry point
+(pyproject.toml), so ``python -m lmms_eval --model fila --model_args pretrained=FOLDER,batch_size=8`` works once
+the ``eval`` extra is installed. Prompts are our chat template's, exactly as ``fila-train eval`` builds them, and
+generation is batched (left-padded) and greedy unless the task asks to sample.
+"""
+from __future__ import annotations
+
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.registry_v2 import ModelManifest
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..inference.generation import GenerationOptions, build_prompt, generate_answers
+from ..inference.loading import load_model
+
+MODEL_ID = "fila"
+
+
+def manifest() -> ModelManifest:
+    """The entry point's payload: lmms-eval's registry maps ``--model fila`` to FilaLmms."""
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.FilaLmms")
+
+
+def cut_at_stops(text: str, stops: list[str]) -> str:
+    """lmms-eval's ``until``: the answer up to the first stop string."""
+    for stop in stops:
+        if stop:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+def generation_options(gen_kwargs: dict) -> GenerationOptions:
+    sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
+    return GenerationOptions(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), do_sample=sample,
+                             temperature=float(gen_kwargs.get("temperature") or 1.0) if sample else 1.0,
+                             top_p=gen_kwargs.get("top_p") if sample else None)
+
+
+class FilaLmms(lmms):
+    def __init__(self, pretrained: str, batch_size: int | str = 1, dtype: str = "auto", device: str | None = None,
+                 max_batch_size: int | None = None, **unknown) -> None:
+        """``--model_args pretrained=FOLDER[,dtype=..]``; ``--batch_size`` and ``--device`` are lmms-eval's own
+        flags (``max_batch_size`` goes with ``--batch_size auto``, which is not supported: give a number)."""
+        super().__init__()
+        if unknown:
+            raise ValueError(f"--model_args for fila: unknown {sorted(unknown)} (known: pretrained, dtype)")
+        if not str(batch_size).isdigit():
+            raise ValueError(f"--batch_size {batch_size}: fila takes a number of questions per batch")
+        self.loaded = load_model(pretrained, dtype, device)
+        self.batch_size = int(batch_size)
+
+    def _visual(self, request: Instance) -> Image.Image | None:
+        _, _, doc_to_visual, doc_id, task, split = request.args
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
+        visuals = [visual for visual in (visuals or []) if visual is not None]
+        if len(visuals) > 1:
+            raise ValueError(f"task {task} doc {doc_id}: {len(visuals)} images; fila models take one per question")
+        return visuals[0].convert("RGB") if visuals else None
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """Batches of ``batch_size`` requests with the same generation settings, answers in request order."""
+        answers: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(repr(sorted(request.args[1].items())), []).append(index)
+        with tqdm(total=len(requests), desc="fila: answering", disable=self.rank != 0) as progress:
+            for indices in groups.values():
+                gen_kwargs = dict(requests[indices[0]].args[1])
+                stops = gen_kwargs.get("until") or []
+                stops = [stops] if isinstance(stops, str) else list(stops)
+                options = generation_options(gen_kwargs)
+                for start in range(0, len(indices), self.batch_size):
+                    batch = indices[start:start + self.batch_size]
+                    prompts = [build_prompt(self.loaded, requests[i].args[0], self._visual(requests[i])) for i in batch]
+                    for i, text in zip(batch, generate_answers(self.loaded, prompts, options)):
+                        answers[i] = cut_at_stops(text, stops)
+                    progress.update(len(batch))
+        return answers
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("fila: loglikelihood tasks are not supported; use generate_until tasks")
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("fila: multi-round generation is not supported")
