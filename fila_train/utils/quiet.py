@@ -22,6 +22,11 @@ KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     # reports an optional kernel package it could not find, on every command, QLoRA or not. Its fallback is
     # the plain CPU kernel.
     ("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward from kernels-community"),
+    # transformers' save/load helpers import DeepSpeed on every command (export, demo prepare, eval); without a
+    # GPU it then announces the CPU, once per process. The training launcher says which device it runs on.
+    ("DeepSpeed", r"Setting accelerator to CPU"),
+    # DeepSpeed builds its CPU shared-memory op at start-up and torch looks for CUDA while doing so.
+    ("torch.utils.cpp_extension", r"No CUDA runtime is found"),
 )
 
 
