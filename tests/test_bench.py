@@ -160,14 +160,15 @@ def test_real_size_config_builds_on_meta_and_matches_the_anchors(tmp_path) -> No
 
 
 def train_logs(assets, output_dir, capsys, **extra: str) -> list[dict]:  # noqa: F811
-    """The per-step log dicts of a 2-step in-process stage-1 run (the console prints them as strings)."""
+    """The per-step log dicts of a 2-step in-process stage-1 run: without the progress bar (--disable_tqdm)
+    transformers prints each one (the bar's own lines are shorter, every ~5% of the run)."""
     from fila_train.training.train import parse_args, train
 
     flags = assets.model_flags(hybrid=False, fuser=False) | {
         "data_path": str(assets.stage1_data), "image_folder": str(assets.image_folder),
         "conversation_template": "plain", "tune_parts": "connector", "per_device_train_batch_size": "2",
         "max_steps": "2", "logging_steps": "1", "model_max_length": "512", "save_strategy": "no",
-        "report_to": "none", "output_dir": str(output_dir), "seed": "5"} | extra
+        "report_to": "none", "output_dir": str(output_dir), "seed": "5", "disable_tqdm": "True"} | extra
     model_args, data_args, args = parse_args(as_cli(flags))
     args.peak_tflops = 0.5  # a CPU has no known peak; --peak_tflops is how a run names one
     train(model_args, data_args, args)

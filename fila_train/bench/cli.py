@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch_compile_backend", default=None,
                         help="torch.compile the model with this backend (inductor, aot_eager, ...), as "
                              "--torch_compile_backend in training; compilation happens in the warm-up steps")
+    parser.add_argument("--use_liger", action="store_true", help="Liger kernels on the LLM (needs liger-kernel, a GPU)")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="--vision_only: the ConvNeXt in channels_last memory format")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the synthetic data and tiny models go (default: a temporary folder)")
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry_run", action="store_true",
                       help="build on the meta device, print parameters and FLOPs per sample, run nothing")
     mode.add_argument("--data", action="store_true", help="measure the data pipeline (ours vs the reference)")
+    mode.add_argument("--vision_only", action="store_true",
+                      help="the vision encoder alone, forward per image at --image_size (ms, TFLOP/s)")
+    mode.add_argument("--suite", choices=("gpu_check",), default=None,
+                      help="gpu_check: every measurement of scripts/gpu_check.sh (tiny configs with --device cpu); "
+                           "writes gpu_check.json and gpu_check.md to --output (a folder)")
     parser.add_argument("--num_images", type=int, default=16, help="--data: documents to process")
     parser.add_argument("--repeats", type=int, default=2, help="--data: passes over the documents")
     return parser
@@ -70,6 +78,12 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
 
         result = dry_run(args.config, args.stage, args.seq_len, workdir)
         return result, report.format_dry_run(result)
+    if args.vision_only:
+        from .vision import run_vision_bench
+
+        result = run_vision_bench(args.config, args.device, args.dtype, args.image_size, args.steps, args.warmup,
+                                  workdir, channels_last=args.channels_last, compile_backend=args.torch_compile_backend)
+        return result, report.format_vision(result)
     if args.data:
         from .data_bench import run_data_bench
 
@@ -82,7 +96,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, steps=args.steps,
         warmup=args.warmup, image_size=args.image_size, peak_tflops=args.peak_tflops,
         attn_implementation=args.attn_implementation, packing=args.packing,
-        torch_compile_backend=args.torch_compile_backend)
+        torch_compile_backend=args.torch_compile_backend, use_liger=args.use_liger)
     with torch_threads(args.threads):
         result = run_training_bench(options, workdir)
     return result, report.format_training(result)
@@ -94,6 +108,15 @@ def main(argv: list[str]) -> int:
     if args.list:
         for name in BENCH_CONFIGS.names():
             print(f"{name:<14} {BENCH_CONFIGS.get(name).description}")
+        return 0
+    if args.suite is not None:
+        from .suite import run_suite
+
+        output = args.output or Path("playground/gpu_check")
+        result = run_suite(args.device, output, " ".join(["fila-train bench", *argv]))
+        failed = [row["name"] for row in result["rows"] if not row["ok"]]
+        print(f"wrote {output / 'gpu_check.json'} and {output / 'gpu_check.md'} ({len(result['rows'])} runs, "
+              f"{len(failed)} could not run{': ' + ', '.join(failed) if failed else ''})")
         return 0
     if args.config is None:
         parser.error(f"name a configuration: {', '.join(BENCH_CONFIGS.names())} (--list describes them)")

@@ -56,7 +56,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 class BenchConfig:
     name: str
     description: str
-    vision_encoder: str  # "clip" or "fila_hybrid"
+    vision_encoder: str  # "clip", "anyres" or "fila_hybrid"
     connector_type: str = "mlp2x_gelu"
     llm_size: str | None = None  # a LLAMA_SIZES key; None: the demo's tiny LLM
     vision_options: dict = field(default_factory=dict)  # real sizes: partial options, the encoder completes them
@@ -77,10 +77,10 @@ class BenchConfig:
         """The real-size composite config (CLIP ViT-L/14-336 + a Llama of ``llm_size``)."""
         if self.tiny:
             raise ConfigError(f"{self.name} is built from saved tiny components, not from a config")
-        hybrid = self.vision_encoder == "fila_hybrid"
+        tiled = self.vision_encoder != "clip"  # fila_hybrid and anyres take options (their defaults: FILA's)
         return FilaConfig(
             vision_config=CLIPVisionConfig(**CLIP_VIT_L_336), text_config=LlamaConfig(**LLAMA_SIZES[self.llm_size]),
-            vision_encoder=self.vision_encoder, vision_options=dict(self.vision_options) if hybrid else None,
+            vision_encoder=self.vision_encoder, vision_options=dict(self.vision_options) if tiled else None,
             connector_type=self.connector_type, attn_implementation=attn_implementation)
 
     def build(self, workdir: Path, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype,
@@ -102,6 +102,8 @@ class BenchConfig:
                  "connector_type": self.connector_type, "attn_implementation": attn_implementation}
         if self.vision_encoder == "fila_hybrid":
             flags |= TINY.hybrid_flags(TINY.save_convnext(workdir / "tiny-convnext"))
+        if self.vision_encoder == "anyres":  # FILA's tiny views on the ViT alone
+            flags["anyres_canvases"] = TINY.hybrid_flags("")["anyres_canvases"]
         if self.connector_type == "mmfuser":
             flags |= TINY.fuser_flags()
         (args,) = StrictArgumentParser(ModelArguments).parse(as_cli(flags))
@@ -119,12 +121,15 @@ for _config in (
     BenchConfig("tiny-clip", "tiny CLIP + tiny Llama, mlp2x_gelu (CPU)", "clip"),
     BenchConfig("tiny-fila", "tiny FILA hybrid (CLIP + ConvNeXt + CVFM) + tiny Llama (CPU)", "fila_hybrid"),
     BenchConfig("tiny-mmfuser", "tiny CLIP + MMFuser + tiny Llama (CPU)", "clip", "mmfuser"),
+    BenchConfig("tiny-anyres", "tiny FILA views on the ViT alone (no ConvNeXt, no CVFM) + tiny Llama (CPU)", "anyres"),
     BenchConfig("llava-1b", "CLIP ViT-L/14-336 + mlp2x_gelu + ~1B Llama (TinyLlama shape)", "clip", llm_size="1b"),
     BenchConfig("fila-1b", "FILA hybrid (ViT-L/14-336 + ConvNeXt-L-d-320, CVFM 2/6/12/20) + ~1B Llama",
                 "fila_hybrid", llm_size="1b"),
     BenchConfig("llava-7b", "LLaVA-1.5-7B: ViT-L/14-336 + mlp2x_gelu + Vicuna-7B (Llama-2-7B shape)", "clip",
                 llm_size="7b"),
     BenchConfig("fila-7b", "FILA-7B: FILA hybrid + mlp2x_gelu + Vicuna-7B", "fila_hybrid", llm_size="7b"),
+    BenchConfig("anyres-7b", "FILA-7B's views on the ViT alone (crop-only anyres, no ConvNeXt/CVFM) + Vicuna-7B",
+                "anyres", llm_size="7b"),
     BenchConfig("mmfuser-7b", "ViT-L/14-336 + MMFuser + Vicuna-7B", "clip", "mmfuser", llm_size="7b"),
     BenchConfig("llava-13b", "LLaVA-1.5-13B: ViT-L/14-336 + mlp2x_gelu + Vicuna-13B", "clip", llm_size="13b"),
     BenchConfig("fila-13b", "FILA-13B: FILA hybrid + mlp2x_gelu + Vicuna-13B", "fila_hybrid", llm_size="13b"),

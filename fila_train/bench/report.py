@@ -88,3 +88,16 @@ def format_data(result: dict[str, Any]) -> str:
             f"tokenization alone: {result['tokenization']['samples_per_second']:.4g} samples/s, "
             f"{result['tokenization']['text_tokens_per_second']:.4g} text tokens/s per worker"]
     return "\n".join([head, format_table(["pipeline", "images/s", "decode ms", "preprocess ms"], rows), *tail])
+
+
+def format_vision(result: dict[str, Any]) -> str:
+    width, height = result["image_size"]
+    rows = [["configuration", f"{result['config']} ({result['vision_encoder']})"], ["device", result["device"]],
+            ["dtype", result["dtype"]], ["image", f"{width}x{height}, {result['image_tokens']} image tokens"],
+            ["ConvNeXt channels_last", str(result["channels_last"])],
+            ["torch.compile", result["torch_compile_backend"] or "off"],
+            ["ms per image (median)", f"{result['ms_per_image']:.2f}"],
+            ["TFLOP per image (counted)", _number(result["tflops_per_image"])],
+            ["TFLOP/s", _number(result["tflops_per_second"])],
+            ["peak memory GiB", _number(result["peak_memory_gib"])]]
+    return format_table(["vision forward (frozen encoder)", "value"], rows)

@@ -53,6 +53,7 @@ class BenchOptions:
     attn_implementation: str = DEFAULT_ATTENTION
     packing: bool = False  # one packed row per batch (padding-free), as --packing in training
     torch_compile_backend: str | None = None  # torch.compile(model, backend=...) when set
+    use_liger: bool = False  # Liger kernels on the LLM, as --use_liger in training
     learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -129,6 +130,10 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
     dtype = DTYPES[options.dtype]
     model, tokenizer_path, data = prepare_model(config, options, workdir, device,
                                                 options.batch_size * DISTINCT_BATCHES)
+    if options.use_liger:
+        from ..model.liger import apply_liger_kernels
+
+        apply_liger_kernels(model.language_model)
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow (as in train.py).
@@ -179,6 +184,7 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         "image_size": list(options.image_size), "gradient_checkpointing": options.gradient_checkpointing,
         "attn_implementation": options.attn_implementation,
         "packing": options.packing, "torch_compile_backend": options.torch_compile_backend,
+        "use_liger": options.use_liger,
         "optimizer": f"torch.optim.AdamW ({'fused' if device.type == 'cuda' else 'foreach'}), "
                      f"{options.dtype} weights and states",
         "parallelism": PARALLELISM, "warmup_steps": options.warmup, "steps": options.steps,
