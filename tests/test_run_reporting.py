@@ -79,3 +79,17 @@ def test_wandb_project_defaults_to_fila_train(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "mine")
     configure_wandb(["wandb"], str(tmp_path))
     assert os.environ["WANDB_PROJECT"] == "mine"
+
+
+def test_commands_print_no_third_party_notice():
+    """`fila-train train --help` imports the whole training stack (transformers' Trainer, peft, and with it
+    bitsandbytes and DeepSpeed): nothing but the help reaches the terminal."""
+    import subprocess
+    import sys
+
+    from distributed_utils import REPO
+
+    finished = subprocess.run([sys.executable, "-m", "fila_train.cli", "train", "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0 and "--tune_parts" in finished.stdout
+    assert finished.stderr == ""
