@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import transformers
 
+CONFIG_DUMP_LOGGERS = ("transformers.configuration_utils", "transformers.generation.configuration_utils")
+
 
 @contextmanager
 def console_logging(level: int, fmt: str) -> Iterator[None]:
@@ -23,8 +25,12 @@ def console_logging(level: int, fmt: str) -> Iterator[None]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # transformers' INFO is config dumps (every config and generation config it loads): debug material.
-    transformers.utils.logging.set_verbosity(level if level <= logging.DEBUG else max(level, logging.WARNING))
+    transformers.utils.logging.set_verbosity(level)
+    # Every config and generation config transformers loads is dumped whole at INFO: debug material.
+    dumps = [logging.getLogger(name) for name in CONFIG_DUMP_LOGGERS]
+    saved_dump_levels = [logger.level for logger in dumps]
+    for logger in dumps:
+        logger.setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
     try:
         yield
     finally:
@@ -34,3 +40,5 @@ def console_logging(level: int, fmt: str) -> Iterator[None]:
             root.addHandler(old)
         root.setLevel(saved_level)
         transformers.utils.logging.set_verbosity(saved_verbosity)
+        for logger, saved in zip(dumps, saved_dump_levels):
+            logger.setLevel(saved)
