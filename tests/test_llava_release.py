@@ -187,3 +187,24 @@ def test_generate_and_eval_read_a_llava_hf_folder(llava, tiny_assets, tmp_path, 
                  str(tiny_assets.image_folder), "--metric", "anls", "--max_new_tokens", "4", "--dtype", "float32",
                  "--device", "cpu", "--output", str(tmp_path / "out")]) == 0
     assert "on 1 questions" in capsys.readouterr().out
+
+
+def test_a_llava_hf_folder_starts_a_zero3_run(llava, tiny_assets, tmp_path):
+    """Under ZeRO-3 the release's parts load partitioned (as any LLM does) and the projector is copied into the
+    partitioned connector: with the connector frozen, the saved one is the release's, bit for bit."""
+    from safetensors import safe_open
+
+    from distributed_utils import run_distributed
+    from fila_train.demo.tiny_models import as_cli
+
+    flags = {"model_name_or_path": str(llava[0]), "data_path": str(tiny_assets.stage2_data),
+             "image_folder": str(tiny_assets.image_folder), "conversation_template": "vicuna_v1",
+             "tune_parts": "llm", "deepspeed": "zero_configs/zero3.json", "per_device_train_batch_size": "2",
+             "max_steps": "2", "learning_rate": "1e-3", "model_max_length": "512", "save_strategy": "no",
+             "report_to": "none"}
+    run = run_distributed(as_cli(flags), tmp_path / "run")
+    assert run.summary()["steps"] == 2
+    projector = llava[1].model.multi_modal_projector
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as handle:
+        assert torch.equal(handle.get_tensor("connector.projector.0.weight"), projector.linear_1.weight)
+        assert torch.equal(handle.get_tensor("connector.projector.2.bias"), projector.linear_2.bias)

@@ -31,6 +31,7 @@ class BenchQuestion:
     image: str | None  # relative to the image folder
     where: str  # file:line, for messages
     source_id: str | int = ""  # the id as the file wrote it (LLaVA's answer files keep its type)
+    verbatim: bool = False  # a LLaVA question file's text is the whole prompt: no instruction is added
 
 
 def _field(record: dict, name: str, llava: bool) -> tuple[str, object]:
@@ -72,7 +73,7 @@ def _question(record: dict, where: str, metric: Metric | None, image_folder: Pat
             require_file(image_folder / image)  # found now, not after hours of inference
         except ImageLoadError as error:
             raise BenchError(f"{where}: field 'image': {error}") from None
-    return BenchQuestion(str(record_id), question, answers, image, where, record_id)
+    return BenchQuestion(str(record_id), question, answers, image, where, record_id, verbatim=llava)
 
 
 def read_bench(path: str | Path, metric: Metric | None, image_folder: Path | None,

@@ -38,7 +38,8 @@ class EvalArguments:
     max_new_tokens: int = field(default=128, metadata={"help": "most tokens per answer"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N questions"})
     short_answer_prompt: bool = field(default=True, metadata={
-        "help": f"append LLaVA's {SHORT_ANSWER_PROMPT!r} to every question (--no_short_answer_prompt: don't)"})
+        "help": f"append LLaVA's {SHORT_ANSWER_PROMPT!r} to every question (--no_short_answer_prompt: don't); "
+                f"a LLaVA question file's text is used as it is"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):

@@ -36,7 +36,8 @@ def _prompt(loaded: InferenceModel, item: BenchQuestion, image_folder: Path | No
         except ValueError as error:
             raise BenchError(f"{item.where}: field 'image': {error}") from None
     try:
-        return build_prompt(loaded, with_instruction(item.question, instruction), image)
+        return build_prompt(loaded, item.question if item.verbatim else with_instruction(item.question, instruction),
+                            image)
     except ValueError as error:
         raise BenchError(f"{item.where}: field 'question': {error}") from None
 

@@ -1,12 +1,15 @@
 """lmms-eval's ``--model fila``: any lmms-eval task on a fila model folder or a LLaVA release.
 
 Registered the way lmms-eval loads external models, through the ``lmms_eval.models`` entry point
-(pyproject.toml), so ``python -m lmms_eval --model fila --model_args pretrained=FOLDER,batch_size=8`` works once
+(pyproject.toml), so ``python -m lmms_eval --model fila --model_args pretrained=FOLDER --batch_size 8`` works once
 the ``eval`` extra is installed. Prompts are our chat template's, exactly as ``fila-train eval`` builds them, and
 generation is batched (left-padded) and greedy unless the task asks to sample.
 """
 from __future__ import annotations
 
+import os
+
+import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
@@ -33,10 +36,13 @@ def cut_at_stops(text: str, stops: list[str]) -> str:
 
 
 def generation_options(gen_kwargs: dict) -> GenerationOptions:
+    if int(gen_kwargs.get("num_beams") or 1) > 1:
+        raise ValueError(f"fila: num_beams {gen_kwargs['num_beams']} is not supported (greedy or sampling)")
     sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
     return GenerationOptions(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), do_sample=sample,
                              temperature=float(gen_kwargs.get("temperature") or 1.0) if sample else 1.0,
-                             top_p=gen_kwargs.get("top_p") if sample else None)
+                             top_p=gen_kwargs.get("top_p") if sample else None,
+                             top_k=gen_kwargs.get("top_k") if sample else None)
 
 
 class FilaLmms(lmms):
@@ -49,6 +55,10 @@ class FilaLmms(lmms):
             raise ValueError(f"--model_args for fila: unknown {sorted(unknown)} (known: pretrained, dtype)")
         if not str(batch_size).isdigit():
             raise ValueError(f"--batch_size {batch_size}: fila takes a number of questions per batch")
+        # Under `accelerate launch`, each process answers its share of the requests (lmms-eval splits by rank).
+        self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
         self.loaded = load_model(pretrained, dtype, device)
         self.batch_size = int(batch_size)
 
@@ -58,6 +68,9 @@ class FilaLmms(lmms):
         visuals = [visual for visual in (visuals or []) if visual is not None]
         if len(visuals) > 1:
             raise ValueError(f"task {task} doc {doc_id}: {len(visuals)} images; fila models take one per question")
+        if visuals and not isinstance(visuals[0], Image.Image):
+            raise ValueError(f"task {task} doc {doc_id}: a {type(visuals[0]).__name__} visual (video?); fila models "
+                             f"take one image per question")
         return visuals[0].convert("RGB") if visuals else None
 
     def generate_until(self, requests: list[Instance]) -> list[str]:

@@ -12,7 +12,7 @@ from ..processing.processor import FilaProcessor, load_processor
 from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import build_model, is_fila_checkpoint, load_tokenizer
-from ..model.llava_layout import folder_layout
+from ..model.llava_layout import folder_layout, release_config, release_projector_type
 from ..utils.errors import CheckpointError, ConfigError
 
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
@@ -89,7 +89,8 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     device = torch.device(device) if device is not None else default_device()
     try:
         if release is not None:  # a llava-hf or original LLaVA-1.5 folder, read as LLaVA-1.5 (clip + projector)
-            model = build_model(path, dtype=resolve_dtype(dtype, device))
+            model = build_model(path, dtype=resolve_dtype(dtype, device),
+                                connector_type=release_projector_type(release_config(path)))
             processor = FilaProcessor.for_model(load_tokenizer(path, model, LLAVA_MAX_LENGTH), model.config)
         else:
             model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))

@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase
 
+from ..utils.distributed import gathered
 from ..utils.errors import ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
-from .llava_layout import folder_layout
+from .llava_layout import folder_layout, release_config
 from .llava_release import LlavaRelease, check_projector_fits, load_llava_release
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
@@ -112,7 +113,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
 
 def release_vision_config(path: str, vision_tower: str | None) -> CLIPVisionConfig:
     """A LLaVA release's CLIP config, read before any weights: llava-hf holds it, original LLaVA names a tower."""
-    raw = json.loads((Path(path) / "config.json").read_text())
+    raw = release_config(path)
     if "vision_config" in raw:
         from transformers import LlavaConfig
 
@@ -126,9 +127,10 @@ def load_release_projector(model: FilaForConditionalGeneration, release: LlavaRe
     depth = sum(isinstance(layer, torch.nn.Linear) for layer in projector)
     check_projector_fits(release.projector, depth, model.config.vision_config.hidden_size,
                          model.config.text_config.hidden_size, f"{path} ({release.layout})")
-    with torch.no_grad():
-        projector.load_state_dict({name: tensor.to(dtype=next(projector.parameters()).dtype)
-                                   for name, tensor in release.projector.items()})
+    parameters = dict(projector.named_parameters())
+    with torch.no_grad(), gathered(list(parameters.values()), modifier_rank=0):  # ZeRO-3: rank 0's copy wins
+        for name, parameter in parameters.items():
+            parameter.data.copy_(release.projector[name].to(parameter.dtype))
 
 
 def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None,

@@ -1,11 +1,13 @@
-"""Which LLaVA release a folder is, from its config.json alone (no torch: the preflight reads it)."""
+"""Which LLaVA release a folder or hub id is, from its config.json alone (no torch: the preflight reads it)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 LLAVA_HF, ORIGINAL = "llava-hf", "original LLaVA"
 PROJECTOR_DEPTHS = {"linear": 1, "mlp2x_gelu": 2}  # LLaVA's projector types -> Linear layers
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def release_layout(config: dict | None) -> str | None:
@@ -19,9 +21,27 @@ def release_layout(config: dict | None) -> str | None:
     return None
 
 
+def local_file(path: str, name: str) -> Path | None:
+    """``name`` in a local folder, or in a hub repo's files (the cache when offline); None if there is none."""
+    if Path(path).is_dir():
+        return Path(path) / name if (Path(path) / name).is_file() else None
+    if not HUB_ID.match(path):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(path, name))
+    except Exception:  # not on the hub, not cached offline, no such file: not a release we can read
+        return None
+
+
+def release_config(path: str) -> dict | None:
+    config = local_file(path, "config.json")
+    return json.loads(config.read_text()) if config is not None else None
+
+
 def folder_layout(path: str) -> str | None:
-    config = Path(path) / "config.json"
-    return release_layout(json.loads(config.read_text())) if config.is_file() else None
+    return release_layout(release_config(path))
 
 
 def release_projector_type(config: dict) -> str:

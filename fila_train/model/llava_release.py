@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from ..utils.errors import CheckpointError, ConfigError
-from .llava_layout import LLAVA_HF, ORIGINAL, PROJECTOR_DEPTHS, folder_layout
+from ..utils.quiet import DropMessages
+from .llava_layout import LLAVA_HF, ORIGINAL, PROJECTOR_DEPTHS, folder_layout, local_file, release_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,20 @@ def _checked(reasons: list[str], path: str) -> None:
         raise ConfigError(f"{path}: cannot start from this LLaVA model: {'; '.join(reasons)}")
 
 
-def _load_llava_hf(path: str, dtype: torch.dtype, attn_implementation: str) -> LlavaRelease:
-    from transformers import LlavaForConditionalGeneration
+# Weight-name prefixes of a llava-hf checkpoint (the hub layout transformers 4.x wrote, and 5.x's own).
+LLM_KEYS = {r"^language_model\.model\.": "model.", r"^language_model\.lm_head\.": "lm_head.",
+            r"^model\.language_model\.": "model."}
+# CLIP's own legacy rule (vision_model.X -> X) may run first: "vision_tower." alone is stripped too.
+TOWER_KEYS = {r"^vision_tower\.vision_model\.": "", r"^model\.vision_tower\.": "", r"^vision_tower\.": ""}
+HF_PROJECTOR = {"linear_1": "0", "linear_2": "2"}  # multi_modal_projector.linear_N -> our mlp layer
 
-    llava = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-    config = llava.config
+
+def _load_llava_hf(path: str, dtype: torch.dtype, attn_implementation: str) -> LlavaRelease:
+    """Each part through its own ``from_pretrained`` with the release's weight names mapped (so ZeRO-3
+    partitions them while they load, as for any LLM); the projector read from the weight files."""
+    from transformers import LlavaConfig
+
+    config = LlavaConfig.from_pretrained(path)
     reasons = []
     if config.vision_config.model_type != "clip_vision_model":
         reasons.append(f"its vision tower is {config.vision_config.model_type!r}, not CLIP")
@@ -108,56 +119,74 @@ def _load_llava_hf(path: str, dtype: torch.dtype, attn_implementation: str) -> L
     if config.projector_hidden_act != "gelu" or not config.multimodal_projector_bias:
         reasons.append("its projector is not LLaVA's Linear-GELU-Linear with biases")
     _checked(reasons, path)
-    # A causal-LM skeleton on the meta device whose body and head are Llava's own modules: nothing is copied.
-    with init_empty_weights():
-        language_model = AutoModelForCausalLM.from_config(config.text_config, attn_implementation=attn_implementation)
-    setattr(language_model, language_model.base_model_prefix, llava.model.language_model)
-    language_model.lm_head = llava.lm_head
-    tower = llava.model.vision_tower  # transformers' CLIPVisionModel itself
-    if not isinstance(tower, CLIPVisionModel):
-        raise ConfigError(f"{path}: its vision tower is a {type(tower).__name__}, not a CLIPVisionModel")
-    projector = llava.model.multi_modal_projector
-    weights = {"0.weight": projector.linear_1.weight, "0.bias": projector.linear_1.bias,
-               "2.weight": projector.linear_2.weight, "2.bias": projector.linear_2.bias}
-    return LlavaRelease(LLAVA_HF, language_model, tower, config.vision_feature_layer,
-                        {name: tensor.detach() for name, tensor in weights.items()})
+    with skipped_keys_unreported():
+        language_model, llm_info = AutoModelForCausalLM.from_pretrained(
+            path, config=config.text_config, key_mapping=LLM_KEYS, dtype=dtype,
+            attn_implementation=attn_implementation, output_loading_info=True)
+        tower, tower_info = CLIPVisionModel.from_pretrained(
+            path, config=config.vision_config, key_mapping=TOWER_KEYS, dtype=dtype, output_loading_info=True)
+    for part, info in (("LLM", llm_info), ("vision tower", tower_info)):
+        if info["missing_keys"]:
+            raise CheckpointError(f"{path}: the {part} weights are not all there (missing, e.g. "
+                                  f"{sorted(info['missing_keys'])[:3]})")
+    projector = {}
+    for name, tensor in _tensors_named(path, "multi_modal_projector.").items():
+        layer, _, kind = name.rpartition(".")
+        projector[f"{HF_PROJECTOR.get(layer, layer)}.{kind}"] = tensor
+    if set(projector) != {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        raise CheckpointError(f"{path}: multi_modal_projector has {sorted(projector)}, not LLaVA's two Linear layers")
+    return LlavaRelease(LLAVA_HF, language_model, tower, config.vision_feature_layer, projector)
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    for pattern in ("*.safetensors", "*.bin"):
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found
-    raise CheckpointError(f"{folder}: no *.safetensors or *.bin weights")
+@contextmanager
+def skipped_keys_unreported() -> Iterator[None]:
+    """Each part loads from the whole release, so transformers reports the other parts' weights as unexpected
+    in a long table: all expected here. What matters, a missing weight, is checked after the load."""
+    report = logging.getLogger("transformers.modeling_utils")
+    drop = DropMessages(r"LOAD REPORT")
+    report.addFilter(drop)
+    try:
+        yield
+    finally:
+        report.removeFilter(drop)
 
 
-def _original_projector(folder: Path) -> dict[str, torch.Tensor]:
-    """``model.mm_projector.*`` from the shard(s) that hold it (the index says which; no whole-model load)."""
-    files = _weight_files(folder)
-    index = next((folder / name for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-                  if (folder / name).is_file()), None)
-    if index is not None:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({folder / shard for key, shard in weight_map.items() if PROJECTOR_PREFIX in key})
-    projector: dict[str, torch.Tensor] = {}
+def _tensors_named(path: str, marker: str) -> dict[str, torch.Tensor]:
+    """Every tensor whose name contains ``marker``, by the part after it, from the shard(s) that hold them (the
+    index says which; no whole-model load). Safetensors or torch pickles (read with ``weights_only=True``)."""
+    found: dict[str, torch.Tensor] = {}
+    for index_name, suffix in (("model.safetensors.index.json", ".safetensors"),
+                               ("pytorch_model.bin.index.json", ".bin")):
+        index = local_file(path, index_name)
+        if index is not None:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({local_file(path, shard) for key, shard in weight_map.items() if marker in key})
+            break
+    else:
+        files = [file for name in ("model.safetensors", "pytorch_model.bin") if (file := local_file(path, name))]
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors or *.bin weights")
     for file in files:
         if file.suffix == ".safetensors":
             with safe_open(str(file), framework="pt") as handle:
-                projector |= {key.split(PROJECTOR_PREFIX, 1)[1]: handle.get_tensor(key) for key in handle.keys()
-                              if PROJECTOR_PREFIX in key}
+                found |= {key.split(marker, 1)[1]: handle.get_tensor(key) for key in handle.keys() if marker in key}
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
-            projector |= {key.split(PROJECTOR_PREFIX, 1)[1]: value for key, value in state.items()
-                          if PROJECTOR_PREFIX in key}
+            found |= {key.split(marker, 1)[1]: value for key, value in state.items() if marker in key}
+    return found
+
+
+def _original_projector(path: str) -> dict[str, torch.Tensor]:
+    projector = _tensors_named(path, PROJECTOR_PREFIX)
     if not projector:
-        raise CheckpointError(f"{folder}: no {PROJECTOR_PREFIX}* weights in {[file.name for file in files]}")
-    projector_depth(projector, str(folder))
+        raise CheckpointError(f"{path}: no {PROJECTOR_PREFIX}* weights")
+    projector_depth(projector, path)
     return as_our_projector(projector)
 
 
 def _load_original(path: str, vision_tower: str | None, dtype: torch.dtype,
                    attn_implementation: str) -> LlavaRelease:
-    raw = json.loads((Path(path) / "config.json").read_text())
+    raw = release_config(path)
     reasons = []
     if raw.get("mm_projector_type") not in PROJECTOR_DEPTHS:
         reasons.append(f"mm_projector_type {raw.get('mm_projector_type')!r} (linear or mlp2x_gelu are read)")
@@ -168,15 +197,20 @@ def _load_original(path: str, vision_tower: str | None, dtype: torch.dtype,
             reasons.append(f"{flag} is true (image start/end and patch tokens are not implemented)")
     if raw.get("image_aspect_ratio", "pad") != "pad" or raw.get("mm_patch_merge_type", "flat") != "flat":
         reasons.append("it is not LLaVA-1.5's single padded view (image_aspect_ratio pad, flat patches)")
+    if raw.get("unfreeze_mm_vision_tower"):
+        reasons.append("it fine-tuned its vision tower, whose weights are in the checkpoint (reading them is not "
+                       "implemented; the tower would silently be mm_vision_tower's)")
     _checked(reasons, path)
-    # Its config is a Llama config plus LLaVA's mm_* keys; the Llama fields alone build the LLM.
+    # Its config is a Llama config plus LLaVA's mm_* keys; the Llama fields alone build the LLM (rope_theta and
+    # rope_scaling are the older spellings of rope_parameters, still accepted).
     llama_fields = set(LlamaConfig().to_dict()) - {"model_type", "architectures", "transformers_version"}
+    llama_fields |= {"rope_theta", "rope_scaling"}
     llm_config = LlamaConfig(**{key: value for key, value in raw.items() if key in llama_fields})
     language_model = LlamaForCausalLM.from_pretrained(path, config=llm_config, dtype=dtype,
                                                       attn_implementation=attn_implementation)
     tower = CLIPVisionModel.from_pretrained(vision_tower or raw["mm_vision_tower"], dtype=dtype)
     return LlavaRelease(ORIGINAL, language_model, tower, int(raw.get("mm_vision_select_layer", -2)),
-                        _original_projector(Path(path)))
+                        _original_projector(path))
 
 
 def load_llava_release(path: str, vision_tower: str | None, dtype: torch.dtype,

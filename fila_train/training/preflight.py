@@ -161,7 +161,7 @@ def check_llava_projector(path: Path, args: argparse.Namespace, model: dict | No
     from ..model.llava_release import check_projector_fits, llava_projector_file
 
     vision = hidden_size((tower or {}).get("vision_config") or tower or {}) if tower else None
-    llm = hidden_size(model or {}) if model is not None and release_layout(model) is None else None
+    llm = text_hidden_size(model) if model is not None else None
     try:
         projector = llava_projector_file(path)
         depth = connector_depth(args.connector_type or DEFAULT_CONNECTOR)
@@ -172,6 +172,11 @@ def check_llava_projector(path: Path, args: argparse.Namespace, model: dict | No
             check_projector_fits(projector, depth, vision, llm, str(path))
     except CheckpointError as error:
         raise PreflightError(f"--pretrained_connector {error}") from None
+
+
+def text_hidden_size(config: dict) -> int | None:
+    """The LLM's width: a composite config's text part (fila, llava-hf), else the config itself."""
+    return hidden_size(config.get("text_config") or config)
 
 
 def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tower: dict | None) -> None:
@@ -197,7 +202,7 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
     elif model is not None and tower is not None:
         expected = connector_signature(args.vision_encoder or DEFAULT_VISION_ENCODER,
                                        args.connector_type or DEFAULT_CONNECTOR,
-                                       hidden_size(tower.get("vision_config") or tower), hidden_size(model))
+                                       hidden_size(tower.get("vision_config") or tower), text_hidden_size(model))
     else:
         return  # a hub model: its sizes are known once it is loaded (load_connector_artifact checks again)
     mismatches = signature_mismatches(signature, expected)

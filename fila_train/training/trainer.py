@@ -147,9 +147,13 @@ class FilaTrainer(Trainer):
 
     def write_curves(self) -> None:
         """OUTPUT_DIR/curves.png from the log history so far (main process)."""
-        if self.args.should_save:
+        if not self.args.should_save:
+            return
+        try:
             write_curves(self.state.log_history, Path(self.args.output_dir) / CURVES_FILE,
                          f"{Path(self.args.output_dir).name}: step {self.state.global_step}")
+        except Exception as error:  # a picture must never stop (or, before a barrier, hang) a training run
+            logger.warning("curves.png not written (%s: %s)", type(error).__name__, error)
 
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is saved, the Trainer writes it under the staging folder (checkpoints.py).
