@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase
 
-from ..utils.distributed import gathered
 from ..utils.errors import ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .llava_layout import folder_layout, release_config
-from .llava_release import LlavaRelease, check_projector_fits, load_llava_release
+from .llava_release import load_llava_release, load_projector
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
 
@@ -103,7 +102,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         attn_implementation=attn_implementation, lora=None if settings is None else settings.to_dict())
     model = FilaForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
     if release is not None:
-        load_release_projector(model, release, model_name_or_path)
+        load_projector(model, release.projector, f"{model_name_or_path} ({release.layout})")
     if is_quantized(language_model):  # .to(dtype) must not touch the packed k-bit weights
         model.vision_tower.to(dtype)
         model.connector.to(dtype)
@@ -119,18 +118,6 @@ def release_vision_config(path: str, vision_tower: str | None) -> CLIPVisionConf
 
         return LlavaConfig.from_pretrained(path).vision_config
     return CLIPVisionConfig.from_pretrained(vision_tower or raw["mm_vision_tower"])
-
-
-def load_release_projector(model: FilaForConditionalGeneration, release: LlavaRelease, path: str) -> None:
-    """The release's projector into the connector's MLP (MMFuser's too: its fuser keeps its closed gates)."""
-    projector = model.connector.projector
-    depth = sum(isinstance(layer, torch.nn.Linear) for layer in projector)
-    check_projector_fits(release.projector, depth, model.config.vision_config.hidden_size,
-                         model.config.text_config.hidden_size, f"{path} ({release.layout})")
-    parameters = dict(projector.named_parameters())
-    with torch.no_grad(), gathered(list(parameters.values()), modifier_rank=0):  # ZeRO-3: rank 0's copy wins
-        for name, parameter in parameters.items():
-            parameter.data.copy_(release.projector[name].to(parameter.dtype))
 
 
 def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None,

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from ..utils.distributed import gathered
 from ..utils.errors import CheckpointError, ConfigError
 from ..utils.quiet import DropMessages
 from .llava_layout import LLAVA_HF, ORIGINAL, PROJECTOR_DEPTHS, folder_layout, local_file, release_config
@@ -87,6 +88,19 @@ def check_projector_fits(projector: dict[str, torch.Tensor], depth: int, vision_
     if shape != (llm_hidden, vision_hidden):
         raise CheckpointError(f"{origin} projects {shape[1]} -> {shape[0]} features, the model needs "
                               f"{vision_hidden} (vision tower) -> {llm_hidden} (LLM)")
+
+
+def load_projector(model, projector: dict[str, torch.Tensor], origin: str) -> None:
+    """A LLaVA projector (our mlp names) into the model's connector MLP, after the architecture and shape check;
+    MMFuser's fuser and FILA's CVFM keep their own init (closed gates). Under ZeRO-3 rank 0's copy wins."""
+    target = model.connector.projector
+    depth = sum(isinstance(layer, torch.nn.Linear) for layer in target)
+    check_projector_fits(projector, depth, model.config.vision_config.hidden_size,
+                         model.config.text_config.hidden_size, origin)
+    parameters = dict(target.named_parameters())
+    with torch.no_grad(), gathered(list(parameters.values()), modifier_rank=0):
+        for name, parameter in parameters.items():
+            parameter.data.copy_(projector[name].to(parameter.dtype))
 
 
 def _checked(reasons: list[str], path: str) -> None:

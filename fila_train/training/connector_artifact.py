@@ -11,14 +11,13 @@ import logging
 from pathlib import Path
 
 from safetensors import safe_open
-from torch import nn
 
 from ..utils.distributed import gathered, is_main_process
 from ..utils.files import write_safetensors_atomic
 from ..utils.errors import CheckpointError
 from .artifact_signature import ARTIFACT_NAME, SIGNATURE_KEY, connector_signature, read_signature, signature_mismatches
 from ..model.contracts import VISION_ENCODERS, aligned_parts, encoders_started_by
-from ..model.llava_release import check_projector_fits, llava_projector_file
+from ..model.llava_release import llava_projector_file, load_projector
 
 logger = logging.getLogger(__name__)
 
@@ -61,19 +60,11 @@ def is_llava_projector_file(path: Path) -> bool:
 def load_llava_projector(model, path: Path) -> None:
     """LLaVA's stage-1 projector into the connector's MLP, after the same architecture and shape check as our
     artifact; FILA's CVFM and MMFuser's fuser keep their own init (closed gates)."""
-    projector = llava_projector_file(path)
-    target = model.connector.projector
-    depth = sum(isinstance(layer, nn.Linear) for layer in target)
-    check_projector_fits(projector, depth, model.config.vision_config.hidden_size,
-                         model.config.text_config.hidden_size, str(path))
     fresh = sorted(set(aligned_parts()) - {"connector"} & set(model.named_parts()))
     if fresh:
         logger.info("LLaVA projector %s: %s keep their own init", path, ", ".join(fresh))
-    parameters = dict(target.named_parameters())
-    with gathered(list(parameters.values()), modifier_rank=0):
-        for name, parameter in parameters.items():
-            parameter.data.copy_(projector[name].to(parameter.dtype))
-    logger.info("loaded LLaVA's stage-1 projector %s (%d tensors)", path, len(parameters))
+    load_projector(model, llava_projector_file(path), str(path))
+    logger.info("loaded LLaVA's stage-1 projector %s", path)
 
 
 def load_connector_artifact(model, path: str | Path) -> None:
