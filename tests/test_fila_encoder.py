@@ -335,6 +335,20 @@ def test_convnext_save_load_round_trip(tmp_path: Path) -> None:
         ConvNeXtBranch(ConvNeXtBranchConfig(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), checkpoint=str(hub)))
 
 
+
+def test_random_convnext_sees_across_a_window_border() -> None:
+    """FILA needs the ConvNeXt to carry context across tile borders. With timm's default layer scale (1e-6) a
+    random trunk's blocks are identities, so a last-stage cell saw only its own window: the tiny models'
+    ConvNeXt could not repair a cut at all (docs/ablation.md)."""
+    torch.manual_seed(7)
+    branch = ConvNeXtBranch(ConvNeXtBranchConfig(dims=TINY_DIMS, depths=TINY_DEPTHS))
+    image = torch.randn(1, 3, 128, 256)
+    changed = image.clone()
+    changed[..., 128:] = torch.randn(1, 3, 128, 128)  # only the right window (x >= 128) changes
+    before, after = branch(image)[-1], branch(changed)[-1]  # last stage: stride 32, the window border at cell 4
+    left_cell = (after[..., 3] - before[..., 3]).norm() / before[..., 3].norm()
+    assert left_cell > 0.05, f"the cell left of the border moved by {left_cell:.2e} of its norm"
+    assert torch.equal(branch(image)[-1], before)  # and the branch is deterministic (eval, no drop-path)
 def test_normalisation_mismatch_raises(tower: CLIPVisionModel, tmp_path: Path) -> None:
     config = tiny_hybrid_config()
     config.convnext.mean, config.convnext.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -21,6 +21,11 @@ WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  #
 CONFIG_FILE = "open_clip_config.json"
 # Where the trunk sits in the state dicts we accept: a full CLIP model, a visual tower, a bare trunk.
 TRUNK_PREFIXES = ("visual.trunk.", "trunk.", "")
+# Layer scale of a random (not loaded) trunk. timm starts it at 1e-6, which makes every block an identity: the
+# trunk is then a non-overlapping patchify pyramid in which a last-stage cell sees only its own window, so a random
+# ConvNeXt carries nothing across a tile border, the one thing FILA needs it for (docs/ablation.md). 1 is what
+# ConvNeXt V2 uses (it has no layer scale); loaded checkpoints keep their own.
+RANDOM_LAYER_SCALE = 1.0
 
 
 @dataclass
@@ -140,7 +145,12 @@ class ConvNeXtBranch(nn.Module):
         # Only stage outputs are used: drop the pooling head so no parameter goes unused.
         trunk.prune_intermediate_layers(len(trunk.stages), prune_head=True)
         self.trunk = trunk
-        if config.checkpoint is not None:
+        if config.checkpoint is None:
+            with torch.no_grad():
+                for name, parameter in trunk.named_parameters():
+                    if name.endswith(".gamma"):
+                        parameter.fill_(RANDOM_LAYER_SCALE)
+        else:
             checkpoint = Path(config.checkpoint)
             state = read_state_dict(_weights_path(checkpoint))
             self.trunk.load_state_dict(extract_trunk_state(state, set(self.trunk.state_dict())), strict=True)
