@@ -45,6 +45,11 @@ class StageRecipe:
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"  # the scripts' schedule; the tiny default keeps stage 2's rate up (docs/ablation.md)
     max_grad_norm: float = 1.0  # the scripts' clipping; 0 turns it off
+    # Per-part rates (the scripts' CONNECTOR_LR, CVFM_LR, FUSER_LR); None: the stage's learning_rate. A part a
+    # variant does not have ignores its rate, so every variant still runs the same recipe.
+    connector_lr: float | None = None
+    cvfm_lr: float | None = None
+    fuser_lr: float | None = None
 
 
 @dataclass
@@ -84,6 +89,8 @@ class AblationConfig:
             variant_env(name)
         if len(set(self.variants)) != len(self.variants) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("ablation: variants and seeds must not repeat")
+        if self.stage1.connector_lr is not None:
+            raise ConfigError("ablation: stage1.connector_lr is stage 1's learning_rate (scripts/pretrain.sh)")
         if not self.variants or not self.seeds or self.parallel < 1:
             raise ConfigError("ablation: needs at least one variant, one seed and parallel >= 1")
 

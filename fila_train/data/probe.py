@@ -4,7 +4,7 @@ inside the tiles (control), in our LLaVA format.
 A symbol is two halves side by side (or one above the other), each a one-pixel texture (stripes either way or
 a checkerboard, in two phases). The global view (the image squeezed to one tile, 2x smaller) turns every
 texture into the same flat grey; a tile sees it pixel for pixel. The question is whether the two halves are the
-same pattern (1 / 0, half each): the answer is the seam between the halves, and no half alone tells it.
+same pattern (1 / 0, exactly half each per placement): the answer is the seam between the halves, and no half alone tells it.
 
 - fragmented: the seam lies on a border between two tiles, one half in each tile; the ViT never sees the two
   halves in one forward pass.
@@ -114,13 +114,20 @@ def render(layout: ProbeLayout, seam: tuple[str, int], first: str, second: str) 
 def _records(layout: ProbeLayout, image_dir: Path, name: str, count: int, placements: list[str],
              rng: random.Random) -> list[dict]:
     seams = {split: layout.seams(split) for split in SPLITS}
+    # Exactly half of each placement's answers are "1" (to one image): a model that gives every question the same
+    # answer scores 50% on every split and seed, so a constant answer cannot pass for a seed-to-seed spread.
+    answers = {}
+    for placement in placements:
+        share = len(range(placements.index(placement), count, len(placements)))
+        answers[placement] = [index % 2 == 0 for index in range(share)]
+        rng.shuffle(answers[placement])
     records = []
     (image_dir / name).mkdir(parents=True, exist_ok=True)
     for index in range(count):
         placement = placements[index % len(placements)]
         seam = rng.choice(seams[placement])
         first = rng.choice(list(TEXTURES))
-        same = rng.random() < 0.5
+        same = answers[placement].pop()
         second = first if same else rng.choice([name for name in TEXTURES if name != first])
         image = f"{name}/{index:06d}.png"
         render(layout, seam, first, second).save(image_dir / image, format="PNG", compress_level=1)
