@@ -35,6 +35,10 @@ SAVE_STEPS=${SAVE_STEPS:-500}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
 source scripts/lib/model_flags.sh
+if [ -n "${CONVNEXT_LR:-}" ]; then
+  echo "pretrain.sh: CONVNEXT_LR is for stage 2 (finetune.sh): the stage-1 artifact carries the connector and CVFM, not the ConvNeXt" >&2
+  exit 2
+fi
 source scripts/lib/speed_flags.sh
 TUNE_PARTS=${TUNE_PARTS:-connector$EXTRA_PARTS}
 

@@ -30,11 +30,12 @@ from fila_train.model.connector.deformable_attention import (
     MultiScaleDeformableAttention,
 )
 from fila_train.model.vision.cvfm import CVFMBlock
-from fila_train.training.arguments import ModelArguments
+from fila_train.training.arguments import DataArguments, ModelArguments, TrainingArguments
 from fila_train.training.connector_artifact import (
     load_connector_artifact,
     save_connector_artifact,
 )
+from fila_train.training.parts import apply_tune_parts, optimizer_groups
 
 
 def assert_same_as_plain_clip(model, plain, batch) -> None:
@@ -194,6 +195,39 @@ def test_training_steps_reach_cvfm_and_projector_only(assets) -> None:
         if name.startswith("vision_tower.cvfm."):
             assert grad is not None and grad.abs().sum() > 0, name
 
+
+def test_the_convnext_is_its_own_part(assets) -> None:
+    """`--tune_parts ...,convnext` trains FILA's ConvNeXt (built frozen, without grad) and nothing else of the
+    vision side; `vision` is the ViT alone. A ConvNeXt that required grad but ran under no_grad would silently
+    never train."""
+    model = build_tiny_model(assets, hybrid=True, fuser=False)
+    batch = tiny_batch(model, assets)
+    grads = train_steps(model, batch, ["connector", "cvfm", "convnext"], steps=2)
+    convnext = {name: grad for name, grad in grads.items() if name.startswith("vision_tower.convnext.")}
+    assert convnext and all(grad is not None and grad.abs().sum() > 0 for grad in convnext.values())
+    assert all(grads[name] is None for name in grads if name.startswith("vision_tower.clip."))
+    model.zero_grad(set_to_none=True)
+    grads = train_steps(model, batch, ["vision"], steps=1)
+    assert all(grads[name] is None for name in convnext)
+    assert grads["vision_tower.clip.encoder.layers.0.mlp.fc1.weight"] is not None
+
+    args = TrainingArguments(output_dir="unused", tune_parts="connector,convnext", learning_rate=1e-3,
+                             convnext_lr=2e-6, report_to="none")
+    apply_tune_parts(model, args.parts())
+    rates = {group["part"]: group["lr"] for group in optimizer_groups(model, args, set())}
+    assert rates == {"connector": 1e-3, "convnext": 2e-6}
+
+def test_a_trainable_convnext_must_be_a_tuned_part(tmp_path) -> None:
+    """The old spelling (`convnext.trainable=true`) without `convnext` in --tune_parts would leave the ConvNeXt
+    frozen: one line, before any weights."""
+    from fila_train.training.train import train
+    from fila_train.utils.errors import ConfigError
+
+    model_args = ModelArguments(model_name_or_path="no/such/llm", vision_encoder="fila_hybrid",
+                                vision_option=["convnext.trainable=true"])
+    args = TrainingArguments(output_dir=str(tmp_path), tune_parts="connector,llm,cvfm", report_to="none")
+    with pytest.raises(ConfigError, match="has no 'convnext': add it"):
+        train(model_args, DataArguments(data_path="no/such.jsonl"), args)
 
 def test_artifact_round_trip_is_bit_exact(assets, tmp_path) -> None:
     model = build_tiny_model(assets, hybrid=True, fuser=True)

@@ -50,6 +50,7 @@ class StageRecipe:
     connector_lr: float | None = None
     cvfm_lr: float | None = None
     fuser_lr: float | None = None
+    convnext_lr: float | None = None  # set: FILA's ConvNeXt trains too (stage 2 only); None: it stays frozen
 
 
 @dataclass
@@ -74,11 +75,12 @@ class AblationConfig:
                                                             "ZERO_CONFIG": "zero_configs/zero2.json"})
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     stage1: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=40, learning_rate=1e-3))
-    # Tiny random models learn the probe only with stage 2's rate kept up and unclipped: their gradient norms run
-    # at 3-18 for most of the run, and clipping at 1 cut the steps so far that no variant learned (docs/ablation.md).
-    stage2: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=400, learning_rate=1e-3,
-                                                                    lr_scheduler="constant_with_warmup",
-                                                                    max_grad_norm=0.0))
+    # The tiny recipe (docs/ablation.md): unclipped (gradient norms run at 3-18; clipping at 1 stalled every
+    # variant), the LLM at 3e-4, CVFM at 1e-2 (its zero gates open too slowly at 1e-3), and the random tiny
+    # ConvNeXt trained (its stand-in for CLIP pre-training: frozen, it never learned to carry a seam).
+    stage2: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=300, learning_rate=3e-4,
+                                                                    max_grad_norm=0.0, connector_lr=1e-3,
+                                                                    cvfm_lr=1e-2, convnext_lr=1e-3))
     parallel: int = 2  # runs at once (CPU: one per core, one thread each; a GPU node: 1)
     threads_per_run: int | None = 1  # OMP_NUM_THREADS of each run (None: leave it)
     eval_batch_size: int = 32
@@ -91,6 +93,9 @@ class AblationConfig:
             raise ConfigError("ablation: variants and seeds must not repeat")
         if self.stage1.connector_lr is not None:
             raise ConfigError("ablation: stage1.connector_lr is stage 1's learning_rate (scripts/pretrain.sh)")
+        if self.stage1.convnext_lr is not None:
+            raise ConfigError("ablation: stage1.convnext_lr: the stage-1 artifact does not carry the ConvNeXt; "
+                              "train it in stage 2")
         if not self.variants or not self.seeds or self.parallel < 1:
             raise ConfigError("ablation: needs at least one variant, one seed and parallel >= 1")
 

@@ -76,7 +76,8 @@ def prepare_probe(config: AblationConfig, models: dict[str, str], output: Path) 
 
 
 def _stage_env(recipe: StageRecipe) -> dict[str, str]:
-    part_rates = {"CONNECTOR_LR": recipe.connector_lr, "CVFM_LR": recipe.cvfm_lr, "FUSER_LR": recipe.fuser_lr}
+    part_rates = {"CONNECTOR_LR": recipe.connector_lr, "CVFM_LR": recipe.cvfm_lr, "FUSER_LR": recipe.fuser_lr,
+                  "CONVNEXT_LR": recipe.convnext_lr}
     return {name: str(rate) for name, rate in part_rates.items() if rate is not None} | {"GLOBAL_BATCH_SIZE": str(recipe.global_batch_size), "PER_DEVICE_BATCH_SIZE": str(recipe.per_device_batch_size),
             "LEARNING_RATE": str(recipe.learning_rate), "MAX_STEPS": str(recipe.max_steps),
             "EPOCHS": "1000",  # max_steps decides: every variant gets exactly the same steps

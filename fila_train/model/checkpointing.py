@@ -6,8 +6,8 @@ composite routes here, so the HF Trainer's ``--gradient_checkpointing`` switches
 - ``llm``: the LLM's own decoder layers, through its own ``_set_gradient_checkpointing`` (with the
   trainer's checkpoint kwargs and ``every_n_layers``);
 - each part the vision encoder offers in ``checkpoint_switches()`` (part -> switch(enable, func)): the
-  CLIP encoder's ``vision`` layers, and for FILA's hybrid encoder the ConvNeXt stages (only matters when
-  the ConvNeXt is trainable) and the ``cvfm`` blocks. An encoder without the method offers ``vision``:
+  CLIP encoder's ``vision`` layers, and for FILA's hybrid encoder the ``convnext`` stages (only matters when
+  the ConvNeXt is trained) and the ``cvfm`` blocks. An encoder without the method offers ``vision``:
   every layer inside it with transformers' per-layer switch (its CLIP tower's).
 
 The encoder's parts always checkpoint non-reentrantly: CVFM takes the ConvNeXt maps in a list, which

@@ -54,6 +54,7 @@ class TrainingArguments(transformers.TrainingArguments):
     cvfm_lr: float | None = field(default=None, metadata={"help": "learning rate of FILA's CVFM"})
     fuser_lr: float | None = field(default=None, metadata={"help": "learning rate of the MMFuser fuser"})
     vision_lr: float | None = field(default=None, metadata={"help": "learning rate of the vision tower"})
+    convnext_lr: float | None = field(default=None, metadata={"help": "learning rate of FILA's ConvNeXt branch"})
     model_max_length: int = 2048
     peak_tflops: float | None = field(default=None, metadata={
         "help": "peak TFLOP/s of one device for the logged MFU (default: from the known-GPU table in "
@@ -130,7 +131,7 @@ class TrainingArguments(transformers.TrainingArguments):
             except ValueError:
                 raise ConfigError(f"--part_lr {item!r}: {value!r} is not a number") from None
         shorthands = {"connector": self.connector_lr, "cvfm": self.cvfm_lr, "fuser": self.fuser_lr,
-                      "vision": self.vision_lr}
+                      "vision": self.vision_lr, "convnext": self.convnext_lr}
         return rates | {part: rate for part, rate in shorthands.items() if rate is not None}
 
     def part_learning_rate(self, part: str) -> float:

@@ -34,7 +34,7 @@ def _signature(model) -> dict[str, str]:
 
 
 def _sub_parts(vision_encoder: str) -> set[str]:
-    return {sub.name for sub in VISION_ENCODERS.get(vision_encoder).sub_parts}
+    return {sub.name for sub in VISION_ENCODERS.get(vision_encoder).sub_parts if sub.aligned}
 
 
 def save_connector_artifact(model, directory: str | Path) -> Path | None:

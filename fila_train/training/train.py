@@ -94,6 +94,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if model_args.lora_r and "llm" not in args.parts():
         raise ConfigError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
                           f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
+    convnext = (model_args.vision_options() or {}).get("convnext", {})
+    if convnext.get("trainable") and "convnext" not in args.parts():
+        raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
+                          "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
     if args.deepspeed:
         import deepspeed
 

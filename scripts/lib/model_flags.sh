@@ -2,6 +2,7 @@
 # Sourced by pretrain.sh / finetune.sh: the model choice as flags (MODEL_ARGS) and the parts it
 # adds to the stage's default TUNE_PARTS (EXTRA_PARTS).
 #   VISION_ENCODER=fila_hybrid (default): CLIP-ViT + ConvNeXt through CVFM (FILA); trains "cvfm"
+#     (and "convnext" with CONVNEXT_LR set: its learning rate; the ConvNeXt is frozen otherwise)
 #   VISION_ENCODER=clip:                  the plain LLaVA-1.5 vision side
 #   VISION_ENCODER=anyres:                FILA's global view + tiles on the ViT alone (crop-only baseline)
 #   CONNECTOR=mlp2x_gelu (default) | linear | mmfuser (MMFuser fuser + mlp2x_gelu; trains "fuser")
@@ -36,6 +37,10 @@ if [ "$VISION_ENCODER" = fila_hybrid ]; then
   optional_flag cvfm_align "${CVFM_ALIGN:-}"
   optional_flag cvfm_fusion "${CVFM_FUSION:-}"
   EXTRA_PARTS+=",cvfm"
+  if [ -n "${CONVNEXT_LR:-}" ]; then  # also train the ConvNeXt, at this rate (stage 2 only: see pretrain.sh)
+    MODEL_ARGS+=(--convnext_lr "$CONVNEXT_LR")
+    EXTRA_PARTS+=",convnext"
+  fi
 fi
 if [ "$VISION_ENCODER" = anyres ]; then  # FILA's views and ViT without ConvNeXt and CVFM (its ablation)
   optional_flag anyres_canvases "${ANYRES_CANVASES:-}"

@@ -34,7 +34,9 @@ class ConvNeXtBranchConfig:
     checkpoint: str | None = None  # state-dict file (.bin/.pt/.pth/.safetensors) or OpenCLIP HF-format folder
     dims: tuple[int, ...] | None = None  # with depths: a small random timm ConvNeXt instead of model_name
     depths: tuple[int, ...] | None = None
-    trainable: bool = False  # frozen and run without grad by default (spec)
+    # Frozen and run without grad by default (spec). Training it is `--tune_parts ...,convnext`, which sets
+    # requires_grad; this flag only says the build starts it trainable (so it needs `convnext` tuned too).
+    trainable: bool = False
     # A fresh build from flags needs a checkpoint unless this says random weights are wanted (tiny models,
     # training the ConvNeXt from scratch): a frozen random ConvNeXt-L is never picked silently.
     random_init: bool = False
@@ -164,7 +166,9 @@ class ConvNeXtBranch(nn.Module):
 
     @property
     def trainable(self) -> bool:
-        return self.branch_config.trainable
+        # Whatever made the parameters trainable (the build, or --tune_parts convnext), the forward follows it:
+        # parameters that require grad but run under no_grad would silently never train.
+        return any(parameter.requires_grad for parameter in self.trunk.parameters())
 
     def train(self, mode: bool = True) -> ConvNeXtBranch:
         # A frozen branch stays in eval mode (no drop-path) even when the model around it trains.

@@ -174,11 +174,9 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
     def checkpoint_switches(self) -> dict[str, Switch]:
         layers = checkpointing_layers(self.clip)
 
-        def vision(enable: bool, func) -> None:
-            set_layer_flags(layers, enable, func)
-            self.convnext.trunk.set_grad_checkpointing(enable)
-
-        return {"vision": vision, "cvfm": lambda enable, func: set_layer_flags(self.cvfm, enable, func)}
+        return {"vision": lambda enable, func: set_layer_flags(layers, enable, func),
+                "convnext": lambda enable, func: self.convnext.trunk.set_grad_checkpointing(enable),
+                "cvfm": lambda enable, func: set_layer_flags(self.cvfm, enable, func)}
 
     def _stage_maps(self, high_res: torch.Tensor | list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """ConvNeXt on every image's canvas -> per image, 4 maps [C, H, W].
@@ -333,7 +331,9 @@ def card_rows(options: dict) -> list[tuple[str, str]]:
 
 FILA_HYBRID_ENCODER = VisionEncoderContract(
     name="fila_hybrid", options=HybridEncoderConfig,
-    sub_parts=(SubPart("cvfm", "cvfm."),),  # vision_tower.cvfm.*: its own part and learning rate
+    # vision_tower.cvfm.* and vision_tower.convnext.*: their own parts and learning rates. The ConvNeXt is not
+    # aligned: stage 1 leaves it as it is and the stage-1 artifact does not carry it.
+    sub_parts=(SubPart("cvfm", "cvfm."), SubPart("convnext", "convnext.", aligned=False)),
     # CVFM: zero gates, strided conv = average pooling; the ConvNeXt: its checkpoint, or timm's init.
     self_initialised=(CVFMBlock,), constructor_initialised=(ConvNeXtBranch,),
     build=build_hybrid_encoder,
