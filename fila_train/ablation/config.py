@@ -74,11 +74,11 @@ class AblationConfig:
     launch: dict[str, str] = field(default_factory=lambda: {"NPROC_PER_NODE": "1", "DATALOADER_WORKERS": "0",
                                                             "ZERO_CONFIG": "zero_configs/zero2.json"})
     probe: ProbeSettings = field(default_factory=ProbeSettings)
-    stage1: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=40, learning_rate=1e-3))
+    stage1: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=15, learning_rate=1e-3))
     # The tiny recipe (docs/ablation.md): unclipped (gradient norms run at 3-18; clipping at 1 stalled every
     # variant), the LLM at 3e-4, CVFM at 1e-2 (its zero gates open too slowly at 1e-3), and the random tiny
     # ConvNeXt trained (its stand-in for CLIP pre-training: frozen, it never learned to carry a seam).
-    stage2: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=300, learning_rate=3e-4,
+    stage2: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=270, learning_rate=3e-4,
                                                                     max_grad_norm=0.0, connector_lr=1e-3,
                                                                     cvfm_lr=1e-2, convnext_lr=1e-3))
     parallel: int = 2  # runs at once (CPU: one per core, one thread each; a GPU node: 1)
