@@ -19,7 +19,8 @@ def unit_config(output, **changes) -> AblationConfig:
         "name": "ablation-unit-group-7c1f", "output": str(output), "variants": ["anyres", "fila_concat"],
         "seeds": [0], "probe": ProbeSettings(train=16, held_out=4),
         "stage1": StageRecipe(max_steps=2, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4),
-        "stage2": StageRecipe(max_steps=2, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4),
+        "stage2": StageRecipe(max_steps=2, learning_rate=1e-3, global_batch_size=4, per_device_batch_size=4,
+                              cvfm_lr=1e-2, convnext_lr=2e-3),
         "eval_batch_size": 4, **changes})
 
 
@@ -44,8 +45,13 @@ def test_every_variant_trains_both_stages_and_is_scored_on_both_splits(ablation)
             summary = json.loads((plan.stage_dir(stage) / "train_summary.json").read_text())
             assert summary["steps"] == 2 and summary["vision_encoder"] == ("anyres" if plan.variant == "anyres"
                                                                           else "fila_hybrid")
-        # Stage 2 started from the run's own stage-1 artifact, through finetune.sh.
-        assert str(plan.stage_dir(1) / "connector.safetensors") in (plan.folder / "stage2.log").read_text()
+        # Stage 2 started from the run's own stage-1 artifact, through finetune.sh, with the recipe's part rates
+        # (FILA's ConvNeXt trained; anyres has none) and ungrouped batches (the probe's answers differ in length).
+        log = (plan.folder / "stage2.log").read_text()
+        assert str(plan.stage_dir(1) / "connector.safetensors") in log
+        assert "modality-length grouping" not in log
+        hybrid_rates = "part=convnext lr=0.002" in log and "part=cvfm lr=0.01" in log
+        assert hybrid_rates == (plan.variant == "fila_concat")
         assert 0 <= run["fragmented"] <= 1 and 0 <= run["control"] <= 1
         for split in ("fragmented", "control"):
             score = json.loads((plan.eval_dir(split) / "score.json").read_text())
@@ -94,9 +100,15 @@ def test_configs_are_checked_and_the_cluster_config_loads(tmp_path):
     real = load_config(REPO / "configs/ablation/fila7b.yaml")
     assert real.models["VISION_TOWER"] == "openai/clip-vit-large-patch14-336" and real.parallel == 1
     assert real.variants == AblationConfig().variants and real.stage2.learning_rate == 2e-5
+    # The tiny recipe's stand-ins (a trained random ConvNeXt, CVFM at 1e-2, no clipping) stay out of FILA-7B's.
+    assert (real.stage2.convnext_lr, real.stage2.cvfm_lr, real.stage2.connector_lr) == (None, None, None)
+    assert real.stage2.max_grad_norm == 1.0 and real.stage2.lr_scheduler == "cosine"
     with pytest.raises(ConfigError, match="unknown ablation variant 'fila_sum'"):
         load_config(None, {"variants": ["anyres", "fila_sum"]})
     load_config(None, {"variants": ["anyres", "fila_concat+mmfuser"]})
+    for stage1_rate in ("connector_lr", "convnext_lr"):  # stage 1: the connector's rate is learning_rate; no ConvNeXt
+        with pytest.raises(ConfigError, match=f"stage1.{stage1_rate}"):
+            load_config(None, {"stage1": {stage1_rate: 1e-3}})
     (tmp_path / "bad.yaml").write_text("stage2:\n  steps: 10\n")
     with pytest.raises(ConfigError, match="unknown key 'steps'; valid keys: max_steps, learning_rate"):
         load_config(tmp_path / "bad.yaml")
