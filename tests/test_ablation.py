@@ -99,7 +99,8 @@ def test_a_failed_step_names_its_log(ablation, tmp_path):
 def test_configs_are_checked_and_the_cluster_config_loads(tmp_path):
     real = load_config(REPO / "configs/ablation/fila7b.yaml")
     assert real.models["VISION_TOWER"] == "openai/clip-vit-large-patch14-336" and real.parallel == 1
-    assert real.variants == AblationConfig().variants and real.stage2.learning_rate == 2e-5
+    assert real.variants == ["anyres", "fila_concat", "fila_add", "fila_cross_attn"]
+    assert real.stage2.learning_rate == 2e-5 and real.stage1.cvfm_lr is None
     # The tiny recipe's stand-ins (a trained random ConvNeXt, CVFM at 1e-2, no clipping) stay out of FILA-7B's.
     assert (real.stage2.convnext_lr, real.stage2.cvfm_lr, real.stage2.connector_lr) == (None, None, None)
     assert real.stage2.max_grad_norm == 1.0 and real.stage2.lr_scheduler == "cosine"

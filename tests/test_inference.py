@@ -287,6 +287,18 @@ def test_eval_cli_scores_its_predictions(saved_model, tiny_assets, loaded, tmp_p
     assert Path(summary["model"]) == saved_model.resolve()
     printed = f"anls {100 * summary['score']:.2f}%"  # percent, two decimals; the files keep the fraction
     assert printed in capsys.readouterr().out
+    # Several files in one call (one model load) give what one call per file gives, each in OUTPUT/<name>.
+    reversed_bench = write_jsonl(tmp_path / "reversed.jsonl", bench[::-1])
+    common = ["--metric", "anls", "--image_folder", str(tiny_assets.image_folder), "--batch_size", "3",
+              "--max_new_tokens", str(STEPS), "--dtype", "float32"]
+    assert main(["eval", "--model", str(saved_model), "--bench", str(tmp_path / "bench.jsonl"), str(reversed_bench),
+                 "--output", str(tmp_path / "both"), *common]) == 0
+    assert (tmp_path / "both" / "bench" / "predictions.jsonl").read_text() == (output / "predictions.jsonl").read_text()
+    again = [json.loads(line) for line in (tmp_path / "both" / "reversed" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["prediction"] for row in again] == own[::-1]
+    assert main(["eval", "--model", str(saved_model), "--bench", str(reversed_bench), str(reversed_bench),
+                 *common]) == 1  # the same name twice would write one folder twice
+    assert "two files share a name" in capsys.readouterr().err
     # The demo's summary prints the same score the same way.
     from fila_train.demo.cli import main as demo_main
 

@@ -43,7 +43,7 @@ class RunPlan:
         return self.folder / f"stage{stage}"
 
     def eval_dir(self, split: str) -> Path:
-        return self.folder / f"eval-{split}"
+        return self.folder / "eval" / split  # fila-train eval's OUTPUT/<bench name>
 
 
 def prepare_models(config: AblationConfig, output: Path) -> dict[str, str]:
@@ -118,13 +118,12 @@ def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe
                    "--run_name", f"{plan.label}-stage{stage}"],
                   env, plan.folder / f"stage{stage}.log", plan.stage_dir(stage) / "train_summary.json",
                   f"{plan.label} stage {stage}")
-    for split in SPLITS:
-        _run_step([sys.executable, "-m", "fila_train.cli", "eval", "--model", str(plan.stage_dir(2)),
-                   "--bench", probe[split], "--image_folder", probe["image_folder"], "--metric", "exact",
-                   "--no_short_answer_prompt", "--max_new_tokens", "4", "--batch_size", str(config.eval_batch_size),
-                   "--output", str(plan.eval_dir(split))],
-                  common, plan.folder / f"eval-{split}.log", plan.eval_dir(split) / "score.json",
-                  f"{plan.label} eval {split}")
+    # Both splits in one process: one model load (the bench files are named after their split).
+    _run_step([sys.executable, "-m", "fila_train.cli", "eval", "--model", str(plan.stage_dir(2)),
+               "--bench", *(probe[split] for split in SPLITS), "--image_folder", probe["image_folder"],
+               "--metric", "exact", "--no_short_answer_prompt", "--max_new_tokens", "4",
+               "--batch_size", str(config.eval_batch_size), "--output", str(plan.folder / "eval")],
+              common, plan.folder / "eval.log", plan.eval_dir(SPLITS[-1]) / "score.json", f"{plan.label} eval")
 
 
 def plans(config: AblationConfig, output: Path) -> list[RunPlan]:

@@ -1,6 +1,7 @@
 """``fila-train eval``: answer a benchmark file's questions with a saved model, and score them.
 
-Writes OUTPUT/predictions.jsonl (id, question, prediction, answers, score per question),
+Several --bench files share one model load; each writes to OUTPUT/<bench name> (OUTPUT default: MODEL/eval).
+Per bench: OUTPUT/predictions.jsonl (id, question, prediction, answers, score per question),
 OUTPUT/score.json (metric, score = mean per-question score in [0, 1], count, bench, model) and
 OUTPUT/answers.jsonl in LLaVA's answer-file format. A LLaVA question file (question_id, image, text; no
 answers) is answered without --metric: answers.jsonl only.
@@ -27,13 +28,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalArguments:
-    bench: str = field(metadata={"help": "benchmark JSONL: id, image, question, answers (list); or a LLaVA "
-                                         "question file: question_id, image, text"})
+    bench: list[str] = field(metadata={"help": "benchmark JSONL: id, image, question, answers (list); or a LLaVA "
+                                               "question file: question_id, image, text. Several: one model load"})
     metric: str | None = field(default=None, metadata={
         "help": "how answers are scored (leave out for a file without answers: answered, not scored)",
         "choices": METRICS.names()})
     image_folder: str | None = field(default=None, metadata={"help": "folder the records' image paths are relative to"})
-    output: str | None = field(default=None, metadata={"help": "output folder (default: MODEL/eval/<bench name>)"})
+    output: str | None = field(default=None, metadata={
+        "help": "output folder (default: MODEL/eval/<bench name>); with several --bench files, their parent"})
     batch_size: int = field(default=8, metadata={"help": "questions per generation batch"})
     max_new_tokens: int = field(default=128, metadata={"help": "most tokens per answer"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N questions"})
@@ -44,9 +46,14 @@ class EvalArguments:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
             raise ConfigError("--batch_size, --max_new_tokens and --limit must be positive")
+        names = [Path(bench).stem for bench in self.bench]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--bench: two files share a name ({', '.join(names)}), so their outputs would collide")
 
-    def output_dir(self, model: str) -> Path:
-        return Path(self.output) if self.output else Path(model) / "eval" / Path(self.bench).stem
+    def output_dir(self, model: str, bench: str) -> Path:
+        if self.output and len(self.bench) == 1:
+            return Path(self.output)
+        return (Path(self.output) if self.output else Path(model) / "eval") / Path(bench).stem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,25 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     metric = get_metric(args.metric) if args.metric else None
     image_folder = Path(args.image_folder) if args.image_folder else None
     try:
-        # Every record is checked before the model is loaded: a bad line fails in seconds, not hours.
-        questions = read_bench(args.bench, metric, image_folder, args.limit)
+        # Every record of every file is checked before the model is loaded: a bad line fails in seconds, not hours.
+        benches = {bench: read_bench(bench, metric, image_folder, args.limit) for bench in args.bench}
         loaded = model_options.load()
-        logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
-                    len(questions), args.bench, metric.name if metric else "none: answers only", args.batch_size)
-        predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
-                              SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
+        for bench, questions in benches.items():
+            logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
+                        len(questions), bench, metric.name if metric else "none: answers only", args.batch_size)
+            predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
+                                  SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
+            report(bench, questions, predictions, metric, model_options.model, args.output_dir(model_options.model, bench))
     except (BenchError, AnnotationError, ModelLoadError) as error:
         print(f"fila-train eval: error: {error}", file=sys.stderr)
         return 1
-    output = args.output_dir(model_options.model)
-    answers = write_answers(questions, predictions, model_options.model, output)
+    return 0
+
+
+def report(bench: str, questions, predictions: list[str], metric, model: str, output: Path) -> None:
+    """Write one bench's answers (and its scores, with a metric) and print one line about it."""
+    answers = write_answers(questions, predictions, model, output)
     if metric is None:
-        print(f"answered {len(questions)} questions of {args.bench}, not scored (no answers in the file); "
+        print(f"answered {len(questions)} questions of {bench}, not scored (no answers in the file); "
               f"LLaVA's answer file: {answers}")
-        return 0
-    result = score(metric, questions, predictions, str(Path(args.bench).resolve()),
-                   str(Path(model_options.model).resolve()))
+        return
+    result = score(metric, questions, predictions, str(Path(bench).resolve()), str(Path(model).resolve()))
     write_results(result, output)
     print(f"{format_score(metric.name, result.summary['score'])} on {result.summary['count']} questions "
-          f"of {args.bench} (written to {output})")
-    return 0
+          f"of {bench} (written to {output})")
