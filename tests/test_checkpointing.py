@@ -17,7 +17,7 @@ from fila_train.model.checkpointing import checkpointable_parts
 from fila_train.training.arguments import ModelArguments, TrainingArguments
 from fila_train.training.parts import apply_tune_parts
 
-ALL_PARTS = ["vision", "cvfm", "connector", "llm"]
+ALL_PARTS = ["vision", "convnext", "cvfm", "connector", "llm"]
 
 
 def gradients_and_saved_bytes(model, batch) -> tuple[dict[str, torch.Tensor], int]:
