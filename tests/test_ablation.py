@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +60,24 @@ def test_every_variant_trains_both_stages_and_is_scored_on_both_splits(ablation)
             assert score["count"] == 4 and score["metric"] == "exact"
     hybrid = json.loads((plans[1].stage_dir(2) / "config.json").read_text())
     assert hybrid["vision_options"]["cvfm"]["fusion"] == "concat"
+
+
+def test_the_tiny_llm_knows_the_probes_words(ablation):
+    # Before, a caption was ~30 byte-level tokens that the frozen tiny LLM could not model (stage-1 loss ~6.5, near
+    # uniform over its 1024 tokens), and the connector and CVFM stage 1 handed over often left stage 2 at chance.
+    from transformers import AutoTokenizer
+
+    from fila_train.data.probe import QUESTION, TEXTURES, caption
+    config, plans, _ = ablation
+    llm = json.loads((Path(config.output) / "models" / "paths.json").read_text())["llm"]
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    for first in TEXTURES:
+        for second in TEXTURES:  # one token per word
+            text = caption({"halves": [first, second]})
+            assert len(tokenizer(text, add_special_tokens=False).input_ids) == len(text.split()), text
+    assert len(tokenizer(QUESTION, add_special_tokens=False).input_ids) < 2 * len(QUESTION.split())
+    for plan in plans:
+        assert json.loads((plan.stage_dir(1) / "train_summary.json").read_text())["loss_first"] < 5.0
 
 
 def test_the_table_chart_and_wandb_group(ablation):
@@ -128,3 +148,14 @@ def test_the_verdict_compares_the_margin_with_the_seed_spread():
     summary["fila_concat"]["control"] = split([0.60, 0.62, 0.61])
     assert not verdict(summary)["fila_not_worse_on_control"]
     assert verdict({"anyres": summary["anyres"]}) is None
+
+
+def test_a_second_ablation_on_this_machine_gets_other_master_ports():
+    # Two ablations at once used to launch torchrun on the same port: the second failed with EADDRINUSE.
+    from fila_train.ablation.runner import free_port
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        port = free_port(taken)
+    assert taken < port < taken + 10

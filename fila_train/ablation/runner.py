@@ -10,13 +10,14 @@ import json
 import logging
 import os
 import queue
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.probe import SPLITS, ProbeLayout, ProbeOptions, layout_for, make_probe, probe_paths
+from ..data.probe import SPLITS, ProbeLayout, ProbeOptions, layout_for, make_probe, probe_language, probe_paths
 from ..utils.errors import ConfigError, FilaError
 from .config import AblationConfig, StageRecipe, variant_env
 
@@ -27,6 +28,19 @@ BASE_PORT = 29700
 
 class AblationRunError(FilaError):
     """A step of one run failed; the message names its log."""
+
+
+def free_port(first: int) -> int:
+    """The first of ``first`` .. ``first + 9`` (one slot's ports) that nothing listens on: a second ablation on the
+    same machine would otherwise start torchrun on a port the first one holds and fail with EADDRINUSE."""
+    for port in range(first, first + 10):
+        with socket.socket() as candidate:
+            try:
+                candidate.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise AblationRunError(f"no free master port in {first}-{first + 9}; is another ablation running here?")
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,7 @@ def prepare_models(config: AblationConfig, output: Path) -> dict[str, str]:
     if not paths_file.is_file():
         from ..demo.cli import DEFAULT_NUM_IMAGES, prepare
 
-        prepare(output / "models", num_images=DEFAULT_NUM_IMAGES, seed=0)
+        prepare(output / "models", num_images=DEFAULT_NUM_IMAGES, seed=0, extra_text=probe_language())
     paths = json.loads(paths_file.read_text())
     return {"MODEL": paths["llm"], "VISION_TOWER": paths["vision_tower"],
             "CONVNEXT_CHECKPOINT": paths["convnext_checkpoint"], "CONVNEXT_DIMS": paths["convnext_dims"],
@@ -101,14 +115,15 @@ def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe
               # Length grouping sorts the probe by its answers: "0" is one token longer than "1" in the tiny
               # tokenizer, so grouped batches held one answer each and no variant learned (docs/ablation.md).
               "GROUP_BY_MODALITY": "False",
-              "REPORT_TO": config.report_to, "LOGGING_STEPS": "5", "MASTER_PORT": str(BASE_PORT + 10 * slot),
+              "REPORT_TO": config.report_to, "LOGGING_STEPS": "5",
               "WANDB_RUN_GROUP": config.name, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "fila-train-ablation"),
               # The scripts run this interpreter (its environment), whatever `python` is on PATH.
               "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if config.threads_per_run:
         common["OMP_NUM_THREADS"] = str(config.threads_per_run)
     for stage, script, recipe in ((1, "pretrain.sh", config.stage1), (2, "finetune.sh", config.stage2)):
-        env = common | _stage_env(recipe) | {"DATA_PATH": probe[f"stage{stage}"], "OUTPUT_DIR": str(plan.stage_dir(stage))}
+        env = common | _stage_env(recipe) | {"DATA_PATH": probe[f"stage{stage}"], "OUTPUT_DIR": str(plan.stage_dir(stage)),
+                                             "MASTER_PORT": str(free_port(BASE_PORT + 10 * slot))}
         if stage == 2:
             env |= {"PRETRAINED_CONNECTOR": str(plan.stage_dir(1) / "connector.safetensors"),
                     "TEMPLATE": "vicuna_v1", "GRADIENT_CHECKPOINTING": "False"}

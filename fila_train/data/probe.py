@@ -141,6 +141,15 @@ def caption(record: dict) -> str:
     return f"symbols of {first} and {second} halves" if first != second else f"symbols of {first} on both halves"
 
 
+def probe_language(repeats: int = 50) -> list[str]:
+    """The probe's words (the question and every caption), ``repeats`` times: the tiny demo LLM learns them
+    before the VLM stages, as Vicuna knows English. Without them, stage 1's captions are strings of byte
+    tokens that the frozen tiny LLM cannot model (loss about 6.5, near uniform), and the connector and CVFM
+    that stage 1 hands over often left stage 2 stuck at chance (docs/ablation.md)."""
+    captions = [caption({"halves": [first, second]}) for first in TEXTURES for second in TEXTURES]
+    return [QUESTION, *captions] * repeats
+
+
 def make_probe(output: str | Path, layout: ProbeLayout, options: ProbeOptions = ProbeOptions()) -> dict[str, str]:
     """Write images, stage 1 captions, stage 2 questions and one bench file per held-out split; returns the paths."""
     output = Path(output)

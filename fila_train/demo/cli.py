@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..utils.files import write_json_atomic
@@ -11,17 +12,24 @@ from ..utils.scores import format_score
 DEFAULT_NUM_IMAGES = 240  # synthetic documents: enough text to pre-train the tiny LLM in seconds
 
 
-def prepare(output: Path, num_images: int, seed: int) -> dict:
+def prepare(output: Path, num_images: int, seed: int, extra_text: Sequence[str] = ()) -> dict:
+    """The demo's data and tiny models; ``extra_text`` (lines) joins the tokenizer's corpus and the LLM's
+    pre-training text, for a job whose words the demo text lacks (the ablation's probe)."""
     from .pretrain_llm import pretrain_tiny_llm
     from .synthetic_docs import make_synthetic_dataset
     from .tiny_models import TinyFila, save_tiny_llm
     from .tokenizer import build_demo_tokenizer
 
     dataset = make_synthetic_dataset(output / "data", num_images=num_images, seed=seed)
-    tokenizer = build_demo_tokenizer([dataset.corpus_path], output / "tokenizer")
+    corpus = [dataset.corpus_path]
+    if extra_text:
+        corpus.append(output / "data" / "extra_text.txt")
+        corpus[-1].write_text("\n".join(extra_text) + "\n")
+    tokenizer = build_demo_tokenizer(corpus, output / "tokenizer")
     llm = save_tiny_llm(output / "models" / "tiny-llama", tokenizer, seed=seed)
     captions = {json.loads(line)["conversations"][1]["value"] for line in dataset.stage1_path.open()}
     texts = [line for line in dataset.corpus_path.read_text().splitlines() if line and line not in captions]
+    texts += extra_text
     losses = pretrain_tiny_llm(llm, texts, seed=seed)
     print(f"pre-trained the tiny LLM on {len(texts)} text lines: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     tiny = TinyFila()
