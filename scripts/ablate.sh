@@ -4,7 +4,7 @@
 # finetune.sh, every run scored on the fragmentation probe (tile borders cut the symbols) and its control.
 # Writes results.md, results.json and results.png to the ablation folder; training runs and the results go
 # to wandb as one group (offline unless WANDB_MODE says otherwise).
-#   bash scripts/ablate.sh                                         # tiny models on CPU (~28 min on 2 cores)
+#   bash scripts/ablate.sh                                         # tiny models on CPU (~17 min on 2 cores)
 #   bash scripts/ablate.sh --config configs/ablation/fila7b.yaml   # the real models on a GPU node
 # Other flags: --variants anyres fila_concat ... (+mmfuser), --seeds 0 1 2, --output DIR, --name GROUP;
 # `fila-train ablate report` rewrites the table and chart from finished runs.

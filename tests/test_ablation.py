@@ -65,10 +65,10 @@ def test_every_variant_trains_both_stages_and_is_scored_on_both_splits(ablation)
 def test_the_tiny_llm_knows_the_probes_words(ablation):
     # Before, a caption was ~30 byte-level tokens that the frozen tiny LLM could not model (stage-1 loss ~6.5, near
     # uniform over its 1024 tokens), and the connector and CVFM stage 1 handed over often left stage 2 at chance.
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fila_train.data.probe import QUESTION, TEXTURES, caption
-    config, plans, _ = ablation
+    config, _, _ = ablation
     llm = json.loads((Path(config.output) / "models" / "paths.json").read_text())["llm"]
     tokenizer = AutoTokenizer.from_pretrained(llm)
     for first in TEXTURES:
@@ -76,8 +76,9 @@ def test_the_tiny_llm_knows_the_probes_words(ablation):
             text = caption({"halves": [first, second]})
             assert len(tokenizer(text, add_special_tokens=False).input_ids) == len(text.split()), text
     assert len(tokenizer(QUESTION, add_special_tokens=False).input_ids) < 2 * len(QUESTION.split())
-    for plan in plans:
-        assert json.loads((plan.stage_dir(1) / "train_summary.json").read_text())["loss_first"] < 5.0
+    model = AutoModelForCausalLM.from_pretrained(llm)
+    ids = tokenizer([caption({"halves": ["checker", "vertical stripes"]})], return_tensors="pt").input_ids
+    assert model(input_ids=ids, labels=ids).loss.item() < 3.0  # 0.7 now; the demo-text LLM: 8.2 (uniform: 6.9)
 
 
 def test_the_table_chart_and_wandb_group(ablation):

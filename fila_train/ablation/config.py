@@ -66,7 +66,7 @@ class AblationConfig:
     name: str = "fila-ablation"  # also the wandb group
     output: str = "playground/ablation"
     # The comparison FILA's claim rests on (concat is the paper's fusion); add `fila_add fila_cross_attn` (and
-    # `+mmfuser`) with --variants. All four at this recipe take about 40 minutes on 2 cores.
+    # `+mmfuser`) with --variants. All four at this recipe take about 31 minutes on 2 cores.
     variants: list[str] = field(default_factory=lambda: ["anyres", "fila_concat"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # The scripts' model variables (MODEL, VISION_TOWER, CONVNEXT_CHECKPOINT, ANYRES_CANVASES, CVFM_LAYERS, ...).
@@ -81,7 +81,7 @@ class AblationConfig:
     # variant), every part at 1e-3 (the LLM at 3e-4 left FILA's seeds at chance) but CVFM at 1e-2 (its zero
     # gates open too slowly at 1e-3), and the random tiny ConvNeXt trained (its stand-in for CLIP
     # pre-training: frozen, it never learned to carry a seam).
-    stage2: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=400, learning_rate=1e-3,
+    stage2: StageRecipe = field(default_factory=lambda: StageRecipe(max_steps=600, learning_rate=1e-3,
                                                                     max_grad_norm=0.0, cvfm_lr=1e-2,
                                                                     convnext_lr=1e-3))
     parallel: int = 2  # runs at once (CPU: one per core, one thread each; a GPU node: 1)

@@ -99,7 +99,8 @@ def bar_chart(results: dict, path: Path) -> None:
     axes.set_xticks(range(len(variants)), variants, rotation=15)
     axes.set_ylabel("exact match (%)")
     axes.set_ylim(0, 100)
-    axes.set_title(f"{results['name']}: probe accuracy (bars: mean, whiskers: min-max over seeds)", fontsize=9)
+    # Two lines: with two variants the figure is narrow, and one line ran past its edge.
+    axes.set_title(f"{results['name']}: probe accuracy\nbars: mean, whiskers: min-max over seeds", fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
