@@ -112,8 +112,8 @@ def _run_step(command: list[str], env: dict[str, str], log: Path, done: Path, wh
 
 def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe: dict[str, str], slot: int) -> None:
     common = {**models, **config.launch, **variant_env(plan.variant), "IMAGE_FOLDER": probe["image_folder"],
-              # Length grouping sorts the probe by its answers: "0" is one token longer than "1" in the tiny
-              # tokenizer, so grouped batches held one answer each and no variant learned (docs/ablation.md).
+              # Length grouping can sort the probe by its answers: with the demo-text tokenizer "0" made a
+              # sequence one token longer than "1", so grouped batches held one answer each (docs/ablation.md).
               "GROUP_BY_MODALITY": "False",
               "REPORT_TO": config.report_to, "LOGGING_STEPS": "5",
               "WANDB_RUN_GROUP": config.name, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "fila-train-ablation"),

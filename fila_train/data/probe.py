@@ -136,8 +136,7 @@ def _records(layout: ProbeLayout, image_dir: Path, name: str, count: int, placem
     return records
 
 
-def caption(record: dict) -> str:
-    first, second = record["halves"]
+def caption(first: str, second: str) -> str:
     return f"symbols of {first} and {second} halves" if first != second else f"symbols of {first} on both halves"
 
 
@@ -146,7 +145,7 @@ def probe_language(repeats: int = 50) -> list[str]:
     before the VLM stages, as Vicuna knows English. Without them, stage 1's captions are strings of byte
     tokens that the frozen tiny LLM cannot model (loss about 6.5, near uniform), and the connector and CVFM
     that stage 1 hands over often left stage 2 stuck at chance (docs/ablation.md)."""
-    captions = [caption({"halves": [first, second]}) for first in TEXTURES for second in TEXTURES]
+    captions = [caption(first, second) for first in TEXTURES for second in TEXTURES]
     return [QUESTION, *captions] * repeats
 
 
@@ -161,7 +160,7 @@ def make_probe(output: str | Path, layout: ProbeLayout, options: ProbeOptions = 
              "stage2": str(output / "stage2.jsonl"), **{split: str(output / f"{split}.jsonl") for split in SPLITS}}
     write_jsonl_atomic(Path(paths["stage1"]), [
         {"id": r["id"], "image": r["image"], "conversations": [
-            {"from": "human", "value": f"{IMAGE_TOKEN}\n"}, {"from": "gpt", "value": caption(r)}]} for r in train])
+            {"from": "human", "value": f"{IMAGE_TOKEN}\n"}, {"from": "gpt", "value": caption(*r["halves"])}]} for r in train])
     write_jsonl_atomic(Path(paths["stage2"]), [
         {"id": r["id"], "image": r["image"], "conversations": [
             {"from": "human", "value": f"{IMAGE_TOKEN}\n{QUESTION}"}, {"from": "gpt", "value": r["answer"]}]}

@@ -23,8 +23,9 @@ def prepare(output: Path, num_images: int, seed: int, extra_text: Sequence[str] 
     dataset = make_synthetic_dataset(output / "data", num_images=num_images, seed=seed)
     corpus = [dataset.corpus_path]
     if extra_text:
-        corpus.append(output / "data" / "extra_text.txt")
-        corpus[-1].write_text("\n".join(extra_text) + "\n")
+        extra_path = output / "data" / "extra_text.txt"
+        extra_path.write_text("\n".join(extra_text) + "\n")
+        corpus.append(extra_path)
     tokenizer = build_demo_tokenizer(corpus, output / "tokenizer")
     llm = save_tiny_llm(output / "models" / "tiny-llama", tokenizer, seed=seed)
     captions = {json.loads(line)["conversations"][1]["value"] for line in dataset.stage1_path.open()}
