@@ -159,6 +159,22 @@ def test_real_size_config_builds_on_meta_and_matches_the_anchors(tmp_path) -> No
     assert result["model_tflops_per_sample"]["total"] > result["model_tflops_per_sample"]["llm"] > 100
 
 
+def test_the_vision_bench_builds_the_encoder_without_the_llm(tmp_path) -> None:
+    """The vision rows measure the encoder: at real size it is built alone (a 7B LLM beside it is 13.5 GB of
+    memory and build time that the rows would report as the encoder's), the same encoder the whole model holds."""
+    from fila_train.bench.configs import BENCH_CONFIGS
+
+    meta = torch.device("meta")
+    for name in ("fila-7b", "anyres-7b"):
+        config = BENCH_CONFIGS.get(name)
+        alone = config.build_vision(tmp_path, tmp_path, meta, torch.bfloat16)
+        whole, _ = config.build(tmp_path, tmp_path, meta, torch.bfloat16)
+        assert [(key, value.shape) for key, value in alone.state_dict().items()] == \
+            [(key, value.shape) for key, value in whole.vision_tower.state_dict().items()]
+        assert all(value.dtype == torch.bfloat16 for value in alone.state_dict().values())
+        assert not any("language_model" in key or "embed_tokens" in key for key in alone.state_dict())
+
+
 def train_logs(assets, output_dir, capsys, **extra: str) -> list[dict]:  # noqa: F811
     """The per-step log dicts of a 2-step in-process stage-1 run: without the progress bar (--disable_tqdm)
     transformers prints each one (the bar's own lines are shorter, every ~5% of the run)."""

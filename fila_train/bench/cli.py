@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--suite", choices=("gpu_check",), default=None,
                       help="gpu_check: every measurement of scripts/gpu_check.sh (tiny configs with --device cpu); "
                            "writes gpu_check.json and gpu_check.md to --output (a folder)")
+    parser.add_argument("--budget_s", type=float, default=None,
+                        help="--suite: no measurement starts after this many seconds; the ones left are recorded as "
+                             "not run (default: the suite's budget for the device, bench/suite.py)")
     parser.add_argument("--num_images", type=int, default=16, help="--data: documents to process")
     parser.add_argument("--repeats", type=int, default=2, help="--data: passes over the documents")
     return parser
@@ -113,7 +116,7 @@ def main(argv: list[str]) -> int:
         from .suite import run_suite
 
         output = args.output or Path("playground/gpu_check")
-        result = run_suite(args.device, output, " ".join(["fila-train bench", *argv]))
+        result = run_suite(args.device, output, " ".join(["fila-train bench", *argv]), args.budget_s)
         failed = [row["name"] for row in result["rows"] if not row["ok"]]
         print(f"wrote {output / 'gpu_check.json'} and {output / 'gpu_check.md'} ({len(result['rows'])} runs, "
               f"{len(failed)} could not run{': ' + ', '.join(failed) if failed else ''})")

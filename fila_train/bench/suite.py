@@ -2,12 +2,18 @@
 one JSON and one markdown table. On a CPU (``--device cpu``) the same sequence runs on the tiny configurations,
 which is how it is tested before any GPU time is spent.
 
-A measurement that cannot run (out of memory, a kernel package missing) is recorded with its reason and the
-suite goes on: one failed row must not cost the whole device slot.
+A measurement that cannot run (out of memory, a kernel package missing, an API the device's packages lack) is
+recorded with its reason and the suite goes on: one failed row must not cost the whole device slot. The device
+lease is short (two runs and a machine start must fit in 15 minutes), so the rows run most telling first, a row
+that would start past the time budget is recorded as not run, and both files are rewritten after every row: a run
+killed at its time limit still leaves every finished row behind.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import os
+import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,44 +40,75 @@ class SuiteSizes:
     dtype: str
     canvas: tuple[int, int]  # the vision bench's image size: FILA's 2x2 canvas
     compile_backend: str | None  # None (CPU): not run; inductor's CPU compile takes minutes per shape
+    budget_seconds: float  # no row starts after this; on the GPU two runs plus a machine start fit one lease
 
 
 GPU = SuiteSizes("llava-7b", "fila-7b", "anyres-7b", (16, 8, 4, 2, 1), 2048, steps=4, warmup=2, dtype="bf16",
-                 canvas=(672, 672), compile_backend="inductor")
+                 canvas=(672, 672), compile_backend="inductor", budget_seconds=300)
 CPU = SuiteSizes("tiny-clip", "tiny-fila", "tiny-anyres", (2, 1), None, steps=1, warmup=0, dtype="fp32",
-                 canvas=(112, 112), compile_backend=None)
+                 canvas=(112, 112), compile_backend=None, budget_seconds=600)
+# Where scripts/gpu_check.sh installed the wheels carried to the device (WHEELS=folder): reported in the JSON.
+CARRIED_SITE_VARIABLE = "FILA_GPU_CHECK_SITE"
+REPORTED_PACKAGES = ("torch", "transformers", "open_clip_torch", "timm", "huggingface_hub", "tokenizers", "triton",
+                     "liger_kernel", "flash_attn", "deepspeed")
 
 
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def environment() -> dict[str, Any]:
+    """What the numbers were measured with: the device's own packages and the wheels carried to it."""
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    site = os.environ.get(CARRIED_SITE_VARIABLE)
+    carried = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions(path=[site])) \
+        if site else []
+    return {"python": platform.python_version(), "cuda": torch.version.cuda, "packages": versions, "carried": carried}
+
+
+def _error_line(error: BaseException) -> str:
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error):
+        return "out of memory"
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+
+
 class Suite:
-    def __init__(self, sizes: SuiteSizes, device: str, workdir: Path):
-        self.sizes, self.device, self.workdir = sizes, device, workdir
+    def __init__(self, sizes: SuiteSizes, device: str, workdir: Path, write: Callable[[list[dict]], None]):
+        self.sizes, self.device, self.workdir, self.write = sizes, device, workdir, write
         self.rows: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+
+    def _add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.write(self.rows)
+        print(f"[gpu_check] {row['section']} / {row['name']}: " + ("ok" if row["ok"] else row["error"]), flush=True)
 
     def record(self, section: str, name: str, run: Callable[[], dict]) -> dict | None:
-        """One measurement; its error (out of memory, a missing package) becomes the row instead."""
+        """One measurement; any error (out of memory, a missing package, an API the device's packages lack)
+        becomes the row instead, and past the time budget the row is not started."""
+        if time.perf_counter() - self.start > self.sizes.budget_seconds:
+            self.skip(section, name, f"not run: past the suite's {self.sizes.budget_seconds:.0f} s budget")
+            return None
         start = time.perf_counter()
         try:
             result = run()
             row = {"section": section, "name": name, "ok": True, **result}
-        except (torch.OutOfMemoryError, ImportError, RuntimeError, ValueError, NotImplementedError) as error:
-            oom = isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error)
-            row = {"section": section, "name": name, "ok": False,
-                   "error": "out of memory" if oom else f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
-            result = None
+        except Exception as error:  # noqa: BLE001 - the row says what failed; the next row may still run
+            row, result = {"section": section, "name": name, "ok": False, "error": _error_line(error)}, None
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         row["wall_seconds"] = round(time.perf_counter() - start, 1)
-        self.rows.append(row)
-        print(f"[gpu_check] {section} / {name}: " + ("ok" if row["ok"] else row["error"]), flush=True)
+        self._add(row)
         return result
 
     def skip(self, section: str, name: str, why: str) -> None:
-        self.rows.append({"section": section, "name": name, "ok": False, "error": why, "wall_seconds": 0.0})
+        self._add({"section": section, "name": name, "ok": False, "error": why, "wall_seconds": 0.0})
 
     def train(self, config: str, **changes) -> Callable[[], dict]:
         options = BenchOptions(config=config, stage=2, batch_size=self.sizes.batch_sizes[-1], seq_len=self.sizes.seq_len,
@@ -89,43 +126,50 @@ class Suite:
 
     def run(self) -> None:
         sizes = self.sizes
-        # 1. LLaVA-7B vs FILA-7B at the same batch and length: FILA's largest batch, with and without checkpointing.
-        for checkpointing in (False, True):
-            batch = self.largest_batch(sizes.fila, checkpointing) or sizes.batch_sizes[-1]
+        # Most telling first. 1. Correctness on the device: if bf16 training, packing or generate is wrong there,
+        # no speed number below means anything, and this row costs seconds.
+        self.record("correctness", "tiny FILA stage 2", lambda: run_correctness(
+            self.device, "bf16" if self.device != "cpu" else "fp32", Path(tempfile.mkdtemp(dir=self.workdir))))
+        # 2. LLaVA-7B vs FILA-7B at the same batch and length: FILA's largest batch, first with checkpointing
+        # (what a real 7B stage 2 uses), then without.
+        batches = {}
+        for checkpointing in (True, False):
+            batch = batches[checkpointing] = self.largest_batch(sizes.fila, checkpointing) or sizes.batch_sizes[-1]
             if self.rows[-1]["ok"]:
                 self.record("llava vs fila", f"{sizes.llava} batch {batch}{' +ckpt' if checkpointing else ''}",
                             self.train(sizes.llava, batch_size=batch, gradient_checkpointing=checkpointing))
-        # 2.-3. From here on FILA at its largest batch with checkpointing (what a real run uses).
-        # 2. Packing on the synthetic records' own mix of lengths, with SDPA and flash-attention varlen.
+        # From here on FILA at its largest batch with checkpointing.
+        batch = batches[True]
+        # 3. Packing on the synthetic records' own mix of lengths, with SDPA and flash-attention varlen.
         attentions = ["sdpa"] + ["flash_attention_2"] * (installed("flash_attn") and self.device != "cpu")
         for attention in attentions:
             for packing in (False, True):
                 self.record("packing", f"{sizes.fila} {attention} {'packed' if packing else 'padded'}",
                             self.train(sizes.fila, batch_size=batch, seq_len=None, attn_implementation=attention,
                                        packing=packing, gradient_checkpointing=True))
-        # 3. torch.compile and Liger, on and off (FILA, checkpointing on: the configuration that fits).
+        # 4. The vision side alone at FILA's canvas: the hybrid encoder vs the ViT alone, the ConvNeXt channels_last.
+        for config, channels_last in ((sizes.anyres, False), (sizes.fila, False), (sizes.fila, True)):
+            self.vision(config, channels_last, None)
+        # 5. Liger, then torch.compile last: inductor compiles for minutes, so it goes where the budget allows.
+        if installed("liger_kernel") and self.device != "cpu":
+            self.record("liger", f"{sizes.fila} liger", self.train(sizes.fila, batch_size=batch,
+                                                                    gradient_checkpointing=True, use_liger=True))
+        else:
+            self.skip("liger", f"{sizes.fila} liger", "liger-kernel not installed or no GPU")
         if sizes.compile_backend is None:
             self.skip("compile", f"{sizes.fila} torch.compile", "not run on a CPU (test_bench.py compiles a step)")
         else:
             self.record("compile", f"{sizes.fila} torch.compile {sizes.compile_backend}",
                         self.train(sizes.fila, batch_size=batch, gradient_checkpointing=True,
                                    torch_compile_backend=sizes.compile_backend, warmup=max(sizes.warmup, 1)))
-        if installed("liger_kernel") and self.device != "cpu":
-            self.record("liger", f"{sizes.fila} liger", self.train(sizes.fila, batch_size=batch,
-                                                                    gradient_checkpointing=True, use_liger=True))
-        else:
-            self.skip("liger", f"{sizes.fila} liger", "liger-kernel not installed or no GPU")
-        # 4. The vision side alone at FILA's canvas: the hybrid encoder vs the ViT alone, and the ConvNeXt's options.
-        variants = [(sizes.anyres, False, None), (sizes.fila, False, None), (sizes.fila, True, None)]
-        variants += [(sizes.fila, True, sizes.compile_backend)] * (sizes.compile_backend is not None)
-        for config, channels_last, compile_backend in variants:
-            name = f"{config}{' channels_last' if channels_last else ''}{' compiled' if compile_backend else ''}"
-            self.record("vision", name, lambda c=config, cl=channels_last, cb=compile_backend: run_vision_bench(
-                c, self.device, sizes.dtype, sizes.canvas, max(sizes.steps, 3), max(sizes.warmup, 1),
-                Path(tempfile.mkdtemp(dir=self.workdir)), channels_last=cl, compile_backend=cb))
-        # 5. Correctness on the device: a falling loss, packing == padding, generate answers.
-        self.record("correctness", "tiny FILA stage 2", lambda: run_correctness(
-            self.device, "bf16" if self.device != "cpu" else "fp32", Path(tempfile.mkdtemp(dir=self.workdir))))
+            self.vision(sizes.fila, True, sizes.compile_backend)
+
+    def vision(self, config: str, channels_last: bool, compile_backend: str | None) -> None:
+        sizes = self.sizes
+        name = f"{config}{' channels_last' if channels_last else ''}{' compiled' if compile_backend else ''}"
+        self.record("vision", name, lambda: run_vision_bench(
+            config, self.device, sizes.dtype, sizes.canvas, max(sizes.steps, 3), max(sizes.warmup, 1),
+            Path(tempfile.mkdtemp(dir=self.workdir)), channels_last=channels_last, compile_backend=compile_backend))
 
 
 TRAINING_COLUMNS = (("batch_size", "batch", "{}"), ("gradient_checkpointing", "ckpt", "{}"),
@@ -147,7 +191,11 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 
 
 def format_markdown(result: dict) -> str:
-    lines = [f"# GPU check: {result['device']}", "", f"`{result['command']}`, {result['seconds']:.0f} s in all.", ""]
+    env = result["environment"]
+    packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items() if version)
+    lines = [f"# GPU check: {result['device']}", "", f"`{result['command']}`, {result['seconds']:.0f} s in all.", "",
+             f"Python {env['python']}, CUDA {env['cuda']}; {packages}; carried: {', '.join(env['carried']) or 'none'}.",
+             ""]
     for section in dict.fromkeys(row["section"] for row in result["rows"]):
         rows = [row for row in result["rows"] if row["section"] == section]
         columns = COLUMNS.get(section, TRAINING_COLUMNS)
@@ -161,16 +209,22 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_suite(device: str, output: Path, command: str) -> dict:
+def run_suite(device: str, output: Path, command: str, budget_seconds: float | None = None) -> dict:
     sizes = CPU if device == "cpu" else GPU
-    start = time.perf_counter()
+    if budget_seconds is not None:
+        sizes = replace(sizes, budget_seconds=budget_seconds)
     output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="fila-gpu-check-") as workdir:
-        suite = Suite(sizes, device, Path(workdir))
-        suite.run()
     name = torch.cuda.get_device_name(0) if device != "cpu" and torch.cuda.is_available() else "CPU"
-    result = {"device": name, "sizes": asdict(sizes), "command": command, "torch": torch.__version__,
-              "seconds": time.perf_counter() - start, "rows": suite.rows}
-    write_json_atomic(output / "gpu_check.json", result)
-    write_text_atomic(output / "gpu_check.md", format_markdown(result))
-    return result
+    header = {"device": name, "sizes": asdict(sizes), "command": command, "environment": environment()}
+    start = time.perf_counter()
+
+    def write(rows: list[dict]) -> dict:
+        result = {**header, "seconds": time.perf_counter() - start, "rows": rows}
+        write_json_atomic(output / "gpu_check.json", result)
+        write_text_atomic(output / "gpu_check.md", format_markdown(result))
+        return result
+
+    with tempfile.TemporaryDirectory(prefix="fila-gpu-check-") as workdir:
+        suite = Suite(sizes, device, Path(workdir), write)
+        suite.run()
+    return write(suite.rows)

@@ -25,12 +25,12 @@ def run_vision_bench(config_name: str, device: str, dtype: str, image_size: tupl
     config = BENCH_CONFIGS.get(config_name)
     target = torch.device(device)
     data = make_bench_data(workdir / "data", 1, image_size)
-    model, _ = config.build(workdir / "models", data.tokenizer_dir, target, DTYPES[dtype])
-    encoder = model.vision_tower.eval().requires_grad_(False)
+    encoder = config.build_vision(workdir / "models", data.tokenizer_dir, target, DTYPES[dtype])
+    encoder = encoder.eval().requires_grad_(False)
     convnext = getattr(encoder, "convnext", None)
     if channels_last and convnext is not None:
         convnext.to(memory_format=torch.channels_last)
-    processor = model.image_processor()
+    processor = encoder.image_processor()
     processed = processor(load_rgb_image(data.image_paths()[0]))
     images = to_device(processor.collate([processed]), target)
     images = {key: value.to(DTYPES[dtype]) if torch.is_tensor(value) and value.is_floating_point() else value
