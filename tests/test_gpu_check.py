@@ -89,3 +89,14 @@ def test_a_run_killed_at_its_limit_keeps_the_rows_it_finished(tmp_path):
     assert [row["section"] for row in rows][:1] == ["correctness"] and rows[0]["ok"]
     assert "compile" not in {row["section"] for row in rows}  # killed before the last section, as intended
     assert "## correctness" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_the_gpu_sizes_leave_room_for_text_in_every_configuration(tmp_path):
+    """The GPU rows cannot be rehearsed at full size here, so their sizes are checked against each 7B configuration
+    on the meta device (a FILA image alone is 2880 tokens: a 2048-token target fails every FILA row)."""
+    from fila_train.bench.dry_run import dry_run
+    from fila_train.bench.suite import GPU
+
+    for config in (GPU.llava, GPU.fila, GPU.anyres):
+        result = dry_run(config, 2, GPU.seq_len, tmp_path)
+        assert result["image_tokens"] < GPU.seq_len == result["tokens_per_sample"]

@@ -78,6 +78,8 @@ def build_dataset(model, tokenizer_path: str, data: BenchData, stage: int, seq_l
                   attn_implementation: str = DEFAULT_ATTENTION) -> tuple[ConversationDataset, ConversationCollator]:
     """The training dataset and collator over the stage's synthetic records, lengthened to ``seq_len``."""
     max_length = model.config.text_config.max_position_embeddings
+    if seq_len is not None and seq_len > max_length:
+        raise ConfigError(f"--seq_len {seq_len} exceeds the LLM's context of {max_length} tokens")
     fila_processor = FilaProcessor.for_model(load_tokenizer(tokenizer_path, model, max_length), model.config)
     conversation_tokenizer = fila_processor.conversations.with_template(STAGE_TEMPLATES[stage])
     processor = fila_processor.image_processor.encoder_processor

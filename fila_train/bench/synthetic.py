@@ -69,19 +69,41 @@ def _with_rounds(conversations: list[dict], stage: int, rounds: int) -> list[dic
 
 def fit_to_length(record: dict, stage: int, tokenizer: ConversationTokenizer, image_tokens: int,
                   target: int | None) -> dict:
-    """The record with text added until it has at least ``target`` tokens (image positions
-    included); None keeps it as it is. A target below the image tokens alone is an error."""
+    """The record lengthened towards ``target`` tokens (image positions included) and never over it: a target at
+    the LLM's context must fit in it. Rounds of text are added until the target is reached, then the last message
+    is cut by words; a round whose last message cannot keep one word is left out, so a sample can fall short by one
+    short round (the synthetic answers are a few words). None keeps the record as it is. A target below the image
+    tokens alone is an error."""
     if target is None:
         return record
     if target <= image_tokens:
         raise ConfigError(f"--seq_len {target} leaves no room for text: one image alone is {image_tokens} "
                           f"tokens with this configuration (give --seq_len above {image_tokens})")
+
+    def length(conversations: list[dict]) -> int:
+        return len(tokenizer.encode(conversations, [image_tokens]).input_ids)
+
     rounds = 0
-    while True:
-        conversations = _with_rounds(record["conversations"], stage, rounds)
-        if len(tokenizer.encode(conversations, [image_tokens]).input_ids) >= target:
-            return {**record, "conversations": conversations}
+    conversations = _with_rounds(record["conversations"], stage, rounds)
+    while length(conversations) < target:
         rounds += 1
+        conversations = _with_rounds(record["conversations"], stage, rounds)
+    *earlier, last = conversations
+    words = last["value"].split(" ")
+    # The most words of the last message that keep the record within the target (the length grows with them).
+    low, high = 0, len(words)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if length([*earlier, {**last, "value": " ".join(words[:middle])}]) <= target:
+            low = middle
+        else:
+            high = middle - 1
+    if low == 0:
+        if rounds == 0:
+            raise ConfigError(f"--seq_len {target} is shorter than record {record.get('id')!r} with one word of "
+                              f"text ({length(earlier + [{**last, 'value': words[0]}])} tokens)")
+        return {**record, "conversations": _with_rounds(record["conversations"], stage, rounds - 1)}
+    return {**record, "conversations": [*earlier, {**last, "value": " ".join(words[:low])}]}
 
 
 def write_records(path: Path, records: list[dict]) -> Path:
