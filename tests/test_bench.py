@@ -120,6 +120,15 @@ def test_a_target_length_at_the_llms_context_fits_in_it(tmp_path) -> None:
         bench_main([*common, "--seq_len", "2049"])
 
 
+def test_checkpointed_bench_checkpoints_without_a_deprecation_warning(tmp_path, recwarn) -> None:
+    output = tmp_path / "bench.json"
+    assert bench_main(["tiny-fila", "--stage", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
+                       "--gradient_checkpointing", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["gradient_checkpointing"] is True
+    deprecations = [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)]
+    assert not [message for message in deprecations if "checkpointing" in message], deprecations
+
+
 def test_packed_bench_counts_the_same_tokens_with_no_padding(tmp_path) -> None:
     results = {}
     for packing in (False, True):

@@ -23,6 +23,7 @@ from ..data.dataset import ConversationDataset, DatasetOptions
 from ..data.images import load_rgb_image
 from ..processing.processor import FilaProcessor
 from ..model.builder import load_tokenizer
+from ..model.checkpointing import enable_checkpointing, is_checkpointing
 from ..model.configuration import DEFAULT_ATTENTION
 from ..training.parts import apply_tune_parts, parameter_table
 from ..utils.errors import ConfigError
@@ -137,7 +138,7 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
 
         apply_liger_kernels(model.language_model)
     if options.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow (as in train.py).
         model.language_model.enable_input_require_grads()
     dataset, collator = build_dataset(model, tokenizer_path, data, options.stage, options.seq_len, workdir,
@@ -183,7 +184,7 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         "tokens_per_sample": mean_tokens / size,
         "image_tokens_per_sample": sum(image_tokens[b] for b in timed) / len(timed) / size,
         "padding_fraction": 1 - sum(tokens[b] for b in timed) / sum(padded[b] for b in timed),
-        "image_size": list(options.image_size), "gradient_checkpointing": options.gradient_checkpointing,
+        "image_size": list(options.image_size), "gradient_checkpointing": is_checkpointing(model),
         "attn_implementation": options.attn_implementation,
         "packing": options.packing, "torch_compile_backend": options.torch_compile_backend,
         "use_liger": options.use_liger,

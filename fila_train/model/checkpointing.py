@@ -63,3 +63,19 @@ def set_part_checkpointing(model: nn.Module, parts: Iterable[str] | None, enable
     non_reentrant = functools.partial(checkpoint_func, use_reentrant=False)
     for part, switch in switches.items():
         switch(enable and part in selected, non_reentrant)
+
+
+def enable_checkpointing(model, use_reentrant: bool = False) -> None:
+    """transformers' switch for the whole model, by the name of the installed version: 5.23 renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` and warns on the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+
+
+def is_checkpointing(model) -> bool:
+    """Whether any layer of ``model`` checkpoints (``is_activation_checkpointing`` from transformers 5.23)."""
+    if hasattr(model, "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
