@@ -14,12 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=cuda
-OUTPUT=${OUTPUT:-playground/gpu_check}
+OUTPUT=()  # default: the CLI's (playground/gpu_check)
 BUDGET=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2; shift 2 ;;
-    --output) OUTPUT=$2; shift 2 ;;
+    --output) OUTPUT=(--output "$2"); shift 2 ;;
     --budget_s) BUDGET=(--budget_s "$2"); shift 2 ;;
     *) echo "[gpu_check] error: unknown option $1 (known: --device, --output, --budget_s)" >&2; exit 2 ;;
   esac
@@ -38,4 +38,4 @@ if [ -n "${WHEELS:-}" ]; then
   export PYTHONPATH="$FILA_GPU_CHECK_SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-$PYTHON -m fila_train.cli bench --suite gpu_check --device "$DEVICE" --output "$OUTPUT" "${BUDGET[@]}"
+$PYTHON -m fila_train.cli bench --suite gpu_check --device "$DEVICE" "${OUTPUT[@]}" "${BUDGET[@]}"
