@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 PYTHON=${PYTHON:-python3}
+unset FILA_GPU_CHECK_SITE  # set below only for this run's wheels (the JSON lists what is in it)
 if [ -n "${WHEELS:-}" ]; then
   shopt -s nullglob
   wheels=("$WHEELS"/*.whl)

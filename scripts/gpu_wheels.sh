@@ -31,7 +31,7 @@ if missing:
 print(" ".join(pins[name] for name in sorted(pins)))
 ' $PACKAGES)
 rm -rf "$FOLDER"  # one version of each: two would stop the install there
-python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$FOLDER" --python-version 3.12 \
+uv run --frozen --no-sync python -m pip download --quiet --no-deps --only-binary=:all: --dest "$FOLDER" --python-version 3.12 \
   --implementation cp --abi cp312 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 $pins
 echo "[gpu_wheels] $FOLDER: $pins ($(du -sh "$FOLDER" | cut -f1))"

@@ -25,7 +25,7 @@ import torch
 
 from ..utils.files import write_json_atomic, write_text_atomic
 from .correctness import TRAIN_STEPS, run_correctness
-from .runner import BenchOptions, run_training_bench
+from .runner import DISTINCT_BATCHES, BenchOptions, run_training_bench
 from .vision import run_vision_bench
 
 
@@ -45,8 +45,8 @@ class SuiteSizes:
 
 
 # 4096 tokens a sample (Vicuna-7B v1.5's context) for both models: FILA's image alone is 2880 tokens at its 672
-# canvas. A run's rows start within 270 s; with the last row, imports and the wheels' install it ends by ~6 min,
-# so a rerun and the machine's start still fit the device's 15-minute lease.
+# canvas. A run's rows start within 270 s, so that with a 390 s limit on the command a rerun and the machine's
+# start still fit the device's 15-minute lease; a row started late (compile) is cut by that limit.
 GPU = SuiteSizes("llava-7b", "fila-7b", "anyres-7b", (16, 8, 4, 2, 1), 4096, steps=3, warmup=1, dtype="bf16",
                  canvas=(672, 672), compile_backend="inductor", budget_seconds=270)
 CPU = SuiteSizes("tiny-clip", "tiny-fila", "tiny-anyres", (2, 1), None, steps=1, warmup=0, dtype="fp32",
@@ -142,6 +142,8 @@ class Suite:
         # From here on FILA at that batch with checkpointing.
         # 3. Packing on the synthetic records' own mix of lengths, with SDPA and flash-attention varlen.
         attentions = ["sdpa"] + ["flash_attention_2"] * (installed("flash_attn") and self.device != "cpu")
+        if "flash_attention_2" not in attentions:
+            self.skip("packing", f"{sizes.fila} flash_attention_2", "flash-attn not installed or no GPU")
         for attention in attentions:
             for packing in (False, True):
                 self.record("packing", f"{sizes.fila} {attention} {'packed' if packing else 'padded'}",
@@ -152,7 +154,8 @@ class Suite:
             self.vision(config, channels_last, None)
         # 5. The same comparison without checkpointing: its search passes several out-of-memory builds first.
         self.compare_at_largest_batch(checkpointing=False)
-        # 6. Liger, then torch.compile last: inductor compiles for minutes, so it goes where the budget allows.
+        # 6. Liger, then torch.compile last: inductor compiles for minutes, so it goes where the budget allows
+        # (a row that starts within the budget may run past it; the files keep the rows before it).
         if installed("liger_kernel") and self.device != "cpu":
             self.record("liger", f"{sizes.fila} liger", self.train(sizes.fila, batch_size=batch,
                                                                     gradient_checkpointing=True, use_liger=True))
@@ -161,18 +164,23 @@ class Suite:
         if sizes.compile_backend is None:
             self.skip("compile", f"{sizes.fila} torch.compile", "not run on a CPU (test_bench.py compiles a step)")
         else:
+            self.vision(sizes.fila, True, sizes.compile_backend)
+            # Each distinct batch shape compiles once in the warm-up, not inside a timed step.
             self.record("compile", f"{sizes.fila} torch.compile {sizes.compile_backend}",
                         self.train(sizes.fila, batch_size=batch, gradient_checkpointing=True,
-                                   torch_compile_backend=sizes.compile_backend, warmup=max(sizes.warmup, 1)))
-            self.vision(sizes.fila, True, sizes.compile_backend)
+                                   torch_compile_backend=sizes.compile_backend,
+                                   warmup=max(sizes.warmup, DISTINCT_BATCHES)))
 
     def compare_at_largest_batch(self, checkpointing: bool) -> int:
         """FILA's largest batch that fits, then LLaVA at that batch; returns the batch."""
         sizes = self.sizes
         batch = self.largest_batch(sizes.fila, checkpointing) or sizes.batch_sizes[-1]
+        name = f"{sizes.llava} batch {batch}{' +ckpt' if checkpointing else ''}"
         if self.rows[-1]["ok"]:
-            self.record("llava vs fila", f"{sizes.llava} batch {batch}{' +ckpt' if checkpointing else ''}",
+            self.record("llava vs fila", name,
                         self.train(sizes.llava, batch_size=batch, gradient_checkpointing=checkpointing))
+        else:
+            self.skip("llava vs fila", name, f"not run: no {sizes.fila} batch ran ({self.rows[-1]['error']})")
         return batch
 
     def vision(self, config: str, channels_last: bool, compile_backend: str | None) -> None:
@@ -231,8 +239,9 @@ def run_suite(device: str, output: Path, command: str, budget_seconds: float | N
 
     def write(rows: list[dict]) -> dict:
         result = {**header, "seconds": time.perf_counter() - start, "rows": rows}
-        write_json_atomic(output / "gpu_check.json", result)
+        # The table first: whoever waits for the JSON then finds both.
         write_text_atomic(output / "gpu_check.md", format_markdown(result))
+        write_json_atomic(output / "gpu_check.json", result)
         return result
 
     with tempfile.TemporaryDirectory(prefix="fila-gpu-check-") as workdir:
