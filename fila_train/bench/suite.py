@@ -141,8 +141,10 @@ class Suite:
         batch = self.compare_at_largest_batch(checkpointing=True)
         # From here on FILA at that batch with checkpointing.
         # 3. Packing on the synthetic records' own mix of lengths, with SDPA and flash-attention varlen.
-        attentions = ["sdpa"] + ["flash_attention_2"] * (installed("flash_attn") and self.device != "cpu")
-        if "flash_attention_2" not in attentions:
+        attentions = ["sdpa"]
+        if self.gpu_package("flash_attn"):
+            attentions.append("flash_attention_2")
+        else:
             self.skip("packing", f"{sizes.fila} flash_attention_2", "flash-attn not installed or no GPU")
         for attention in attentions:
             for packing in (False, True):
@@ -156,7 +158,7 @@ class Suite:
         self.compare_at_largest_batch(checkpointing=False)
         # 6. Liger, then torch.compile last: inductor compiles for minutes, so it goes where the budget allows
         # (a row that starts within the budget may run past it; the files keep the rows before it).
-        if installed("liger_kernel") and self.device != "cpu":
+        if self.gpu_package("liger_kernel"):
             self.record("liger", f"{sizes.fila} liger", self.train(sizes.fila, batch_size=batch,
                                                                     gradient_checkpointing=True, use_liger=True))
         else:
@@ -170,6 +172,10 @@ class Suite:
                         self.train(sizes.fila, batch_size=batch, gradient_checkpointing=True,
                                    torch_compile_backend=sizes.compile_backend,
                                    warmup=max(sizes.warmup, DISTINCT_BATCHES)))
+
+    def gpu_package(self, module: str) -> bool:
+        """A GPU-only package (Triton / CUDA kernels) this run can use."""
+        return installed(module) and self.device != "cpu"
 
     def compare_at_largest_batch(self, checkpointing: bool) -> int:
         """FILA's largest batch that fits, then LLaVA at that batch; returns the batch."""

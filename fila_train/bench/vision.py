@@ -25,8 +25,8 @@ def run_vision_bench(config_name: str, device: str, dtype: str, image_size: tupl
     config = BENCH_CONFIGS.get(config_name)
     target = torch.device(device)
     data = make_bench_data(workdir / "data", 1, image_size)
-    encoder = config.build_vision(workdir / "models", data.tokenizer_dir, target, DTYPES[dtype])
-    encoder = encoder.eval().requires_grad_(False)
+    encoder = config.build_vision(workdir / "models", data.tokenizer_dir, target, DTYPES[dtype]).eval()
+    encoder.requires_grad_(False)
     convnext = getattr(encoder, "convnext", None)
     if channels_last and convnext is not None:
         convnext.to(memory_format=torch.channels_last)
