@@ -177,6 +177,21 @@ def test_real_size_config_builds_on_meta_and_matches_the_anchors(tmp_path) -> No
     assert result["model_tflops_per_sample"]["total"] > result["model_tflops_per_sample"]["llm"] > 100
 
 
+def test_a_dry_run_refuses_the_lengths_a_real_run_refuses(tmp_path) -> None:
+    """The dry run reports FLOPs for a length only if training could take it: past the LLM's context (Vicuna's
+    4096) or within one image (FILA-7B's 2880 tokens) it is the same one-line error as the bench's."""
+    from fila_train.utils.errors import ConfigError
+
+    common = ["fila-7b", "--dry_run", "--stage", "2"]
+    with pytest.raises(ConfigError, match="--seq_len 4097 exceeds the LLM's context of 4096 tokens"):
+        bench_main([*common, "--seq_len", "4097"])
+    with pytest.raises(ConfigError, match="--seq_len 2880 leaves no room for text: one image alone is 2880"):
+        bench_main([*common, "--seq_len", "2880"])
+    output = tmp_path / "dry.json"
+    assert bench_main([*common, "--seq_len", "4096", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["tokens_per_sample"] == 4096
+
+
 def test_the_vision_bench_builds_the_encoder_without_the_llm(tmp_path) -> None:
     """The vision rows measure the encoder: at real size it is built alone (a 7B LLM beside it is 13.5 GB of
     memory and build time that the rows would report as the encoder's), the same encoder the whole model holds."""

@@ -15,12 +15,11 @@ from ..model.vision.anyres import tile_grid
 from ..model.vision.flops import default_canvas
 from ..model.vision.hybrid_encoder import HybridImageProcessor
 from ..training.parts import apply_tune_parts
-from ..utils.errors import ConfigError
 from .configs import BENCH_CONFIGS
 from ..training.throughput.flop_count import Layout, ModelFlopCounter
 from ..training.throughput.mfu import stage_multipliers
 from .runner import parameter_summary
-from .synthetic import make_bench_data
+from .synthetic import check_seq_len, make_bench_data
 
 TEXT_TOKENS = 128  # text per sample when no --seq_len is given: about a LLaVA caption or short answer
 
@@ -44,8 +43,7 @@ def dry_run(config_name: str, stage: int, seq_len: int | None, workdir: Path) ->
     processor = model.image_processor()
     layout, canvas, views = default_layout(processor)
     image_tokens = views * processor.tokens_per_view
-    if seq_len is not None and seq_len <= image_tokens:
-        raise ConfigError(f"--seq_len {seq_len} leaves no room for text after {image_tokens} image tokens")
+    check_seq_len(seq_len, image_tokens, model.config.text_config.max_position_embeddings)
     length = seq_len if seq_len is not None else image_tokens + TEXT_TOKENS
     sample = counter.sample_flops([length], [layout])
     return {

@@ -31,7 +31,7 @@ from .configs import BENCH_CONFIGS, BenchConfig
 from ..training.throughput.device import device_name, device_peak_tflops, matmul_precision, peak_memory, synchronize
 from ..training.throughput.flop_count import ModelFlopCounter
 from ..training.throughput.mfu import StepFlops, mfu
-from .synthetic import STAGE_TEMPLATES, BenchData, fit_to_length, make_bench_data, write_records
+from .synthetic import STAGE_TEMPLATES, BenchData, check_seq_len, fit_to_length, make_bench_data, write_records
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DISTINCT_BATCHES = 2  # steps cycle through these; every sample has the same image size
@@ -79,12 +79,11 @@ def build_dataset(model, tokenizer_path: str, data: BenchData, stage: int, seq_l
                   attn_implementation: str = DEFAULT_ATTENTION) -> tuple[ConversationDataset, ConversationCollator]:
     """The training dataset and collator over the stage's synthetic records, lengthened to ``seq_len``."""
     max_length = model.config.text_config.max_position_embeddings
-    if seq_len is not None and seq_len > max_length:
-        raise ConfigError(f"--seq_len {seq_len} exceeds the LLM's context of {max_length} tokens")
     fila_processor = FilaProcessor.for_model(load_tokenizer(tokenizer_path, model, max_length), model.config)
     conversation_tokenizer = fila_processor.conversations.with_template(STAGE_TEMPLATES[stage])
     processor = fila_processor.image_processor.encoder_processor
     image_tokens = processor.num_image_tokens(processor(load_rgb_image(data.image_paths()[0])))
+    check_seq_len(seq_len, image_tokens, max_length)
     records = [fit_to_length(r, stage, conversation_tokenizer, image_tokens, seq_len) for r in data.records[stage]]
     path = write_records(workdir / f"stage{stage}.jsonl", records)
     # "error": a sample longer than the LLM's context is reported, never silently replaced.

@@ -67,6 +67,17 @@ def _with_rounds(conversations: list[dict], stage: int, rounds: int) -> list[dic
                             for question, answer in extra for role, text in (("human", question), ("gpt", answer))]
 
 
+def check_seq_len(target: int | None, image_tokens: int, context: int | None = None) -> None:
+    """A one-line error for a --seq_len no sample can have: one image alone fills it, or the LLM cannot hold it."""
+    if target is None:
+        return
+    if context is not None and target > context:
+        raise ConfigError(f"--seq_len {target} exceeds the LLM's context of {context} tokens")
+    if target <= image_tokens:
+        raise ConfigError(f"--seq_len {target} leaves no room for text: one image alone is {image_tokens} "
+                          f"tokens with this configuration (give --seq_len above {image_tokens})")
+
+
 def fit_to_length(record: dict, stage: int, tokenizer: ConversationTokenizer, image_tokens: int,
                   target: int | None) -> dict:
     """The record lengthened towards ``target`` tokens (image positions included) and never over it: a target at
@@ -76,9 +87,7 @@ def fit_to_length(record: dict, stage: int, tokenizer: ConversationTokenizer, im
     tokens alone is an error."""
     if target is None:
         return record
-    if target <= image_tokens:
-        raise ConfigError(f"--seq_len {target} leaves no room for text: one image alone is {image_tokens} "
-                          f"tokens with this configuration (give --seq_len above {image_tokens})")
+    check_seq_len(target, image_tokens)
 
     def length(conversations: list[dict]) -> int:
         return len(tokenizer.encode(conversations, [image_tokens]).input_ids)
