@@ -15,6 +15,7 @@ from .throughput.step_metrics import TrainingMetrics
 from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import barrier, rank, world_size
 from ..utils.files import give_files_open_mode
+from ..utils.processes import share_temp_folder_with_workers
 from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
 from .connector_artifact import save_connector_artifact
 from .curves import CURVES_FILE, PART_LR_PREFIX, write_curves
@@ -62,6 +63,11 @@ class FilaTrainer(Trainer):
             path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sample_log = open(path, "a")
+
+    def get_train_dataloader(self):
+        if self.args.dataloader_num_workers > 0:
+            share_temp_folder_with_workers()  # before the loader forks its workers
+        return super().get_train_dataloader()
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.args.group_by_modality_length:

@@ -1,7 +1,9 @@
-"""Workers die with their launcher: none keeps training, or writing checkpoints, after it is killed."""
+"""Process hygiene for a rank: it dies with its launcher (none keeps training, or writing checkpoints, after it is
+killed), and its DataLoader workers leave no temporary folders or exit tracebacks behind."""
 from __future__ import annotations
 
 import ctypes
+import multiprocessing.util
 import os
 import signal
 import sys
@@ -51,3 +53,15 @@ def _watch(launcher: int) -> None:
     while os.getppid() == launcher:
         time.sleep(WATCH_SECONDS)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def share_temp_folder_with_workers() -> None:
+    """Create this process's multiprocessing temp folder now, before it forks DataLoader workers.
+
+    torch hands a batch's storage to the rank as a file descriptor, through a listener socket in that folder. A
+    worker forked before the folder exists makes one of its own, from the thread that sends its batches, and
+    removes it when it exits: killed, it leaks the folder, and stopped while sending its first batch (the rank
+    failed, or training ended mid-epoch) its exit can remove the folder while the socket is being created, printing
+    "OSError: [Errno 39] Directory not empty" with a traceback. Forked after this call, the workers inherit this
+    folder and never remove it; this process removes it at exit, after it has joined them."""
+    multiprocessing.util.get_temp_dir()
