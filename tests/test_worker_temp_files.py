@@ -12,7 +12,7 @@ from distributed_utils import build_tiny_model
 # through a listener socket in a multiprocessing temp folder), then dies the way a worker can die mid-run: the OOM
 # killer's SIGKILL.
 RANK = """
-import multiprocessing, os, signal, sys
+import multiprocessing, multiprocessing.util, os, signal, sys
 import torch
 from fila_train.model import FilaForConditionalGeneration
 from fila_train.training.arguments import TrainingArguments
@@ -25,10 +25,13 @@ trainer = FilaTrainer(model=FilaForConditionalGeneration.from_pretrained(model_d
                       train_dataset=[{"pixel_values": torch.ones(3, 4)} for _ in range(16)])
 batches = iter(trainer.get_train_dataloader())
 next(batches)
+# torch's SIGCHLD handler would report the death as a loader error if it ran before join() reaps the worker.
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 [worker] = multiprocessing.active_children()
 os.kill(worker.pid, signal.SIGKILL)
 worker.join()
 print("worker", worker.exitcode)
+print("folder", *sorted(os.listdir(multiprocessing.util.get_temp_dir())))
 """
 
 
@@ -44,5 +47,7 @@ def test_a_training_loader_worker_killed_mid_run_leaves_no_temp_folder(tiny_asse
     run = subprocess.run([sys.executable, "-c", RANK, str(model_dir), str(tmp_path / "out")], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(temp), "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0 and "worker -9" in run.stdout, run.stderr[-3000:]
+    # The batch came through the worker's listener socket, in the rank's folder.
+    assert "folder listener-" in run.stdout, run.stdout
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert not list(temp.iterdir()), [str(path.relative_to(temp)) for path in temp.rglob("*")]

@@ -56,12 +56,12 @@ def _watch(launcher: int) -> None:
 
 
 def share_temp_folder_with_workers() -> None:
-    """Create this process's multiprocessing temp folder now, before it forks DataLoader workers.
+    """Create this process's multiprocessing temp folder now, before a DataLoader builds its worker processes.
 
     torch hands a batch's storage to the rank as a file descriptor, through a listener socket in that folder. A
-    worker forked before the folder exists makes one of its own, from the thread that sends its batches, and
+    worker built before the folder exists makes one of its own, from the thread that sends its batches, and
     removes it when it exits: killed, it leaks the folder, and stopped while sending its first batch (the rank
     failed, or training ended mid-epoch) its exit can remove the folder while the socket is being created, printing
-    "OSError: [Errno 39] Directory not empty" with a traceback. Forked after this call, the workers inherit this
-    folder and never remove it; this process removes it at exit, after it has joined them."""
+    "OSError: [Errno 39] Directory not empty" with a traceback. Built after this call, the workers inherit this
+    folder (by any start method) and never remove it; this process removes it at exit, after it has joined them."""
     multiprocessing.util.get_temp_dir()
