@@ -83,11 +83,10 @@ def fit_to_length(record: dict, stage: int, tokenizer: ConversationTokenizer, im
     """The record lengthened towards ``target`` tokens (image positions included) and never over it: a target at
     the LLM's context must fit in it. Rounds of text are added until the target is reached, then the last message
     is cut by words; a round whose last message cannot keep one word is left out, so a sample can fall short by one
-    short round (the synthetic answers are a few words). None keeps the record as it is. A target below the image
-    tokens alone is an error."""
+    short round (the synthetic answers are a few words). None keeps the record as it is. The caller has checked
+    the target (``check_seq_len``)."""
     if target is None:
         return record
-    check_seq_len(target, image_tokens)
 
     def length(conversations: list[dict]) -> int:
         return len(tokenizer.encode(conversations, [image_tokens]).input_ids)
