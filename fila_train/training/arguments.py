@@ -11,6 +11,7 @@ from ..data.lengths import DEFAULT_CACHE_DIR
 from ..model.arguments import ModelArguments  # noqa: F401  (the train command's model flags)
 from ..model.contracts import encoder_sub_parts, known_parts
 from ..utils.errors import ConfigError
+from .deepspeed_config import check_deepspeed_config, check_flag_mismatches
 
 
 @dataclass
@@ -95,6 +96,14 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(known_parts())}")
         self.part_learning_rates()  # a bad --part_lr fails at parse time
         self._check_speed_options()
+        if self.deepspeed:
+            self._check_deepspeed_config()
+
+    def _check_deepspeed_config(self) -> None:
+        # transformers has read the config and filled its "auto" values from the flags by now.
+        source = self.deepspeed if isinstance(self.deepspeed, str) else "(a dict)"
+        check_deepspeed_config(self.hf_deepspeed_config.config, source, self.max_grad_norm)
+        check_flag_mismatches(self.hf_deepspeed_config.mismatches, source)
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:

@@ -23,6 +23,7 @@ from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
 from .artifact_signature import ARTIFACT_NAME, connector_signature, read_signature, signature_mismatches
 from .checkpoints import CheckpointError, resolve_resume
+from .deepspeed_config import check_deepspeed_config
 from .llava_flags import translate_llava_flags
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "org/name" or "name": a hub model id, not a path
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag in ("model_name_or_path", "vision_tower", "vision_encoder", "connector_type", "conversation_template",
                  "convnext_checkpoint", "pretrained_connector", "data_path", "image_folder", "data_root",
-                 "deepspeed", "resume_from_checkpoint", "output_dir"):
+                 "deepspeed", "max_grad_norm", "resume_from_checkpoint", "output_dir"):
         # HfArgumentParser takes the dashed spelling too (--output-dir).
         parser.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", dest=flag)
     return parser
@@ -102,7 +103,7 @@ def check_folder(flag: str, value: str | None) -> None:
         raise PreflightError(f"--{flag} {value}: no such folder")
 
 
-def check_deepspeed(value: str | None) -> None:
+def check_deepspeed(value: str | None, max_grad_norm: str | None) -> None:
     path = check_file("deepspeed", value)
     if path is None:
         return
@@ -112,6 +113,14 @@ def check_deepspeed(value: str | None) -> None:
         raise PreflightError(f"--deepspeed {value}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
         raise PreflightError(f"--deepspeed {value}: expected a JSON object (a DeepSpeed config)")
+    try:
+        clipping = None if max_grad_norm is None else float(max_grad_norm)
+    except ValueError:
+        return  # the full parser names the bad number
+    try:
+        check_deepspeed_config(config, value, clipping)
+    except ConfigError as error:
+        raise PreflightError(str(error)) from None
 
 
 def check_data(args: argparse.Namespace) -> None:
@@ -232,7 +241,7 @@ def preflight(argv: list[str]) -> None:
             and not Path(args.convnext_checkpoint).expanduser().exists():
         raise PreflightError(f"--convnext_checkpoint {args.convnext_checkpoint}: no such file or folder")
     check_data(args)
-    check_deepspeed(args.deepspeed)
+    check_deepspeed(args.deepspeed, args.max_grad_norm)
     check_pretrained_connector(args, model, tower)
     if args.resume_from_checkpoint is not None:
         try:

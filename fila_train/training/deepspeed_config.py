@@ -1,0 +1,42 @@
+"""What a DeepSpeed config may not decide: the optimizer, its schedule and the clipping are the trainer's.
+
+Configs copied from other codebases override them without a word (anchors.md, silent failure 6): an
+"optimizer" section makes DeepSpeed build the optimizer (FilaTrainer's per-part groups are never made), a
+"scheduler" section replaces --lr_scheduler_type, and a config with no "gradient_clipping" never clips. Values
+that disagree with a flag transformers finds itself (HfTrainerDeepSpeedConfig.mismatches), but reports only
+once the model is loaded; they are refused here too. No torch: the preflight uses this.
+"""
+from __future__ import annotations
+
+from ..utils.errors import ConfigError
+
+# A section that would take the place of what the trainer builds from the flags -> what is lost.
+TRAINER_OWNED_SECTIONS = {
+    "optimizer": "DeepSpeed would build its own optimizer, dropping FilaTrainer's per-part learning rates "
+                 "(--part_lr, --connector_lr, ...) and --optim",
+    "scheduler": "DeepSpeed would run its own schedule instead of --lr_scheduler_type and --warmup_ratio",
+}
+
+
+def check_deepspeed_config(config: dict, source: str, max_grad_norm: float | None) -> None:
+    """A ConfigError naming ``source`` (how --deepspeed was given) when the config would override a flag.
+
+    ``max_grad_norm`` is None when the flag was not given: transformers' default clips.
+    """
+    for section, lost in TRAINER_OWNED_SECTIONS.items():
+        if section in config:
+            raise ConfigError(f'--deepspeed {source}: remove its "{section}" section ({lost}); '
+                              f"the trainer's flags set it")
+    if "gradient_clipping" not in config and (max_grad_norm is None or max_grad_norm > 0):
+        given = "" if max_grad_norm is None else f" {max_grad_norm}"
+        raise ConfigError(f'--deepspeed {source}: no "gradient_clipping", so DeepSpeed would not clip and '
+                          f'--max_grad_norm{given} would be ignored; add "gradient_clipping": "auto" '
+                          f'(or pass --max_grad_norm 0 to train unclipped)')
+
+
+def check_flag_mismatches(mismatches: list[str], source: str) -> None:
+    """transformers' list of config values that disagree with the flags ("- ds KEY=V vs hf FLAG=V"), as one line."""
+    if mismatches:
+        found = "; ".join(line.lstrip("- ").strip() for line in mismatches)
+        raise ConfigError(f'--deepspeed {source}: values that disagree with the flags ({found}); set them to '
+                          f'"auto" so the flags decide')
