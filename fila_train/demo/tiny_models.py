@@ -109,13 +109,15 @@ def save_tiny_llm(
     hidden_size: int = 128,
     num_layers: int = 2,
     seed: int = 0,
+    vocab_size: int | None = None,
 ) -> Path:
-    """A small causal LM of ``family`` with the tokenizer's vocabulary, saved with the tokenizer."""
+    """A small causal LM of ``family`` with the tokenizer's vocabulary (or ``vocab_size`` embedding rows, as
+    LLMs padded past their tokenizer have), saved with the tokenizer."""
     import torch
 
     torch.manual_seed(seed)
     config = TINY_LLMS.get(family)(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 3,
         num_hidden_layers=num_layers,

@@ -137,13 +137,17 @@ def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: i
     """The LLM's tokenizer, with a pad token that is never a trained token.
 
     Padding is masked (attention 0, label -100) so its id is never trained; a tokenizer
-    without one (Llama-3) gets a dedicated ``<pad>`` and the embeddings grow by one row.
+    without one (Llama-2, Llama-3) gets a dedicated ``<pad>``. The embeddings grow by one row only
+    when that id is past them: an LLM padded past its tokenizer (Phi-2) already has the row, and
+    resizing to the tokenizer's length would cut its vocabulary.
     """
     tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        model.language_model.resize_token_embeddings(len(tokenizer))
-        model.config.text_config.vocab_size = model.language_model.config.vocab_size
-        logger.warning("tokenizer %s has no pad token: added '<pad>' (id %d) and resized the embeddings",
-                       path, tokenizer.pad_token_id)
+        rows = model.language_model.get_input_embeddings().num_embeddings  # also under ZeRO-3 partitioning
+        if len(tokenizer) > rows:
+            model.language_model.resize_token_embeddings(len(tokenizer))
+            model.config.text_config.vocab_size = model.language_model.config.vocab_size
+        logger.warning("tokenizer %s has no pad token: added '<pad>' (id %d)%s", path, tokenizer.pad_token_id,
+                       " and grew the embeddings by one row" if len(tokenizer) > rows else "")
     return tokenizer
