@@ -226,3 +226,43 @@ def test_misconfiguration_fails_before_launch_with_one_line(case, tmp_path) -> N
     assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("[fila-train] error: "), run.stderr
     assert reason.format(tmp=tmp_path) in run.stderr
     assert DRY_RUN_PREFIX not in run.stdout
+
+
+# ---------------------------------------------------------------- the recipe
+
+# LLaVA-1.5's published recipe (anchors.md): what the stage scripts run when nothing is overridden.
+LLAVA_15_RECIPE = {
+    "scripts/pretrain.sh": {"learning_rate": 1e-3, "global_batch": 256, "deepspeed": "zero_configs/zero2.json",
+                            "group_by_modality_length": False, "trains_llm": False},
+    "scripts/finetune.sh": {"learning_rate": 2e-5, "global_batch": 128, "deepspeed": "zero_configs/zero3.json",
+                            "group_by_modality_length": True, "trains_llm": True},
+}
+
+
+@pytest.mark.parametrize("script", LLAVA_15_RECIPE)
+def test_the_scripts_run_the_llava_1_5_recipe_by_default(script) -> None:
+    """The flags the launched run parses (defaults included), against the published values: 1 epoch, cosine,
+    warmup 0.03, weight decay 0, length 2048, and each stage's learning rate, global batch and ZeRO stage."""
+    from fila_train.training.train import parse_args
+
+    expected = LLAVA_15_RECIPE[script]
+    command = run_script(script, {"DRY_RUN": "1"}).command()
+    _, _, args = parse_args(train_args(command))
+    world_size = int(launcher_options(command)["--nproc_per_node"])
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size == expected["global_batch"]
+    assert args.learning_rate == expected["learning_rate"] and args.deepspeed == expected["deepspeed"]
+    assert args.num_train_epochs == 1 and args.max_steps == -1 and args.lr_scheduler_type.value == "cosine"
+    assert args.warmup_ratio == 0.03 and args.weight_decay == 0.0 and args.model_max_length == 2048
+    assert args.group_by_modality_length is expected["group_by_modality_length"]
+    assert ("llm" in args.parts()) is expected["trains_llm"]
+
+
+def test_finetune_sh_lora_variant_is_llava_s() -> None:
+    """LLaVA-1.5's LoRA stage 2 as the script's header spells it: rank 128, alpha 256, lr 2e-4, connector 2e-5."""
+    from fila_train.training.train import parse_args
+
+    env = {"DRY_RUN": "1", "LORA_R": "128", "LEARNING_RATE": "2e-4", "CONNECTOR_LR": "2e-5"}
+    model, _, args = parse_args(train_args(run_script("scripts/finetune.sh", env).command()))
+    lora = model.lora_settings()
+    assert (lora["r"], lora["alpha"]) == (128, 256)
+    assert args.learning_rate == 2e-4 and args.part_learning_rate("connector") == 2e-5
