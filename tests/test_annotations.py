@@ -5,6 +5,7 @@ import json
 import pickle
 import random
 import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,31 @@ def test_empty_files_have_no_records(tmp_path: Path, content: bytes) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.jsonl"))):
         AnnotationFile(tmp_path / "nope.jsonl")
+
+
+def held_memory(load) -> tuple[object, int]:
+    """What ``load()`` returns, and the Python memory still held by it once it returned."""
+    tracemalloc.start()
+    try:
+        result = load()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, held
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json_minified"])
+def test_an_open_file_holds_no_parsed_copy_of_its_records(tmp_path: Path, fmt: str) -> None:
+    """LLaVA json.loads the whole file on every rank; an AnnotationFile keeps byte spans only (a small
+    fraction of the parsed records' memory), and reading a record parses that record."""
+    records = [{"id": f"r{i}", "image": f"docs/{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is the total on this receipt?"},
+        {"from": "gpt", "value": f"The total is {i}.50, paid in cash."}]} for i in range(20_000)]
+    path = tmp_path / f"big.{fmt}"
+    FORMATS[fmt](path, records)
+    del records
+    parsed, parsed_bytes = held_memory(lambda: reference_records(path))
+    annotations, index_bytes = held_memory(lambda: AnnotationFile(path))
+    assert len(annotations) == len(parsed)
+    assert index_bytes < parsed_bytes / 20, (index_bytes, parsed_bytes)
+    assert annotations[12345] == parsed[12345]
