@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fila_train.data import annotations as annotations_module
 from fila_train.data.annotations import AnnotationError, AnnotationFile
 
 TRICKY_STRINGS = (
@@ -220,3 +221,30 @@ def test_an_open_file_holds_no_parsed_copy_of_its_records(tmp_path: Path, fmt: s
     assert len(annotations) == len(parsed)
     assert index_bytes < parsed_bytes / 20, (index_bytes, parsed_bytes)
     assert annotations[12345] == parsed[12345]
+
+
+JSON_LIST_FORMATS = sorted(name for name in FORMATS if name.startswith("json_"))
+
+
+@pytest.mark.parametrize("window", [97, 1 << 24])
+@pytest.mark.parametrize("fmt", JSON_LIST_FORMATS)
+def test_a_json_list_is_indexed_by_the_decoder_with_the_scanner_s_spans(tmp_path: Path, fmt: str, window: int,
+                                                                        monkeypatch) -> None:
+    """A well-formed list takes the fast path (json's decoder finds each element's end) and gets exactly the
+    scanner's spans; windows of 97 bytes cut records, escapes and multi-byte characters anywhere."""
+    monkeypatch.setattr(annotations_module, "_WINDOW_BYTES", window)
+    path = tmp_path / "list.json"
+    FORMATS[fmt](path, RECORDS)
+    data = path.read_bytes()
+    first = annotations_module._first_content_byte(data)
+    decoded = annotations_module._json_list_spans_decoded(data, first)
+    assert decoded is not None
+    assert decoded.tolist() == annotations_module._json_list_spans(data, path, first).tolist()
+    assert read_all(AnnotationFile(path)) == reference_records(path)
+
+
+@pytest.mark.parametrize("text", ['[{"id": 1} {"id": 2}]', '[{"id": 1},]', '[{"id": 1}] x', '[{"id": 1}, 5]',
+                                  '[{"id": 1}, {"id": 2', '[{"id": 1, x}, {"id": 2}]', '[{"id": 1}'])
+def test_anything_but_a_well_formed_list_of_objects_is_left_to_the_scanner(text: str) -> None:
+    """The scanner names the problem (or, for a malformed record, leaves it to be read: a skip can count it)."""
+    assert annotations_module._json_list_spans_decoded(text.encode(), 0) is None

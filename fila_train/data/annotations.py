@@ -5,6 +5,7 @@ of every record, and a record is parsed only when it is read.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import mmap
 import re
@@ -18,6 +19,12 @@ from ..utils.errors import DataError
 _JSON_TOKENS = re.compile(rb'\\.|["{}\[\]]', re.DOTALL)
 _NON_SPACE = re.compile(rb"\S")
 _UTF8_BOM = b"\xef\xbb\xbf"
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+# The decoded fast path reads this much text at a time; an element longer than the largest window
+# (no real record) is left to the scanner.
+_WINDOW_BYTES = 1 << 24
+_MAX_WINDOW_BYTES = 1 << 26
 
 
 class AnnotationError(DataError):
@@ -40,6 +47,60 @@ def _jsonl_spans(data: bytes | mmap.mmap, offset: int) -> tuple[np.ndarray, np.n
         start = end + 1
         line += 1
     return np.asarray(spans, dtype=np.int64).reshape(-1, 2), np.asarray(lines, dtype=np.int64)
+
+
+def _json_list_spans_decoded(data: bytes | mmap.mmap, offset: int) -> np.ndarray | None:
+    """What _json_list_spans finds in a well-formed list of objects, several times faster: json's C decoder
+    reads each element (and drops it) to find where it ends. The text is decoded a window at a time, so
+    memory stays bounded. None at anything else (a malformed or cut element, a non-object, a stray or
+    missing comma, data after the list): the scanner then finds the same spans or names the problem.
+    """
+    spans, size = [], len(data)
+    position, window = offset + 1, _WINDOW_BYTES  # the byte after '['
+    expect_comma = after_comma = False
+    while window <= _MAX_WINDOW_BYTES:
+        raw = data[position:position + window]
+        at_end = position + len(raw) >= size
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=at_end)
+        except UnicodeDecodeError:
+            return None
+        index, counted_chars, counted_bytes = 0, 0, position
+
+        def byte_at(char: int) -> int:  # byte offsets of ascending char offsets, each stretch encoded once
+            nonlocal counted_chars, counted_bytes
+            counted_bytes += len(text[counted_chars:char].encode("utf-8"))
+            counted_chars = char
+            return counted_bytes
+
+        while True:
+            index = _JSON_WHITESPACE.match(text, index).end()
+            if index == len(text):
+                break  # the rest of the file is in the next window
+            char = text[index]
+            if char == "]" and not after_comma:
+                close = byte_at(index)
+                return None if _NON_SPACE.search(data, close + 1) else np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+            if expect_comma:
+                if char != ",":
+                    return None
+                index, expect_comma, after_comma = index + 1, False, True
+                continue
+            if char != "{":
+                return None
+            try:
+                _, end = _DECODER.raw_decode(text, index)
+            except json.JSONDecodeError:
+                break  # cut by the window's end (or malformed: the next windows tell)
+            spans.append((byte_at(index), byte_at(end)))
+            index, expect_comma, after_comma = end, True, False
+        if at_end:
+            return None  # unclosed list
+        next_position = byte_at(index)
+        # An element longer than the window: a larger one. Else the next window starts at it.
+        window = window * 2 if next_position == position else _WINDOW_BYTES
+        position = next_position
+    return None
 
 
 def _json_list_spans(data: bytes | mmap.mmap, path: Path, offset: int) -> np.ndarray:
@@ -116,7 +177,8 @@ class AnnotationFile:
                 return
             self.is_json_list = data[first:first + 1] == b"["
             if self.is_json_list:
-                self.spans = _json_list_spans(data, self.path, first)
+                spans = _json_list_spans_decoded(data, first)
+                self.spans = spans if spans is not None else _json_list_spans(data, self.path, first)
             else:
                 self.spans, self.lines = _jsonl_spans(data, 0)
 
