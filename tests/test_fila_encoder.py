@@ -160,6 +160,21 @@ def test_canvas_and_tiles_match_reference_at_336() -> None:
         assert_processed_like_reference(processor, noise_image(w, h, np_rng))
 
 
+def test_the_defaults_are_fila_md_s() -> None:
+    """fila.md's defaults, which every option left unset takes: the LLaVA-NeXT canvases (W x H) of 336 tiles;
+    the OpenCLIP ConvNeXt-L (320), frozen; fusion after ViT blocks 2, 6, 12, 20 by concat over average-pooled
+    windows, with a scalar gate; LLaVA's layer -2 features into mlp2x_gelu."""
+    from fila_train.model.configuration import FilaConfig
+
+    config = HybridEncoderConfig()
+    assert config.anyres.tile_size == 336
+    assert sorted(config.anyres.canvases) == sorted([(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)])
+    assert config.convnext.model_name == "convnext_large_d_320" and not config.convnext.trainable
+    cvfm = config.cvfm
+    assert (cvfm.vit_layers, cvfm.align, cvfm.fusion, cvfm.gate) == ((2, 6, 12, 20), "avg_pool", "concat", "scalar")
+    assert (FilaConfig.vision_feature_layer, FilaConfig.connector_type) == (-2, "mlp2x_gelu")
+
+
 # ---------------------------------------------------------------- 2. identity at init
 
 
