@@ -22,6 +22,8 @@ import torch
 from fila_train.demo.tiny_models import TinyFila, as_cli
 
 REPO = Path(__file__).resolve().parents[1]
+# The real Llama-2 SentencePiece tokenizer, beside the checkout (no pad token, an unk token).
+LLAMA2_DIR = REPO.parent / "shared" / "assets" / "llama2-tokenizer"
 # 2x2, 1x2 and 2x1 tiles of 2x2 patches (+ global view): ranks draw different canvases.
 TINY = TinyFila(tile=28, clip_width=32, canvases=((56, 56), (28, 56), (56, 28)))
 ALIGNED_PREFIXES = ("connector.", "vision_tower.cvfm.")  # what a stage-1 artifact holds

@@ -243,8 +243,40 @@ def test_a_json_list_is_indexed_by_the_decoder_with_the_scanner_s_spans(tmp_path
     assert read_all(AnnotationFile(path)) == reference_records(path)
 
 
+HUGE_INT = '{"id": 2, "n": ' + "1" * 5000 + "}"  # valid JSON past Python's 4300-digit limit
+DEEP = '{"id": 2, "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"  # valid JSON past the recursion limit
+
+
 @pytest.mark.parametrize("text", ['[{"id": 1} {"id": 2}]', '[{"id": 1},]', '[{"id": 1}] x', '[{"id": 1}, 5]',
-                                  '[{"id": 1}, {"id": 2', '[{"id": 1, x}, {"id": 2}]', '[{"id": 1}'])
+                                  '[{"id": 1}, {"id": 2', '[{"id": 1, x}, {"id": 2}]', '[{"id": 1}',
+                                  f'[{{"id": 1}}, {HUGE_INT}]', f'[{{"id": 1}}, {DEEP}]'])
 def test_anything_but_a_well_formed_list_of_objects_is_left_to_the_scanner(text: str) -> None:
     """The scanner names the problem (or, for a malformed record, leaves it to be read: a skip can count it)."""
     assert annotations_module._json_list_spans_decoded(text.encode(), 0) is None
+
+
+def test_past_the_first_window_a_bad_or_oversized_record_is_left_to_the_scanner(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(annotations_module, "_WINDOW_BYTES", 97)
+    monkeypatch.setattr(annotations_module, "_MAX_WINDOW_BYTES", 400)
+    good = json.dumps(RECORDS[:6])
+    for bad in ('{"id": "x", oops}', json.dumps({"id": "long", "text": "y" * 1000})):
+        data = (good[:-1] + ", " + bad + "]").encode()
+        assert annotations_module._json_list_spans_decoded(data, 0) is None
+        path = tmp_path / "list.json"
+        path.write_bytes(data)
+        spans = AnnotationFile(path).spans.tolist()
+        assert spans == annotations_module._json_list_spans(data, path, 0).tolist() and len(spans) == 7
+
+
+@pytest.mark.parametrize("record", [HUGE_INT, DEEP])
+@pytest.mark.parametrize("fmt", ["jsonl", "json_minified"])
+def test_a_record_python_cannot_read_is_one_record_s_error(tmp_path: Path, record: str, fmt: str) -> None:
+    path = tmp_path / "records"
+    if fmt == "jsonl":
+        path.write_text('{"id": 1}\n' + record + "\n")
+    else:
+        path.write_text('[{"id": 1}, ' + record + "]")
+    annotations = AnnotationFile(path)
+    assert len(annotations) == 2 and annotations[0] == {"id": 1}
+    with pytest.raises(AnnotationError, match=re.escape(annotations.location(1)) + ": JSON Python cannot read"):
+        annotations[1]

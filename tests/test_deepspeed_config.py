@@ -55,6 +55,7 @@ def user_config(tmp_path, drop: tuple[str, ...] = (), **changes) -> str:
     return str(path)
 
 
+ZERO3 = json.loads((REPO / "zero_configs" / "zero3.json").read_text())
 ADAMW = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
 WARMUP = {"type": "WarmupLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": 10}}
 
@@ -72,6 +73,11 @@ OVERRIDES = {
                        ["gradient_clipping=1.0 vs hf max_grad_norm=0.5", '"auto"'], False),
     "micro_batch_value": ({"train_micro_batch_size_per_gpu": 16}, {"per_device_train_batch_size": "4"},
                           ["train_micro_batch_size_per_gpu=16 vs hf per_device_train_batch_size=4"], False),
+    "clipping_null": ({"gradient_clipping": None}, {}, ['no "gradient_clipping"'], True),
+    # LLaVA's zero3_offload.json less its optimizer section: DeepSpeed takes only its own CPU Adam there.
+    "offload_without_client_optimizer": (
+        {"zero_optimization": ZERO3["zero_optimization"] | {"offload_optimizer": {"device": "cpu"}}}, {},
+        ['offloads the optimizer to cpu', '"zero_force_ds_cpu_optimizer": false'], True),
 }
 
 
@@ -99,6 +105,13 @@ def test_a_config_that_would_override_a_flag_is_one_line_before_any_weights(case
     assert len(stderr.splitlines()) == 1 and stderr.startswith("fila-train train: error: --deepspeed "), stderr
     assert all(fragment in stderr for fragment in fragments), stderr
     assert not (tmp_path / "out" / "run_args.json").exists()  # written once the model is built
+
+
+def test_a_config_given_as_a_dict_is_checked_too(tmp_path):
+    from fila_train.training.arguments import TrainingArguments
+
+    with pytest.raises(ConfigError, match=r'--deepspeed \(a dict\): remove its "optimizer" section'):
+        TrainingArguments(output_dir=str(tmp_path), deepspeed=ZERO3 | {"optimizer": ADAMW})
 
 
 def test_without_clipping_a_config_needs_no_gradient_clipping(tiny_assets, tmp_path):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 import fila_train
+from distributed_utils import LLAMA2_DIR
 from fila_train.data.dataset import ConversationDataset, DatasetOptions
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 from fila_train.model.vision.clip_encoder import ClipImageProcessor
@@ -18,7 +18,6 @@ from fila_train.processing.chat_templates import get_template
 from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.utils.errors import ConfigError, DataRecordError, FilaError
 
-LLAMA2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "llama2-tokenizer"
 # Exceptions that are not errors: a converter's deliberate leave-out, and the exit after an error was printed.
 NOT_ERRORS = {"SkipSample", "ReportedExit"}
 

@@ -14,11 +14,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from distributed_utils import build_tiny_model
+from distributed_utils import LLAMA2_DIR, build_tiny_model
 from fila_train.demo.tiny_models import save_tiny_llm
 from fila_train.model.builder import load_tokenizer
 
-LLAMA2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "llama2-tokenizer"
 LLAMA2_TOKENS = 32000
 
 

@@ -240,11 +240,12 @@ LLAVA_15_RECIPE = {
 
 
 @pytest.mark.parametrize("script", LLAVA_15_RECIPE)
-def test_the_scripts_run_the_llava_1_5_recipe_by_default(script) -> None:
+def test_the_scripts_run_the_llava_1_5_recipe_by_default(script, monkeypatch) -> None:
     """The flags the launched run parses (defaults included), against the published values: 1 epoch, cosine,
     warmup 0.03, weight decay 0, length 2048, and each stage's learning rate, global batch and ZeRO stage."""
     from fila_train.training.train import parse_args
 
+    monkeypatch.chdir(REPO)  # the flags' paths are the scripts', relative to the repository
     expected = LLAVA_15_RECIPE[script]
     command = run_script(script, {"DRY_RUN": "1"}).command()
     _, _, args = parse_args(train_args(command))
@@ -257,10 +258,11 @@ def test_the_scripts_run_the_llava_1_5_recipe_by_default(script) -> None:
     assert ("llm" in args.parts()) is expected["trains_llm"]
 
 
-def test_finetune_sh_lora_variant_is_llava_s() -> None:
+def test_finetune_sh_lora_variant_is_llava_s(monkeypatch) -> None:
     """LLaVA-1.5's LoRA stage 2 as the script's header spells it: rank 128, alpha 256, lr 2e-4, connector 2e-5."""
     from fila_train.training.train import parse_args
 
+    monkeypatch.chdir(REPO)
     env = {"DRY_RUN": "1", "LORA_R": "128", "LEARNING_RATE": "2e-4", "CONNECTOR_LR": "2e-5"}
     model, _, args = parse_args(train_args(run_script("scripts/finetune.sh", env).command()))
     lora = model.lora_settings()

@@ -15,12 +15,12 @@ import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from distributed_utils import LLAMA2_DIR
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 from fila_train.processing.chat_templates import IMAGE_PLACEHOLDER, get_template
 from fila_train.processing.conversations import IGNORE_INDEX, ConversationError, parse_turns, to_messages
 from fila_train.processing.tokenization import ConversationTokenizer
 
-LLAMA2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "llama2-tokenizer"
 RECORDS_PER_FAMILY = 300
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")

@@ -6,17 +6,16 @@ real Llama-2 SentencePiece tokenizer (``<repo>/../shared/assets/llama2-tokenizer
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from distributed_utils import LLAMA2_DIR
 from fila_train.processing.chat_templates import TEMPLATES, get_template
 from fila_train.processing.conversations import IGNORE_INDEX, ConversationError, TokenizedSample
 from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.demo.tokenizer import CHAT_SPECIAL_TOKENS, build_demo_tokenizer
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 
-LLAMA2_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "llama2-tokenizer"
 TEMPLATE_NAMES = ("plain", "vicuna_v1", "llama3", "chatml")
 # vicuna_v1 trains " answer</s>": the space after "ASSISTANT:" belongs to the first answer token,
 # exactly as when the whole string is tokenized at once (and as the model generates it).

@@ -92,6 +92,8 @@ def _json_list_spans_decoded(data: bytes | mmap.mmap, offset: int) -> np.ndarray
                 _, end = _DECODER.raw_decode(text, index)
             except json.JSONDecodeError:
                 break  # cut by the window's end (or malformed: the next windows tell)
+            except (ValueError, RecursionError):  # valid JSON Python will not decode (huge ints, deep nesting)
+                return None
             spans.append((byte_at(index), byte_at(end)))
             index, expect_comma, after_comma = end, True, False
         if at_end:
@@ -200,6 +202,8 @@ class AnnotationFile:
             record = json.loads(raw)
         except json.JSONDecodeError as error:
             raise AnnotationError(f"{self.location(index)}: malformed JSON ({error.msg})") from None
+        except (ValueError, RecursionError) as error:  # an integer over Python's digit limit, nesting too deep
+            raise AnnotationError(f"{self.location(index)}: JSON Python cannot read ({error})") from None
         if not isinstance(record, dict):
             raise AnnotationError(f"{self.location(index)}: a record must be a JSON object")
         return record

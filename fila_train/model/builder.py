@@ -148,6 +148,6 @@ def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: i
         if len(tokenizer) > rows:
             model.language_model.resize_token_embeddings(len(tokenizer))
             model.config.text_config.vocab_size = model.language_model.config.vocab_size
-        logger.warning("tokenizer %s has no pad token: added '<pad>' (id %d)%s", path, tokenizer.pad_token_id,
-                       " and grew the embeddings by one row" if len(tokenizer) > rows else "")
+        resized = f" and resized the embeddings from {rows} to {len(tokenizer)} rows" if len(tokenizer) > rows else ""
+        logger.warning("tokenizer %s has no pad token: added '<pad>' (id %d)%s", path, tokenizer.pad_token_id, resized)
     return tokenizer

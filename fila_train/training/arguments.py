@@ -103,7 +103,8 @@ class TrainingArguments(transformers.TrainingArguments):
         # transformers has read the config and filled its "auto" values from the flags by now.
         source = self.deepspeed if isinstance(self.deepspeed, str) else "(a dict)"
         check_deepspeed_config(self.hf_deepspeed_config.config, source, self.max_grad_norm)
-        check_flag_mismatches(self.hf_deepspeed_config.mismatches, source)
+        if not self.auto_find_batch_size:  # then transformers matches the batch sizes later, itself
+            check_flag_mismatches(self.hf_deepspeed_config.mismatches, source)
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:

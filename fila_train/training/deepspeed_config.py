@@ -4,7 +4,8 @@ Configs copied from other codebases override them without a word (anchors.md, si
 "optimizer" section makes DeepSpeed build the optimizer (FilaTrainer's per-part groups are never made), a
 "scheduler" section replaces --lr_scheduler_type, and a config with no "gradient_clipping" never clips. Values
 that disagree with a flag transformers finds itself (HfTrainerDeepSpeedConfig.mismatches), but reports only
-once the model is loaded; they are refused here too. No torch: the preflight uses this.
+once the model is loaded; they are refused here too, as is an optimizer offload that DeepSpeed would refuse
+the trainer's optimizer for, also only once the model is loaded. No torch: the preflight uses this.
 """
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ def check_deepspeed_config(config: dict, source: str, max_grad_norm: float | Non
         if section in config:
             raise ConfigError(f'--deepspeed {source}: remove its "{section}" section ({lost}); '
                               f"the trainer's flags set it")
-    if "gradient_clipping" not in config and (max_grad_norm is None or max_grad_norm > 0):
+    offload = ((config.get("zero_optimization") or {}).get("offload_optimizer") or {}).get("device", "none")
+    if offload != "none" and config.get("zero_force_ds_cpu_optimizer", True) is not False:
+        raise ConfigError(f'--deepspeed {source}: offloads the optimizer to {offload} but does not set '
+                          f'"zero_force_ds_cpu_optimizer": false, so DeepSpeed would refuse the trainer\'s optimizer '
+                          f'once the weights are loaded; add it (zero_configs/zero3_offload.json has it)')
+    if config.get("gradient_clipping") is None and (max_grad_norm is None or max_grad_norm > 0):
         given = "" if max_grad_norm is None else f" {max_grad_norm}"
         raise ConfigError(f'--deepspeed {source}: no "gradient_clipping", so DeepSpeed would not clip and '
                           f'--max_grad_norm{given} would be ignored; add "gradient_clipping": "auto" '
