@@ -231,3 +231,31 @@ def test_sampler_is_deterministic_per_seed_and_epoch() -> None:
     assert list(ModalityLengthGroupedSampler(lengths, 4, 2, seed=1)) == first  # every rank agrees
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_worker_processes_measure_what_this_process_measures(tmp_path: Path, tokenizer, policy: str) -> None:
+    """A large source is measured by DataLoader worker processes, in ordered batches: the same lengths as record
+    by record in this process, the same zeros for skipped records, and under --on_bad_sample error the
+    error of the first bad record, as one line naming it."""
+    from fila_train.data.dataset import ConversationDataset
+    from fila_train.data.lengths import LENGTHS_PER_BATCH, compute_lengths, record_length
+    from fila_train.utils.errors import one_line
+
+    write_source(tmp_path, "docs", LENGTHS_PER_BATCH + 40)
+    for index in (3, LENGTHS_PER_BATCH + 7):  # one bad record in each of the first two batches
+        (tmp_path / "docs" / "images" / f"{index}.png").unlink()
+    source = ConversationDataset(tmp_path / "docs" / "train.jsonl", tmp_path / "docs" / "images",
+                                 ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID),
+                                 hybrid_processor(), DatasetOptions(max_length=2048, on_bad_sample=policy))
+    if policy == "skip":
+        serial = [record_length(source, i) if i not in (3, LENGTHS_PER_BATCH + 7) else 0 for i in range(len(source))]
+        assert compute_lengths(source, workers=2).tolist() == serial
+        assert compute_lengths(source, workers=0).tolist() == serial
+        return
+    with pytest.raises(Exception) as serial_error:
+        record_length(source, 3)
+    with pytest.raises(Exception) as worker_error:
+        compute_lengths(source, workers=2)
+    assert one_line(worker_error.value) == one_line(serial_error.value)
+    assert "train.jsonl:4" in one_line(worker_error.value) and "field 'image'" in one_line(worker_error.value)
