@@ -154,4 +154,5 @@ def test_the_offload_config_trains_as_zero3_does(runs, tmp_path):
     args = [arg.replace("zero_configs/zero3.json", "zero_configs/zero3_offload.json") for arg in reference.args]
     assert args != reference.args
     offloaded = run_distributed(args, tmp_path / "run")
+    assert "Detected ZeRO Offload" in offloaded.rank_log(0)  # DeepSpeed's own word that it offloads
     assert offloaded.summary()["losses"] == pytest.approx(reference.run.summary()["losses"], rel=1e-5)

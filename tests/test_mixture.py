@@ -245,6 +245,11 @@ def test_worker_processes_measure_what_this_process_measures(tmp_path: Path, tok
     write_source(tmp_path, "docs", LENGTHS_PER_BATCH + 40)
     for index in (3, LENGTHS_PER_BATCH + 7):  # one bad record in each of the first two batches
         (tmp_path / "docs" / "images" / f"{index}.png").unlink()
+    annotations = tmp_path / "docs" / "train.jsonl"
+    lines = annotations.read_text().splitlines()
+    first_bad = json.loads(lines[3])
+    first_bad["image"] = "sub\n3.png"  # an error message over several lines
+    annotations.write_text("\n".join(lines[:3] + [json.dumps(first_bad)] + lines[4:]) + "\n")
     source = ConversationDataset(tmp_path / "docs" / "train.jsonl", tmp_path / "docs" / "images",
                                  ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID),
                                  hybrid_processor(), DatasetOptions(max_length=2048, on_bad_sample=policy))
@@ -257,5 +262,7 @@ def test_worker_processes_measure_what_this_process_measures(tmp_path: Path, tok
         record_length(source, 3)
     with pytest.raises(Exception) as worker_error:
         compute_lengths(source, workers=2)
+    assert "in DataLoader worker process" in str(worker_error.value)  # measured in a worker, not here
     assert one_line(worker_error.value) == one_line(serial_error.value)
     assert "train.jsonl:4" in one_line(worker_error.value) and "field 'image'" in one_line(worker_error.value)
+    assert "sub 3.png" in one_line(worker_error.value)

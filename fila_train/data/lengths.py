@@ -134,9 +134,12 @@ def compute_lengths(source: ConversationDataset, workers: int | None = None) -> 
     batches = []
     with tqdm(total=len(source), desc=f"lengths {source.name}", unit="rec", mininterval=2,
               disable=len(source) < PARALLEL_FROM_RECORDS) as progress:
-        for batch in loader:
-            batches.append(batch.numpy())
-            progress.update(len(batch))
+        try:
+            for batch in loader:
+                batches.append(batch.numpy())
+                progress.update(len(batch))
+        except SampleError as error:  # its frames would keep the loader's workers alive as long as the error
+            raise error.with_traceback(None) from None
     lengths = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
     bad = int((lengths == 0).sum())
     if bad:

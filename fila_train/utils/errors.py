@@ -103,9 +103,11 @@ WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 def message_of(error: BaseException) -> str:
     text = str(error)
-    if WORKER_TRACEBACK in text:  # the original message is the traceback's last line, after "module.Class: "
-        last = text.rstrip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith(type(error).__module__) and ": " in last else last
+    if WORKER_TRACEBACK in text:  # the original message ends the traceback, after "module.Class: " (all its lines)
+        kind = type(error)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        at = text.rfind(f"\n{name}: ")
+        text = text[at + len(name) + 3:] if at >= 0 else text.rstrip().splitlines()[-1]
     return text
 
 
