@@ -146,7 +146,10 @@ def test_a_flag_error_after_the_preflight_is_one_line_too(tiny_assets, tmp_path,
 
     for extra, fragment in ((["--tune_parts", "connector,lm"], "--tune_parts: unknown part(s) ['lm']"),
                             (["--learning_rte", "1e-3"], "--learning_rte"),
-                            (["--max_steps", "many"], "invalid int value: 'many'")):
+                            (["--max_steps", "many"], "invalid int value: 'many'"),
+                            # transformers raised these while building the LLM, with a traceback
+                            (["--attn_implementation", "flash_attn2"], "'flash_attn2' is not one of: eager, "),
+                            (["--attn_implementation", "flash_attention_2"], "needs the flash-attn package")):
         with pytest.raises(SystemExit) as exit_:
             main([*as_cli(good_flags(tiny_assets, tmp_path)), *extra])
         stderr = capsys.readouterr().err

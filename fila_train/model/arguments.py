@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..utils.errors import ConfigError
+from .attention import check_attention
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .lora import BITS, DEFAULT_TARGET, LoraSettings, require_kbit_support
@@ -109,6 +110,7 @@ class ModelArguments:
                 raise ConfigError(f"--{name} only apply to {owner} {' or '.join(parts)}, not {current}")
         self.vision_options()  # unknown keys and unparsable values fail at parse time
         self.connector_options()
+        check_attention(self.attn_implementation)
 
     def _options(self, part: str, contract, assignments: list[str], flag: str) -> dict | None:
         """The partial options dict of ``part`` (its build completes it): shorthands, then KEY=VALUEs."""
