@@ -128,8 +128,7 @@ def compute_lengths(source: ConversationDataset, workers: int | None = None) -> 
     """Every record's signed length; a bad record raises, or is 0 (and counted) when skipping. ``workers``:
     processes that measure (0: this one); by default the CPUs, for a source of PARALLEL_FROM_RECORDS or more."""
     workers = length_workers(len(source)) if workers is None else workers
-    if workers:
-        share_temp_folder_with_workers()
+    share_temp_folder_with_workers(workers)
     loader = DataLoader(RecordLengths(source), batch_size=LENGTHS_PER_BATCH, num_workers=workers)
     batches = []
     with tqdm(total=len(source), desc=f"lengths {source.name}", unit="rec", mininterval=2,

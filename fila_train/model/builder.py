@@ -145,9 +145,10 @@ def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: i
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
         rows = model.language_model.get_input_embeddings().num_embeddings  # also under ZeRO-3 partitioning
+        resized = ""
         if len(tokenizer) > rows:
             model.language_model.resize_token_embeddings(len(tokenizer))
             model.config.text_config.vocab_size = model.language_model.config.vocab_size
-        resized = f" and resized the embeddings from {rows} to {len(tokenizer)} rows" if len(tokenizer) > rows else ""
+            resized = f" and resized the embeddings from {rows} to {len(tokenizer)} rows"
         logger.warning("tokenizer %s has no pad token: added '<pad>' (id %d)%s", path, tokenizer.pad_token_id, resized)
     return tokenizer

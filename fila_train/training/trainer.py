@@ -65,8 +65,7 @@ class FilaTrainer(Trainer):
             self._sample_log = open(path, "a")
 
     def get_train_dataloader(self):
-        if self.args.dataloader_num_workers > 0:
-            share_temp_folder_with_workers()  # before the loader builds its workers
+        share_temp_folder_with_workers(self.args.dataloader_num_workers)  # before the loader builds its workers
         return super().get_train_dataloader()
 
     def _get_train_sampler(self, train_dataset=None):

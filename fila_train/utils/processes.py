@@ -55,8 +55,9 @@ def _watch(launcher: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def share_temp_folder_with_workers() -> None:
-    """Create this process's multiprocessing temp folder now, before a DataLoader builds its worker processes.
+def share_temp_folder_with_workers(num_workers: int) -> None:
+    """Create this process's multiprocessing temp folder now, before a DataLoader builds its ``num_workers`` worker
+    processes (none: nothing to do, no folder made).
 
     torch hands a batch's storage to the rank as a file descriptor, through a listener socket in that folder. A
     worker built before the folder exists makes one of its own, from the thread that sends its batches, and
@@ -64,4 +65,5 @@ def share_temp_folder_with_workers() -> None:
     failed, or training ended mid-epoch) its exit can remove the folder while the socket is being created, printing
     "OSError: [Errno 39] Directory not empty" with a traceback. Built after this call, the workers inherit this
     folder (by any start method) and never remove it; this process removes it at exit, after it has joined them."""
-    multiprocessing.util.get_temp_dir()
+    if num_workers > 0:
+        multiprocessing.util.get_temp_dir()
