@@ -14,8 +14,10 @@ import pytest
 
 from distributed_utils import RESUME_STEPS as STEPS
 from distributed_utils import run_distributed, start_torchrun
-from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, clear_staging, missing_parts,
-                                             newest_complete, publish, resolve_resume, write_manifest)
+from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, BatchLayout, CheckpointError, check_resume_layout,
+                                             clear_staging, missing_parts, newest_complete, publish, resolve_resume,
+                                             write_manifest)
+from fila_train.training.deepspeed_config import partitions_optimizer_state
 from test_resume import trained_ids
 
 POLL = 0.005  # seconds between looks at the output folder: a tiny checkpoint takes far longer to write
@@ -107,7 +109,7 @@ def checkpoint(folder: Path, files: dict[str, bytes], manifest: bool = True) -> 
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     if manifest:
-        write_manifest(folder, step=int(folder.name.split("-")[1]), world_size=2)
+        write_manifest(folder, step=int(folder.name.split("-")[1]), layout=BatchLayout(2, 4, 1))
     return folder
 
 
@@ -157,6 +159,23 @@ def test_checkpoints_written_before_manifests_still_resume(tmp_path):
     (tmp_path / STAGING_DIR).mkdir()
     staged = checkpoint(tmp_path / STAGING_DIR / "checkpoint-10", {"trainer_state.json": b"{}"}, manifest=False)
     assert missing_parts(staged) == [f"{MANIFEST} (its save did not finish)"]  # staged: never complete
+
+
+def test_the_resume_layout_rules(tmp_path):
+    """The 2-process runs in test_distributed.py show the refusals end to end; here, where they do not apply."""
+    folder = checkpoint(tmp_path / "checkpoint-4", {"a": b"1"})  # 2 processes x 4 per device x 1 step: 8
+    check_resume_layout(folder, BatchLayout(1, 4, 2), partitioned_optimizer=False)  # DDP, or ZeRO-0: any count
+    check_resume_layout(folder, BatchLayout(8, 1, 1), partitioned_optimizer=False)
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\) and this run has 1"):
+        check_resume_layout(folder, BatchLayout(1, 4, 2), partitioned_optimizer=True)
+    with pytest.raises(CheckpointError, match=r"global batch of 8 .*this run's is 16 .*wrong place in the data$"):
+        check_resume_layout(folder, BatchLayout(2, 8, 1), partitioned_optimizer=True)  # 8 is not a multiple of 16
+    check_resume_layout(folder, BatchLayout(2, 8, 1), partitioned_optimizer=True, check_batch=False)
+    legacy = checkpoint(tmp_path / "checkpoint-6", {"trainer_state.json": b"{}"}, manifest=False)
+    check_resume_layout(legacy, BatchLayout(3, 5, 7), partitioned_optimizer=True)  # nothing recorded to check
+    assert [partitions_optimizer_state(config) for config in (
+        {}, {"zero_optimization": {"stage": 0}}, {"zero_optimization": {"stage": 2}},
+        {"zero_optimization": {"stage": 3}, "checkpoint": {"load_universal": True}})] == [False, False, True, False]
 
 
 def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):

@@ -5,15 +5,23 @@ the resumed run must reshuffle as the uninterrupted one did (the default, ungrou
 resume under ZeRO-3 is test_crash_safety.py's (grouped sampler, killed runs)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from distributed_utils import (  # noqa: F401  (runs is a fixture)
+    REPO,
     SHARED_CHECKPOINT as CHECKPOINT_STEP,
     SHARED_STEPS as STEPS,
     SHARED_STEPS_PER_EPOCH as STEPS_PER_EPOCH,
+    free_port,
+    rank_environment,
     run_distributed,
     runs,
 )
+from fila_train.utils.errors import REPORTED_EXIT_CODE
 from safetensors.torch import load_file
 
 
@@ -104,3 +112,48 @@ def test_stage1_resume_in_the_second_epoch_reproduces_the_uninterrupted_run(stag
     checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
     assert_resumed_exactly(full, run_distributed(args + ["--resume_from_checkpoint", str(checkpoint)],
                                               tmp_path / "resumed"))
+
+
+def test_stage1_resume_with_the_global_batch_split_another_way_reproduces_the_run(stage1, tmp_path):
+    """2 ranks x 1 sample x 2 accumulation steps continue a run of 2 ranks x 2 samples exactly (the way out of
+    memory: halve the batch, double the accumulation)."""
+    args, full = stage1
+    checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
+    resumed = run_distributed(args + ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                                      "--resume_from_checkpoint", str(checkpoint)], tmp_path / "resumed")
+    expected = full.summary()["losses"][CHECKPOINT_STEP:]
+    assert resumed.summary()["losses"][CHECKPOINT_STEP:] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+    def records_per_step(run, first_step: int) -> list[set[str]]:
+        ids = [(run.output_dir / "sample_ids" / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+        return [set(ids[0][2 * step:2 * step + 2] + ids[1][2 * step:2 * step + 2])
+                for step in range(first_step, len(ids[0]) // 2)]
+
+    # Each step trains on the records the full run's step did (the batches go to the ranks in another order).
+    assert records_per_step(resumed, 0) == records_per_step(full, CHECKPOINT_STEP)
+
+
+@pytest.mark.parametrize("nproc, batch, message", [
+    # DeepSpeed refuses it itself, but only once the model is built, with a traceback from every rank.
+    (1, 2, "was written by 2 process(es) and this run has 1: ZeRO partitions the optimizer state per process"),
+    # Nothing refused it: the run went on from the wrong place in the data.
+    (2, 1, "was trained with a global batch of 4 (2 process(es) x 2 per device x 1 accumulation step(s)), this "
+           "run's is 2 (2 process(es) x 1 per device x 1 accumulation step(s)): steps count global batches, so the "
+           "run would resume at the wrong place in the data; with this layout, --gradient_accumulation_steps 2 "
+           "keeps it"),
+])
+def test_a_resume_that_cannot_continue_the_run_is_one_line_before_the_model_is_built(stage1, tmp_path, nproc, batch,
+                                                                                      message):
+    args, full = stage1
+    checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
+    output = tmp_path / "resumed"
+    run = subprocess.run(
+        [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", str(nproc), "--master_port",
+         str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output), *args,
+         "--per_device_train_batch_size", str(batch), "--resume_from_checkpoint", str(checkpoint)],
+        cwd=REPO, env=rank_environment(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"{checkpoint} {message}" in errors[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert not (output / "run_args.json").exists()  # written once the model is built

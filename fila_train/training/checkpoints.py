@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..utils.files import write_json_atomic
@@ -48,11 +49,65 @@ def clear_staging(folder: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)  # another node's process may be removing it too
 
 
-def write_manifest(folder: Path, step: int, world_size: int) -> None:
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a run splits its global batch: processes x per-device batch x accumulation steps."""
+
+    world_size: int
+    per_device: int
+    accumulation: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.per_device * self.accumulation
+
+    def __str__(self) -> str:
+        return (f"{self.global_batch} ({self.world_size} process(es) x {self.per_device} per device x "
+                f"{self.accumulation} accumulation step(s))")
+
+
+def write_manifest(folder: Path, step: int, layout: BatchLayout) -> None:
     files = {str(path.relative_to(folder)): path.stat().st_size
              for path in sorted(folder.rglob("*")) if path.is_file()}
-    write_json_atomic(folder / MANIFEST, {"step": step, "world_size": world_size, "published_ns": time.time_ns(),
-                                          "files": files})
+    write_json_atomic(folder / MANIFEST, {
+        "step": step, "world_size": layout.world_size, "per_device_train_batch_size": layout.per_device,
+        "gradient_accumulation_steps": layout.accumulation, "published_ns": time.time_ns(), "files": files})
+
+
+def saved_layout(checkpoint: Path) -> BatchLayout | None:
+    """The layout that wrote ``checkpoint``; None for checkpoints from before manifests recorded it."""
+    try:
+        manifest = json.loads((checkpoint / MANIFEST).read_text())
+        return BatchLayout(int(manifest["world_size"]), int(manifest["per_device_train_batch_size"]),
+                           int(manifest["gradient_accumulation_steps"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_resume_layout(checkpoint: Path, layout: BatchLayout, partitioned_optimizer: bool,
+                        check_batch: bool = True) -> None:
+    """Refuse, before any weights load, a resume that cannot continue the run it comes from.
+
+    ZeRO partitions the optimizer state per process: DeepSpeed loads it only with the same number of
+    processes, and says so with a traceback from every rank once the model is built. Steps count global
+    batches: with another global batch, the resumed run would skip the wrong number of samples and
+    silently start elsewhere in the data. The same global batch split another way resumes exactly."""
+    saved = saved_layout(checkpoint)
+    if saved is None:
+        return
+    if partitioned_optimizer and saved.world_size != layout.world_size:
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was written by {saved.world_size} process(es) and this run "
+            f"has {layout.world_size}: ZeRO partitions the optimizer state per process, so DeepSpeed loads it only "
+            f"with {saved.world_size} (or after converting it to a universal checkpoint)")
+    if check_batch and saved.global_batch != layout.global_batch:
+        hint = ""
+        per_step = layout.world_size * layout.per_device
+        if saved.global_batch % per_step == 0:
+            hint = f"; with this layout, --gradient_accumulation_steps {saved.global_batch // per_step} keeps it"
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was trained with a global batch of {saved}, this run's is "
+            f"{layout}: steps count global batches, so the run would resume at the wrong place in the data{hint}")
 
 
 def publish(staged: Path, final: Path) -> bool:

@@ -48,3 +48,11 @@ def check_flag_mismatches(mismatches: list[str], source: str) -> None:
         found = "; ".join(line.lstrip("- ").strip() for line in mismatches)
         raise ConfigError(f'--deepspeed {source}: values that disagree with the flags ({found}); set them to '
                           f'"auto" so the flags decide')
+
+
+def partitions_optimizer_state(config: dict) -> bool:
+    """Whether the optimizer state is saved per process (ZeRO stage >= 1), so that DeepSpeed can load a
+    checkpoint only with the number of processes that wrote it (a universal checkpoint loads with any)."""
+    stage = (config.get("zero_optimization") or {}).get("stage", 0)
+    universal = (config.get("checkpoint") or {}).get("load_universal", False)
+    return int(stage) >= 1 and not universal

@@ -24,8 +24,9 @@ from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
 from ..utils.errors import ConfigError, FilaError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .checkpoints import resolve_resume
+from .checkpoints import BatchLayout, check_resume_layout, resolve_resume
 from .datasets import build_train_dataset, total_skip_counts
+from .deepspeed_config import partitions_optimizer_state
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
@@ -113,6 +114,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    if args.resume_from_checkpoint is not None:
+        check_resume_layout(
+            Path(args.resume_from_checkpoint),
+            BatchLayout(args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps),
+            partitioned_optimizer=bool(args.deepspeed) and partitions_optimizer_state(args.hf_deepspeed_config.config),
+            check_batch=not args.auto_find_batch_size)  # then the checkpoint's batch size is restored
     configure_wandb(args.report_to, args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     # Seeded before the build: a new connector / CVFM / fuser gets the same initial weights on every

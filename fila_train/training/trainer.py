@@ -16,7 +16,7 @@ from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import barrier, rank, world_size
 from ..utils.files import give_files_open_mode
 from ..utils.processes import share_temp_folder_with_workers
-from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
+from .checkpoints import BatchLayout, checkpoint_name, clear_staging, publish, staging_root, write_manifest
 from .connector_artifact import save_connector_artifact
 from .curves import CURVES_FILE, PART_LR_PREFIX, write_curves
 from .parts import optimizer_groups
@@ -186,7 +186,8 @@ class FilaTrainer(Trainer):
         barrier()  # every rank's files are written
         if self.args.should_save:
             give_files_open_mode(staged)  # save_pretrained's safetensors shards come out 0600
-            write_manifest(staged, self.state.global_step, world_size())
+            write_manifest(staged, self.state.global_step, BatchLayout(
+                world_size(), self._train_batch_size, self.args.gradient_accumulation_steps))
             publish(staged, run_dir / name)
             best = self.state.best_model_checkpoint
             if best is not None and Path(best).parent == staging_root(run_dir):
