@@ -36,6 +36,7 @@ from fila_train.training.connector_artifact import (
     save_connector_artifact,
 )
 from fila_train.training.parts import apply_tune_parts, optimizer_groups
+from fila_train.utils.errors import CheckpointError
 
 
 def assert_same_as_plain_clip(model, plain, batch) -> None:
@@ -242,6 +243,21 @@ def test_artifact_round_trip_is_bit_exact(assets, tmp_path) -> None:
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_artifact_of_other_part_options_is_refused_whole(assets, tmp_path) -> None:
+    """A scalar CVFM gate (1,) would broadcast into a per-channel gate (dim,) without a word; a fuser with
+    other sampling points would stop with torch's traceback. Both are one line, and nothing is loaded."""
+    save_connector_artifact(build_tiny_model(assets, hybrid=True, fuser=True), tmp_path)
+    for options, message in (({"vision_option": "cvfm.gate=channel"}, r"cvfm\.0\.fusion\.gate\.alpha has shape \(1,\), "
+                                                                       r"the model expects \(32,\)"),
+                             ({"connector_option": "num_points=2"}, r"sampling_offsets\.weight has shape \(\d+, 32\)")):
+        other = build_tiny_model(assets, hybrid=True, fuser=True, extra=options)
+        before = aligned_state(other)
+        with pytest.raises(CheckpointError, match=message):
+            load_connector_artifact(other, tmp_path)
+        after = aligned_state(other)
+        assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_vision_flops_cover_every_view_and_part(assets) -> None:

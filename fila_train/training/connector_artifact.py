@@ -94,11 +94,15 @@ def load_connector_artifact(model, path: str | Path) -> None:
         if missing or unexpected:
             raise CheckpointError(f"{path} does not match the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
+        # Every shape is checked before anything is copied: copy_ would broadcast a (1,) gate into (dim,).
+        # ds_shape is a ZeRO-3 parameter's full shape (its own shape is its partition's).
+        for name, parameter in parameters.items():
+            shape, expected = tuple(handle.get_slice(name).get_shape()), tuple(getattr(parameter, "ds_shape",
+                                                                                      parameter.shape))
+            if shape != expected:
+                raise CheckpointError(f"{path}: {name} has shape {shape}, the model expects {expected} (a stage 1 "
+                                      f"with other --vision_option / --connector_option values?)")
         with gathered(list(parameters.values()), modifier_rank=0):
             for name, parameter in parameters.items():
-                value = handle.get_tensor(name)
-                if tuple(value.shape) != tuple(parameter.shape) and not hasattr(parameter, "ds_id"):
-                    raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, "
-                                          f"the model expects {tuple(parameter.shape)}")
-                parameter.data.copy_(value.to(parameter.dtype))
+                parameter.data.copy_(handle.get_tensor(name).to(parameter.dtype))
     logger.info("loaded connector artifact %s (%d tensors)", path, len(parameters))
