@@ -99,27 +99,30 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if convnext.get("trainable") and "convnext" not in args.parts():
         raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
                           "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
-    if args.deepspeed:
-        import deepspeed
-
-        # ZeRO-3 partitions parameters while from_pretrained builds them (zero.Init), which reads
-        # the world size from DeepSpeed's communicator: it must be up before the model is built.
-        deepspeed.init_distributed()
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
         for note in notes:
             logger.info(note)
+        # Before DeepSpeed starts: a refused run must not be killed inside its op build (a killed build leaves
+        # a lock file behind that every later run waits on).
+        args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+        if args.resume_from_checkpoint is not None:
+            check_resume_layout(
+                Path(args.resume_from_checkpoint),
+                BatchLayout(args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps),
+                partitioned_optimizer=bool(args.deepspeed) and partitions_optimizer_state(
+                    args.hf_deepspeed_config.config),
+                check_batch=not args.auto_find_batch_size)  # then the checkpoint's batch size is restored
+        if args.deepspeed:
+            import deepspeed
+
+            # ZeRO-3 partitions parameters while from_pretrained builds them (zero.Init), which reads
+            # the world size from DeepSpeed's communicator: it must be up before the model is built.
+            deepspeed.init_distributed()
         return run_training(model_args, data_args, args)
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    if args.resume_from_checkpoint is not None:
-        check_resume_layout(
-            Path(args.resume_from_checkpoint),
-            BatchLayout(args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps),
-            partitioned_optimizer=bool(args.deepspeed) and partitions_optimizer_state(args.hf_deepspeed_config.config),
-            check_batch=not args.auto_find_batch_size)  # then the checkpoint's batch size is restored
     configure_wandb(args.report_to, args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     # Seeded before the build: a new connector / CVFM / fuser gets the same initial weights on every
