@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .utils.errors import FilaError
+from .utils.errors import FilaError, debugging
 from .utils.processes import die_with_launcher
 from .utils.quiet import known_noise_silenced
 
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         with known_noise_silenced():  # before the imports: some of the noise comes from importing
             return getattr(importlib.import_module(module_name), function)(rest)
     except FilaError as error:  # the user's to fix, and its message says how; anything else keeps its traceback
+        if debugging():  # asked for the traceback: Python prints it and exits with 1
+            raise
         print(f"fila-train {command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
 

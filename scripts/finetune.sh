@@ -55,7 +55,6 @@ TRAIN_ARGS=(
   --tune_parts "$TUNE_PARTS" --connector_lr "$CONNECTOR_LR" --deepspeed "$ZERO_CONFIG" --lora_r "$LORA_R"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --group_by_modality_length "$GROUP_BY_MODALITY" --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
-  --activation_checkpointing "$GRADIENT_CHECKPOINTING"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1
   --logging_steps "$LOGGING_STEPS" --report_to "$REPORT_TO" "${SPEED_ARGS[@]}"
   --max_grad_norm 1.0

@@ -89,3 +89,21 @@ def test_the_launcher_prints_the_line_no_worker_printed(tmp_path):
     lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "DistNetworkError: the store port is already in use" in lines[0], run.stderr
     assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_fila_train_debug_prints_the_traceback_instead_of_one_line(debug, tmp_path):
+    """README: the traceback is in OUTPUT_DIR/error-rank<R>.txt; FILA_TRAIN_DEBUG=1 prints it instead."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FILA_TRAIN_DEBUG", None)
+    if debug:
+        env["FILA_TRAIN_DEBUG"] = "1"
+    run = subprocess.run([sys.executable, "-m", "fila_train.cli", "train", "--conversation_template", "vicuna",
+                          "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert run.returncode != 0 and "--conversation_template 'vicuna' is not one of" in run.stderr
+    if debug:
+        assert "Traceback (most recent call last):" in run.stderr and "fila-train train: error" not in run.stderr
+    else:
+        assert len(run.stderr.splitlines()) == 1 and run.returncode == REPORTED_EXIT_CODE, run.stderr
+        assert (tmp_path / "out" / "error-rank0.txt").read_text().startswith("Traceback")

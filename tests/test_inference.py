@@ -312,6 +312,39 @@ def test_eval_cli_scores_its_predictions(saved_model, tiny_assets, loaded, tmp_p
     assert f"eval: {printed} on {len(bench)} held-out questions" in capsys.readouterr().out
 
 
+def test_demo_summary_has_the_keys_the_readme_documents(tmp_path, capsys):
+    """summary.json as scripts/demo.sh asks for it (the first held-out record as --question) holds every key the
+    README's demo paragraph names: per stage, and in `answer` (...) and `eval` (...)."""
+    from fila_train.demo.cli import main as demo_main
+    from fila_train.demo.synthetic_docs import make_synthetic_dataset
+
+    record = (make_synthetic_dataset(tmp_path / "data", num_images=1, num_eval=1).eval_path
+              .read_text().splitlines()[0])
+    for stage in ("stage1", "stage2"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "train_summary.json").write_text(json.dumps(
+            {"loss_first": 2.0, "loss_last": 1.0, "steps": 1, "seconds": 1.0, "output_dir": str(tmp_path / stage),
+             "vision_encoder": "fila_hybrid", "connector_type": "mlp2x_gelu"}))
+    (tmp_path / "answer.txt").write_text("march\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "score.json").write_text(json.dumps({"metric": "anls", "score": 0.5, "count": 1}))
+    assert demo_main(["summarize", "--output", str(tmp_path), "--stage1", str(tmp_path / "stage1"),
+                      "--stage2", str(tmp_path / "stage2"), "--export", str(tmp_path / "export"), "--question", record,
+                      "--answer_file", str(tmp_path / "answer.txt"), "--eval", str(tmp_path / "eval")]) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = " ".join(readme[readme.index("It ends with `playground/demo/summary.json`"):].split("\n\n")[0].split())
+    per_stage = re.findall(r"`(\w+)`", paragraph[paragraph.index("per stage"):paragraph.index(";")])
+    assert per_stage and all(set(per_stage) <= set(summary[stage]) for stage in ("stage1", "stage2")), per_stage
+    blocks = dict(re.findall(r"`(\w+)` \(([^)]*)\)", paragraph[paragraph.index(";"):]))
+    assert set(blocks) == {"answer", "eval"}, blocks
+    for block, keys in blocks.items():
+        documented = {key.strip(" `") for key in keys.split(",")}
+        assert documented <= set(summary[block]), (block, documented, sorted(summary[block]))
+    assert summary["answer"]["prediction"] == "march" and "export_dir" in summary
+
+
 def test_eval_answers_llava_question_files_and_writes_llava_answer_files(saved_model, tiny_assets, tmp_path,
                                                                           capsys):
     """LLaVA's question file (question_id, image, text; no answers) is answered without a metric, and the answers

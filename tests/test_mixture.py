@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +182,19 @@ def test_lengths_are_real_token_counts_with_modality_sign(mixture_dir: Path, tok
     docs = dataset.sources[0]
     np.save(cached[[p.name.startswith("docs") for p in cached].index(True)], np.full(len(docs), 123))
     assert (source_lengths(docs, tmp_path / "cache") == 123).all()
+
+
+def test_the_length_cache_is_as_readable_as_the_umask_allows(mixture_dir: Path, tokenizer, tmp_path: Path) -> None:
+    """Teammates on a shared cluster reuse the cache: 0644 under umask 022, not tempfile's 0600."""
+    docs = mixture_dataset(mixture_dir, tokenizer).sources[0]
+    previous = os.umask(0o022)
+    try:
+        lengths = source_lengths(docs, tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    (cached,) = (tmp_path / "cache").iterdir()  # no temp file left beside it
+    assert cached.suffix == ".npy" and stat.S_IMODE(cached.stat().st_mode) == 0o644, oct(cached.stat().st_mode)
+    assert (np.load(cached) == lengths).all()
 
 
 def test_source_overrides_canvases_and_template(mixture_dir: Path, tokenizer) -> None:

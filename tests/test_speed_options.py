@@ -59,3 +59,12 @@ def test_scripts_pass_speed_options(script):
     assert flag(chosen, "--packing") == "True" and flag(chosen, "--attn_implementation") == "flash_attention_2"
     assert flag(chosen, "--gradient_checkpointing_parts") == "llm,vision"
     assert flag(chosen, "--dataloader_pin_memory") == "False"
+
+
+@pytest.mark.parametrize("script", ["pretrain.sh", "finetune.sh"])
+def test_gradient_checkpointing_parts_turn_checkpointing_on_in_both_scripts(script):
+    """GRADIENT_CHECKPOINTING_PARTS alone is enough: the flags it launches with parse, checkpointing those parts."""
+    from fila_train.training.train import parse_args
+
+    _, _, args = parse_args(dry_run(script, GRADIENT_CHECKPOINTING_PARTS="llm,vision"))
+    assert args.activation_checkpointing and args.checkpointing_parts() == ("llm", "vision")

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..utils.errors import DataRecordError
+from ..utils.files import replace_atomically
 from ..utils.processes import share_temp_folder_with_workers
 from .dataset import ConversationDataset, SampleError
 from .images import ImageLoadError, image_size, load_rgb_image, require_file
@@ -147,6 +147,11 @@ def compute_lengths(source: ConversationDataset, workers: int | None = None) -> 
     return lengths
 
 
+def save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # np.save would add ".npy" to the temporary's name
+        np.save(handle, array, allow_pickle=False)
+
+
 def source_lengths(source: ConversationDataset, cache_dir: str | Path | None = DEFAULT_CACHE_DIR) -> np.ndarray:
     if cache_dir is None:
         return compute_lengths(source)
@@ -156,9 +161,6 @@ def source_lengths(source: ConversationDataset, cache_dir: str | Path | None = D
         if len(lengths) == len(source):
             return lengths
     lengths = compute_lengths(source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as handle:
-        np.save(handle, lengths, allow_pickle=False)
-    os.replace(handle.name, path)
+    replace_atomically(path, lambda temporary: save_npy(temporary, lengths))  # readable as the umask allows
     logger.info("source %s: cached %d record lengths in %s", source.name, len(lengths), path)
     return lengths

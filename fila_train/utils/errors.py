@@ -5,7 +5,8 @@ is the same on every rank, so only rank 0 prints it; a bad record is met by one 
 other exception is a bug (or out of memory): the rank that hit it prints its traceback. A rank that only
 stopped because a peer failed (a torch.distributed error) prints nothing: it exits with SILENT_EXIT_CODE
 and leaves its one line in torchrun's error file, which the launcher (training/launch.py) prints when no
-rank printed anything. Every traceback is also stored in a file (FILA_TRAIN_DEBUG=1 re-raises instead).
+rank printed anything. Every traceback is also stored in a file (FILA_TRAIN_DEBUG=1 prints it instead: the
+error propagates, so Python prints its traceback and exits with 1).
 """
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ USER_ERRORS = (FilaError, OSError)
 
 class ReportedExit(SystemExit):
     """Raised once the error has been printed (and its traceback stored)."""
+
+
+def debugging() -> bool:
+    """FILA_TRAIN_DEBUG=1: let every error propagate with its traceback, a FilaError included."""
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
 
 
 def process_rank() -> int:
@@ -137,7 +143,7 @@ def one_line_errors(command: str, log_folder: str | Path | None = None) -> Itera
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
-        if os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+        if debugging():
             raise
         rank, world_size = process_rank(), int(os.environ.get("WORLD_SIZE", "1"))
         stored = store_traceback(error, log_folder, rank)

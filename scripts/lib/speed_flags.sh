@@ -8,8 +8,10 @@
 #                                                  ATTN_IMPLEMENTATION=flash_attention_2, which skips the
 #                                                  cross-sample blocks that sdpa/eager compute and mask
 #   ATTN_IMPLEMENTATION=sdpa                       sdpa, eager or flash_attention_2 (needs flash-attn)
-#   GRADIENT_CHECKPOINTING_PARTS=                  with GRADIENT_CHECKPOINTING=True: e.g. llm or llm,vision
-#                                                  (empty: every part the model has: llm, vision, cvfm)
+#   GRADIENT_CHECKPOINTING=False                   recompute activations in the backward pass (finetune.sh: True)
+#   GRADIENT_CHECKPOINTING_PARTS=                  checkpoint only these parts, e.g. llm or llm,vision; setting it
+#                                                  turns GRADIENT_CHECKPOINTING on (empty: every part the model
+#                                                  has: llm, vision, cvfm)
 #   USE_LIGER=False                                Liger kernels on the LLM (needs liger-kernel and a GPU)
 #   TORCH_COMPILE=False                            torch.compile the model (HF --torch_compile). It runs, but
 #                                                  every new sequence length / image-grid mix recompiles
@@ -21,11 +23,14 @@ DATALOADER_PERSISTENT_WORKERS=${DATALOADER_PERSISTENT_WORKERS:-True}
 PACKING=${PACKING:-False}
 ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-sdpa}
 GRADIENT_CHECKPOINTING_PARTS=${GRADIENT_CHECKPOINTING_PARTS:-}
+GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-False}
+if [ -n "$GRADIENT_CHECKPOINTING_PARTS" ]; then GRADIENT_CHECKPOINTING=True; fi  # the parts mean nothing without it
 USE_LIGER=${USE_LIGER:-False}
 TORCH_COMPILE=${TORCH_COMPILE:-False}
 
 SPEED_ARGS=(--dataloader_num_workers "$DATALOADER_WORKERS" --dataloader_pin_memory "$DATALOADER_PIN_MEMORY"
             --packing "$PACKING" --attn_implementation "$ATTN_IMPLEMENTATION"
+            --activation_checkpointing "$GRADIENT_CHECKPOINTING"
             --use_liger "$USE_LIGER" --torch_compile "$TORCH_COMPILE")
 if [ "$DATALOADER_WORKERS" -gt 0 ]; then  # both are refused without worker processes
   SPEED_ARGS+=(--dataloader_prefetch_factor "$DATALOADER_PREFETCH_FACTOR"
