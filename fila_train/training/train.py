@@ -24,6 +24,7 @@ from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
 from ..utils.errors import ConfigError, FilaError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
+from .build_locks import reporting_build_locks
 from .checkpoints import BatchLayout, check_resume_layout, resolve_resume
 from .datasets import build_train_dataset, total_skip_counts
 from .deepspeed_config import partitions_optimizer_state
@@ -118,7 +119,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
             # ZeRO-3 partitions parameters while from_pretrained builds them (zero.Init), which reads
             # the world size from DeepSpeed's communicator: it must be up before the model is built.
-            deepspeed.init_distributed()
+            with reporting_build_locks():  # on the CPU it loads a JIT op, which can wait on a stale lock
+                deepspeed.init_distributed()
         return run_training(model_args, data_args, args)
 
 

@@ -1,0 +1,52 @@
+"""A rank that waits on a torch extension's build lock says so.
+
+On the CPU, DeepSpeed loads its shared-memory comm op at start-up through torch's JIT extension loader. The
+loader takes a lock file in the op's build folder and waits for it without a word, forever. A process killed
+while it holds the lock (a launcher stopping its workers, SIGKILL, a cancelled job) leaves the file behind,
+and every later run then hangs with nothing on the terminal. Each waiting rank logs the lock's path once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPORT_AFTER_SECONDS = 90.0  # a first build of the op takes 30-75 s here, and a peer rank waits for it
+
+
+def extension_locks() -> list[Path]:
+    """The build locks under torch's extension root (TORCH_EXTENSIONS_DIR, or its default per Python/CUDA)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return sorted({*root.glob("*/lock"), *root.glob("*/*/lock")})
+
+
+def report_locks() -> None:
+    for lock in extension_locks():
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # released meanwhile
+            continue
+        logger.warning("still starting: torch's extension build lock %s exists (%.0f s old). If no other process "
+                       "is building that op, a killed run left it behind and this run waits for it forever: "
+                       "delete it", lock, age)
+
+
+@contextmanager
+def reporting_build_locks(after_seconds: float = REPORT_AFTER_SECONDS) -> Iterator[None]:
+    """Around a step that may build or load a JIT op: if it still runs after ``after_seconds``, the locks
+    that exist then are logged."""
+    timer = threading.Timer(after_seconds, report_locks)
+    timer.daemon = True  # never keeps a finished process alive
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
