@@ -193,3 +193,44 @@ def test_mean_score():
     assert mean_score([1.0, 0.0, 0.5]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="empty"):
         mean_score([])
+
+
+# ------------------------------------------------------------- against lmms-eval's implementations
+def fuzzed_cases(count: int, seed: int = 0):
+    """Predictions and answers from pieces that stress each normalisation: articles, number words, contractions,
+    possessives, punctuation next to spaces or not, percents and thousands separators, case that changes length
+    when upper-cased (ß, ﬁ), stray whitespace and empty strings."""
+    import random
+
+    pieces = ["the", "a", "an", "Two", "two", "none", "ten", "10", "1,000", "12%", "0", "0.0", "-3", "1e3", "nan",
+              "inf", "dont", "isnt", "he's", "mcdonald's", "red/blue", "red / blue", "3.5", "3.50", "U.S.", "e.g.",
+              "yes", "café", "ß", "ﬁle", "İ", "\t", "\n", "?", ",", "!", "(x)", "x-y", "$5", "100.", ".5", "a.b",
+              "#1", "Dog", "dogs", "dog.", "it's", "its", "somebody'd", "y'all", "yall", ":", ";", "*", "="]
+    rng = random.Random(seed)
+
+    def phrase() -> str:
+        words = rng.choice([0, 1, 1, 1, 2, 3])
+        return rng.choice(["", " ", "  "]).join(rng.choice(pieces) for _ in range(words)) if words else rng.choice(["", " "])
+
+    for _ in range(count):
+        prediction, answers = phrase(), [phrase() for _ in range(rng.choice([1, 2, 3]))]
+        yield prediction, answers, [rng.choice([*answers, prediction, phrase()]) for _ in range(10)]
+
+
+def test_scores_equal_lmms_eval_s_own_implementations():
+    """The reference the field reports with: lmms-eval's ANLS (DocVQA, InfoVQA), TextVQA's EvalAI scorer and
+    ChartQA's relaxed correctness, on 3,000 fuzzed questions."""
+    pytest.importorskip("lmms_eval", reason="the eval extra (lmms-eval) is part of the dev environment")
+    from lmms_eval.api.metrics import anls as lmms_anls
+    from lmms_eval.tasks.chartqa.utils import relaxed_correctness as lmms_relaxed
+    from lmms_eval.tasks.textvqa.utils import textvqa_process_results
+
+    for prediction, answers, ten in fuzzed_cases(3000):
+        assert anls(prediction, answers) == pytest.approx(lmms_anls(answers, [prediction])["anls"], abs=1e-12), \
+            (prediction, answers)
+        doc = {"answers": list(ten), "question_id": 0}  # the scorer normalises the answers in place
+        assert vqa_accuracy(prediction, ten) == pytest.approx(
+            textvqa_process_results(doc, [prediction])["exact_match"], abs=1e-12), (prediction, ten)
+        # lmms-eval compares the texts as given; ours strips both (generated answers end in a newline or space).
+        stripped, answer = prediction.strip(), answers[0].strip()
+        assert relaxed_accuracy(stripped, [answer]) == float(lmms_relaxed(stripped, answer)), (stripped, answer)
