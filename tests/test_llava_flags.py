@@ -102,11 +102,39 @@ def test_the_console_command_prints_one_line(tiny_assets, tmp_path, capsys):
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"fila-train train: error: {says}"
 
 
-@pytest.mark.parametrize("command, flags, says", [
-    ("eval", ["--model", "m", "--bench", "b.jsonl", "--metric", "exact", "--batch", "4"], "unknown flag --batch (closest: --batch_size"),
-    ("generate", ["--model", "m", "--prompt", "hi", "--max_new_token", "4"],
-     "unknown flag --max_new_token (closest: --max_new_tokens"),
-])
-def test_every_command_spells_flags_in_full(command, flags, says, capsys):
-    assert fila_train_main([command, *flags]) == 1
-    assert says in capsys.readouterr().err
+# Per command (and sub-command): a run with every required flag plus a prefix of a valid flag, or a typo of
+# one; each must be the one line naming the valid flag. The paths need not exist: the flags are checked first.
+# (train checks its paths first: test_the_console_command_prints_one_line runs its case with real ones)
+FLAG_CASES = [
+    (["eval", "--model", "m", "--bench", "b.jsonl", "--metric", "exact"], "--batch", "--batch_size"),
+    (["eval", "--model", "m", "--bench", "b.jsonl", "--metric", "exact"], "--bach_size", "--batch_size"),
+    (["generate", "--model", "m", "--prompt", "hi"], "--max_new_token", "--max_new_tokens"),
+    (["generate", "--model", "m", "--prompt", "hi"], "--max_new_tokns", "--max_new_tokens"),
+    (["export", "--checkpoint", "missing", "--output", "out"], "--dt", "--dtype"),
+    (["export", "--checkpoint", "missing", "--output", "out"], "--dtpye", "--dtype"),
+    (["data", "inspect", "--data_path", "d.jsonl", "--model_name_or_path", "m"], "--lim", "--limit"),
+    (["data", "inspect", "--data_path", "d.jsonl", "--model_name_or_path", "m"], "--limt", "--limit"),
+    (["data", "convert", "docvqa", "--input", "in.json", "--output", "out.jsonl"], "--lim", "--limit"),
+    (["data", "convert", "docvqa", "--input", "in.json", "--output", "out.jsonl"], "--limt", "--limit"),
+    (["data", "probe", "--output", "out", "--model", "m"], "--se", "--seed"),
+    (["data", "probe", "--output", "out", "--model", "m"], "--sed", "--seed"),
+    (["bench"], "--lis", "--list"),
+    (["bench"], "--lst", "--list"),
+    (["demo", "prepare", "--output", "/dev/null/demo"], "--num_image", "--num_images"),
+    (["demo", "prepare", "--output", "/dev/null/demo"], "--num_imgs", "--num_images"),
+    (["demo", "summarize", "--stage1", "s1", "--stage2", "s2"], "--answer", "--answer_file"),
+    (["demo", "summarize", "--stage1", "s1", "--stage2", "s2"], "--answer_fil", "--answer_file"),
+    (["ablate", "run", "--config", "missing.yaml"], "--seed", "--seeds"),
+    (["ablate", "run", "--config", "missing.yaml"], "--sedes", "--seeds"),
+    (["ablate", "report", "--config", "missing.yaml"], "--var", "--variants"),
+    (["ablate", "report", "--config", "missing.yaml"], "--varaints", "--variants"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, valid", FLAG_CASES)
+def test_every_command_spells_flags_in_full(argv, flag, valid, capsys):
+    assert fila_train_main([*argv, flag, "1"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fila-train {argv[0]}: error: unknown flag {flag} (closest: ")
+    assert valid in line.partition("(closest: ")[2].partition(")")[0].split(", ")
+

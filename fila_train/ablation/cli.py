@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..utils.argument_parser import StrictParser
 from .config import VARIANTS, load_config
 
 
@@ -30,7 +31,7 @@ def log_to_wandb(results: dict, output: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fila-train ablate", description=__doc__)
+    parser = StrictParser(prog="fila-train ablate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "prepare models and probe, train and evaluate every variant and seed, then report"),
                        ("report", "write the table and chart from finished runs")):

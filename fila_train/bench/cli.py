@@ -10,6 +10,7 @@ import torch
 
 from ..model.arguments import parse_canvases
 from ..model.configuration import DEFAULT_ATTENTION
+from ..utils.argument_parser import StrictParser
 from ..utils.files import write_json_atomic
 from .configs import BENCH_CONFIGS
 from ..training.throughput.device import torch_threads
@@ -24,9 +25,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> StrictParser:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="fila-train bench", description=__doc__)
+    parser = StrictParser(prog="fila-train bench", description=__doc__)
     parser.add_argument("config", nargs="?", help="a named configuration (see --list)")
     parser.add_argument("--list", action="store_true", help="list the named configurations")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=2,

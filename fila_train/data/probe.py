@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..utils.argument_parser import StrictParser
 from ..utils.errors import ConfigError
 from ..utils.files import write_json_atomic, write_jsonl_atomic
 
@@ -213,7 +214,7 @@ def layout_for(model: str | Path, canvases: str | None = None, canvas: str | Non
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="fila-train data probe", description=__doc__,
+    parser = StrictParser(prog="fila-train data probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, required=True, help="folder to write (images, JSONL files, probe.json)")
     parser.add_argument("--model", required=True,

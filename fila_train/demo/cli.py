@@ -1,11 +1,11 @@
 """``fila-train demo``: prepare the embedded default (data + tiny models) and summarise a demo run."""
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..utils.argument_parser import StrictParser
 from ..utils.files import write_json_atomic
 from ..utils.scores import format_score
 
@@ -72,7 +72,7 @@ def summarize(output: Path, stages: dict[str, Path], export: Path | None = None,
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fila-train demo")
+    parser = StrictParser(prog="fila-train demo")
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("prepare", help="synthetic document/OCR data, tokenizer, tiny CLIP + ConvNeXt + LLM")
     make.add_argument("--output", type=Path, default=Path("playground/demo"))

@@ -1,10 +1,10 @@
 """``fila-train export --checkpoint DIR --output DIR [--dtype bf16|fp16|fp32] [--format fila|llava] ...``"""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
+from ..utils.argument_parser import StrictParser
 from .errors import ExportError
 from .exporter import DTYPES, FORMATS, ExportOptions, export_checkpoint
 from .source import PICKLE_WARNING, SOURCES
@@ -16,9 +16,9 @@ a checkpoint-N folder. ZeRO-2/3 checkpoints are consolidated on CPU into their f
 FilaForConditionalGeneration.from_pretrained(OUTPUT)."""
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fila-train export", description=DESCRIPTION,
-                                epilog=f"Security: {PICKLE_WARNING}.")
+def parser() -> StrictParser:
+    p = StrictParser(prog="fila-train export", description=DESCRIPTION,
+                     epilog=f"Security: {PICKLE_WARNING}.")
     p.add_argument("--checkpoint", required=True, help="training output folder or checkpoint-N folder")
     p.add_argument("--output", required=True, help="folder to write (must not exist or be empty, see --overwrite)")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="dtype of the written weights")

@@ -1,11 +1,12 @@
-"""The flag parser of every ``fila-train`` command: HF's dataclass parser, strict and one-line.
+"""The flag parser of every ``fila-train`` command: argparse (or HF's dataclass parser), strict and one-line.
 
-argparse accepts any unambiguous prefix of a flag (``--learning_rat`` is ``--learning_rate``) and HF's parser
-reports leftovers as a traceback; here a flag is spelled in full, and an unknown one is a one-line error that
-names the closest valid flags.
+argparse accepts any unambiguous prefix of a flag (``--learning_rat`` is ``--learning_rate``), prints its usage
+before an error and exits with 2, and HF's parser reports leftovers as a traceback; here a flag is spelled in
+full, and an unknown one is a one-line error (a ConfigError) that names the closest valid flags.
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 from typing import Any
 
@@ -14,9 +15,11 @@ from transformers import HfArgumentParser
 from .errors import ConfigError
 
 
-class StrictArgumentParser(HfArgumentParser):
-    def __init__(self, dataclass_types, **kwargs: Any):
-        super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
+class StrictParser(argparse.ArgumentParser):
+    """argparse without prefixes or leftovers; its sub-command parsers (add_subparsers) are strict too."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         # argparse prints the usage of every flag (about 200 for training) before its one useful line.
@@ -29,20 +32,30 @@ class StrictArgumentParser(HfArgumentParser):
         flags = [item.partition("=")[0] for item in remaining if item.startswith("-")]
         if not flags:
             return ConfigError(f"unexpected value(s) {remaining}: every value follows its --flag")
-        valid = [name for name in self.flag_names() if "-" not in name[2:]]  # one spelling each (not --output-dir)
+        valid = [name[2:] for name in self.flag_names() if "-" not in name[2:]]  # one spelling each (not --output-dir)
         described = []
         for flag in flags:
-            closest = difflib.get_close_matches(flag.replace("-", "_").lstrip("_"),
-                                                [name[2:] for name in valid], n=3, cutoff=0.6)
+            word = flag.replace("-", "_").lstrip("_")
+            # A prefix is often too short to be "close" (--dt, --dtype): the flags it begins come first.
+            closest = [name for name in valid if name.startswith(word)] + \
+                difflib.get_close_matches(word, valid, n=3, cutoff=0.6)
+            closest = list(dict.fromkeys(closest))[:3]
             hint = f" (closest: {', '.join('--' + name for name in closest)})" if closest else ""
             described.append(f"{flag}{hint}")
         return ConfigError(f"unknown flag{'s' * (len(flags) > 1)} {'; '.join(described)}; "
                            f"see --help for the valid ones")
 
-    def parse(self, argv: list[str]) -> tuple:
-        """``argv`` -> one instance per dataclass; unknown flags and leftover values are a ConfigError."""
-        *outputs, remaining = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
-                                                               look_for_args_file=False)
+    def parse_known_args(self, args=None, namespace=None):
+        # Here, not in parse_args: a sub-command's parser is called this way, and names its own flags.
+        namespace, remaining = super().parse_known_args(args, namespace)
         if remaining:
             raise self.unknown_flags_error(remaining)
+        return namespace, remaining
+
+
+class StrictArgumentParser(StrictParser, HfArgumentParser):
+    def parse(self, argv: list[str]) -> tuple:
+        """``argv`` -> one instance per dataclass; unknown flags and leftover values are a ConfigError."""
+        *outputs, _ = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
+                                                       look_for_args_file=False)
         return tuple(outputs)

@@ -6,6 +6,7 @@ import inspect
 import sys
 from pathlib import Path
 
+from ...utils.argument_parser import StrictParser
 from .base import CONVERTERS, Converter
 from .fields import SourceRecordError
 from .pipeline import CONVERSION_ERRORS, run
@@ -48,7 +49,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, converter: Converter) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = StrictParser(
         prog=PROG, description="Convert a public dataset release to LLaVA-format JSONL. Every record "
                                "written passes the same checks as training. `SOURCE --help` describes "
                                "each source's format, image root and answer choice.")
