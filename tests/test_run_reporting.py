@@ -81,6 +81,53 @@ def test_wandb_project_defaults_to_fila_train(tmp_path, monkeypatch):
     assert os.environ["WANDB_PROJECT"] == "mine"
 
 
+def test_wandb_without_an_api_key_goes_offline_and_says_so(tmp_path, monkeypatch, caplog):
+    """The README's promise, without the session's WANDB_MODE=offline (conftest.py): no key in the environment
+    or in a netrc file, so the run logs offline, says where, and a real wandb run starts offline there."""
+    import os
+
+    import wandb
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
+        monkeypatch.delenv(name, raising=False)  # also restores what configure_wandb sets
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # no ~/.netrc, no ~/.config/wandb
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))  # where wandb looks first
+    output_dir = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="fila_train.training.reporting"):
+        configure_wandb(["wandb"], str(output_dir))
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert f"wandb: no API key configured, logging OFFLINE to {output_dir}" in caplog.text
+    run = wandb.init()
+    try:
+        assert run.offline and run.project == WANDB_PROJECT
+    finally:
+        run.finish()
+    assert list((output_dir / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("server", [None, "https://wandb.example.org"])
+def test_a_key_in_the_netrc_file_wandb_reads_keeps_wandb_online(server, tmp_path, monkeypatch):
+    """wandb reads $NETRC before ~/.netrc, and a self-hosted server (WANDB_BASE_URL) has its own entry there:
+    such a key is configured, so the run must not be sent offline."""
+    import os
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    if server:
+        monkeypatch.setenv("WANDB_BASE_URL", server)
+    credentials = tmp_path / "secrets" / "netrc"
+    credentials.parent.mkdir()
+    credentials.write_text(f"machine {'wandb.example.org' if server else 'api.wandb.ai'} login user password "
+                           f"{'x' * 40}\n")
+    credentials.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(credentials))
+    configure_wandb(["wandb"], str(tmp_path / "out"))
+    assert "WANDB_MODE" not in os.environ
+
+
 def test_commands_print_no_third_party_notice():
     """`fila-train train --help` imports the whole training stack (transformers' Trainer, peft, and with it
     bitsandbytes and DeepSpeed): nothing but the help reaches the terminal."""

@@ -5,6 +5,7 @@ import logging
 import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .parts import format_table
 
@@ -14,10 +15,13 @@ WANDB_PROJECT = "fila-train"
 
 
 def _wandb_key_configured() -> bool:
+    """A key in the environment, or in the netrc file wandb reads ($NETRC, else ~/.netrc) for its server
+    (WANDB_BASE_URL: a self-hosted one has its own entry)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
 
