@@ -170,9 +170,20 @@ def test_the_resume_layout_rules(tmp_path):
         check_resume_layout(folder, BatchLayout(1, 4, 2), partitioned_optimizer=True)
     with pytest.raises(CheckpointError, match=r"global batch of 8 .*this run's is 16 .*wrong place in the data$"):
         check_resume_layout(folder, BatchLayout(2, 8, 1), partitioned_optimizer=True)  # 8 is not a multiple of 16
-    check_resume_layout(folder, BatchLayout(2, 8, 1), partitioned_optimizer=True, check_batch=False)
+    check_resume_layout(folder, BatchLayout(2, 8, 1), partitioned_optimizer=True, check_batch=False)  # no skip
+    # --auto_find_batch_size: the trainer restores the checkpoint's batch per process, the rest must fit it.
+    check_resume_layout(folder, BatchLayout(2, 32, 1), partitioned_optimizer=True, batch_from_checkpoint=True)
+    with pytest.raises(CheckpointError, match=r"this run's is 16 \(2 process\(es\) x 4 per process x 2 accumulation"):
+        check_resume_layout(folder, BatchLayout(2, 32, 2), partitioned_optimizer=True, batch_from_checkpoint=True)
     legacy = checkpoint(tmp_path / "checkpoint-6", {"trainer_state.json": b"{}"}, manifest=False)
     check_resume_layout(legacy, BatchLayout(3, 5, 7), partitioned_optimizer=True)  # nothing recorded to check
+    # The previous version's manifests record the process count alone: that much is checked.
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest["train_batch_size"], manifest["gradient_accumulation_steps"]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    check_resume_layout(folder, BatchLayout(2, 9, 9), partitioned_optimizer=True)
+    with pytest.raises(CheckpointError, match=r"written by 2 process\(es\) and this run has 4"):
+        check_resume_layout(folder, BatchLayout(4, 4, 1), partitioned_optimizer=True)
     assert [partitions_optimizer_state(config) for config in (
         {}, {"zero_optimization": {"stage": 0}}, {"zero_optimization": {"stage": 2}},
         {"zero_optimization": {"stage": 3}, "checkpoint": {"load_universal": True}})] == [False, False, True, False]

@@ -137,8 +137,8 @@ def test_stage1_resume_with_the_global_batch_split_another_way_reproduces_the_ru
     # DeepSpeed refuses it itself, but only once the model is built, with a traceback from every rank.
     (1, 2, "was written by 2 process(es) and this run has 1: ZeRO partitions the optimizer state per process"),
     # Nothing refused it: the run went on from the wrong place in the data.
-    (2, 1, "was trained with a global batch of 4 (2 process(es) x 2 per device x 1 accumulation step(s)), this "
-           "run's is 2 (2 process(es) x 1 per device x 1 accumulation step(s)): steps count global batches, so the "
+    (2, 1, "was trained with a global batch of 4 (2 process(es) x 2 per process x 1 accumulation step(s)), this "
+           "run's is 2 (2 process(es) x 1 per process x 1 accumulation step(s)): steps count global batches, so the "
            "run would resume at the wrong place in the data; with this layout, --gradient_accumulation_steps 2 "
            "keeps it"),
 ])

@@ -95,7 +95,7 @@ def test_the_console_command_prints_one_line(tiny_assets, tmp_path, capsys):
     for typo, says in ((["--pretrain_mm_mlp_adapter", str(tmp_path / "missing.bin")],
                         f"--pretrained_connector {tmp_path / 'missing.bin'}: no such file"),
                        (["--learning_rat", "1e-3"],
-                        "unknown flag --learning_rat (closest: --learning_rate); see --help for the valid ones")):
+                        "unknown flag --learning_rat (closest: --learning_rate); see fila-train train --help for the valid ones")):
         with pytest.raises(SystemExit) as stopped:
             fila_train_main(["train", *flags, *typo])
         assert stopped.value.code == 1

@@ -107,23 +107,27 @@ def test_wandb_without_an_api_key_goes_offline_and_says_so(tmp_path, monkeypatch
     assert list((output_dir / "wandb").glob("offline-run-*"))
 
 
-@pytest.mark.parametrize("server", [None, "https://wandb.example.org"])
-def test_a_key_in_the_netrc_file_wandb_reads_keeps_wandb_online(server, tmp_path, monkeypatch):
-    """wandb reads $NETRC before ~/.netrc, and a self-hosted server (WANDB_BASE_URL) has its own entry there:
-    such a key is configured, so the run must not be sent offline."""
+@pytest.mark.parametrize("server, machine, file", [
+    (None, "api.wandb.ai", "$NETRC"),  # wandb reads $NETRC before ~/.netrc
+    ("https://wandb.example.org", "wandb.example.org", "$NETRC"),  # a self-hosted server has its own entry
+    ("http://localhost:8080", "localhost:8080", "$NETRC"),  # a local server's entry keeps its port
+    (None, "api.wandb.ai", "~/.netrc"),  # readable by others (0644): wandb takes it, Python's default refuses it
+])
+def test_a_key_in_the_netrc_file_wandb_reads_keeps_wandb_online(server, machine, file, tmp_path, monkeypatch):
+    """Such a key is configured: the run must not be sent offline."""
     import os
 
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_BASE_URL"):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_BASE_URL", "NETRC"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("HOME", str(tmp_path))
     if server:
         monkeypatch.setenv("WANDB_BASE_URL", server)
-    credentials = tmp_path / "secrets" / "netrc"
-    credentials.parent.mkdir()
-    credentials.write_text(f"machine {'wandb.example.org' if server else 'api.wandb.ai'} login user password "
-                           f"{'x' * 40}\n")
-    credentials.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(credentials))
+    credentials = tmp_path / ".netrc" if file == "~/.netrc" else tmp_path / "secrets" / "netrc"
+    credentials.parent.mkdir(exist_ok=True)
+    credentials.write_text(f"machine {machine} login user password {'x' * 40}\n")
+    credentials.chmod(0o644 if file == "~/.netrc" else 0o600)
+    if file == "$NETRC":
+        monkeypatch.setenv("NETRC", str(credentials))
     configure_wandb(["wandb"], str(tmp_path / "out"))
     assert "WANDB_MODE" not in os.environ
 

@@ -68,3 +68,12 @@ def test_gradient_checkpointing_parts_turn_checkpointing_on_in_both_scripts(scri
 
     _, _, args = parse_args(dry_run(script, GRADIENT_CHECKPOINTING_PARTS="llm,vision"))
     assert args.activation_checkpointing and args.checkpointing_parts() == ("llm", "vision")
+
+
+def test_gradient_checkpointing_false_with_parts_is_refused_not_overridden():
+    from fila_train.training.train import parse_args
+    from fila_train.utils.errors import ConfigError
+
+    flags = dry_run("pretrain.sh", GRADIENT_CHECKPOINTING="False", GRADIENT_CHECKPOINTING_PARTS="llm")
+    with pytest.raises(ConfigError, match="--gradient_checkpointing_parts needs --gradient_checkpointing True"):
+        parse_args(flags)

@@ -28,22 +28,24 @@ def extension_locks() -> list[Path]:
     return sorted({*root.glob("*/lock"), *root.glob("*/*/lock")})
 
 
-def report_locks() -> None:
+def report_locks(since: float) -> None:
+    """Log the locks that existed before ``since`` (a lock taken later is a build this run started)."""
     for lock in extension_locks():
         try:
-            age = time.time() - lock.stat().st_mtime
+            created = lock.stat().st_mtime
         except FileNotFoundError:  # released meanwhile
             continue
-        logger.warning("still starting: torch's extension build lock %s exists (%.0f s old). If no other process "
-                       "is building that op, a killed run left it behind and this run waits for it forever: "
-                       "delete it", lock, age)
+        if created < since - 1:  # file times run on a coarser clock than time.time()
+            logger.warning("still starting: torch's extension build lock %s exists (%.0f s old). If no other "
+                           "process is building that op, a killed run left it behind and this run waits for it "
+                           "forever: delete it", lock, time.time() - created)
 
 
 @contextmanager
 def reporting_build_locks(after_seconds: float = REPORT_AFTER_SECONDS) -> Iterator[None]:
     """Around a step that may build or load a JIT op: if it still runs after ``after_seconds``, the locks
-    that exist then are logged."""
-    timer = threading.Timer(after_seconds, report_locks)
+    that were there before it started are logged."""
+    timer = threading.Timer(after_seconds, report_locks, args=(time.time(),))
     timer.daemon = True  # never keeps a finished process alive
     timer.start()
     try:

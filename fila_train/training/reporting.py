@@ -5,7 +5,7 @@ import logging
 import netrc
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from .parts import format_table
 
@@ -14,15 +14,24 @@ logger = logging.getLogger(__name__)
 WANDB_PROJECT = "fila-train"
 
 
+def _netrc_file() -> Path:
+    """The netrc file wandb reads: $NETRC, else ~/.netrc or ~/_netrc, whichever exists."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    candidates = [Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
+    return next((path for path in candidates if path.exists()), candidates[0])
+
+
 def _wandb_key_configured() -> bool:
-    """A key in the environment, or in the netrc file wandb reads ($NETRC, else ~/.netrc) for its server
-    (WANDB_BASE_URL: a self-hosted one has its own entry)."""
+    """A key in the environment, or in wandb's netrc file for its server (WANDB_BASE_URL: a self-hosted one,
+    port included, has its own entry). The file is named explicitly, as wandb does: Python's default
+    ~/.netrc lookup refuses a file others can read, which wandb accepts."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    server = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
     try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+        return netrc.netrc(str(_netrc_file())).authenticators(server) is not None
+    except (OSError, netrc.NetrcParseError):
         return False
 
 

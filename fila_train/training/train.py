@@ -50,7 +50,7 @@ def write_run_args(model_args: ModelArguments, data_args: DataArguments, args: T
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Our flags and LLaVA's aliases of them (llava_flags.py), spelled in full."""
     argv, _ = translate_llava_flags(argv)
-    parser = StrictArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = StrictArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="fila-train train")
     try:
         return parser.parse(argv)
     except FilaError:
@@ -110,10 +110,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         if args.resume_from_checkpoint is not None:
             check_resume_layout(
                 Path(args.resume_from_checkpoint),
-                BatchLayout(args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps),
+                BatchLayout(args.world_size, args.train_batch_size, args.gradient_accumulation_steps),
                 partitioned_optimizer=bool(args.deepspeed) and partitions_optimizer_state(
                     args.hf_deepspeed_config.config),
-                check_batch=not args.auto_find_batch_size)  # then the checkpoint's batch size is restored
+                check_batch=not args.ignore_data_skip, batch_from_checkpoint=args.auto_find_batch_size)
         if args.deepspeed:
             import deepspeed
 

@@ -43,7 +43,7 @@ class StrictParser(argparse.ArgumentParser):
             hint = f" (closest: {', '.join('--' + name for name in closest)})" if closest else ""
             described.append(f"{flag}{hint}")
         return ConfigError(f"unknown flag{'s' * (len(flags) > 1)} {'; '.join(described)}; "
-                           f"see --help for the valid ones")
+                           f"see {self.prog} --help for the valid ones")
 
     def parse_known_args(self, args=None, namespace=None):
         # Here, not in parse_args: a sub-command's parser is called this way, and names its own flags.

@@ -10,8 +10,8 @@
 #   ATTN_IMPLEMENTATION=sdpa                       sdpa, eager or flash_attention_2 (needs flash-attn)
 #   GRADIENT_CHECKPOINTING=False                   recompute activations in the backward pass (finetune.sh: True)
 #   GRADIENT_CHECKPOINTING_PARTS=                  checkpoint only these parts, e.g. llm or llm,vision; setting it
-#                                                  turns GRADIENT_CHECKPOINTING on (empty: every part the model
-#                                                  has: llm, vision, cvfm)
+#                                                  turns an unset GRADIENT_CHECKPOINTING on (empty: every part
+#                                                  the model has: llm, vision, cvfm)
 #   USE_LIGER=False                                Liger kernels on the LLM (needs liger-kernel and a GPU)
 #   TORCH_COMPILE=False                            torch.compile the model (HF --torch_compile). It runs, but
 #                                                  every new sequence length / image-grid mix recompiles
@@ -23,8 +23,10 @@ DATALOADER_PERSISTENT_WORKERS=${DATALOADER_PERSISTENT_WORKERS:-True}
 PACKING=${PACKING:-False}
 ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-sdpa}
 GRADIENT_CHECKPOINTING_PARTS=${GRADIENT_CHECKPOINTING_PARTS:-}
+# The parts mean nothing without checkpointing: they turn it on, unless it was set False (then the run
+# refuses the contradiction in one line).
+if [ -n "$GRADIENT_CHECKPOINTING_PARTS" ]; then GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-True}; fi
 GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-False}
-if [ -n "$GRADIENT_CHECKPOINTING_PARTS" ]; then GRADIENT_CHECKPOINTING=True; fi  # the parts mean nothing without it
 USE_LIGER=${USE_LIGER:-False}
 TORCH_COMPILE=${TORCH_COMPILE:-False}
 

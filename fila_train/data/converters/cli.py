@@ -78,6 +78,3 @@ def main(argv: list[str]) -> int:
     print(summary.report())
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
