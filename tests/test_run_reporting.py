@@ -85,8 +85,8 @@ def test_wandb_without_an_api_key_goes_offline_and_says_so(tmp_path, monkeypatch
     """The README's promise, without the session's WANDB_MODE=offline (conftest.py): no key in the environment
     or in a netrc file, so the run logs offline, says where, and a real wandb run starts offline there."""
     import os
-
-    import wandb
+    import subprocess
+    import sys
 
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT"):
         monkeypatch.delenv(name, raising=False)  # also restores what configure_wandb sets
@@ -99,11 +99,12 @@ def test_wandb_without_an_api_key_goes_offline_and_says_so(tmp_path, monkeypatch
         configure_wandb(["wandb"], str(output_dir))
     assert os.environ["WANDB_MODE"] == "offline"
     assert f"wandb: no API key configured, logging OFFLINE to {output_dir}" in caplog.text
-    run = wandb.init()
-    try:
-        assert run.offline and run.project == WANDB_PROJECT
-    finally:
-        run.finish()
+    # A fresh process, as a run starts: wandb keeps its settings from its first use in a process.
+    started = subprocess.run([sys.executable, "-c", "import wandb; run = wandb.init(); "
+                              "print(run.offline, run.project); run.finish()"],
+                             env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert started.stdout.split()[-2:] == ["True", WANDB_PROJECT]
     assert list((output_dir / "wandb").glob("offline-run-*"))
 
 
