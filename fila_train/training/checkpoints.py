@@ -176,8 +176,8 @@ def step_of(folder: Path) -> int | None:
 def published_at(folder: Path) -> int:
     """When a complete checkpoint was published (its manifest's time; the trainer state's for older ones)."""
     try:
-        return int(json.loads((folder / MANIFEST).read_text())["published_ns"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_manifest(folder)["published_ns"])
+    except (KeyError, TypeError, ValueError):
         return (folder / TRAINER_STATE).stat().st_mtime_ns
 
 

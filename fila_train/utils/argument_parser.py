@@ -56,6 +56,4 @@ class StrictParser(argparse.ArgumentParser):
 class StrictArgumentParser(StrictParser, HfArgumentParser):
     def parse(self, argv: list[str]) -> tuple:
         """``argv`` -> one instance per dataclass; unknown flags and leftover values are a ConfigError."""
-        *outputs, _ = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
-                                                       look_for_args_file=False)
-        return tuple(outputs)
+        return tuple(self.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
