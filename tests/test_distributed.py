@@ -157,3 +157,21 @@ def test_a_resume_that_cannot_continue_the_run_is_one_line_before_the_model_is_b
     assert len(errors) == 1 and f"{checkpoint} {message}" in errors[0], run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     assert not (output / "run_args.json").exists()  # written once the model is built
+
+
+def test_a_missing_rank_is_one_line_after_ddp_timeout(stage1, tmp_path):
+    """Rank 0 of 2 started alone (a node that never came up): it gives up after --ddp_timeout, on the CPU too
+    (HF's CPU branch starts the process group without it: torch's 30 minutes), and says so in one line."""
+    args, _ = stage1
+    port = free_port()
+    env = rank_environment() | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
+                                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    run = subprocess.run([sys.executable, "-m", "fila_train.cli", "train", "--output_dir", str(tmp_path / "run"),
+                          *args, "--ddp_timeout", "5"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert f"not all 2 processes joined at 127.0.0.1:{port} within --ddp_timeout 5 s" in errors[0], errors[0]
+    assert "1/2 clients joined" in errors[0]  # torch's own count
+    assert "Traceback" not in run.stderr

@@ -12,6 +12,7 @@ from ..model.arguments import ModelArguments  # noqa: F401  (the train command's
 from ..model.contracts import encoder_sub_parts, known_parts
 from ..utils.errors import ConfigError
 from .deepspeed_config import check_deepspeed_config, check_flag_mismatches
+from .process_group import meeting_ranks, start_cpu_process_group
 
 
 @dataclass
@@ -90,7 +91,10 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is None:
             # transformers 5 names it activation_checkpointing_kwargs (the old name warns as deprecated).
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
-        super().__post_init__()
+        with meeting_ranks(self.ddp_timeout):  # HF starts the process group in its __post_init__
+            if self.use_cpu:
+                start_cpu_process_group(self.ddp_backend, self.ddp_timeout)  # HF's CPU branch drops --ddp_timeout
+            super().__post_init__()
         unknown = sorted(set(self.parts()) - set(known_parts()))
         if unknown:
             raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(known_parts())}")

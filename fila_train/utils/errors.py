@@ -54,6 +54,10 @@ class CheckpointError(FilaError, ValueError):
     """A checkpoint, model folder or stage-1 artifact that is incomplete or does not fit the model."""
 
 
+class LaunchError(FilaError):
+    """Processes that cannot form their group: a rank that never started, a wrong address or port."""
+
+
 class ExportError(FilaError, ValueError):
     """An export that cannot be written as asked."""
 

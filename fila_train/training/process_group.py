@@ -1,0 +1,68 @@
+"""The ranks meet: --ddp_timeout holds on the CPU too, a long wait is announced, a rank that never comes is one line.
+
+HF's TrainingArguments starts the process group while it is built (its ``device``). Its CPU branch passes no
+timeout, so a missing rank (a node that never started, a wrong --nnodes) made the others wait torch's default
+30 minutes, silently, whatever --ddp_timeout said. On the GPU it passes the timeout on to DeepSpeed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+
+from ..utils.errors import LaunchError
+
+logger = logging.getLogger(__name__)
+
+ANNOUNCE_AFTER_SECONDS = 60.0  # ranks of one node meet in seconds; a wait this long is another node's start
+
+# torchrun's and the deepspeed launcher's env:// rendezvous.
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_distributed() -> bool:
+    return all(os.environ.get(name) for name in RENDEZVOUS_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def meeting_point() -> str:
+    return f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+
+
+def start_cpu_process_group(backend: str | None, timeout_seconds: float) -> None:
+    """The CPU process group, with the timeout HF leaves out; HF then uses this one."""
+    if launched_distributed() and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend or "gloo", timeout=timedelta(seconds=timeout_seconds))
+
+
+def announce_wait(timeout_seconds: float) -> None:
+    logger.warning("rank %s: still waiting for the other processes (%s in all) at %s; it gives up after "
+                   "--ddp_timeout %g s", os.environ.get("RANK"), os.environ.get("WORLD_SIZE"), meeting_point(),
+                   timeout_seconds)
+
+
+@contextmanager
+def meeting_ranks(timeout_seconds: float, announce_after: float = ANNOUNCE_AFTER_SECONDS) -> Iterator[None]:
+    """Around the start of the process group: a wait longer than ``announce_after`` is logged once, and a
+    rendezvous that times out or cannot connect becomes one line (LaunchError)."""
+    if not launched_distributed():
+        yield
+        return
+    timer = threading.Timer(announce_after, announce_wait, args=(timeout_seconds,))
+    timer.daemon = True  # never keeps a finished process alive
+    timer.start()
+    try:
+        yield
+    except torch.distributed.DistError as error:  # store timeouts and refused connections
+        raise LaunchError(
+            f"not all {os.environ['WORLD_SIZE']} processes joined at {meeting_point()} within --ddp_timeout "
+            f"{timeout_seconds:g} s ({' '.join(str(error).split())}): start every rank (on each node the launcher "
+            f"with the same --nnodes, --master_addr and --master_port), or raise --ddp_timeout if a node starts "
+            f"late") from error
+    finally:
+        timer.cancel()
+
