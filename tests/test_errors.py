@@ -50,8 +50,8 @@ def test_each_error_is_printed_once_by_the_rank_that_should(case, tmp_path, monk
     if printed:
         assert lines[-1].startswith("fila-train train") and ": error: " in lines[-1]
         assert str(error) in lines[-1]
-    else:  # the line waits in torchrun's error file, for the launcher to print if nobody else did
-        assert str(error) in left["message"]["message"]
+    # The line waits in torchrun's error file, for the launcher to print if no rank did.
+    assert str(error) in left["message"]["message"] and left["message"]["extraInfo"]["printed"] is printed
     traceback = (tmp_path / "out" / f"error-rank{rank}.txt").read_text()
     assert traceback.startswith("Traceback") and type(error).__name__ in traceback
 
@@ -87,8 +87,33 @@ def test_the_launcher_prints_the_line_no_worker_printed(tmp_path):
                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
-    assert len(lines) == 1 and "DistNetworkError: the store port is already in use" in lines[0], run.stderr
+    assert len(lines) == 1 and lines[0].startswith("fila-train train [rank "), run.stderr  # the line, not a record
+    assert "DistNetworkError: the store port is already in use" in lines[0], run.stderr
     assert "Traceback" not in run.stderr and "ChildFailedError" not in run.stderr
+
+
+def test_a_line_printed_by_a_rank_torchrun_then_stopped_is_not_printed_again(tmp_path):
+    """Rank 1 stops quietly on a peer error; rank 0 has printed its line but is still shutting down when torchrun
+    sees rank 1's exit and stops it with SIGTERM. Its line must stay the only one."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, time\nimport torch.distributed as dist\n"
+        "from fila_train.utils.errors import ConfigError, one_line_errors\n"
+        "try:\n"
+        "    with one_line_errors('fila-train train'):\n"
+        "        if os.environ['RANK'] == '0':\n"
+        "            raise ConfigError('the line rank 0 printed')\n"
+        "        time.sleep(1)\n"
+        "        raise dist.DistBackendError('Connection closed by peer')\n"
+        "finally:\n"
+        "    if os.environ['RANK'] == '0':\n"
+        "        time.sleep(60)  # a slow teardown: torchrun's SIGTERM ends it\n")
+    run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), str(script)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert lines == ["fila-train train [rank 0]: error: the line rank 0 printed"], run.stderr
 
 
 @pytest.mark.parametrize("debug", [False, True])

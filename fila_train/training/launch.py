@@ -1,8 +1,8 @@
 """torchrun for the launcher scripts, minus the wall it prints when a worker fails.
 
-A worker that has something to say prints one line (utils/errors.py) and exits with code 2; the others
+A worker that has something to say prints one line (utils/errors.py) and exits with code 1; the others
 exit quietly. torchrun would then add the ChildFailedError traceback and failure table; here the
-launcher exits with code 2 and adds nothing, or, when no worker printed (all stopped on a peer's
+launcher exits with code 1 and adds nothing, or, when no worker printed (all stopped on a peer's
 failure, or one was killed by a signal), prints one line: the first failed worker's own, left in
 torchrun's error file, or how it died. Everything else is torchrun's own: same flags, same behaviour.
 """
@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE
+from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, left_for_launcher
 
 
 def describe(exitcode: int) -> str:
@@ -37,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as error:
-        codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
-        if REPORTED_EXIT_CODE in codes.values():
-            return REPORTED_EXIT_CODE
+        failures = error.failures.values()
+        if any(failure.exitcode == REPORTED_EXIT_CODE or left_for_launcher(failure.error_file_data)[1]
+               for failure in failures):
+            return REPORTED_EXIT_CODE  # a rank printed its line (and may have been stopped by torchrun since)
         rank, failure = error.get_first_failure()
-        if failure.exitcode == SILENT_EXIT_CODE and failure.message:
-            print(failure.message, file=sys.stderr)
+        line, _ = left_for_launcher(failure.error_file_data)
+        if failure.exitcode == SILENT_EXIT_CODE and line:
+            print(line, file=sys.stderr)
         else:
             print(f"[fila-train] error: rank {rank} {describe(failure.exitcode)} (its output is above)",
                   file=sys.stderr)

@@ -14,6 +14,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .throughput.step_metrics import TrainingMetrics
 from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import barrier, rank, world_size
+from ..utils.errors import NonFiniteLossError
 from ..utils.files import give_files_open_mode
 from ..utils.processes import share_temp_folder_with_workers
 from .checkpoints import BatchLayout, checkpoint_name, clear_staging, publish, staging_root, write_manifest
@@ -57,12 +58,23 @@ class FilaTrainer(Trainer):
         # Model TFLOP/s, MFU and peak memory per logging step (docs/performance.md).
         self._step_metrics = TrainingMetrics(self.model, self.args)
         self._sample_log = None
+        self._batch_ids: list[str] | None = None  # the records of the micro-batch in training, for errors
         self._staging: Path | None = None  # set while a checkpoint is being written
         self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
         if self.args.log_sample_ids:
             path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             self._sample_log = open(path, "a")
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        except BaseException:
+            # Closed, the bar ends its line: the error printed next starts a line of its own.
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                    callback.training_bar.close()
+            raise
 
     def get_train_dataloader(self):
         share_temp_folder_with_workers(self.args.dataloader_num_workers)  # before the loader builds its workers
@@ -112,7 +124,20 @@ class FilaTrainer(Trainer):
             self._sample_log.flush()
         if model.training:  # evaluation batches go through here too; they are not training throughput
             self._count_training_batch(inputs)
+            self._batch_ids = sample_ids
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Else HF logs it as the mean of the earlier losses and DeepSpeed skips every step from here on: a run
+        # that "succeeds" with nothing learned. Checked after backward, where HF waits for this value anyway.
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item():g} at step {self.state.global_step + 1} on rank {rank()}, "
+                f"records {self._batch_ids}: the run diverged, or the model holds non-finite weights, or these "
+                f"records break it; resume from the last checkpoint with a lower --learning_rate (or "
+                f"--max_grad_norm), or check the weights and these records")
+        return loss
 
     def _count_training_batch(self, inputs: dict) -> None:
         if self._last_log_time is None:

@@ -54,6 +54,10 @@ class CheckpointError(FilaError, ValueError):
     """A checkpoint, model folder or stage-1 artifact that is incomplete or does not fit the model."""
 
 
+class NonFiniteLossError(FilaError):
+    """A training loss that is NaN or infinite: a diverged run, non-finite weights or a record that breaks the model."""
+
+
 class LaunchError(FilaError):
     """Processes that cannot form their group: a rank that never started, a wrong address or port."""
 
@@ -98,13 +102,23 @@ def should_print(error: BaseException, rank: int, world_size: int) -> bool:
     return rank == 0 or is_record_error(error) or not isinstance(error, USER_ERRORS)
 
 
-def leave_for_launcher(line: str, stored: Path) -> None:
-    """The line in torchrun's per-worker error file (the format its ProcessFailure reads)."""
+def leave_for_launcher(line: str, stored: Path, printed: bool) -> None:
+    """The line in torchrun's per-worker error file (the format its ProcessFailure reads), and whether this rank
+    printed it: torchrun may stop a rank by a signal after it printed, so its exit code cannot tell."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
-        record = {"message": {"message": line, "extraInfo": {"py_callstack": str(stored),
+        record = {"message": {"message": line, "extraInfo": {"py_callstack": str(stored), "printed": printed,
                                                               "timestamp": str(int(time.time()))}}}
         Path(path).write_text(json.dumps(record))
+
+
+def left_for_launcher(error_file_data: dict) -> tuple[str | None, bool]:
+    """(the line, whether its rank printed it) from a worker's error file as torchrun read it; (None, False) for
+    a file that is not ours (a traceback torch's @record wrote)."""
+    record = error_file_data.get("message")
+    if not isinstance(record, dict) or not isinstance(record.get("message"), str):
+        return None, False
+    return record["message"], record.get("extraInfo", {}).get("printed") is True
 
 
 # How torch's DataLoader re-raises an error from a worker process: the worker's traceback is the message.
@@ -159,6 +173,7 @@ def one_line_errors(command: str, log_folder: str | Path | None = None) -> Itera
             if bug:  # what a bug report needs
                 sys.stderr.write("".join(traceback.format_exception(error)))
             print(line, file=sys.stderr, flush=True)
+            leave_for_launcher(line, stored, printed=True)
             raise ReportedExit(REPORTED_EXIT_CODE) from None
-        leave_for_launcher(line, stored)
+        leave_for_launcher(line, stored, printed=False)
         raise ReportedExit(SILENT_EXIT_CODE) from None
