@@ -14,9 +14,9 @@ import pytest
 
 from distributed_utils import RESUME_STEPS as STEPS
 from distributed_utils import run_distributed, start_torchrun
-from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, BatchLayout, CheckpointError, check_resume_layout,
-                                             clear_staging, missing_parts, newest_complete, publish, resolve_resume,
-                                             write_manifest)
+from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, clear_staging, missing_parts,
+                                             newest_complete, publish, resolve_resume, write_manifest)
+from fila_train.training.resume_checks import BatchLayout, DataOrder, check_resume_data, check_resume_layout
 from fila_train.training.deepspeed_config import partitions_optimizer_state
 from test_resume import trained_ids
 
@@ -104,12 +104,16 @@ def test_killed_between_saves_and_during_a_save_then_resumed_latest_reproduces_t
 # ------------------------------------------------------------------------------------------------
 # the rules behind it, on folders made here
 # ------------------------------------------------------------------------------------------------
+ORDER = DataOrder((("docs", 30, 30), ("charts", 50, 20)), plan_seed=0, sampler_seed=42, grouped=True)
+
+
 def checkpoint(folder: Path, files: dict[str, bytes], manifest: bool = True) -> Path:
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     if manifest:
-        write_manifest(folder, step=int(folder.name.split("-")[1]), layout=BatchLayout(2, 4, 1))
+        write_manifest(folder, step=int(folder.name.split("-")[1]),
+                       run_facts=BatchLayout(2, 4, 1).manifest_fields() | ORDER.manifest_fields())
     return folder
 
 
@@ -187,6 +191,28 @@ def test_the_resume_layout_rules(tmp_path):
     assert [partitions_optimizer_state(config) for config in (
         {}, {"zero_optimization": {"stage": 0}}, {"zero_optimization": {"stage": 2}},
         {"zero_optimization": {"stage": 3}, "checkpoint": {"load_universal": True}})] == [False, False, True, False]
+
+
+def test_the_resume_data_rules(tmp_path):
+    """test_distributed.py shows the refusal end to end (other data, another seed); here, what counts."""
+    folder = checkpoint(tmp_path / "checkpoint-4", {"a": b"1"})
+    check_resume_data(folder, ORDER)
+    moved = DataOrder((("documents", 30, 30), ("plots", 50, 20)), plan_seed=0, sampler_seed=42, grouped=True)
+    check_resume_data(folder, moved)  # renamed or moved sources: the same records in the same order
+    for changed in (DataOrder((("docs", 31, 31), ("charts", 50, 20)), 0, 42, True),  # a record added
+                    DataOrder((("docs", 30, 30), ("charts", 50, 25)), 0, 42, True),  # another sample count
+                    DataOrder((("charts", 50, 20), ("docs", 30, 30)), 0, 42, True),  # sources in another order
+                    DataOrder(ORDER.sources, 1, 42, True), DataOrder(ORDER.sources, 0, 7, True),
+                    DataOrder(ORDER.sources, 0, 42, False)):
+        with pytest.raises(CheckpointError, match=r"was trained on 50 samples \(docs: 30 of 30 records, charts: 20 of "
+                                                  r"50 records; plan seed 0\), sampler seed 42, grouped by modality "
+                                                  r"length; this run's data is .* --ignore_data_skip to start the "
+                                                  r"checkpoint's epoch of this data from its beginning$"):
+            check_resume_data(folder, changed)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    del manifest["data_order"]  # a checkpoint of the previous version
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    check_resume_data(folder, DataOrder(ORDER.sources, 0, 7, True))
 
 
 def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):

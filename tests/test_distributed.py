@@ -147,16 +147,40 @@ def test_a_resume_that_cannot_continue_the_run_is_one_line_before_the_model_is_b
     args, full = stage1
     checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
     output = tmp_path / "resumed"
+    error = refused_resume(checkpoint, output, nproc, [*args, "--per_device_train_batch_size", str(batch)])
+    assert f"{checkpoint} {message}" in error, error
+    assert not (output / "run_args.json").exists()  # written once the model is built
+
+
+def refused_resume(checkpoint, output, nproc: int, args: list[str]) -> str:
+    """The one error line of a resume from ``checkpoint`` that must be refused."""
     run = subprocess.run(
         [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", str(nproc), "--master_port",
          str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output), *args,
-         "--per_device_train_batch_size", str(batch), "--resume_from_checkpoint", str(checkpoint)],
+         "--resume_from_checkpoint", str(checkpoint)],
         cwd=REPO, env=rank_environment(), capture_output=True, text=True, timeout=300)
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and f"{checkpoint} {message}" in errors[0], run.stderr[-3000:]
-    assert "Traceback" not in run.stderr
-    assert not (output / "run_args.json").exists()  # written once the model is built
+    errors = [line for line in run.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("change", ["data", "seed"])
+def test_a_resume_on_other_data_or_another_order_is_one_line_before_training(stage1, tiny_assets, tmp_path, change):
+    """The checkpoint's step says how many batches to skip; on other data, or in another order, the resumed
+    run would train some records twice and others never. It went on silently."""
+    args, full = stage1
+    checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
+    flags = ["--data_path", str(tiny_assets.stage1_data)] if change == "data" else ["--seed", "8"]
+    error = refused_resume(checkpoint, tmp_path / "resumed", 2, [*args, *flags])
+    records = len(tiny_assets.stage1_data.read_text().splitlines())
+    trained = f"{checkpoint} was trained on 8 samples (stage1_captions_first8: 8 of 8 records; plan seed 0), " \
+              f"sampler seed 7, ungrouped"
+    now = (f"{records} samples (stage1_captions: {records} of {records} records; plan seed 0), sampler seed 7"
+           if change == "data" else "8 samples (stage1_captions_first8: 8 of 8 records; plan seed 0), sampler seed 8")
+    assert f"{trained}; this run's data is {now}, ungrouped:" in error, error
+    assert error.endswith("or pass --ignore_data_skip to start the checkpoint's epoch of this data from its beginning"), error
+    assert not (tmp_path / "resumed" / "sample_ids").exists()  # not a step trained
 
 
 def test_a_missing_rank_is_one_line_after_ddp_timeout(stage1, tmp_path):

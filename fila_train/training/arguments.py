@@ -124,6 +124,10 @@ class TrainingArguments(transformers.TrainingArguments):
             # composite: it would silently patch nothing.
             raise ConfigError("--use_liger_kernel cannot patch the fila composite; use --use_liger (patches the LLM)")
 
+    def sampler_seed(self) -> int:
+        """The seed of the sample order: --data_seed, else --seed (as HF seeds its sampler)."""
+        return self.data_seed if self.data_seed is not None else self.seed
+
     def parts(self) -> list[str]:
         return [p.strip() for p in self.tune_parts.split(",") if p.strip()]
 

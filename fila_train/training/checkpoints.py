@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..utils.files import write_json_atomic
@@ -49,30 +48,11 @@ def clear_staging(folder: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)  # another node's process may be removing it too
 
 
-@dataclass(frozen=True)
-class BatchLayout:
-    """How a run splits its global batch: processes x batch per process x accumulation steps (the batch per
-    process is HF's train_batch_size: the per-device batch, times the GPUs of a DataParallel process)."""
-
-    world_size: int
-    per_process: int
-    accumulation: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.world_size * self.per_process * self.accumulation
-
-    def __str__(self) -> str:
-        return (f"{self.global_batch} ({self.world_size} process(es) x {self.per_process} per process x "
-                f"{self.accumulation} accumulation step(s))")
-
-
-def write_manifest(folder: Path, step: int, layout: BatchLayout) -> None:
+def write_manifest(folder: Path, step: int, run_facts: dict) -> None:
+    """Every file and its size, with ``run_facts`` (what a resume must agree with: resume_checks.py)."""
     files = {str(path.relative_to(folder)): path.stat().st_size
              for path in sorted(folder.rglob("*")) if path.is_file()}
-    write_json_atomic(folder / MANIFEST, {
-        "step": step, "world_size": layout.world_size, "train_batch_size": layout.per_process,
-        "gradient_accumulation_steps": layout.accumulation, "published_ns": time.time_ns(), "files": files})
+    write_json_atomic(folder / MANIFEST, {"step": step, **run_facts, "published_ns": time.time_ns(), "files": files})
 
 
 def read_manifest(checkpoint: Path) -> dict:
@@ -82,41 +62,6 @@ def read_manifest(checkpoint: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
-
-
-def check_resume_layout(checkpoint: Path, layout: BatchLayout, partitioned_optimizer: bool,
-                        check_batch: bool = True, batch_from_checkpoint: bool = False) -> None:
-    """Refuse, before any weights load, a resume that cannot continue the run it comes from.
-
-    ZeRO partitions the optimizer state per process: DeepSpeed loads it only with the same number of
-    processes, and says so with a traceback from every rank once the model is built. Steps count global
-    batches: with another global batch, the resumed run would skip the wrong number of samples and
-    silently start elsewhere in the data. The same global batch split another way resumes exactly.
-    ``check_batch`` is off where no data is skipped (--ignore_data_skip); ``batch_from_checkpoint`` where
-    the trainer restores the batch per process (--auto_find_batch_size). What a manifest does not record
-    (older versions) is not checked."""
-    manifest = read_manifest(checkpoint)
-    saved_world = manifest.get("world_size")
-    if partitioned_optimizer and isinstance(saved_world, int) and saved_world != layout.world_size:
-        raise CheckpointError(
-            f"--resume_from_checkpoint {checkpoint} was written by {saved_world} process(es) and this run "
-            f"has {layout.world_size}: ZeRO partitions the optimizer state per process, so DeepSpeed loads it only "
-            f"with {saved_world} (or after converting it to a universal checkpoint)")
-    try:
-        saved = BatchLayout(*(int(manifest[key]) for key in ("world_size", "train_batch_size",
-                                                               "gradient_accumulation_steps")))
-    except (KeyError, TypeError, ValueError):
-        return
-    if batch_from_checkpoint:
-        layout = BatchLayout(layout.world_size, saved.per_process, layout.accumulation)
-    if check_batch and saved.global_batch != layout.global_batch:
-        hint = ""
-        per_step = layout.world_size * layout.per_process
-        if saved.global_batch % per_step == 0:
-            hint = f"; with this layout, --gradient_accumulation_steps {saved.global_batch // per_step} keeps it"
-        raise CheckpointError(
-            f"--resume_from_checkpoint {checkpoint} was trained with a global batch of {saved}, this run's is "
-            f"{layout}: steps count global batches, so the run would resume at the wrong place in the data{hint}")
 
 
 def publish(staged: Path, final: Path) -> bool:

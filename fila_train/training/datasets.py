@@ -14,6 +14,7 @@ from ..utils.distributed import is_main_process
 from ..utils.files import write_json_atomic
 from ..processing.processor import FilaProcessor
 from .arguments import DataArguments, TrainingArguments
+from .resume_checks import DataOrder
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
         logger.info("modality-length grouping: %d samples with images, %d text-only", images,
                     len(dataset) - images)
     return dataset
+
+
+def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:
+    """What decides the records of each step of this run."""
+    return DataOrder.of(dataset.plan, args.sampler_seed(), args.group_by_modality_length)
 
 
 def total_skip_counts(local: Counter) -> dict[str, int]:

@@ -25,8 +25,9 @@ from ..utils.quiet import known_noise_silenced
 from ..utils.errors import ConfigError, FilaError
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .build_locks import reporting_build_locks
-from .checkpoints import BatchLayout, check_resume_layout, resolve_resume
-from .datasets import build_train_dataset, total_skip_counts
+from .checkpoints import resolve_resume
+from .resume_checks import BatchLayout, check_resume_data, check_resume_layout
+from .datasets import build_train_dataset, data_order, total_skip_counts
 from .deepspeed_config import partitions_optimizer_state
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
@@ -159,6 +160,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     # Saved with every checkpoint and the final model: tokenizer, chat template, image preprocessing.
     processor = FilaProcessor.for_model(tokenizer, model.config)
     dataset = build_train_dataset(data_args, args, processor)
+    if args.resume_from_checkpoint is not None and not args.ignore_data_skip:
+        check_resume_data(Path(args.resume_from_checkpoint), data_order(dataset, args))
     logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
                 format_parameter_table(model))
     if flops is not None:

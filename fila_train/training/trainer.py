@@ -12,12 +12,15 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from .throughput.step_metrics import TrainingMetrics
+from ..data.mixed_dataset import MixtureDataset
 from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import barrier, rank, world_size
 from ..utils.errors import NonFiniteLossError
 from ..utils.files import give_files_open_mode
 from ..utils.processes import share_temp_folder_with_workers
-from .checkpoints import BatchLayout, checkpoint_name, clear_staging, publish, staging_root, write_manifest
+from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
+from .datasets import data_order
+from .resume_checks import BatchLayout
 from .connector_artifact import save_connector_artifact
 from .curves import CURVES_FILE, PART_LR_PREFIX, write_curves
 from .parts import optimizer_groups
@@ -84,11 +87,10 @@ class FilaTrainer(Trainer):
         if not self.args.group_by_modality_length:
             return super()._get_train_sampler(train_dataset)
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         # Megabatches of world_size x (micro batch x accumulation), as LLaVA groups them.
         return ModalityLengthGroupedSampler(
             dataset.modality_lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            self.args.world_size, seed=seed)
+            self.args.world_size, seed=self.args.sampler_seed())
 
     def _run_epoch(self, *args, epoch: int, train_dataloader, **kwargs):
         if self.state.global_step >= self.state.max_steps:
@@ -211,8 +213,7 @@ class FilaTrainer(Trainer):
         barrier()  # every rank's files are written
         if self.args.should_save:
             give_files_open_mode(staged)  # save_pretrained's safetensors shards come out 0600
-            write_manifest(staged, self.state.global_step, BatchLayout(
-                world_size(), self._train_batch_size, self.args.gradient_accumulation_steps))
+            write_manifest(staged, self.state.global_step, self.resume_facts())
             publish(staged, run_dir / name)
             best = self.state.best_model_checkpoint
             if best is not None and Path(best).parent == staging_root(run_dir):
@@ -221,6 +222,13 @@ class FilaTrainer(Trainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
             self.write_curves()
         barrier()
+
+    def resume_facts(self) -> dict:
+        """What a run resumed from this run's checkpoints must share with it (resume_checks.py)."""
+        facts = BatchLayout(world_size(), self._train_batch_size, self.args.gradient_accumulation_steps)
+        if not isinstance(self.train_dataset, MixtureDataset):  # a dataset of one's own: its order is unknown
+            return facts.manifest_fields()
+        return facts.manifest_fields() | data_order(self.train_dataset, self.args).manifest_fields()
 
     @property
     def tokens_seen(self) -> int:

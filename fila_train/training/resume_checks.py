@@ -1,0 +1,119 @@
+"""What a resumed run must share with the run it continues, recorded in each checkpoint's manifest.
+
+A checkpoint's step says how many batches to skip. That lands on the right records only with the same
+global batch, the same data and the same order; and ZeRO's optimizer state loads only into as many
+processes as wrote it. Each difference is refused in one line. What a manifest does not record (one
+written by an older version) is not checked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..utils.errors import CheckpointError
+from .checkpoints import read_manifest
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a run splits its global batch: processes x batch per process x accumulation steps (the batch per
+    process is HF's train_batch_size: the per-device batch, times the GPUs of a DataParallel process)."""
+
+    world_size: int
+    per_process: int
+    accumulation: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.per_process * self.accumulation
+
+    def __str__(self) -> str:
+        return (f"{self.global_batch} ({self.world_size} process(es) x {self.per_process} per process x "
+                f"{self.accumulation} accumulation step(s))")
+
+    def manifest_fields(self) -> dict:
+        return {"world_size": self.world_size, "train_batch_size": self.per_process,
+                "gradient_accumulation_steps": self.accumulation}
+
+
+@dataclass(frozen=True)
+class DataOrder:
+    """What decides the records of each step: the plan's sources (records, sampled) and seed, the sampler's
+    seed and modality grouping. Paths and names are not compared: data moved or renamed is the same data."""
+
+    sources: tuple[tuple[str, int, int], ...]  # (name, records, sampled)
+    plan_seed: int
+    sampler_seed: int
+    grouped: bool
+
+    @classmethod
+    def of(cls, plan, sampler_seed: int, grouped: bool) -> DataOrder:
+        """From a data.mixture.MixturePlan."""
+        return cls(tuple((s.name, s.records, s.sampled) for s in plan.sources), plan.seed, sampler_seed, grouped)
+
+    def decides(self) -> tuple:
+        return tuple(counts for _, *counts in self.sources), self.plan_seed, self.sampler_seed, self.grouped
+
+    def __str__(self) -> str:
+        sources = ", ".join(f"{name}: {sampled} of {records} records" for name, records, sampled in self.sources)
+        return (f"{sum(sampled for *_, sampled in self.sources)} samples ({sources}; plan seed {self.plan_seed}), "
+                f"sampler seed {self.sampler_seed}, {'grouped by modality length' if self.grouped else 'ungrouped'}")
+
+    def manifest_fields(self) -> dict:
+        return {"data_order": {"sources": [list(source) for source in self.sources], "plan_seed": self.plan_seed,
+                               "sampler_seed": self.sampler_seed, "grouped": self.grouped}}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> DataOrder | None:
+        recorded = manifest.get("data_order")
+        try:
+            return cls(tuple((str(name), int(records), int(sampled)) for name, records, sampled in recorded["sources"]),
+                       int(recorded["plan_seed"]), int(recorded["sampler_seed"]), bool(recorded["grouped"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def check_resume_layout(checkpoint: Path, layout: BatchLayout, partitioned_optimizer: bool,
+                        check_batch: bool = True, batch_from_checkpoint: bool = False) -> None:
+    """Refuse, before any weights load, a resume that cannot continue the run it comes from.
+
+    ZeRO partitions the optimizer state per process: DeepSpeed loads it only with the same number of
+    processes, and says so with a traceback from every rank once the model is built. Steps count global
+    batches: with another global batch, the resumed run would skip the wrong number of samples and
+    silently start elsewhere in the data. The same global batch split another way resumes exactly.
+    ``check_batch`` is off where no data is skipped (--ignore_data_skip); ``batch_from_checkpoint`` where
+    the trainer restores the batch per process (--auto_find_batch_size)."""
+    manifest = read_manifest(checkpoint)
+    saved_world = manifest.get("world_size")
+    if partitioned_optimizer and isinstance(saved_world, int) and saved_world != layout.world_size:
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was written by {saved_world} process(es) and this run "
+            f"has {layout.world_size}: ZeRO partitions the optimizer state per process, so DeepSpeed loads it only "
+            f"with {saved_world} (or after converting it to a universal checkpoint)")
+    try:
+        saved = BatchLayout(*(int(manifest[key]) for key in ("world_size", "train_batch_size",
+                                                               "gradient_accumulation_steps")))
+    except (KeyError, TypeError, ValueError):
+        return
+    if batch_from_checkpoint:
+        layout = BatchLayout(layout.world_size, saved.per_process, layout.accumulation)
+    if check_batch and saved.global_batch != layout.global_batch:
+        hint = ""
+        per_step = layout.world_size * layout.per_process
+        if saved.global_batch % per_step == 0:
+            hint = f"; with this layout, --gradient_accumulation_steps {saved.global_batch // per_step} keeps it"
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was trained with a global batch of {saved}, this run's is "
+            f"{layout}: steps count global batches, so the run would resume at the wrong place in the data{hint}")
+
+
+def check_resume_data(checkpoint: Path, order: DataOrder) -> None:
+    """Refuse a resume onto other data or another order (not checked under --ignore_data_skip, which starts
+    the checkpoint's epoch from its beginning). Needs the data indexed, so it runs once the dataset is built."""
+    saved = DataOrder.from_manifest(read_manifest(checkpoint))
+    if saved is not None and saved.decides() != order.decides():
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data is {order}: skipping "
+            f"to the checkpoint's step in another order would train some records twice and others never; resume "
+            f"with the same data, --seed (--data_seed) and --group_by_modality_length, or pass --ignore_data_skip "
+            f"to start the checkpoint's epoch of this data from its beginning")
