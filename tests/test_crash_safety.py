@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distributed_utils import RESUME_STEPS as STEPS
 from distributed_utils import run_distributed, start_torchrun
 from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointError, clear_staging, missing_parts,
                                              newest_complete, publish, resolve_resume, write_manifest)
+from fila_train.data.mixture import MixtureSpec, SourceSpec, resolve_plan
 from fila_train.training.resume_checks import BatchLayout, DataOrder, check_resume_data, check_resume_layout
 from fila_train.training.deepspeed_config import partitions_optimizer_state
 from test_resume import trained_ids
@@ -104,7 +106,13 @@ def test_killed_between_saves_and_during_a_save_then_resumed_latest_reproduces_t
 # ------------------------------------------------------------------------------------------------
 # the rules behind it, on folders made here
 # ------------------------------------------------------------------------------------------------
-ORDER = DataOrder((("docs", 30, 30), ("charts", 50, 20)), plan_seed=0, sampler_seed=42, grouped=True)
+def docs_and_charts(names=("docs", "charts"), seed: int = 0):
+    """A real mixture plan: 30 docs, 20 of 50 charts drawn at random (by the seed and the source's name)."""
+    return resolve_plan(MixtureSpec((SourceSpec(names[0], (Path("docs.jsonl"),)),
+                                     SourceSpec(names[1], (Path("charts.jsonl"),), samples=20)), seed=seed), [30, 50])
+
+
+ORDER = DataOrder.of(docs_and_charts(), sampler_seed=42, grouping_lengths=np.arange(50))
 
 
 def checkpoint(folder: Path, files: dict[str, bytes], manifest: bool = True) -> Path:
@@ -196,23 +204,26 @@ def test_the_resume_layout_rules(tmp_path):
 def test_the_resume_data_rules(tmp_path):
     """test_distributed.py shows the refusal end to end (other data, another seed); here, what counts."""
     folder = checkpoint(tmp_path / "checkpoint-4", {"a": b"1"})
-    check_resume_data(folder, ORDER)
-    moved = DataOrder((("documents", 30, 30), ("plots", 50, 20)), plan_seed=0, sampler_seed=42, grouped=True)
-    check_resume_data(folder, moved)  # renamed or moved sources: the same records in the same order
-    for changed in (DataOrder((("docs", 31, 31), ("charts", 50, 20)), 0, 42, True),  # a record added
-                    DataOrder((("docs", 30, 30), ("charts", 50, 25)), 0, 42, True),  # another sample count
-                    DataOrder((("charts", 50, 20), ("docs", 30, 30)), 0, 42, True),  # sources in another order
-                    DataOrder(ORDER.sources, 1, 42, True), DataOrder(ORDER.sources, 0, 7, True),
-                    DataOrder(ORDER.sources, 0, 42, False)):
+    check_resume_data(folder, DataOrder.of(docs_and_charts(), 42, np.arange(50)))  # the same, computed again
+    moved = resolve_plan(MixtureSpec((SourceSpec("docs", (Path("/elsewhere/docs.jsonl"),), Path("/elsewhere")),
+                                      SourceSpec("charts", (Path("/elsewhere/charts.jsonl"),), samples=20))),
+                         [30, 50])
+    check_resume_data(folder, DataOrder.of(moved, 42, np.arange(50)))  # moved data: the same records, same order
+    for changed in (DataOrder.of(docs_and_charts(("docs", "plots")), 42, np.arange(50)),  # another random subset
+                    DataOrder.of(docs_and_charts(seed=1), 42, np.arange(50)),
+                    DataOrder.of(docs_and_charts(), 7, np.arange(50)),  # the sampler's seed
+                    DataOrder.of(docs_and_charts(), 42, None),  # ungrouped
+                    DataOrder.of(docs_and_charts(), 42, np.arange(1, 51))):  # other lengths (template, max length)
         with pytest.raises(CheckpointError, match=r"was trained on 50 samples \(docs: 30 of 30 records, charts: 20 of "
-                                                  r"50 records; plan seed 0\), sampler seed 42, grouped by modality "
-                                                  r"length; this run's data is .* --ignore_data_skip to start the "
-                                                  r"checkpoint's epoch of this data from its beginning$"):
+                                                  r"50 records; plan seed 0, selection [0-9a-f]{8}\), sampler seed 42, "
+                                                  r"grouped by modality length \(lengths [0-9a-f]{8}\); this run's "
+                                                  r"data is .* --ignore_data_skip to start the checkpoint's epoch of "
+                                                  r"this data from its beginning$"):
             check_resume_data(folder, changed)
     manifest = json.loads((folder / MANIFEST).read_text())
     del manifest["data_order"]  # a checkpoint of the previous version
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    check_resume_data(folder, DataOrder(ORDER.sources, 0, 7, True))
+    check_resume_data(folder, DataOrder.of(docs_and_charts(), 7, None))
 
 
 def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):

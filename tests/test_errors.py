@@ -103,10 +103,12 @@ def test_a_line_printed_by_a_rank_torchrun_then_stopped_is_not_printed_again(tmp
         "    with one_line_errors('fila-train train'):\n"
         "        if os.environ['RANK'] == '0':\n"
         "            raise ConfigError('the line rank 0 printed')\n"
-        "        time.sleep(1)\n"
+        f"        while not os.path.exists({str(tmp_path / 'printed')!r}):\n"
+        "            time.sleep(0.05)\n"
         "        raise dist.DistBackendError('Connection closed by peer')\n"
         "finally:\n"
         "    if os.environ['RANK'] == '0':\n"
+        f"        open({str(tmp_path / 'printed')!r}, 'w').close()\n"
         "        time.sleep(60)  # a slow teardown: torchrun's SIGTERM ends it\n")
     run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2",
                           "--master_port", str(free_port()), str(script)], cwd=REPO, capture_output=True, text=True,
@@ -114,6 +116,23 @@ def test_a_line_printed_by_a_rank_torchrun_then_stopped_is_not_printed_again(tmp
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
     assert lines == ["fila-train train [rank 0]: error: the line rank 0 printed"], run.stderr
+
+
+def test_node_launchers_that_never_meet_say_so_in_one_line(tmp_path):
+    """Node 0 of 2 alone: torchrun's agents meet before any worker starts, and its rendezvous timeout ended in
+    the agent's traceback."""
+    script = tmp_path / "worker.py"
+    script.write_text("raise SystemExit('a worker must not start')\n")
+    port = free_port()
+    run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nnodes", "2", "--node_rank", "0",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1",
+                          "--rdzv_conf", "timeout=3", str(script)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"[fila-train] error: the launchers of 2 node(s) did not meet at 127.0.0.1:{port} ("), lines
+    assert lines[0].endswith("start the launcher on every node, with the same NNODES, MASTER_ADDR and MASTER_PORT")
 
 
 @pytest.mark.parametrize("debug", [False, True])

@@ -1,9 +1,11 @@
-"""A training loss that is not finite stops the run with one line naming the step, the rank and its records.
+"""A training loss that is not finite stops the run with one line naming the step, the ranks and their records.
 
 Before, HF's logging filter logged a NaN loss as 0.0 (later as the mean of the earlier ones), DeepSpeed skipped
 every step with one warning each, and the run ended "successfully" with a summary of zero losses."""
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,33 +16,63 @@ from distributed_utils import REPO, free_port, rank_environment, train_args
 from fila_train.utils.errors import REPORTED_EXIT_CODE
 
 
-def llm_with_a_nan_weight(llm, folder):
-    """The tiny LLM with one NaN in its first MLP: every loss it computes is NaN (a diverged or corrupted model)."""
+def llm_with_nan(llm, folder, tensor: str, row: int):
+    """The tiny LLM with NaN in one row of one tensor."""
     shutil.copytree(llm, folder)
     weights = load_file(folder / "model.safetensors")
-    name = next(name for name in weights if "layers.0.mlp.down_proj" in name)
-    weights[name][0, 0] = float("nan")
+    weights[tensor][row] = float("nan")
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
 
 
-def test_a_nan_loss_stops_the_run_in_one_line_naming_step_rank_and_records(tiny_assets, tmp_path):
-    llm = llm_with_a_nan_weight(tiny_assets.llm, tmp_path / "llm")
-    output = tmp_path / "run"
+def stopped_run(assets, llm, output, steps: int) -> str:
+    """A 2-process stage-2 run of ``llm`` that must stop on a non-finite loss: its one error line."""
     run = subprocess.run(
         [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2", "--master_port",
          str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output),
-         *train_args(tiny_assets, hybrid=False, fuser=False, stage=2, zero=2), "--model_name_or_path", str(llm),
-         "--log_sample_ids"],
+         *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=steps), "--model_name_or_path",
+         str(llm), "--log_sample_ids"],
         cwd=REPO, env=rank_environment(), capture_output=True, text=True, timeout=300)
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1, run.stderr[-3000:]
-    assert errors[0].startswith("fila-train train [rank "), errors[0]  # not after the progress bar's text
+    assert errors[0].startswith("fila-train train [rank 0]: error: "), errors[0]  # not after the bar's text
     assert "Traceback" not in run.stderr and "OVERFLOW" not in run.stderr
-    line = errors[0]
-    assert "the training loss is nan at step 1 on rank " in line, line
-    rank = int(line.split("on rank ")[1][0])
-    ids = (output / "sample_ids" / f"rank{rank}.txt").read_text().split()[:2]  # its batch of 2 at step 1
-    assert f"records {ids}" in line, (line, ids)
     assert not (output / "train_summary.json").exists() and not (output / "model.safetensors").exists()
+    return errors[0]
+
+
+def trained_at(output, rank: int, step: int) -> list[str]:
+    """The records rank ``rank`` trained at ``step`` (batches of 2)."""
+    return (output / "sample_ids" / f"rank{rank}.txt").read_text().split()[2 * (step - 1):2 * step]
+
+
+def test_a_model_with_nan_weights_stops_at_step_1_naming_every_rank(tiny_assets, tmp_path):
+    llm = llm_with_nan(tiny_assets.llm, tmp_path / "llm", "model.layers.0.mlp.down_proj.weight", 0)
+    output = tmp_path / "run"
+    line = stopped_run(tiny_assets, llm, output, steps=6)
+    expected = "; ".join(f"rank {r}: nan (records {', '.join(trained_at(output, r, 1))})" for r in (0, 1))
+    assert f"the training loss is not finite at step 1, {expected}: the run diverged" in line, line
+
+
+def test_a_record_that_breaks_the_model_is_named_whichever_rank_met_it(tiny_assets, tmp_path):
+    """A NaN embedding row for a token that one record alone holds: only the rank that trains it sees a NaN
+    loss, at the step that trains it; that rank and record are in the one line, from rank 0."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.llm)
+    records = [json.loads(line) for line in tiny_assets.stage2_data.read_text().splitlines()]
+    holders: dict[int, set[str]] = {}
+    for record in records:
+        for token in tokenizer(" ".join(turn["value"] for turn in record["conversations"])).input_ids:
+            holders.setdefault(token, set()).add(record["id"])
+    # A word-initial token ("Ġcity"): tokenized the same inside the chat template as in the bare text.
+    token, (culprit,) = next((token, ids) for token, ids in sorted(holders.items()) if len(ids) == 1
+                             and re.fullmatch(r"Ġ\w{3,}", tokenizer.convert_ids_to_tokens(token)))
+    llm = llm_with_nan(tiny_assets.llm, tmp_path / "llm", "model.embed_tokens.weight", token)
+    output = tmp_path / "run"
+    line = stopped_run(tiny_assets, llm, output, steps=7)  # an epoch: 27 records, 4 a step
+    step = int(re.search(r"at step (\d+), ", line).group(1))
+    (rank,) = [r for r in (0, 1) if culprit in trained_at(output, r, step)]
+    assert f"at step {step}, rank {rank}: nan (records {', '.join(trained_at(output, rank, step))}): " in line, line
+    assert f"rank {1 - rank}:" not in line

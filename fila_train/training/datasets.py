@@ -5,12 +5,10 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from ..data.dataset import DatasetOptions
 from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
-from ..utils.distributed import is_main_process
+from ..utils.distributed import all_ranks, is_main_process
 from ..utils.files import write_json_atomic
 from ..processing.processor import FilaProcessor
 from .arguments import DataArguments, TrainingArguments
@@ -43,14 +41,11 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
 
 def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:
     """What decides the records of each step of this run."""
-    return DataOrder.of(dataset.plan, args.sampler_seed(), args.group_by_modality_length)
+    return DataOrder.of(dataset.plan, args.sampler_seed(),
+                        dataset.modality_lengths if args.group_by_modality_length else None)
 
 
 def total_skip_counts(local: Counter) -> dict[str, int]:
     """Skip counts by kind, summed over ranks (every rank must call this)."""
-    total = Counter(local)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered: list[dict | None] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, dict(local))
-        total = sum((Counter(counts) for counts in gathered), Counter())
+    total = sum((Counter(counts) for counts in all_ranks(dict(local))), Counter())
     return dict(sorted(total.items()))

@@ -4,7 +4,8 @@ A worker that has something to say prints one line (utils/errors.py) and exits w
 exit quietly. torchrun would then add the ChildFailedError traceback and failure table; here the
 launcher exits with code 1 and adds nothing, or, when no worker printed (all stopped on a peer's
 failure, or one was killed by a signal), prints one line: the first failed worker's own, left in
-torchrun's error file, or how it died. Everything else is torchrun's own: same flags, same behaviour.
+torchrun's error file, or how it died. Node launchers that do not meet (a node that never started) give
+one line too, instead of the agent's traceback. Everything else is torchrun's own: same flags, same behaviour.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import signal
 import sys
 
-from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, left_for_launcher
+from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, read_launcher_record
 
 
 def describe(exitcode: int) -> str:
@@ -26,6 +27,7 @@ def describe(exitcode: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -34,15 +36,22 @@ def main(argv: list[str] | None = None) -> int:
         # (exitcode: 2) local_rank: 0 ..." after the worker's own line; a silent failure gets ours below.
         logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
 
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        run(parse_args(sys.argv[1:] if argv is None else argv))
+        run(args)
+    except DistError as error:  # raised by this agent, before any worker: its rendezvous with the other nodes
+        hint = "" if args.nnodes == "1" else (": start the launcher on every node, with the same NNODES, "
+                                               "MASTER_ADDR and MASTER_PORT")
+        print(f"[fila-train] error: the launchers of {args.nnodes} node(s) did not meet at {args.master_addr}:"
+              f"{args.master_port} ({' '.join(str(error).split())}){hint}", file=sys.stderr)
+        return REPORTED_EXIT_CODE
     except ChildFailedError as error:
         failures = error.failures.values()
-        if any(failure.exitcode == REPORTED_EXIT_CODE or left_for_launcher(failure.error_file_data)[1]
+        if any(failure.exitcode == REPORTED_EXIT_CODE or read_launcher_record(failure.error_file_data)[1]
                for failure in failures):
             return REPORTED_EXIT_CODE  # a rank printed its line (and may have been stopped by torchrun since)
         rank, failure = error.get_first_failure()
-        line, _ = left_for_launcher(failure.error_file_data)
+        line, _ = read_launcher_record(failure.error_file_data)
         if failure.exitcode == SILENT_EXIT_CODE and line:
             print(line, file=sys.stderr)
         else:

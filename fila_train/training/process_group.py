@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -34,9 +35,11 @@ def meeting_point() -> str:
 
 
 def start_cpu_process_group(backend: str | None, timeout_seconds: float) -> None:
-    """The CPU process group, with the timeout HF leaves out; HF then uses this one."""
+    """The CPU process group, with the timeout HF leaves out; HF then uses this one. The backend is the one
+    accelerate would pick (its _prepare_backend): MPI where torch has it and nothing else was asked, else gloo."""
     if launched_distributed() and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend or "gloo", timeout=timedelta(seconds=timeout_seconds))
+        chosen = "mpi" if backend in (None, "mpi") and torch.distributed.is_mpi_available() else "gloo"
+        torch.distributed.init_process_group(chosen, timeout=timedelta(seconds=timeout_seconds))
 
 
 def announce_wait(timeout_seconds: float) -> None:
@@ -48,21 +51,24 @@ def announce_wait(timeout_seconds: float) -> None:
 @contextmanager
 def meeting_ranks(timeout_seconds: float, announce_after: float = ANNOUNCE_AFTER_SECONDS) -> Iterator[None]:
     """Around the start of the process group: a wait longer than ``announce_after`` is logged once, and a
-    rendezvous that times out or cannot connect becomes one line (LaunchError)."""
+    rendezvous that times out or cannot connect becomes one line (LaunchError). A backend's own error
+    (NCCL) is left as it is."""
     if not launched_distributed():
         yield
         return
     timer = threading.Timer(announce_after, announce_wait, args=(timeout_seconds,))
     timer.daemon = True  # never keeps a finished process alive
+    started = time.monotonic()
     timer.start()
     try:
         yield
-    except torch.distributed.DistError as error:  # store timeouts and refused connections
+    except (torch.distributed.DistStoreError, torch.distributed.DistNetworkError) as error:
+        torch_says = " ".join(str(error).split())
+        if time.monotonic() - started < 0.9 * timeout_seconds:  # refused, not timed out: a port or an address
+            raise LaunchError(f"could not start the process group at {meeting_point()} ({torch_says})") from error
         raise LaunchError(
             f"not all {os.environ['WORLD_SIZE']} processes joined at {meeting_point()} within --ddp_timeout "
-            f"{timeout_seconds:g} s ({' '.join(str(error).split())}): start every rank (on each node the launcher "
-            f"with the same --nnodes, --master_addr and --master_port), or raise --ddp_timeout if a node starts "
-            f"late") from error
+            f"{timeout_seconds:g} s ({torch_says}): start every rank (on each node the launcher with the same "
+            f"--nnodes, --master_addr and --master_port), or raise --ddp_timeout if a node starts late") from error
     finally:
         timer.cancel()
-

@@ -7,8 +7,11 @@ written by an older version) is not checked.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..utils.errors import CheckpointError
 from .checkpoints import read_manifest
@@ -36,39 +39,55 @@ class BatchLayout:
                 "gradient_accumulation_steps": self.accumulation}
 
 
+def digest(*arrays: np.ndarray) -> str:
+    sha = hashlib.sha256()
+    for array in arrays:
+        sha.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return sha.hexdigest()
+
+
 @dataclass(frozen=True)
 class DataOrder:
-    """What decides the records of each step: the plan's sources (records, sampled) and seed, the sampler's
-    seed and modality grouping. Paths and names are not compared: data moved or renamed is the same data."""
+    """What decides the records of each step: which record each position of the mixture plan holds (a
+    renamed source draws another random subset; the same counts may hold other records), the sampler's seed
+    and, with modality grouping, the lengths it sorts by. Paths are not part of it: moved data is the same."""
 
-    sources: tuple[tuple[str, int, int], ...]  # (name, records, sampled)
+    sources: tuple[tuple[str, int, int], ...]  # (name, records, sampled), for the message
     plan_seed: int
+    plan_digest: str
     sampler_seed: int
-    grouped: bool
+    lengths_digest: str | None  # None: not grouped by modality length
 
     @classmethod
-    def of(cls, plan, sampler_seed: int, grouped: bool) -> DataOrder:
-        """From a data.mixture.MixturePlan."""
-        return cls(tuple((s.name, s.records, s.sampled) for s in plan.sources), plan.seed, sampler_seed, grouped)
+    def of(cls, plan, sampler_seed: int, grouping_lengths: np.ndarray | None) -> DataOrder:
+        """From a data.mixture.MixturePlan, and the modality lengths when the sampler groups by them."""
+        return cls(tuple((s.name, s.records, s.sampled) for s in plan.sources), plan.seed,
+                   digest(plan.source_of, plan.record_of), sampler_seed,
+                   None if grouping_lengths is None else digest(grouping_lengths))
 
     def decides(self) -> tuple:
-        return tuple(counts for _, *counts in self.sources), self.plan_seed, self.sampler_seed, self.grouped
+        return self.plan_digest, self.sampler_seed, self.lengths_digest
 
     def __str__(self) -> str:
         sources = ", ".join(f"{name}: {sampled} of {records} records" for name, records, sampled in self.sources)
-        return (f"{sum(sampled for *_, sampled in self.sources)} samples ({sources}; plan seed {self.plan_seed}), "
-                f"sampler seed {self.sampler_seed}, {'grouped by modality length' if self.grouped else 'ungrouped'}")
+        grouping = ("ungrouped" if self.lengths_digest is None
+                    else f"grouped by modality length (lengths {self.lengths_digest[:8]})")
+        return (f"{sum(sampled for *_, sampled in self.sources)} samples ({sources}; plan seed {self.plan_seed}, "
+                f"selection {self.plan_digest[:8]}), sampler seed {self.sampler_seed}, {grouping}")
 
     def manifest_fields(self) -> dict:
         return {"data_order": {"sources": [list(source) for source in self.sources], "plan_seed": self.plan_seed,
-                               "sampler_seed": self.sampler_seed, "grouped": self.grouped}}
+                               "plan_digest": self.plan_digest, "sampler_seed": self.sampler_seed,
+                               "lengths_digest": self.lengths_digest}}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> DataOrder | None:
         recorded = manifest.get("data_order")
         try:
+            lengths = recorded["lengths_digest"]
             return cls(tuple((str(name), int(records), int(sampled)) for name, records, sampled in recorded["sources"]),
-                       int(recorded["plan_seed"]), int(recorded["sampler_seed"]), bool(recorded["grouped"]))
+                       int(recorded["plan_seed"]), str(recorded["plan_digest"]), int(recorded["sampler_seed"]),
+                       None if lengths is None else str(lengths))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -115,5 +134,6 @@ def check_resume_data(checkpoint: Path, order: DataOrder) -> None:
         raise CheckpointError(
             f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data is {order}: skipping "
             f"to the checkpoint's step in another order would train some records twice and others never; resume "
-            f"with the same data, --seed (--data_seed) and --group_by_modality_length, or pass --ignore_data_skip "
+            f"with the same data, --seed (--data_seed) and --group_by_modality_length (grouped: the same template "
+            f"and --model_max_length, which decide the lengths), or pass --ignore_data_skip "
             f"to start the checkpoint's epoch of this data from its beginning")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .throughput.step_metrics import TrainingMetrics
 from ..data.mixed_dataset import MixtureDataset
 from ..data.sampler import ModalityLengthGroupedSampler
-from ..utils.distributed import barrier, rank, world_size
+from ..utils.distributed import all_ranks, any_rank, barrier, rank, world_size
 from ..utils.errors import NonFiniteLossError
 from ..utils.files import give_files_open_mode
 from ..utils.processes import share_temp_folder_with_workers
@@ -41,6 +42,14 @@ def epoch_samplers(loader) -> list:
                 if hasattr(child, "set_epoch"):
                     found.append(child)
     return found
+
+
+def records_of(ids: list[str] | None, most: int = 8) -> str:
+    """A micro-batch's record ids for an error line (a packed batch can hold hundreds)."""
+    if not ids:
+        return ""
+    more = f" and {len(ids) - most} more" if len(ids) > most else ""
+    return f" (records {', '.join(ids[:most])}{more})"
 
 
 if not hasattr(Trainer, "_run_epoch"):  # FilaTrainer._run_epoch below would silently never run
@@ -75,8 +84,10 @@ class FilaTrainer(Trainer):
         except BaseException:
             # Closed, the bar ends its line: the error printed next starts a line of its own.
             for callback in self.callback_handler.callbacks:
-                if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
-                    callback.training_bar.close()
+                if isinstance(callback, ProgressCallback):
+                    for bar in (callback.training_bar, callback.prediction_bar):
+                        if bar is not None:
+                            bar.close()
             raise
 
     def get_train_dataloader(self):
@@ -131,15 +142,23 @@ class FilaTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        # Else HF logs it as the mean of the earlier losses and DeepSpeed skips every step from here on: a run
-        # that "succeeds" with nothing learned. Checked after backward, where HF waits for this value anyway.
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss is {loss.item():g} at step {self.state.global_step + 1} on rank {rank()}, "
-                f"records {self._batch_ids}: the run diverged, or the model holds non-finite weights, or these "
-                f"records break it; resume from the last checkpoint with a lower --learning_rate (or "
-                f"--max_grad_norm), or check the weights and these records")
+        self._stop_on_a_nonfinite_loss(loss)
         return loss
+
+    def _stop_on_a_nonfinite_loss(self, loss: torch.Tensor) -> None:
+        """Else HF logs a NaN loss as the mean of the earlier ones and trains on; once the weights are NaN,
+        DeepSpeed skips every step, and the run "succeeds". Checked after backward, before the optimizer
+        step. Every rank learns of it, and all raise the same line (rank 0 prints it): a rank of its own
+        could not report under every launcher."""
+        if not any_rank(~torch.isfinite(loss)):
+            return
+        reports = all_ranks((loss.item(), self._batch_ids))
+        found = "; ".join(f"rank {index}: {value:g}{records_of(ids)}"
+                          for index, (value, ids) in enumerate(reports) if not math.isfinite(value))
+        raise NonFiniteLossError(
+            f"the training loss is not finite at step {self.state.global_step + 1}, {found}: the run diverged, or "
+            f"the model holds non-finite weights, or these records break it; resume from the last checkpoint with "
+            f"a lower --learning_rate (or --max_grad_norm), or check the weights and these records")
 
     def _count_training_batch(self, inputs: dict) -> None:
         if self._last_log_time is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 import torch.distributed as dist
 
 
@@ -21,6 +22,23 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def any_rank(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` (a 0-dim bool tensor, on the device the backend communicates from) is true on any rank."""
+    value = flag.to(torch.int32).reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_ranks(value):
+    """Every rank's ``value`` (picklable), in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def gathered(parameters: list, modifier_rank: int | None = None):

@@ -85,6 +85,8 @@ def process_rank() -> int:
 
 def is_peer_failure(error: BaseException) -> bool:
     """A collective that failed because another rank stopped (gloo/NCCL report it as Dist*Error)."""
+    if isinstance(error, FilaError):  # ours: its message may quote torch's, it is still a user's error
+        return False
     return any(cls.__module__.startswith("torch.distributed") for cls in type(error).__mro__[:-2]) or \
         "Connection closed by peer" in str(error)
 
@@ -112,13 +114,14 @@ def leave_for_launcher(line: str, stored: Path, printed: bool) -> None:
         Path(path).write_text(json.dumps(record))
 
 
-def left_for_launcher(error_file_data: dict) -> tuple[str | None, bool]:
-    """(the line, whether its rank printed it) from a worker's error file as torchrun read it; (None, False) for
-    a file that is not ours (a traceback torch's @record wrote)."""
+def read_launcher_record(error_file_data: dict) -> tuple[str | None, bool]:
+    """(the line, whether its rank printed it) from a worker's error file as torchrun read it (a record of
+    torch's @record has the same shape: a line no rank printed); (None, False) for anything else."""
     record = error_file_data.get("message")
     if not isinstance(record, dict) or not isinstance(record.get("message"), str):
         return None, False
-    return record["message"], record.get("extraInfo", {}).get("printed") is True
+    extra = record.get("extraInfo")
+    return record["message"], isinstance(extra, dict) and extra.get("printed") is True
 
 
 # How torch's DataLoader re-raises an error from a worker process: the worker's traceback is the message.
