@@ -75,6 +75,13 @@ def test_an_error_raised_in_a_dataloader_worker_keeps_only_its_own_message(tmp_p
     assert stderr == "fila-train train: error: data.jsonl:2 (id 'x'): field 'image': unreadable image\n"
 
 
+def launched(script, *flags: str) -> subprocess.CompletedProcess:
+    """``script`` run by the scripts' launcher (torchrun minus its failure wall) with torchrun ``flags``."""
+    return subprocess.run([sys.executable, "-m", "fila_train.training.launch", *flags, str(script)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+
+
 def test_the_launcher_prints_the_line_no_worker_printed(tmp_path):
     """Every rank stopped on a torch.distributed error: all are quiet, the launcher prints one of their lines
     instead of torchrun's ChildFailedError wall."""
@@ -82,9 +89,7 @@ def test_the_launcher_prints_the_line_no_worker_printed(tmp_path):
     script.write_text("import torch.distributed as dist\nfrom fila_train.utils.errors import one_line_errors\n"
                       "with one_line_errors('fila-train train'):\n"
                       "    raise dist.DistNetworkError('the store port is already in use')\n")
-    run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2",
-                          "--master_port", str(free_port()), str(script)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    run = launched(script, "--nproc_per_node", "2", "--master_port", str(free_port()))
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and lines[0].startswith("fila-train train [rank "), run.stderr  # the line, not a record
@@ -110,9 +115,7 @@ def test_a_line_printed_by_a_rank_torchrun_then_stopped_is_not_printed_again(tmp
         "    if os.environ['RANK'] == '0':\n"
         f"        open({str(tmp_path / 'printed')!r}, 'w').close()\n"
         "        time.sleep(60)  # a slow teardown: torchrun's SIGTERM ends it\n")
-    run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2",
-                          "--master_port", str(free_port()), str(script)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    run = launched(script, "--nproc_per_node", "2", "--master_port", str(free_port()))
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if "error" in line.lower()]
     assert lines == ["fila-train train [rank 0]: error: the line rank 0 printed"], run.stderr
@@ -124,10 +127,8 @@ def test_node_launchers_that_never_meet_say_so_in_one_line(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text("raise SystemExit('a worker must not start')\n")
     port = free_port()
-    run = subprocess.run([sys.executable, "-m", "fila_train.training.launch", "--nnodes", "2", "--node_rank", "0",
-                          "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1",
-                          "--rdzv_conf", "timeout=3", str(script)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    run = launched(script, "--nnodes", "2", "--node_rank", "0", "--master_addr", "127.0.0.1", "--master_port",
+                   str(port), "--nproc_per_node", "1", "--rdzv_conf", "timeout=3")
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, run.stderr
