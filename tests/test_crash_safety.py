@@ -213,7 +213,7 @@ def test_the_resume_data_rules(tmp_path):
                     DataOrder.of(docs_and_charts(seed=1), 42, np.arange(50)),
                     DataOrder.of(docs_and_charts(), 7, np.arange(50)),  # the sampler's seed
                     DataOrder.of(docs_and_charts(), 42, None),  # ungrouped
-                    DataOrder.of(docs_and_charts(), 42, np.arange(1, 51))):  # other lengths (template, max length)
+                    DataOrder.of(docs_and_charts(), 42, np.arange(1, 51))):  # other lengths (template, tokenizer, images)
         with pytest.raises(CheckpointError, match=r"was trained on 50 samples \(docs: 30 of 30 records, charts: 20 of "
                                                   r"50 records; plan seed 0, selection [0-9a-f]{8}\), sampler seed 42, "
                                                   r"grouped by modality length \(lengths [0-9a-f]{8}\); this run's "

@@ -171,7 +171,14 @@ def test_a_resume_on_other_data_in_another_order_is_one_line_before_training(sta
     trainer records both and the check reads both; test_crash_safety.py has each rule alone.)"""
     args, full = stage1
     checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
-    error = refused_resume(checkpoint, tmp_path / "resumed", 2,
+
+    def run_files() -> dict:  # the run's records (run_args.json, data_plan.json, sample ids, checkpoints)
+        return {path: path.read_bytes() for path in full.output_dir.rglob("*")
+                if path.is_file() and not path.name.startswith("error-rank")}
+
+    before = run_files()
+    # Into the run's own folder, as a requeued job resumes: the refusal must leave the run's records alone.
+    error = refused_resume(checkpoint, full.output_dir, 2,
                            [*args, "--data_path", str(tiny_assets.stage1_data), "--seed", "8"])
     records = len(tiny_assets.stage1_data.read_text().splitlines())
     trained, now = error.split("; this run's data is ")
@@ -180,7 +187,7 @@ def test_a_resume_on_other_data_in_another_order_is_one_line_before_training(sta
     assert now.startswith(f"{records} samples (stage1_captions: {records} of {records} records; plan seed 0"), error
     assert "), sampler seed 8, ungrouped: skipping to the checkpoint's step in another order" in now, error
     assert error.endswith("or pass --ignore_data_skip to start the checkpoint's epoch of this data from its beginning"), error
-    assert not (tmp_path / "resumed" / "sample_ids").exists()  # not a step trained
+    assert run_files() == before
 
 
 def test_a_missing_rank_is_one_line_after_ddp_timeout(stage1, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -11,12 +12,13 @@ import torch.distributed as dist
 
 from distributed_utils import REPO, free_port
 from fila_train.data.dataset import SampleError
-from fila_train.utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, ConfigError, one_line_errors
+from fila_train.utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, ConfigError, LaunchError, one_line_errors
 
 
 def outcome(error: Exception, rank: int, world_size: int, tmp_path, monkeypatch, capsys) -> tuple[int, str, dict]:
     """(exit code, what was printed, what was left in torchrun's error file) when ``error`` ends a rank."""
     monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank % 2))  # nodes of 2 processes
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
     with pytest.raises(SystemExit) as exit_:
@@ -34,6 +36,12 @@ CASES = {  # name: (error, rank, world size, printed?)
     "bug_on_rank1": (RuntimeError("CUDA out of memory"), 1, 2, True),
     "peer_on_rank0": (dist.DistBackendError("Connection closed by peer"), 0, 2, False),
     "peer_alone": (dist.DistNetworkError("address already in use"), 0, 1, True),  # no peer to blame
+    # Ours, though it quotes torch's text: not a peer's failure.
+    "launch_on_rank0": (LaunchError("could not start the process group at h:1 (Connection closed by peer)"), 0, 2,
+                        True),
+    # Where processes never met, each node says so: rank 0 may be the one missing.
+    "launch_on_node1": (LaunchError("not all 4 processes joined at h:1 within --ddp_timeout 5 s"), 2, 4, True),
+    "launch_on_rank1": (LaunchError("not all 4 processes joined at h:1 within --ddp_timeout 5 s"), 1, 4, False),
 }
 
 
@@ -121,19 +129,35 @@ def test_a_line_printed_by_a_rank_torchrun_then_stopped_is_not_printed_again(tmp
     assert lines == ["fila-train train [rank 0]: error: the line rank 0 printed"], run.stderr
 
 
-def test_node_launchers_that_never_meet_say_so_in_one_line(tmp_path):
-    """Node 0 of 2 alone: torchrun's agents meet before any worker starts, and its rendezvous timeout ended in
-    the agent's traceback."""
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_node_launchers_that_never_meet_say_so_in_one_line(tmp_path, node_rank):
+    """One node of 2 alone: torchrun's agents meet before any worker starts. Its rendezvous timeout ended in the
+    agent's traceback; on node 1, after some 40 lines of c10d's C++ retry logs and stack frames."""
     script = tmp_path / "worker.py"
     script.write_text("raise SystemExit('a worker must not start')\n")
     port = free_port()
-    run = launched(script, "--nnodes", "2", "--node_rank", "0", "--master_addr", "127.0.0.1", "--master_port",
-                   str(port), "--nproc_per_node", "1", "--rdzv_conf", "timeout=3")
+    run = launched(script, "--nnodes", "2", "--node_rank", str(node_rank), "--master_addr", "127.0.0.1",
+                   "--master_port", str(port), "--nproc_per_node", "1", "--rdzv_conf", "timeout=3")
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith(f"[fila-train] error: the launchers of 2 node(s) did not meet at 127.0.0.1:{port} ("), lines
     assert lines[0].endswith("start the launcher on every node, with the same NNODES, MASTER_ADDR and MASTER_PORT")
+
+
+def test_a_port_taken_by_another_run_is_named(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("raise SystemExit('a worker must not start')\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = launched(script, "--nproc_per_node", "1", "--master_port", str(port))
+    assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"[fila-train] error: 127.0.0.1:{port} is taken (another run on this machine?): "
+                               f"set MASTER_PORT ("), lines
 
 
 @pytest.mark.parametrize("debug", [False, True])

@@ -27,8 +27,6 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
     dataset = MixtureDataset(spec, processor.conversations, processor.image_processor.encoder_processor, options)
     logger.info("data plan (seed %d, on_bad_sample=%s):\n%s", spec.seed, options.on_bad_sample,
                 dataset.plan.format_table())
-    if is_main_process():
-        write_json_atomic(Path(args.output_dir) / PLAN_FILE, dataset.plan.to_dict())
     if args.group_by_modality_length:
         # One process per node tokenizes (and caches); the others then read the cache.
         with args.main_process_first(local=True, desc="token lengths"):
@@ -37,6 +35,12 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
         logger.info("modality-length grouping: %d samples with images, %d text-only", images,
                     len(dataset) - images)
     return dataset
+
+
+def write_data_plan(dataset: MixtureDataset, output_dir: str | Path) -> None:
+    """OUTPUT_DIR/data_plan.json (main process): what the run trains on, for the model card."""
+    if is_main_process():
+        write_json_atomic(Path(output_dir) / PLAN_FILE, dataset.plan.to_dict())
 
 
 def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:

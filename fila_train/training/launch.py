@@ -16,6 +16,8 @@ import sys
 
 from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, read_launcher_record
 
+CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
+
 
 def describe(exitcode: int) -> str:
     if exitcode < 0:
@@ -26,11 +28,33 @@ def describe(exitcode: int) -> str:
     return f"exited with code {exitcode}"
 
 
+def rendezvous_failure(args, error: Exception) -> str:
+    """One line for a rendezvous of the node launchers that failed (before any worker started)."""
+    from torch.distributed.run import get_rdzv_endpoint, parse_min_max_nnodes
+
+    endpoint, (_, nodes) = get_rdzv_endpoint(args), parse_min_max_nnodes(args.nnodes)
+    torch_says = " ".join(str(error).split()) or type(error).__name__
+    if "EADDRINUSE" in torch_says or "address already in use" in torch_says.lower():
+        return f"[fila-train] error: {endpoint} is taken (another run on this machine?): set MASTER_PORT ({torch_says})"
+    hint = (": start the launcher on every node, with the same NNODES, MASTER_ADDR and MASTER_PORT"
+            if nodes > 1 else "")
+    return f"[fila-train] error: the launchers of {nodes} node(s) did not meet at {endpoint} ({torch_says}){hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    # c10d's C++ logs a stack-frame wall while a launcher retries the store of another node; read when torch
+    # loads, so set before the import and put back for the workers (theirs keep NCCL's warnings).
+    user_level = os.environ.get(CPP_LOG_LEVEL)
+    os.environ[CPP_LOG_LEVEL] = "FATAL"
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import parse_args, run
 
+    if user_level is None:
+        del os.environ[CPP_LOG_LEVEL]
+    else:
+        os.environ[CPP_LOG_LEVEL] = user_level
     if "LOGLEVEL" not in os.environ:  # torchrun's own switch for its logs: left to the user when set
         # When a worker fails, this logger adds "Sending process N closing signal SIGTERM" and "failed
         # (exitcode: 2) local_rank: 0 ..." after the worker's own line; a silent failure gets ours below.
@@ -39,11 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
-    except DistError as error:  # raised by this agent, before any worker: its rendezvous with the other nodes
-        hint = "" if args.nnodes == "1" else (": start the launcher on every node, with the same NNODES, "
-                                               "MASTER_ADDR and MASTER_PORT")
-        print(f"[fila-train] error: the launchers of {args.nnodes} node(s) did not meet at {args.master_addr}:"
-              f"{args.master_port} ({' '.join(str(error).split())}){hint}", file=sys.stderr)
+    except (DistError, RendezvousError) as error:  # this agent's, before any worker: meeting the other nodes
+        print(rendezvous_failure(args, error), file=sys.stderr)
         return REPORTED_EXIT_CODE
     except ChildFailedError as error:
         failures = error.failures.values()

@@ -37,9 +37,12 @@ def meeting_point() -> str:
 def start_cpu_process_group(backend: str | None, timeout_seconds: float) -> None:
     """The CPU process group, with the timeout HF leaves out; HF then uses this one. The backend is the one
     accelerate would pick (its _prepare_backend): MPI where torch has it and nothing else was asked, else gloo."""
-    if launched_distributed() and not torch.distributed.is_initialized():
-        chosen = "mpi" if backend in (None, "mpi") and torch.distributed.is_mpi_available() else "gloo"
-        torch.distributed.init_process_group(chosen, timeout=timedelta(seconds=timeout_seconds))
+    if not launched_distributed() or torch.distributed.is_initialized():
+        return
+    chosen = "mpi" if backend in (None, "mpi") and torch.distributed.is_mpi_available() else "gloo"
+    if backend not in (None, chosen):  # accelerate refuses it at once, without waiting for the others
+        return
+    torch.distributed.init_process_group(chosen, timeout=timedelta(seconds=timeout_seconds))
 
 
 def announce_wait(timeout_seconds: float) -> None:

@@ -134,6 +134,6 @@ def check_resume_data(checkpoint: Path, order: DataOrder) -> None:
         raise CheckpointError(
             f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data is {order}: skipping "
             f"to the checkpoint's step in another order would train some records twice and others never; resume "
-            f"with the same data, --seed (--data_seed) and --group_by_modality_length (grouped: the same template "
-            f"and --model_max_length, which decide the lengths), or pass --ignore_data_skip "
+            f"with the same data, --seed (--data_seed) and --group_by_modality_length (grouped: also the same "
+            f"template, tokenizer and image settings, which decide the lengths), or pass --ignore_data_skip "
             f"to start the checkpoint's epoch of this data from its beginning")

@@ -27,7 +27,7 @@ from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .build_locks import reporting_build_locks
 from .checkpoints import resolve_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout
-from .datasets import build_train_dataset, data_order, total_skip_counts
+from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
@@ -150,8 +150,6 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     tokenizer = load_tokenizer(model_args.model_name_or_path, model, args.model_max_length)
     if model_args.pretrained_connector:
         load_connector_artifact(model, model_args.pretrained_connector)
-    if is_main_process():
-        write_run_args(model_args, data_args, args)
     apply_tune_parts(model, args.parts())
     if args.gradient_checkpointing:
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow.
@@ -162,6 +160,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     dataset = build_train_dataset(data_args, args, processor)
     if args.resume_from_checkpoint is not None and not args.ignore_data_skip:
         check_resume_data(Path(args.resume_from_checkpoint), data_order(dataset, args))
+    # Only now: a refused resume into the run's folder must leave the run's own records as they were.
+    if is_main_process():
+        write_run_args(model_args, data_args, args)
+    write_data_plan(dataset, args.output_dir)
     logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
                 format_parameter_table(model))
     if flops is not None:

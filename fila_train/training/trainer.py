@@ -135,22 +135,20 @@ class FilaTrainer(Trainer):
         if self._sample_log is not None and model.training and sample_ids is not None:
             self._sample_log.write("\n".join(sample_ids) + "\n")
             self._sample_log.flush()
-        if model.training:  # evaluation batches go through here too; they are not training throughput
-            self._count_training_batch(inputs)
-            self._batch_ids = sample_ids
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self._stop_on_a_nonfinite_loss(loss)
-        return loss
+        if not model.training:  # evaluation batches go through here too; they are not training throughput
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._count_training_batch(inputs)
+        self._batch_ids = sample_ids
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # Before backward: under DeepSpeed, accelerate's backward also runs the optimizer step.
+        self._stop_on_a_nonfinite_loss(result[0] if return_outputs else result)
+        return result
 
     def _stop_on_a_nonfinite_loss(self, loss: torch.Tensor) -> None:
         """Else HF logs a NaN loss as the mean of the earlier ones and trains on; once the weights are NaN,
-        DeepSpeed skips every step, and the run "succeeds". Checked after backward, before the optimizer
-        step. Every rank learns of it, and all raise the same line (rank 0 prints it): a rank of its own
-        could not report under every launcher."""
-        if not any_rank(~torch.isfinite(loss)):
+        DeepSpeed skips every step, and the run "succeeds". Every rank learns of it, and all raise the same
+        line (rank 0 prints it): a rank of its own could not report under every launcher."""
+        if not any_rank(~torch.isfinite(loss.detach()).to(self.args.device)):
             return
         reports = all_ranks((loss.item(), self._batch_ids))
         found = "; ".join(f"rank {index}: {value:g}{records_of(ids)}"

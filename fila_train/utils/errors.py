@@ -96,11 +96,13 @@ def is_record_error(error: BaseException) -> bool:
     return isinstance(error, DataRecordError)
 
 
-def should_print(error: BaseException, rank: int, world_size: int) -> bool:
+def should_print(error: BaseException, rank: int, world_size: int, local_rank: int) -> bool:
     if world_size == 1:
         return True
     if is_peer_failure(error):
         return False
+    if isinstance(error, LaunchError):  # one line per node: rank 0 may be the process that never came
+        return local_rank == 0
     return rank == 0 or is_record_error(error) or not isinstance(error, USER_ERRORS)
 
 
@@ -172,7 +174,7 @@ def one_line_errors(command: str, log_folder: str | Path | None = None) -> Itera
         bug = not isinstance(error, USER_ERRORS) and not is_peer_failure(error)
         detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored})"
         line = f"{command}{where}: error: {one_line(error)}{detail}"
-        if should_print(error, rank, world_size):
+        if should_print(error, rank, world_size, int(os.environ.get("LOCAL_RANK", rank))):
             if bug:  # what a bug report needs
                 sys.stderr.write("".join(traceback.format_exception(error)))
             print(line, file=sys.stderr, flush=True)
