@@ -204,11 +204,11 @@ def test_the_resume_layout_rules(tmp_path):
 def test_the_resume_data_rules(tmp_path):
     """test_distributed.py shows the refusal end to end (other data, another seed); here, what counts."""
     folder = checkpoint(tmp_path / "checkpoint-4", {"a": b"1"})
-    check_resume_data(folder, DataOrder.of(docs_and_charts(), 42, np.arange(50)))  # the same, computed again
+    check_resume_data(folder, [DataOrder.of(docs_and_charts(), 42, np.arange(50))] * 2)  # the same, computed again
     moved = resolve_plan(MixtureSpec((SourceSpec("docs", (Path("/elsewhere/docs.jsonl"),), Path("/elsewhere")),
                                       SourceSpec("charts", (Path("/elsewhere/charts.jsonl"),), samples=20))),
                          [30, 50])
-    check_resume_data(folder, DataOrder.of(moved, 42, np.arange(50)))  # moved data: the same records, same order
+    check_resume_data(folder, [DataOrder.of(moved, 42, np.arange(50))])  # moved data: the same records, same order
     for changed in (DataOrder.of(docs_and_charts(("docs", "plots")), 42, np.arange(50)),  # another random subset
                     DataOrder.of(docs_and_charts(seed=1), 42, np.arange(50)),
                     DataOrder.of(docs_and_charts(), 7, np.arange(50)),  # the sampler's seed
@@ -219,11 +219,14 @@ def test_the_resume_data_rules(tmp_path):
                                                   r"grouped by modality length \(lengths [0-9a-f]{8}\); this run's "
                                                   r"data is .* --ignore_data_skip to start the checkpoint's epoch of "
                                                   r"this data from its beginning$"):
-            check_resume_data(folder, changed)
+            check_resume_data(folder, [changed])
+    # One node measured other lengths (its own cache): every rank refuses, naming the rank.
+    with pytest.raises(CheckpointError, match=r"this run's data \(rank 1's\) is 50 samples .*lengths [0-9a-f]{8}\): "):
+        check_resume_data(folder, [ORDER, DataOrder.of(docs_and_charts(), 42, np.arange(1, 51))])
     manifest = json.loads((folder / MANIFEST).read_text())
     del manifest["data_order"]  # a checkpoint of the previous version
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    check_resume_data(folder, DataOrder.of(docs_and_charts(), 7, None))
+    check_resume_data(folder, [DataOrder.of(docs_and_charts(), 7, None)])
 
 
 def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):

@@ -126,14 +126,20 @@ def check_resume_layout(checkpoint: Path, layout: BatchLayout, partitioned_optim
             f"{layout}: steps count global batches, so the run would resume at the wrong place in the data{hint}")
 
 
-def check_resume_data(checkpoint: Path, order: DataOrder) -> None:
+def check_resume_data(checkpoint: Path, orders: list[DataOrder]) -> None:
     """Refuse a resume onto other data or another order (not checked under --ignore_data_skip, which starts
-    the checkpoint's epoch from its beginning). Needs the data indexed, so it runs once the dataset is built."""
+    the checkpoint's epoch from its beginning). ``orders`` holds every rank's: one whose node computed other
+    lengths (its own length cache) refuses the run on all ranks, instead of leaving the others waiting.
+    Needs the data indexed, so it runs once the dataset is built."""
     saved = DataOrder.from_manifest(read_manifest(checkpoint))
-    if saved is not None and saved.decides() != order.decides():
+    differing = [(index, order) for index, order in enumerate(orders) if saved is not None
+                 and order.decides() != saved.decides()]
+    if differing:
+        index, order = differing[0]
+        where = f" (rank {index}'s)" if len(differing) < len(orders) else ""
         raise CheckpointError(
-            f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data is {order}: skipping "
-            f"to the checkpoint's step in another order would train some records twice and others never; resume "
-            f"with the same data, --seed (--data_seed) and --group_by_modality_length (grouped: also the same "
-            f"template, tokenizer and image settings, which decide the lengths), or pass --ignore_data_skip "
+            f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data{where} is {order}: "
+            f"skipping to the checkpoint's step in another order would train some records twice and others never; "
+            f"resume with the same data, --seed (--data_seed) and --group_by_modality_length (grouped: also the "
+            f"same template, tokenizer and image settings, which decide the lengths), or pass --ignore_data_skip "
             f"to start the checkpoint's epoch of this data from its beginning")

@@ -18,7 +18,7 @@ from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
 from ..utils.argument_parser import StrictArgumentParser
-from ..utils.distributed import is_main_process, rank, world_size
+from ..utils.distributed import all_ranks, is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
@@ -159,7 +159,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     processor = FilaProcessor.for_model(tokenizer, model.config)
     dataset = build_train_dataset(data_args, args, processor)
     if args.resume_from_checkpoint is not None and not args.ignore_data_skip:
-        check_resume_data(Path(args.resume_from_checkpoint), data_order(dataset, args))
+        check_resume_data(Path(args.resume_from_checkpoint), all_ranks(data_order(dataset, args)))
     # Only now: a refused resume into the run's folder must leave the run's own records as they were.
     if is_main_process():
         write_run_args(model_args, data_args, args)
