@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+
+from ..utils.logs import reported_if_slow
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +41,7 @@ def report_locks(since: float) -> None:
                            "forever: delete it", lock, time.time() - created)
 
 
-@contextmanager
-def reporting_build_locks(after_seconds: float = REPORT_AFTER_SECONDS) -> Iterator[None]:
+def reporting_build_locks(after_seconds: float = REPORT_AFTER_SECONDS):
     """Around a step that may build or load a JIT op: if it still runs after ``after_seconds``, the locks
     that were there before it started are logged."""
-    timer = threading.Timer(after_seconds, report_locks, args=(time.time(),))
-    timer.daemon = True  # never keeps a finished process alive
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+    return reported_if_slow(after_seconds, partial(report_locks, time.time()))

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..data.dataset import DatasetOptions
 from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
-from ..utils.distributed import all_ranks, is_main_process
+from ..utils.distributed import all_ranks
 from ..utils.files import write_json_atomic
 from ..processing.processor import FilaProcessor
 from .arguments import DataArguments, TrainingArguments
@@ -38,9 +38,8 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
 
 
 def write_data_plan(dataset: MixtureDataset, output_dir: str | Path) -> None:
-    """OUTPUT_DIR/data_plan.json (main process): what the run trains on, for the model card."""
-    if is_main_process():
-        write_json_atomic(Path(output_dir) / PLAN_FILE, dataset.plan.to_dict())
+    """OUTPUT_DIR/data_plan.json: what the run trains on, for the model card."""
+    write_json_atomic(Path(output_dir) / PLAN_FILE, dataset.plan.to_dict())
 
 
 def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:

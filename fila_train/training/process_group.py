@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 
 import torch
 
 from ..utils.errors import LaunchError
+from ..utils.logs import reported_if_slow
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,10 @@ def meeting_ranks(timeout_seconds: float, announce_after: float = ANNOUNCE_AFTER
     if not launched_distributed():
         yield
         return
-    timer = threading.Timer(announce_after, announce_wait, args=(timeout_seconds,))
-    timer.daemon = True  # never keeps a finished process alive
     started = time.monotonic()
-    timer.start()
     try:
-        yield
+        with reported_if_slow(announce_after, partial(announce_wait, timeout_seconds)):
+            yield
     except (torch.distributed.DistStoreError, torch.distributed.DistNetworkError) as error:
         torch_says = " ".join(str(error).split())
         if time.monotonic() - started < 0.9 * timeout_seconds:  # refused, not timed out: a port or an address
@@ -73,5 +72,3 @@ def meeting_ranks(timeout_seconds: float, announce_after: float = ANNOUNCE_AFTER
             f"not all {os.environ['WORLD_SIZE']} processes joined at {meeting_point()} within --ddp_timeout "
             f"{timeout_seconds:g} s ({torch_says}): start every rank (on each node the launcher with the same "
             f"--nnodes, --master_addr and --master_port), or raise --ddp_timeout if a node starts late") from error
-    finally:
-        timer.cancel()

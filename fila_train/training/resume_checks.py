@@ -132,8 +132,9 @@ def check_resume_data(checkpoint: Path, orders: list[DataOrder]) -> None:
     lengths (its own length cache) refuses the run on all ranks, instead of leaving the others waiting.
     Needs the data indexed, so it runs once the dataset is built."""
     saved = DataOrder.from_manifest(read_manifest(checkpoint))
-    differing = [(index, order) for index, order in enumerate(orders) if saved is not None
-                 and order.decides() != saved.decides()]
+    if saved is None:
+        return
+    differing = [(index, order) for index, order in enumerate(orders) if order.decides() != saved.decides()]
     if differing:
         index, order = differing[0]
         where = f" (rank {index}'s)" if len(differing) < len(orders) else ""

@@ -163,7 +163,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     # Only now: a refused resume into the run's folder must leave the run's own records as they were.
     if is_main_process():
         write_run_args(model_args, data_args, args)
-    write_data_plan(dataset, args.output_dir)
+        write_data_plan(dataset, args.output_dir)
     logger.info("trainable parameters by part (tune_parts=%s):\n%s", args.tune_parts,
                 format_parameter_table(model))
     if flops is not None:

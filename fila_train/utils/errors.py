@@ -1,7 +1,8 @@
 """The error hierarchy, and one report per error from the process that has something to say.
 
 A user's error is a FilaError (or the file system's OSError): one line, exit code 1. A configuration error
-is the same on every rank, so only rank 0 prints it; a bad record is met by one rank, which prints it. Any
+is the same on every rank, so only rank 0 prints it; a bad record is met by one rank, which prints it; a
+LaunchError (processes that never met) is printed once per node, since rank 0 may be the one missing. Any
 other exception is a bug (or out of memory): the rank that hit it prints its traceback. A rank that only
 stopped because a peer failed (a torch.distributed error) prints nothing: it exits with SILENT_EXIT_CODE
 and leaves its one line in torchrun's error file, which the launcher (training/launch.py) prints when no

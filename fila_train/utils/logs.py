@@ -1,8 +1,9 @@
-"""Console logging for one run, undone when the run ends."""
+"""Console logging for one run, undone when the run ends; a report when a step is slow."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import transformers
@@ -42,3 +43,16 @@ def console_logging(level: int, fmt: str) -> Iterator[None]:
         transformers.utils.logging.set_verbosity(saved_verbosity)
         for logger, saved in zip(dumps, saved_dump_levels):
             logger.setLevel(saved)
+
+
+@contextmanager
+def reported_if_slow(after_seconds: float, report: Callable[[], None]) -> Iterator[None]:
+    """Call ``report`` once, from a timer thread, if the block still runs after ``after_seconds``: a step that
+    may wait forever without a word (a lock, a rendezvous) says so."""
+    timer = threading.Timer(after_seconds, report)
+    timer.daemon = True  # never keeps a finished process alive
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
