@@ -46,6 +46,19 @@ def test_shipped_configs_take_clipping_and_batch_sizes_from_the_flags(config, ti
     assert "optimizer" not in engine_config and "scheduler" not in engine_config
 
 
+@pytest.mark.parametrize("precision, routine", [({}, False), ({"bf16": "true"}, False), ({"fp16": "true"}, True)])
+def test_only_fp16_with_a_dynamic_loss_scale_skips_steps_by_design(precision, routine, tiny_assets, tmp_path):
+    # Else a step DeepSpeed skips (its gradients not finite) stops the run: tests/test_nonfinite_loss.py.
+    from fila_train.training.deepspeed_config import skips_steps_to_scale_the_loss
+
+    for config in SHIPPED:
+        engine_config = parsed_training_arguments(run_flags(tiny_assets, tmp_path, config) | precision
+                                                   ).hf_deepspeed_config.config
+        assert skips_steps_to_scale_the_loss(engine_config) is routine, config.name
+        engine_config["fp16"]["loss_scale"] = 1024  # a fixed scale: an overflow now recurs
+        assert not skips_steps_to_scale_the_loss(engine_config)
+
+
 def user_config(tmp_path, drop: tuple[str, ...] = (), **changes) -> str:
     """zero3.json as a user might bring it from another codebase: keys dropped, others set."""
     config = json.loads((REPO / "zero_configs" / "zero3.json").read_text())

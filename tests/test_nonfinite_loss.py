@@ -1,7 +1,9 @@
-"""A training loss that is not finite stops the run with one line naming the step, the ranks and their records.
+"""A training loss or gradients that are not finite stop the run with one line naming the step, the ranks and
+their records.
 
 Before, HF's logging filter logged a NaN loss as 0.0 (later as the mean of the earlier ones), DeepSpeed skipped
-every step with one warning each, and the run ended "successfully" with a summary of zero losses."""
+every step with one warning each, and the run ended "successfully" with a summary of zero losses. A finite loss
+with gradients that overflow did the same: every step skipped, exit 0."""
 from __future__ import annotations
 
 import json
@@ -16,17 +18,18 @@ from distributed_utils import REPO, free_port, rank_environment, train_args
 from fila_train.utils.errors import REPORTED_EXIT_CODE
 
 
-def llm_with_nan(llm, folder, tensor: str, row: int):
-    """The tiny LLM with NaN in one row of one tensor."""
+def llm_with_nan(llm, folder, tensor: str, row: int | slice, value: float = float("nan")):
+    """The tiny LLM with NaN (or ``value``) in one row of one tensor."""
     shutil.copytree(llm, folder)
     weights = load_file(folder / "model.safetensors")
-    weights[tensor][row] = float("nan")
+    weights[tensor][row] = value
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
 
 
-def stopped_run(assets, llm, output, steps: int) -> str:
-    """A 2-process stage-2 run of ``llm`` that must stop on a non-finite loss: its one error line."""
+def stopped_run(assets, llm, output, steps: int, overflows: int = 0) -> str:
+    """A 2-process stage-2 run of ``llm`` that must stop: its one error line. DeepSpeed reports ``overflows``
+    skipped steps before it stops (none for a loss: that is checked before DeepSpeed's step)."""
     run = subprocess.run(
         [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2", "--master_port",
          str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output),
@@ -38,7 +41,8 @@ def stopped_run(assets, llm, output, steps: int) -> str:
     assert len(errors) == 1, run.stderr[-3000:]
     assert errors[0].startswith("fila-train train [rank 0]: error: "), errors[0]  # not after the bar's text
     assert "Traceback" not in run.stderr
-    assert "OVERFLOW" not in run.stdout + run.stderr  # stopped before DeepSpeed's step (its logger writes stdout)
+    # DeepSpeed's logger writes stdout; its rank 0 logs a skipped step.
+    assert (run.stdout + run.stderr).count("OVERFLOW") == overflows, run.stdout[-3000:]
     assert not (output / "train_summary.json").exists() and not (output / "model.safetensors").exists()
     return errors[0]
 
@@ -77,3 +81,18 @@ def test_a_record_that_breaks_the_model_is_named_whichever_rank_met_it(tiny_asse
     (rank,) = [r for r in (0, 1) if culprit in trained_at(output, r, step)]
     assert f"at step {step}, rank {rank}: nan (records {', '.join(trained_at(output, rank, step))}): " in line, line
     assert f"rank {1 - rank}:" not in line
+
+
+def test_gradients_that_overflow_under_a_finite_loss_stop_at_the_first_skipped_step(tiny_assets, tmp_path):
+    """The final norm's weights at 1e20: the loss stays finite (about 4e19: the softmax saturates) but ZeRO-2's
+    gradient norm overflows float32, so DeepSpeed skips the step. In bf16 or fp32 it would skip every later step
+    too. (ZeRO-3 takes that norm without overflow: 7e20 here, and trains on.)"""
+    llm = llm_with_nan(tiny_assets.llm, tmp_path / "llm", "model.norm.weight", slice(None), 1e20)
+    output = tmp_path / "run"
+    line = stopped_run(tiny_assets, llm, output, steps=6, overflows=1)
+    ranks = [re.search(rf"rank {r}: loss ([0-9.e+]+) \(records ([^)]*)\)", line) for r in (0, 1)]
+    assert all(ranks), line
+    assert all(float(found.group(1)) > 1e18 for found in ranks), line
+    assert [found.group(2) for found in ranks] == [", ".join(trained_at(output, r, 1)) for r in (0, 1)], line
+    assert line.startswith("fila-train train [rank 0]: error: the gradients are not finite at step 1, rank 0: loss ")
+    assert "DeepSpeed skipped the step" in line, line

@@ -56,3 +56,11 @@ def partitions_optimizer_state(config: dict) -> bool:
     stage = (config.get("zero_optimization") or {}).get("stage", 0)
     universal = (config.get("checkpoint") or {}).get("load_universal", False)
     return int(stage) >= 1 and not universal
+
+
+def skips_steps_to_scale_the_loss(config: dict) -> bool:
+    """Whether DeepSpeed skipping a step is routine: fp16 with dynamic loss scaling skips each step whose
+    gradients overflow at the current scale, then lowers it. In bf16 or fp32 (or at a fixed fp16 scale) the
+    gradients are not finite at any scale: the next steps would be skipped too."""
+    fp16 = config.get("fp16") or {}
+    return fp16.get("enabled") is True and fp16.get("loss_scale", 0) == 0

@@ -16,11 +16,12 @@ from .throughput.step_metrics import TrainingMetrics
 from ..data.mixed_dataset import MixtureDataset
 from ..data.sampler import ModalityLengthGroupedSampler
 from ..utils.distributed import all_ranks, any_rank, barrier, rank, world_size
-from ..utils.errors import NonFiniteLossError
+from ..utils.errors import NonFiniteGradientError, NonFiniteLossError
 from ..utils.files import give_files_open_mode
 from ..utils.processes import share_temp_folder_with_workers
 from .checkpoints import checkpoint_name, clear_staging, publish, staging_root, write_manifest
 from .datasets import data_order
+from .deepspeed_config import skips_steps_to_scale_the_loss
 from .resume_checks import BatchLayout
 from .connector_artifact import save_connector_artifact
 from .curves import CURVES_FILE, PART_LR_PREFIX, write_curves
@@ -71,6 +72,9 @@ class FilaTrainer(Trainer):
         self._step_metrics = TrainingMetrics(self.model, self.args)
         self._sample_log = None
         self._batch_ids: list[str] | None = None  # the records of the micro-batch in training, for errors
+        # The optimizer step's micro-batches so far: their records and losses (detached), for errors.
+        self._step_ids: list[str] = []
+        self._step_losses: list[torch.Tensor] = []
         self._staging: Path | None = None  # set while a checkpoint is being written
         self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
         if self.args.log_sample_ids:
@@ -140,9 +144,20 @@ class FilaTrainer(Trainer):
         self._count_training_batch(inputs)
         self._batch_ids = sample_ids
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
         # Before backward: under DeepSpeed, accelerate's backward also runs the optimizer step.
-        self._stop_on_a_nonfinite_loss(result[0] if return_outputs else result)
+        self._stop_on_a_nonfinite_loss(loss)
+        self._step_ids += sample_ids or []
+        self._step_losses.append(loss.detach())
         return result
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:  # the step's last micro-batch: DeepSpeed stepped in its backward
+            if self.is_deepspeed_enabled and self.accelerator.optimizer_step_was_skipped:
+                self._stop_on_a_skipped_step()
+            self._step_ids, self._step_losses = [], []
+        return loss
 
     def _stop_on_a_nonfinite_loss(self, loss: torch.Tensor) -> None:
         """Else HF logs a NaN loss as the mean of the earlier ones and trains on; once the weights are NaN,
@@ -157,6 +172,23 @@ class FilaTrainer(Trainer):
             f"the training loss is not finite at step {self.state.global_step + 1}, {found}: the run diverged, or "
             f"the model holds non-finite weights, or these records break it; resume from the last checkpoint with "
             f"a lower --learning_rate (or --max_grad_norm), or check the weights and these records")
+
+    def _stop_on_a_skipped_step(self) -> None:
+        """DeepSpeed skips a step whose gradients are not finite, with a warning, and trains on: in bf16 or fp32 no
+        loss scale can help, and where the weights cause it every later step is skipped too, so the run "succeeds"
+        untrained. Its overflow flag is reduced over the ranks: all raise the same line. (fp16's dynamic loss scale
+        skips steps by design.)"""
+        if skips_steps_to_scale_the_loss(self.args.hf_deepspeed_config.config):
+            return
+        loss = torch.stack(self._step_losses).float().mean().item() if self._step_losses else float("nan")
+        reports = all_ranks((loss, self._step_ids))
+        found = "; ".join(f"rank {index}: loss {value:g}{records_of(ids)}"
+                          for index, (value, ids) in enumerate(reports))
+        raise NonFiniteGradientError(
+            f"the gradients are not finite at step {self.state.global_step + 1}, {found}: DeepSpeed skipped the step "
+            f"and goes on skipping while the cause holds; the run diverged, or the model holds extreme weights, or these records "
+            f"break it; resume from the last checkpoint with a lower --learning_rate, or check the weights and these "
+            f"records")
 
     def _count_training_batch(self, inputs: dict) -> None:
         if self._last_log_time is None:

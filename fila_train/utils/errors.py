@@ -59,6 +59,10 @@ class NonFiniteLossError(FilaError):
     """A training loss that is NaN or infinite: a diverged run, non-finite weights or a record that breaks the model."""
 
 
+class NonFiniteGradientError(FilaError):
+    """Gradients that are NaN or infinite under a finite loss: DeepSpeed skipped the step, and would skip the next."""
+
+
 class LaunchError(FilaError):
     """Processes that cannot form their group: a rank that never started, a wrong address or port."""
 
