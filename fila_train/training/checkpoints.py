@@ -149,6 +149,14 @@ def newest_complete(run_dir: Path) -> tuple[Path | None, list[str]]:
     return chosen, skipped
 
 
+def where_to_resume(run_dir: str | Path) -> str:
+    """For a run stopped early: the checkpoint ``--resume_from_checkpoint latest`` would continue from."""
+    chosen, _ = newest_complete(Path(run_dir))
+    if chosen is None:
+        return "no checkpoint was saved yet"
+    return f"the newest complete checkpoint is {chosen}: --resume_from_checkpoint latest continues from it"
+
+
 def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
     """``--resume_from_checkpoint`` as a checked folder: ``latest`` / ``auto`` pick the newest complete
     checkpoint in ``output_dir`` (``auto`` starts from scratch when none was ever published); a path must

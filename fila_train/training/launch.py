@@ -5,7 +5,8 @@ exit quietly. torchrun would then add the ChildFailedError traceback and failure
 launcher exits with code 1 and adds nothing, or, when no worker printed (all stopped on a peer's
 failure, or one was killed by a signal), prints one line: the first failed worker's own, left in
 torchrun's error file, or how it died. Node launchers that do not meet (a node that never started) give
-one line too, instead of the agent's traceback. Everything else is torchrun's own: same flags, same behaviour.
+one line too, instead of the agent's traceback, and so does a signal that stops the launcher (SIGTERM from a
+scheduler; Ctrl-C is the workers' to report). Everything else is torchrun's own: same flags, same behaviour.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import signal
 import sys
 
 from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, read_launcher_record
+
+# torchrun's agent logs this when a signal stops it; the line below (or the workers', for Ctrl-C) says it.
+STOP_NOTICE = "death signal, shutting down workers"
 
 CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     user_level = os.environ.get(CPP_LOG_LEVEL)
     os.environ[CPP_LOG_LEVEL] = "FATAL"
     from torch.distributed import DistError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import parse_args, run
@@ -59,10 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         # When a worker fails, this logger adds "Sending process N closing signal SIGTERM" and "failed
         # (exitcode: 2) local_rank: 0 ..." after the worker's own line; a silent failure gets ours below.
         logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+        logging.getLogger("torch.distributed.elastic.agent.server.api").addFilter(
+            lambda record: STOP_NOTICE not in record.getMessage())
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
+    except SignalException as stop:  # torchrun has passed the signal on to its workers and waited for them
+        if stop.sigval != signal.SIGINT:  # Ctrl-C: each node's first worker prints its step and checkpoint
+            # On a line of its own: a worker stopped by the signal leaves its progress bar's line open.
+            print(f"\n[fila-train] stopped by {signal.Signals(stop.sigval).name}: every worker was stopped; a "
+                  f"checkpoint is complete or absent (--resume_from_checkpoint latest continues from the newest "
+                  f"complete one)", file=sys.stderr)
+        return 128 + stop.sigval
     except (DistError, RendezvousError) as error:  # this agent's, before any worker: meeting the other nodes
         print(rendezvous_failure(args, error), file=sys.stderr)
         return REPORTED_EXIT_CODE

@@ -22,10 +22,10 @@ from ..utils.distributed import all_ranks, is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
-from ..utils.errors import ConfigError, FilaError
+from ..utils.errors import ConfigError, FilaError, Interrupted
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .build_locks import reporting_build_locks
-from .checkpoints import resolve_resume
+from .checkpoints import resolve_resume, where_to_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
@@ -178,7 +178,11 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
                                                        processor.image_processor.encoder_processor),
                           processing_class=processor)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                          f"{where_to_resume(args.output_dir)}") from None
     seconds = time.perf_counter() - start
     skipped = total_skip_counts(trainer.skipped)
     if skipped:

@@ -7,13 +7,16 @@ other exception is a bug (or out of memory): the rank that hit it prints its tra
 stopped because a peer failed (a torch.distributed error) prints nothing: it exits with SILENT_EXIT_CODE
 and leaves its one line in torchrun's error file, which the launcher (training/launch.py) prints when no
 rank printed anything. Every traceback is also stored in a file (FILA_TRAIN_DEBUG=1 prints it instead: the
-error propagates, so Python prints its traceback and exits with 1).
+error propagates, so Python prints its traceback and exits with 1). Ctrl-C reaches every process of a node at
+once: local rank 0 prints one line (with the run's step and checkpoint when training) and all exit with 130.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import tempfile
 import time
 import traceback
@@ -24,6 +27,7 @@ from pathlib import Path
 DEBUG_ENV = "FILA_TRAIN_DEBUG"
 REPORTED_EXIT_CODE = 1  # the error is on the terminal already
 SILENT_EXIT_CODE = 3  # this rank printed nothing; its line is in torchrun's error file
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # as a shell reports a command stopped by Ctrl-C
 
 
 class FilaError(Exception):
@@ -71,6 +75,10 @@ class ExportError(FilaError, ValueError):
     """An export that cannot be written as asked."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command had done: a training run names its step and the checkpoint to resume from."""
+
+
 # Errors a user can cause: ours, and the file system's (their message names the path).
 USER_ERRORS = (FilaError, OSError)
 
@@ -86,6 +94,11 @@ def debugging() -> bool:
 
 def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def rank_label() -> str:
+    """The " [rank N]" of a line from one process of several; empty for a single process."""
+    return f" [rank {process_rank()}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 def is_peer_failure(error: BaseException) -> bool:
@@ -111,12 +124,12 @@ def should_print(error: BaseException, rank: int, world_size: int, local_rank: i
     return rank == 0 or is_record_error(error) or not isinstance(error, USER_ERRORS)
 
 
-def leave_for_launcher(line: str, stored: Path, printed: bool) -> None:
+def leave_for_launcher(line: str, stored: Path | None, printed: bool) -> None:
     """The line in torchrun's per-worker error file (the format its ProcessFailure reads), and whether this rank
     printed it: torchrun may stop a rank by a signal after it printed, so its exit code cannot tell."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
-        record = {"message": {"message": line, "extraInfo": {"py_callstack": str(stored), "printed": printed,
+        record = {"message": {"message": line, "extraInfo": {"py_callstack": str(stored or ""), "printed": printed,
                                                               "timestamp": str(int(time.time()))}}}
         Path(path).write_text(json.dumps(record))
 
@@ -162,10 +175,45 @@ def store_traceback(error: BaseException, folder: str | Path | None, rank: int) 
     return path
 
 
+def interrupt_once(signum, frame) -> None:
+    """Ctrl-C as KeyboardInterrupt, once: torchrun forwards the terminal's Ctrl-C to its workers a second time,
+    which would interrupt the first one's report with a traceback (torchrun kills a worker that hangs)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def reported_interrupt(command: str) -> Iterator[None]:
+    """Ctrl-C as one line from each node's first process (every process of the node got it) and exit code 130."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt_once) if in_main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        if debugging():
+            raise
+        line = f"{command}{rank_label()}: {str(interrupt) or 'interrupted'}"
+        printed = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        if printed:
+            print(line, file=sys.stderr, flush=True)
+        leave_for_launcher(line, None, printed)
+        raise ReportedExit(INTERRUPTED_EXIT_CODE) from None
+    finally:
+        if in_main_thread and previous is not None:  # None: a handler set outside Python, which stays
+            signal.signal(signal.SIGINT, previous)
+
+
 @contextmanager
 def one_line_errors(command: str, log_folder: str | Path | None = None) -> Iterator[None]:
     """Turn a user's error into one line on stderr (see the module doc) and ReportedExit(1); a bug prints its
-    traceback above that line."""
+    traceback above that line. Ctrl-C is one line too."""
+    with reported_interrupt(command):
+        with _one_line_errors(command, log_folder):
+            yield
+
+
+@contextmanager
+def _one_line_errors(command: str, log_folder: str | Path | None) -> Iterator[None]:
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
@@ -175,10 +223,9 @@ def one_line_errors(command: str, log_folder: str | Path | None = None) -> Itera
             raise
         rank, world_size = process_rank(), int(os.environ.get("WORLD_SIZE", "1"))
         stored = store_traceback(error, log_folder, rank)
-        where = f" [rank {rank}]" if world_size > 1 else ""
         bug = not isinstance(error, USER_ERRORS) and not is_peer_failure(error)
         detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored})"
-        line = f"{command}{where}: error: {one_line(error)}{detail}"
+        line = f"{command}{rank_label()}: error: {one_line(error)}{detail}"
         if should_print(error, rank, world_size, int(os.environ.get("LOCAL_RANK", rank))):
             if bug:  # what a bug report needs
                 sys.stderr.write("".join(traceback.format_exception(error)))
