@@ -1,5 +1,5 @@
 """Ctrl-C or SIGTERM stops a 2-process run with one line and the signal's exit code, as a terminal or a scheduler
-(SLURM's scancel and preemption send SIGTERM) would stop it.
+(SLURM's scancel and preemption send SIGTERM) would stop it: the line names the checkpoint to resume from.
 
 Before, Ctrl-C printed every rank's KeyboardInterrupt traceback and the launcher's SignalException traceback
 (164 lines of stderr for 2 ranks), and SIGTERM the launcher's traceback."""
@@ -26,33 +26,45 @@ SAVE_STEPS = 2
 class StoppedRun:
     returncode: int
     stderr: str
-    after_the_signal: list[str]  # stderr's lines from the signal on, less the progress bar's
+    about_the_stop: list[str]  # stderr's lines from the signal on, less progress bars and the run's own logs
 
 
-def stopped_run(assets, output, signum: int) -> StoppedRun:
-    """A long 2-process run through the launcher, in a session of its own like a terminal's foreground job, sent
-    ``signum`` (the whole group, as Ctrl-C or scancel do) once it has saved a checkpoint."""
-    command = [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output),
-               *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=1000),
-               "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS)]
-    process = subprocess.Popen(command, cwd=REPO, env=rank_environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+def launched(command: list[str], ready, signum: int) -> StoppedRun:
+    """``command`` through our torchrun launcher, in a session of its own like a terminal's foreground job (torchrun
+    starts each worker in a session of its own too), sent ``signum`` once ``ready()``."""
+    process = subprocess.Popen([sys.executable, "-m", "fila_train.training.launch", *command], cwd=REPO,
+                               env=rank_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
     deadline = time.monotonic() + 240
-    while not (output / f"checkpoint-{SAVE_STEPS}" / MANIFEST).exists():
+    while not ready():
         assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
         time.sleep(0.2)
-    time.sleep(0.5)  # the manifest's own log line
-    before = len(lines)
-    os.killpg(process.pid, signum)
+    before = len(lines)  # a line still on its way from before the signal is a log line or a bar's: left out below
+    os.killpg(process.pid, signum)  # as Ctrl-C or scancel signal the foreground job
     process.wait(timeout=120)
     reader.join(timeout=30)
-    after = [line.rstrip("\n").rsplit("\r", 1)[-1] for line in lines[before:]]
-    return StoppedRun(process.returncode, "".join(lines),
-                      [line for line in after if line.strip() and not re.search(r"\d+/\d+ \[", line)])
+    assert not reader.is_alive()
+    last = [line.rstrip("\n").rsplit("\r", 1)[-1] for line in lines[before:]]
+    return StoppedRun(process.returncode, "".join(lines), [
+        line for line in last if line.strip() and not re.search(r"\d+/\d+ \[", line)  # a progress bar
+        and not re.match(r"\d{4}-\d\d-\d\d |\[transformers\] |\[INFO\] ", line)])  # the run's logs
+
+
+def stopped_run(assets, output, signum: int) -> StoppedRun:
+    """A long 2-process training run, stopped once it has saved a checkpoint."""
+    command = ["--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "fila_train.cli", "train",
+               "--output_dir", str(output), *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=1000),
+               "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS)]
+    return launched(command, lambda: (output / f"checkpoint-{SAVE_STEPS}" / MANIFEST).exists(), signum)
+
+
+def resume_from(output) -> str:
+    checkpoint, _ = newest_complete(output)
+    assert checkpoint is not None
+    return f"the newest complete checkpoint is {checkpoint}: --resume_from_checkpoint latest continues from it"
 
 
 def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(tiny_assets, tmp_path):
@@ -60,43 +72,47 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(ti
     run = stopped_run(tiny_assets, output, signal.SIGINT)
     assert run.returncode == 128 + signal.SIGINT, run.stderr[-3000:]
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
-    (line,) = run.after_the_signal
-    checkpoint, _ = newest_complete(output)
-    assert checkpoint is not None
-    found = re.fullmatch(r"fila-train train \[rank 0\]: interrupted at step (\d+) of 1000; (.*)", line)
-    assert found and int(found.group(1)) >= int(checkpoint.name.split("-")[1]), line
-    assert found.group(2) == (f"the newest complete checkpoint is {checkpoint}: "
-                              f"--resume_from_checkpoint latest continues from it"), line
+    (line,) = run.about_the_stop
+    found = re.fullmatch(r"fila-train train \[rank [01]\]: interrupted at step (\d+) of 1000; (.*)", line)
+    assert found and found.group(2) == resume_from(output), line
+    assert int(found.group(1)) >= SAVE_STEPS
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
-def test_a_scheduler_stop_is_one_line_from_the_launcher(signum, tiny_assets, tmp_path):
+def test_a_scheduler_stop_is_one_line_from_the_launcher_naming_the_checkpoint(tiny_assets, tmp_path):
     output = tmp_path / "run"
-    run = stopped_run(tiny_assets, output, signum)
-    assert run.returncode == 128 + signum, run.stderr[-3000:]
+    run = stopped_run(tiny_assets, output, signal.SIGTERM)
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr[-3000:]
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
-    assert run.after_the_signal == [
-        f"[fila-train] stopped by {signal.Signals(signum).name}: every worker was stopped; a checkpoint is complete "
-        f"or absent (--resume_from_checkpoint latest continues from the newest complete one)"], run.stderr[-3000:]
-    assert newest_complete(output)[0] is not None
+    assert run.about_the_stop == [f"[fila-train] stopped by SIGTERM: every worker was stopped; {resume_from(output)}"]
 
 
-def test_ctrl_c_in_one_process_is_one_line_and_a_second_one_waits_for_it(capsys, monkeypatch):
-    """torchrun passes the terminal's Ctrl-C on to its workers once more: it must not interrupt the report."""
+def test_ctrl_c_that_no_worker_could_report_is_the_launchers_line(tmp_path):
+    """A worker that cannot report (on a GPU: blocked in a collective until torchrun kills it); here one that is
+    not fila-train's."""
+    started = tmp_path / "started"
+    command = ["--nproc_per_node", "1", "--master_port", str(free_port()), "--no-python", "bash", "-c",
+               f"touch {started}; sleep 100", "worker", "--output_dir", str(tmp_path / "run")]
+    run = launched(command, started.exists, signal.SIGINT)
+    assert run.returncode == 128 + signal.SIGINT, run.stderr
+    assert run.about_the_stop == [f"[fila-train] interrupted: every worker was stopped; {tmp_path / 'run'} holds no "
+                                  f"complete checkpoint yet"], run.stderr
+
+
+def test_ctrl_c_in_one_process_is_one_line_and_a_second_one_is_ignored(capsys, monkeypatch):
+    """A second Ctrl-C must not interrupt the report, or the exit after it, with a traceback."""
     from fila_train.utils.errors import INTERRUPTED_EXIT_CODE, ReportedExit, one_line_errors
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_ERROR_FILE"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_ERROR_FILE", "FILA_TRAIN_INTERRUPT_REPORTED"):
         monkeypatch.delenv(name, raising=False)
     before = signal.getsignal(signal.SIGINT)
-    ignored_after_the_first = None
-    with pytest.raises(ReportedExit) as stopped:
-        with one_line_errors("fila-train eval"):
-            try:
+    try:
+        with pytest.raises(ReportedExit) as stopped:
+            with one_line_errors("fila-train eval"):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(30)
-            except KeyboardInterrupt:
-                ignored_after_the_first = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-                raise
-    assert stopped.value.code == INTERRUPTED_EXIT_CODE and ignored_after_the_first
-    assert capsys.readouterr().err == "fila-train eval: interrupted\n"
-    assert signal.getsignal(signal.SIGINT) is before
+        assert stopped.value.code == INTERRUPTED_EXIT_CODE
+        assert capsys.readouterr().err == "fila-train eval: interrupted\n"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file, save_file
 
 from distributed_utils import REPO, free_port, rank_environment, train_args
@@ -27,13 +28,13 @@ def llm_with_nan(llm, folder, tensor: str, row: int | slice, value: float = floa
     return folder
 
 
-def stopped_run(assets, llm, output, steps: int, overflows: int = 0) -> str:
+def stopped_run(assets, llm, output, steps: int, zero: int = 2, overflows: int = 0) -> str:
     """A 2-process stage-2 run of ``llm`` that must stop: its one error line. DeepSpeed reports ``overflows``
     skipped steps before it stops (none for a loss: that is checked before DeepSpeed's step)."""
     run = subprocess.run(
         [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", "2", "--master_port",
          str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output),
-         *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=steps), "--model_name_or_path",
+         *train_args(assets, hybrid=False, fuser=False, stage=2, zero=zero, steps=steps), "--model_name_or_path",
          str(llm), "--log_sample_ids"],
         cwd=REPO, env=rank_environment(), capture_output=True, text=True, timeout=300)
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
@@ -83,16 +84,17 @@ def test_a_record_that_breaks_the_model_is_named_whichever_rank_met_it(tiny_asse
     assert f"rank {1 - rank}:" not in line
 
 
-def test_gradients_that_overflow_under_a_finite_loss_stop_at_the_first_skipped_step(tiny_assets, tmp_path):
-    """The final norm's weights at 1e20: the loss stays finite (about 4e19: the softmax saturates) but ZeRO-2's
-    gradient norm overflows float32, so DeepSpeed skips the step. In bf16 or fp32 it would skip every later step
-    too. (ZeRO-3 takes that norm without overflow: 7e20 here, and trains on.)"""
-    llm = llm_with_nan(tiny_assets.llm, tmp_path / "llm", "model.norm.weight", slice(None), 1e20)
+@pytest.mark.parametrize("zero", [2, 3])
+def test_gradients_that_overflow_under_a_finite_loss_stop_at_the_first_skipped_step(zero, tiny_assets, tmp_path):
+    """The final norm's weights at 1e37: the loss stays finite (about 4e36: the softmax saturates) but the LM head's
+    gradients overflow float32, so DeepSpeed skips the step; in bf16 or fp32 it would skip every later step too.
+    (At 1e20 ZeRO-2 overflows in its gradient norm alone; ZeRO-3 takes that norm without overflow and trains on.)"""
+    llm = llm_with_nan(tiny_assets.llm, tmp_path / "llm", "model.norm.weight", slice(None), 1e37)
     output = tmp_path / "run"
-    line = stopped_run(tiny_assets, llm, output, steps=6, overflows=1)
+    line = stopped_run(tiny_assets, llm, output, steps=6, zero=zero, overflows=1)
     ranks = [re.search(rf"rank {r}: loss ([0-9.e+]+) \(records ([^)]*)\)", line) for r in (0, 1)]
     assert all(ranks), line
-    assert all(float(found.group(1)) > 1e18 for found in ranks), line
+    assert all(float(found.group(1)) > 1e35 for found in ranks), line
     assert [found.group(2) for found in ranks] == [", ".join(trained_at(output, r, 1)) for r in (0, 1)], line
     assert line.startswith("fila-train train [rank 0]: error: the gradients are not finite at step 1, rank 0: loss ")
     assert "DeepSpeed skipped the step" in line, line

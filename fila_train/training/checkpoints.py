@@ -153,7 +153,7 @@ def where_to_resume(run_dir: str | Path) -> str:
     """For a run stopped early: the checkpoint ``--resume_from_checkpoint latest`` would continue from."""
     chosen, _ = newest_complete(Path(run_dir))
     if chosen is None:
-        return "no checkpoint was saved yet"
+        return f"{run_dir} holds no complete checkpoint yet"
     return f"the newest complete checkpoint is {chosen}: --resume_from_checkpoint latest continues from it"
 
 

@@ -6,7 +6,7 @@ launcher exits with code 1 and adds nothing, or, when no worker printed (all sto
 failure, or one was killed by a signal), prints one line: the first failed worker's own, left in
 torchrun's error file, or how it died. Node launchers that do not meet (a node that never started) give
 one line too, instead of the agent's traceback, and so does a signal that stops the launcher (SIGTERM from a
-scheduler; Ctrl-C is the workers' to report). Everything else is torchrun's own: same flags, same behaviour.
+scheduler; Ctrl-C when no worker could report it). Everything else is torchrun's own: same flags, same behaviour.
 """
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
-from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, read_launcher_record
+from ..utils.errors import INTERRUPT_REPORTED_ENV, REPORTED_EXIT_CODE, SILENT_EXIT_CODE, read_launcher_record
+from .checkpoints import where_to_resume
+from .preflight import output_dir_of
 
 # torchrun's agent logs this when a signal stops it; the line below (or the workers', for Ctrl-C) says it.
 STOP_NOTICE = "death signal, shutting down workers"
@@ -30,6 +34,14 @@ def describe(exitcode: int) -> str:
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with code {exitcode}"
+
+
+def stopped(args, signum: int) -> str:
+    """One line for the launcher stopped by a signal, once its workers are."""
+    output_dir = output_dir_of(args.training_script_args)
+    resume = where_to_resume(output_dir) if output_dir else "a checkpoint is complete or absent"
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return f"[fila-train] {how}: every worker was stopped; {resume}"
 
 
 def rendezvous_failure(args, error: Exception) -> str:
@@ -68,14 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             lambda record: STOP_NOTICE not in record.getMessage())
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C: the node's first worker to take it reports it with the run's step (utils/errors.py) ...
+    interrupt_reported = Path(tempfile.gettempdir()) / f"fila-train-interrupt-reported-{os.getpid()}"
+    interrupt_reported.unlink(missing_ok=True)
+    os.environ[INTERRUPT_REPORTED_ENV] = str(interrupt_reported)
     try:
         run(args)
     except SignalException as stop:  # torchrun has passed the signal on to its workers and waited for them
-        if stop.sigval != signal.SIGINT:  # Ctrl-C: each node's first worker prints its step and checkpoint
+        # ... else (a worker blocked in a collective until torchrun killed it; SIGTERM kills them) the launcher.
+        if stop.sigval != signal.SIGINT or not interrupt_reported.exists():
             # On a line of its own: a worker stopped by the signal leaves its progress bar's line open.
-            print(f"\n[fila-train] stopped by {signal.Signals(stop.sigval).name}: every worker was stopped; a "
-                  f"checkpoint is complete or absent (--resume_from_checkpoint latest continues from the newest "
-                  f"complete one)", file=sys.stderr)
+            print(f"\n{stopped(args, stop.sigval)}", file=sys.stderr)
         return 128 + stop.sigval
     except (DistError, RendezvousError) as error:  # this agent's, before any worker: meeting the other nodes
         print(rendezvous_failure(args, error), file=sys.stderr)
@@ -93,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fila-train] error: rank {rank} {describe(failure.exitcode)} (its output is above)",
                   file=sys.stderr)
         return REPORTED_EXIT_CODE
+    finally:
+        interrupt_reported.unlink(missing_ok=True)
     return 0
 
 

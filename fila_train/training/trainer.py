@@ -53,6 +53,12 @@ def records_of(ids: list[str] | None, most: int = 8) -> str:
     return f" (records {', '.join(ids[:most])}{more})"
 
 
+# The end of a non-finite loss or gradient error: what it means and what to do.
+DIVERGED = "the run diverged, or the model holds non-finite or extreme weights, or these records break it"
+RESUME_LOWER = "resume from the last checkpoint with a lower --learning_rate"
+OR_CHECK = "or check the weights and these records"
+
+
 if not hasattr(Trainer, "_run_epoch"):  # FilaTrainer._run_epoch below would silently never run
     raise ImportError("fila_train needs a transformers Trainer with _run_epoch (transformers >= 5.0): "
                       "resume would replay the wrong data order without it")
@@ -165,13 +171,9 @@ class FilaTrainer(Trainer):
         line (rank 0 prints it): a rank of its own could not report under every launcher."""
         if not any_rank(~torch.isfinite(loss.detach()).to(self.args.device)):
             return
-        reports = all_ranks((loss.item(), self._batch_ids))
-        found = "; ".join(f"rank {index}: {value:g}{records_of(ids)}"
-                          for index, (value, ids) in enumerate(reports) if not math.isfinite(value))
-        raise NonFiniteLossError(
-            f"the training loss is not finite at step {self.state.global_step + 1}, {found}: the run diverged, or "
-            f"the model holds non-finite weights, or these records break it; resume from the last checkpoint with "
-            f"a lower --learning_rate (or --max_grad_norm), or check the weights and these records")
+        found = self._every_rank(loss.item(), self._batch_ids, only_nonfinite=True)
+        raise NonFiniteLossError(f"the training loss is not finite at step {self.state.global_step + 1}, {found}: "
+                                 f"{DIVERGED}; {RESUME_LOWER} (or --max_grad_norm), {OR_CHECK}")
 
     def _stop_on_a_skipped_step(self) -> None:
         """DeepSpeed skips a step whose gradients are not finite, with a warning, and trains on: in bf16 or fp32 no
@@ -180,15 +182,20 @@ class FilaTrainer(Trainer):
         skips steps by design.)"""
         if skips_steps_to_scale_the_loss(self.args.hf_deepspeed_config.config):
             return
-        loss = torch.stack(self._step_losses).float().mean().item() if self._step_losses else float("nan")
-        reports = all_ranks((loss, self._step_ids))
-        found = "; ".join(f"rank {index}: loss {value:g}{records_of(ids)}"
-                          for index, (value, ids) in enumerate(reports))
+        # Each micro-batch's loss is its share of the step's (HF divides by the step's tokens): their sum is the step's.
+        loss = torch.stack(self._step_losses).float().sum().item() if self._step_losses else float("nan")
+        found = self._every_rank(loss, self._step_ids, only_nonfinite=False, what="loss ")
         raise NonFiniteGradientError(
             f"the gradients are not finite at step {self.state.global_step + 1}, {found}: DeepSpeed skipped the step "
-            f"and goes on skipping while the cause holds; the run diverged, or the model holds extreme weights, or these records "
-            f"break it; resume from the last checkpoint with a lower --learning_rate, or check the weights and these "
-            f"records")
+            f"and goes on skipping while the cause holds; {DIVERGED}; {RESUME_LOWER} (in fp16: a dynamic "
+            f"loss_scale), {OR_CHECK}")
+
+    @staticmethod
+    def _every_rank(value: float, ids: list[str] | None, only_nonfinite: bool, what: str = "") -> str:
+        """Every rank's ``value`` and records as "rank 0: <what>nan (records a, b); rank 1: ..." (a collective)."""
+        return "; ".join(f"rank {index}: {what}{found:g}{records_of(found_ids)}"
+                         for index, (found, found_ids) in enumerate(all_ranks((value, ids)))
+                         if not (only_nonfinite and math.isfinite(found)))
 
     def _count_training_batch(self, inputs: dict) -> None:
         if self._last_log_time is None:

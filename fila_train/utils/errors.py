@@ -7,8 +7,10 @@ other exception is a bug (or out of memory): the rank that hit it prints its tra
 stopped because a peer failed (a torch.distributed error) prints nothing: it exits with SILENT_EXIT_CODE
 and leaves its one line in torchrun's error file, which the launcher (training/launch.py) prints when no
 rank printed anything. Every traceback is also stored in a file (FILA_TRAIN_DEBUG=1 prints it instead: the
-error propagates, so Python prints its traceback and exits with 1). Ctrl-C reaches every process of a node at
-once: local rank 0 prints one line (with the run's step and checkpoint when training) and all exit with 130.
+error propagates, so Python prints its traceback and exits with 1). Ctrl-C is one line per node, exit code
+130: torchrun passes it on to each worker, the first worker of the node to take it prints (with the run's step
+and checkpoint when training), and the launcher prints a line of its own when none could (a worker blocked in
+a collective until torchrun kills it).
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ DEBUG_ENV = "FILA_TRAIN_DEBUG"
 REPORTED_EXIT_CODE = 1  # the error is on the terminal already
 SILENT_EXIT_CODE = 3  # this rank printed nothing; its line is in torchrun's error file
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # as a shell reports a command stopped by Ctrl-C
+# A file the launcher names for its workers: created by the first of them to report a Ctrl-C.
+INTERRUPT_REPORTED_ENV = "FILA_TRAIN_INTERRUPT_REPORTED"
 
 
 class FilaError(Exception):
@@ -94,6 +98,10 @@ def debugging() -> bool:
 
 def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", process_rank()))
 
 
 def rank_label() -> str:
@@ -176,30 +184,44 @@ def store_traceback(error: BaseException, folder: str | Path | None, rank: int) 
 
 
 def interrupt_once(signum, frame) -> None:
-    """Ctrl-C as KeyboardInterrupt, once: torchrun forwards the terminal's Ctrl-C to its workers a second time,
-    which would interrupt the first one's report with a traceback (torchrun kills a worker that hangs)."""
+    """Ctrl-C as KeyboardInterrupt, once: a second Ctrl-C would interrupt the report, or the exit after it, with
+    a traceback. (A process that hangs on its way out is torchrun's to kill, or Ctrl-\\.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
+def first_to_report_interrupt() -> bool:
+    """Under our launcher, the node's first worker to claim its file; otherwise the node's first process."""
+    claim = os.environ.get(INTERRUPT_REPORTED_ENV)
+    if not claim:
+        return local_rank() == 0
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 @contextmanager
 def reported_interrupt(command: str) -> Iterator[None]:
-    """Ctrl-C as one line from each node's first process (every process of the node got it) and exit code 130."""
+    """Ctrl-C as one line per node (see the module doc) and exit code 130."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, interrupt_once) if in_main_thread else None
+    interrupted = False
     try:
         yield
     except KeyboardInterrupt as interrupt:
+        interrupted = True  # SIGINT stays ignored: the process is on its way out
         if debugging():
             raise
         line = f"{command}{rank_label()}: {str(interrupt) or 'interrupted'}"
-        printed = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        printed = first_to_report_interrupt()
         if printed:
             print(line, file=sys.stderr, flush=True)
         leave_for_launcher(line, None, printed)
         raise ReportedExit(INTERRUPTED_EXIT_CODE) from None
     finally:
-        if in_main_thread and previous is not None:  # None: a handler set outside Python, which stays
+        if in_main_thread and previous is not None and not interrupted:  # None: not set from Python
             signal.signal(signal.SIGINT, previous)
 
 
@@ -226,7 +248,7 @@ def _one_line_errors(command: str, log_folder: str | Path | None) -> Iterator[No
         bug = not isinstance(error, USER_ERRORS) and not is_peer_failure(error)
         detail = "" if isinstance(error, USER_ERRORS) else f" (traceback in {stored})"
         line = f"{command}{rank_label()}: error: {one_line(error)}{detail}"
-        if should_print(error, rank, world_size, int(os.environ.get("LOCAL_RANK", rank))):
+        if should_print(error, rank, world_size, local_rank()):
             if bug:  # what a bug report needs
                 sys.stderr.write("".join(traceback.format_exception(error)))
             print(line, file=sys.stderr, flush=True)
