@@ -18,8 +18,9 @@ from fila_train.processing.chat_templates import get_template
 from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.utils.errors import ConfigError, DataRecordError, FilaError
 
-# Exceptions that are not errors: a converter's deliberate leave-out, and the exit after an error was printed.
-NOT_ERRORS = {"SkipSample", "ReportedExit"}
+# Exceptions that are not errors: a converter's deliberate leave-out, the exit after an error was printed, and
+# Ctrl-C (a KeyboardInterrupt, so that nothing catching Exception can swallow it).
+NOT_ERRORS = {"SkipSample", "ReportedExit", "Interrupted"}
 
 
 def exception_classes() -> list[type]:

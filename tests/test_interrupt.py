@@ -47,9 +47,11 @@ def launched(command: list[str], ready, signum: int) -> StoppedRun:
     process.wait(timeout=120)
     reader.join(timeout=30)
     assert not reader.is_alive()
-    last = [line.rstrip("\n").rsplit("\r", 1)[-1] for line in lines[before:]]
+    # What a line shows once a terminal has drawn it: the text after its last \r, less a progress bar.
+    shown = [re.sub(r"^[^|]*\d+%\|[^|]*\|\s*\d+/\d+ \[[^\]]*\]", "", line.rstrip("\n").rsplit("\r", 1)[-1])
+             for line in lines[before:]]
     return StoppedRun(process.returncode, "".join(lines), [
-        line for line in last if line.strip() and not re.search(r"\d+/\d+ \[", line)  # a progress bar
+        line for line in shown if line.strip()
         and not re.match(r"\d{4}-\d\d-\d\d |\[transformers\] |\[INFO\] ", line)])  # the run's logs
 
 

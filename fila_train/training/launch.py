@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -39,7 +40,12 @@ def describe(exitcode: int) -> str:
 def stopped(args, signum: int) -> str:
     """One line for the launcher stopped by a signal, once its workers are."""
     output_dir = output_dir_of(args.training_script_args)
-    resume = where_to_resume(output_dir) if output_dir else "a checkpoint is complete or absent"
+    resume = "a checkpoint is complete or absent"
+    if output_dir:
+        try:
+            resume = where_to_resume(output_dir)
+        except OSError:  # an unreadable folder: the line still comes, without the checkpoint's name
+            pass
     how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     return f"[fila-train] {how}: every worker was stopped; {resume}"
 
@@ -81,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Ctrl-C: the node's first worker to take it reports it with the run's step (utils/errors.py) ...
-    interrupt_reported = Path(tempfile.gettempdir()) / f"fila-train-interrupt-reported-{os.getpid()}"
-    interrupt_reported.unlink(missing_ok=True)
+    claims = Path(tempfile.mkdtemp(prefix="fila-train-launch-"))  # this launcher's own
+    interrupt_reported = claims / "interrupt-reported"
     os.environ[INTERRUPT_REPORTED_ENV] = str(interrupt_reported)
     try:
         run(args)
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return REPORTED_EXIT_CODE
     finally:
-        interrupt_reported.unlink(missing_ok=True)
+        shutil.rmtree(claims, ignore_errors=True)
     return 0
 
 

@@ -181,8 +181,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     except KeyboardInterrupt:
-        state = trainer.state  # max_steps is 0 until the loop starts (DeepSpeed's set-up, a resume's loading)
-        when = f"at step {state.global_step} of {state.max_steps}" if state.max_steps else "before the first step"
+        state = trainer.state
+        when = (f"at step {state.global_step} of {state.max_steps}" if trainer.training_started
+                else "before training started")  # in DeepSpeed's set-up or a resume's loading
         raise Interrupted(f"interrupted {when}; {where_to_resume(args.output_dir)}") from None
     seconds = time.perf_counter() - start
     skipped = total_skip_counts(trainer.skipped)

@@ -82,6 +82,7 @@ class FilaTrainer(Trainer):
         self._step_ids: list[str] = []
         self._step_losses: list[torch.Tensor] = []
         self._staging: Path | None = None  # set while a checkpoint is being written
+        self.training_started = False  # the loop's first epoch began (after DeepSpeed's set-up and any resume)
         self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
         if self.args.log_sample_ids:
             path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
@@ -114,6 +115,7 @@ class FilaTrainer(Trainer):
             self.args.world_size, seed=self.args.sampler_seed())
 
     def _run_epoch(self, *args, epoch: int, train_dataloader, **kwargs):
+        self.training_started = True
         if self.state.global_step >= self.state.max_steps:
             # Resumed from the run's last checkpoint: the Trainer would train one step past max_steps
             # when that checkpoint falls inside an epoch. Nothing is left to train.
@@ -182,7 +184,8 @@ class FilaTrainer(Trainer):
         skips steps by design.)"""
         if skips_steps_to_scale_the_loss(self.args.hf_deepspeed_config.config):
             return
-        # Each micro-batch's loss is its share of the step's (HF divides by the step's tokens): their sum is the step's.
+        # Each micro-batch's loss is its share of the step's (HF divides by the step's tokens, over all ranks): their
+        # sum is this rank's part, and the logged loss the mean of the ranks' parts.
         loss = torch.stack(self._step_losses).float().sum().item() if self._step_losses else float("nan")
         found = self._every_rank(loss, self._step_ids, only_nonfinite=False, what="loss ")
         raise NonFiniteGradientError(

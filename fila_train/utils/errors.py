@@ -216,8 +216,8 @@ def reported_interrupt(command: str) -> Iterator[None]:
             raise
         line = f"{command}{rank_label()}: {str(interrupt) or 'interrupted'}"
         printed = first_to_report_interrupt()
-        if printed:
-            print(line, file=sys.stderr, flush=True)
+        if printed:  # on a line of its own: rank 0's progress bar may still hold the line
+            print(("\n" if process_rank() else "") + line, file=sys.stderr, flush=True)
         leave_for_launcher(line, None, printed)
         raise ReportedExit(INTERRUPTED_EXIT_CODE) from None
     finally:
