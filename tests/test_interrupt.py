@@ -29,10 +29,14 @@ class StoppedRun:
     about_the_stop: list[str]  # stderr's lines from the signal on, less progress bars and the run's own logs
 
 
-def launched(command: list[str], ready, signum: int) -> StoppedRun:
-    """``command`` through our torchrun launcher, in a session of its own like a terminal's foreground job (torchrun
-    starts each worker in a session of its own too), sent ``signum`` once ``ready()``."""
-    process = subprocess.Popen([sys.executable, "-m", "fila_train.training.launch", *command], cwd=REPO,
+TORCHRUN = "fila_train.training.launch"
+DEEPSPEED = "fila_train.training.deepspeed_launch"  # DeepSpeed's runner
+
+
+def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN) -> StoppedRun:
+    """``command`` through one of our launchers, in a session of its own like a terminal's foreground job (torchrun
+    starts each worker in a session of its own too; DeepSpeed does not), sent ``signum`` once ``ready()``."""
+    process = subprocess.Popen([sys.executable, "-m", launcher, *command], cwd=REPO,
                                env=rank_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     lines: list[str] = []
@@ -55,12 +59,14 @@ def launched(command: list[str], ready, signum: int) -> StoppedRun:
         and not re.match(r"\d{4}-\d\d-\d\d |\[transformers\] |\[INFO\] ", line)])  # the run's logs
 
 
-def stopped_run(assets, output, signum: int) -> StoppedRun:
+def stopped_run(assets, output, signum: int, launcher: str = TORCHRUN) -> StoppedRun:
     """A long 2-process training run, stopped once it has saved a checkpoint."""
-    command = ["--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "fila_train.cli", "train",
-               "--output_dir", str(output), *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=1000),
+    layout = (["--nproc_per_node", "2", "--master_port", str(free_port()), "-m"] if launcher == TORCHRUN else
+              ["--num_gpus", "2", "--master_port", str(free_port()), "--no_local_rank", "--module"])
+    command = [*layout, "fila_train.cli", "train", "--output_dir", str(output),
+               *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=1000),
                "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS)]
-    return launched(command, lambda: (output / f"checkpoint-{SAVE_STEPS}" / MANIFEST).exists(), signum)
+    return launched(command, lambda: (output / f"checkpoint-{SAVE_STEPS}" / MANIFEST).exists(), signum, launcher)
 
 
 def resume_from(output) -> str:
@@ -78,6 +84,17 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(ti
     found = re.fullmatch(r"fila-train train \[rank [01]\]: interrupted at step (\d+) of 1000; (.*)", line)
     assert found and found.group(2) == resume_from(output), line
     assert int(found.group(1)) >= SAVE_STEPS
+
+
+def test_ctrl_c_under_deepspeeds_launcher_is_one_line_too(tiny_assets, tmp_path):
+    """DeepSpeed's per-node launcher kills the workers at once, so the line is most often its runner's (ours)."""
+    output = tmp_path / "run"
+    run = stopped_run(tiny_assets, output, signal.SIGINT, DEEPSPEED)
+    assert run.returncode == 128 + signal.SIGINT, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
+    (line,) = run.about_the_stop
+    assert re.fullmatch(r"(fila-train train \[rank [01]\]: interrupted at step \d+ of 1000|\[fila-train\] "
+                        r"interrupted: every worker was stopped); " + re.escape(resume_from(output)), line), line
 
 
 def test_a_scheduler_stop_is_one_line_from_the_launcher_naming_the_checkpoint(tiny_assets, tmp_path):

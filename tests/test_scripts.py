@@ -154,7 +154,7 @@ def test_dry_run_deepspeed_hostfile(tmp_path) -> None:
     hostfile.write_text("# two nodes\nnode-a slots=4\n\n  node-b slots=4  \n")
     run = dry_run("scripts/pretrain.sh", {"HOSTFILE": str(hostfile), "GLOBAL_BATCH_SIZE": "32"})
     command = run.command()
-    assert command[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+    assert command[:3] == [sys.executable, "-m", "fila_train.training.deepspeed_launch"]  # DeepSpeed's runner
     # No --master_addr: DeepSpeed asks the first host for its address.
     assert launcher_options(command) == {"--hostfile": str(hostfile), "--master_port": "29500", "--no_local_rank": ""}
     args = train_args(command)

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
-from ..utils.errors import INTERRUPT_REPORTED_ENV, REPORTED_EXIT_CODE, SILENT_EXIT_CODE, read_launcher_record
-from .checkpoints import where_to_resume
-from .preflight import output_dir_of
+from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, first_to_report_interrupt, read_launcher_record
+from .launcher_stops import interrupt_claims, stopped
 
 # torchrun's agent logs this when a signal stops it; the line below (or the workers', for Ctrl-C) says it.
 STOP_NOTICE = "death signal, shutting down workers"
@@ -35,19 +31,6 @@ def describe(exitcode: int) -> str:
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with code {exitcode}"
-
-
-def stopped(args, signum: int) -> str:
-    """One line for the launcher stopped by a signal, once its workers are."""
-    output_dir = output_dir_of(args.training_script_args)
-    resume = "a checkpoint is complete or absent"
-    if output_dir:
-        try:
-            resume = where_to_resume(output_dir)
-        except OSError:  # an unreadable folder: the line still comes, without the checkpoint's name
-            pass
-    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-    return f"[fila-train] {how}: every worker was stopped; {resume}"
 
 
 def rendezvous_failure(args, error: Exception) -> str:
@@ -68,10 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     # loads, so set before the import and put back for the workers (theirs keep NCCL's warnings).
     user_level = os.environ.get(CPP_LOG_LEVEL)
     os.environ[CPP_LOG_LEVEL] = "FATAL"
-    from torch.distributed import DistError
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import parse_args, run
 
     if user_level is None:
@@ -86,17 +65,24 @@ def main(argv: list[str] | None = None) -> int:
             lambda record: STOP_NOTICE not in record.getMessage())
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # Ctrl-C: the node's first worker to take it reports it with the run's step (utils/errors.py) ...
-    claims = Path(tempfile.mkdtemp(prefix="fila-train-launch-"))  # this launcher's own
-    interrupt_reported = claims / "interrupt-reported"
-    os.environ[INTERRUPT_REPORTED_ENV] = str(interrupt_reported)
+    with interrupt_claims():
+        return launched(args, run)
+
+
+def launched(args, run) -> int:
+    """torchrun's ``run(args)``, its failures as one line (see the module doc); the exit code."""
+    from torch.distributed import DistError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+
     try:
         run(args)
     except SignalException as stop:  # torchrun has passed the signal on to its workers and waited for them
-        # ... else (a worker blocked in a collective until torchrun killed it; SIGTERM kills them) the launcher.
-        if stop.sigval != signal.SIGINT or not interrupt_reported.exists():
+        # Ctrl-C: unless a worker reported it (one blocked in a collective until torchrun killed it cannot).
+        if stop.sigval != signal.SIGINT or first_to_report_interrupt():
             # On a line of its own: a worker stopped by the signal leaves its progress bar's line open.
-            print(f"\n{stopped(args, stop.sigval)}", file=sys.stderr)
+            print(f"\n{stopped(args.training_script_args, stop.sigval)}", file=sys.stderr)
         return 128 + stop.sigval
     except (DistError, RendezvousError) as error:  # this agent's, before any worker: meeting the other nodes
         print(rendezvous_failure(args, error), file=sys.stderr)
@@ -114,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fila-train] error: rank {rank} {describe(failure.exitcode)} (its output is above)",
                   file=sys.stderr)
         return REPORTED_EXIT_CODE
-    finally:
-        shutil.rmtree(claims, ignore_errors=True)
     return 0
 
 

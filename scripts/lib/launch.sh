@@ -169,7 +169,8 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/fila_train/torc
 
 case "$LAUNCHER" in
   deepspeed)
-    LAUNCH=($PYTHON -m deepspeed.launcher.runner)
+    # DeepSpeed's runner, reporting Ctrl-C in one line (fila_train/training/deepspeed_launch.py)
+    LAUNCH=($PYTHON -m fila_train.training.deepspeed_launch)
     if [ -n "$HOSTFILE" ]; then
       LAUNCH+=(--hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
       if [ -n "$MASTER_ADDR" ]; then LAUNCH+=(--master_addr "$MASTER_ADDR"); fi
