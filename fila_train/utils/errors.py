@@ -197,7 +197,7 @@ def first_to_report_interrupt() -> bool:
         return local_rank() == 0
     try:
         os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
+    except OSError:  # taken; or its folder is gone, with the launcher that printed the line
         return False
     return True
 
