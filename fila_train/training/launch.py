@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # loads, so set before the import and put back for the workers (theirs keep NCCL's warnings).
     user_level = os.environ.get(CPP_LOG_LEVEL)
     os.environ[CPP_LOG_LEVEL] = "FATAL"
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import parse_args
 
     if user_level is None:
         del os.environ[CPP_LOG_LEVEL]
@@ -66,15 +66,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with interrupt_claims():
-        return launched(args, run)
+        return launched(args)
 
 
-def launched(args, run) -> int:
-    """torchrun's ``run(args)``, its failures as one line (see the module doc); the exit code."""
+def launched(args) -> int:
+    """torchrun's run, its failures as one line (see the module doc); the exit code."""
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
+    from torch.distributed.run import run
 
     try:
         run(args)
