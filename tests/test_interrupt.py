@@ -1,8 +1,10 @@
-"""Ctrl-C or SIGTERM stops a 2-process run with one line and the signal's exit code, as a terminal or a scheduler
-(SLURM's scancel and preemption send SIGTERM) would stop it: the line names the checkpoint to resume from.
+"""Ctrl-C or SIGTERM stops a 2-process run with one line, as a terminal or a scheduler (SLURM's scancel and
+preemption send SIGTERM) would stop it: the line names the checkpoint to resume from. After Ctrl-C the launcher
+ends by SIGINT, so that a script that called it (``pretrain.sh; finetune.sh``) stops too.
 
 Before, Ctrl-C printed every rank's KeyboardInterrupt traceback and the launcher's SignalException traceback
-(164 lines of stderr for 2 ranks), and SIGTERM the launcher's traceback."""
+(164 lines of stderr for 2 ranks), and SIGTERM the launcher's traceback. Then it was one line, but the launcher
+exited with code 130, and a calling script went on to its next command."""
 from __future__ import annotations
 
 import os
@@ -14,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import pytest
 
 from distributed_utils import REPO, free_port, rank_environment, train_args
 from fila_train.training.checkpoints import MANIFEST, newest_complete
@@ -31,12 +32,16 @@ class StoppedRun:
 
 TORCHRUN = "fila_train.training.launch"
 DEEPSPEED = "fila_train.training.deepspeed_launch"  # DeepSpeed's runner
+# A script that runs its next command whatever the first one's exit code, as `pretrain.sh; finetune.sh` does.
+NEXT_COMMAND_RAN = "the script's next command ran"
+IN_A_SCRIPT = ["bash", "-c", f'"$@"; echo "{NEXT_COMMAND_RAN}" >&2', "script"]
 
 
-def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN) -> StoppedRun:
-    """``command`` through one of our launchers, in a session of its own like a terminal's foreground job (torchrun
-    starts each worker in a session of its own too; DeepSpeed does not), sent ``signum`` once ``ready()``."""
-    process = subprocess.Popen([sys.executable, "-m", launcher, *command], cwd=REPO,
+def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN, script: bool = False) -> StoppedRun:
+    """``command`` through one of our launchers (called by a script with ``script``), in a session of its own like a
+    terminal's foreground job (torchrun starts each worker in a session of its own too; DeepSpeed does not), sent
+    ``signum`` once ``ready()``."""
+    process = subprocess.Popen([*(IN_A_SCRIPT if script else []), sys.executable, "-m", launcher, *command], cwd=REPO,
                                env=rank_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     lines: list[str] = []
@@ -57,14 +62,20 @@ def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN) -
         and not re.match(r"\d{4}-\d\d-\d\d |\[transformers\] |\[INFO\] ", line)])  # the run's logs
 
 
-def stopped_run(assets, output, signum: int, launcher: str = TORCHRUN) -> StoppedRun:
+def stopped_run(assets, output, signum: int, launcher: str = TORCHRUN, script: bool = False) -> StoppedRun:
     """A long 2-process training run, stopped once it has saved a checkpoint."""
     layout = (["--nproc_per_node", "2", "--master_port", str(free_port()), "-m"] if launcher == TORCHRUN else
               ["--num_gpus", "2", "--master_port", str(free_port()), "--no_local_rank", "--module"])
     command = [*layout, "fila_train.cli", "train", "--output_dir", str(output),
                *train_args(assets, hybrid=False, fuser=False, stage=2, zero=2, steps=1000),
                "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS)]
-    return launched(command, lambda: (output / f"checkpoint-{SAVE_STEPS}" / MANIFEST).exists(), signum, launcher)
+    return launched(command, lambda: (output / f"checkpoint-{SAVE_STEPS}" / MANIFEST).exists(), signum, launcher,
+                    script)
+
+
+def assert_the_script_stopped(run: StoppedRun) -> None:
+    """The script ended by SIGINT, as bash does only when its command did; its next command did not run."""
+    assert run.returncode == -signal.SIGINT and NEXT_COMMAND_RAN not in run.stderr, run.stderr[-3000:]
 
 
 def resume_from(output) -> str:
@@ -75,8 +86,8 @@ def resume_from(output) -> str:
 
 def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(tiny_assets, tmp_path):
     output = tmp_path / "run"
-    run = stopped_run(tiny_assets, output, signal.SIGINT)
-    assert run.returncode == 128 + signal.SIGINT, run.stderr[-3000:]
+    run = stopped_run(tiny_assets, output, signal.SIGINT, script=True)
+    assert_the_script_stopped(run)
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
     (line,) = run.about_the_stop
     found = re.fullmatch(r"fila-train train \[rank [01]\]: interrupted at step (\d+) of 1000; (.*)", line)
@@ -87,8 +98,8 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(ti
 def test_ctrl_c_under_deepspeeds_launcher_is_one_line_too(tiny_assets, tmp_path):
     """DeepSpeed's per-node launcher kills the workers at once, so the line is most often its runner's (ours)."""
     output = tmp_path / "run"
-    run = stopped_run(tiny_assets, output, signal.SIGINT, DEEPSPEED)
-    assert run.returncode == 128 + signal.SIGINT, run.stderr[-3000:]
+    run = stopped_run(tiny_assets, output, signal.SIGINT, DEEPSPEED, script=True)
+    assert_the_script_stopped(run)
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
     (line,) = run.about_the_stop
     assert re.fullmatch(r"(fila-train train \[rank [01]\]: interrupted at step \d+ of 1000|\[fila-train\] "
@@ -109,27 +120,30 @@ def test_ctrl_c_that_no_worker_could_report_is_the_launchers_line(tmp_path):
     started = tmp_path / "started"
     command = ["--nproc_per_node", "1", "--master_port", str(free_port()), "--no-python", "bash", "-c",
                f"touch {started}; sleep 100", "worker", "--output_dir", str(tmp_path / "run")]
-    run = launched(command, started.exists, signal.SIGINT)
-    assert run.returncode == 128 + signal.SIGINT, run.stderr
+    run = launched(command, started.exists, signal.SIGINT, script=True)
+    assert_the_script_stopped(run)
     assert run.about_the_stop == [f"[fila-train] interrupted: every worker was stopped; {tmp_path / 'run'} holds no "
                                   f"complete checkpoint yet"], run.stderr
 
 
-def test_ctrl_c_in_one_process_is_one_line_and_a_second_one_is_ignored(capsys, monkeypatch):
-    """A second Ctrl-C must not interrupt the report, or the exit after it, with a traceback."""
-    from fila_train.utils.errors import INTERRUPTED_EXIT_CODE, ReportedExit, one_line_errors
+ONE_PROCESS = """
+import os, signal, time
+from fila_train.utils.errors import one_line_errors
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_ERROR_FILE", "FILA_TRAIN_INTERRUPT_REPORTED"):
-        monkeypatch.delenv(name, raising=False)
-    before = signal.getsignal(signal.SIGINT)
+with one_line_errors("fila-train eval"):
     try:
-        with pytest.raises(ReportedExit) as stopped:
-            with one_line_errors("fila-train eval"):
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(30)
-        assert stopped.value.code == INTERRUPTED_EXIT_CODE
-        assert capsys.readouterr().err == "fila-train eval: interrupted\n"
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
+        os.killpg(0, signal.SIGINT)  # Ctrl-C: to the script and to this process
+        time.sleep(30)
     finally:
-        signal.signal(signal.SIGINT, before)
+        os.killpg(0, signal.SIGINT)  # a second Ctrl-C while the first unwinds
+"""
+
+
+def test_ctrl_c_in_one_process_is_one_line_and_a_second_one_is_ignored():
+    """A second Ctrl-C must not interrupt the report, or the exit after it, with a traceback."""
+    environment = {name: value for name, value in os.environ.items() if name not in (
+        "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_ERROR_FILE", "FILA_TRAIN_INTERRUPT_REPORTED")}
+    run = subprocess.run([*IN_A_SCRIPT, sys.executable, "-c", ONE_PROCESS], cwd=REPO, env=environment,
+                         capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert run.stderr == "fila-train eval: interrupted\n"
+    assert run.returncode == -signal.SIGINT

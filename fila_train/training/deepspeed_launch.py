@@ -3,7 +3,7 @@
 On one node the runner waits for DeepSpeed's per-node launcher, which takes the same Ctrl-C and stops the workers;
 the runner itself died with a KeyboardInterrupt traceback. Here it waits for that launcher to finish (a second
 Ctrl-C stops waiting), then the first process to take the Ctrl-C, a worker with the run's step or this runner,
-has printed one line (training/launcher_stops.py); the exit code is 130. Across nodes (pdsh) DeepSpeed's runner
+has printed one line (training/launcher_stops.py), and the runner ends by SIGINT (utils/errors.py). Across nodes (pdsh) DeepSpeed's runner
 handles the signal itself. Everything else is DeepSpeed's own: same flags, same behaviour.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from ..utils.errors import INTERRUPTED_EXIT_CODE, first_to_report_interrupt
+from ..utils.errors import first_to_report_interrupt, leave_as_interrupted
 from .launcher_stops import interrupt_claims, stopped
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if interrupted:
             if first_to_report_interrupt():
                 print(f"\n{stopped(parse_args(argv).user_args, signal.SIGINT)}", file=sys.stderr)
-            return INTERRUPTED_EXIT_CODE
+            leave_as_interrupted()
     return 0
 
 

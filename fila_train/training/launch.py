@@ -15,7 +15,8 @@ import os
 import signal
 import sys
 
-from ..utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE, first_to_report_interrupt, read_launcher_record
+from ..utils.errors import (REPORTED_EXIT_CODE, SILENT_EXIT_CODE, first_to_report_interrupt, leave_as_interrupted,
+                            read_launcher_record)
 from .launcher_stops import interrupt_claims, stopped
 
 # torchrun's agent logs this when a signal stops it; the line below (or the workers', for Ctrl-C) says it.
@@ -84,7 +85,9 @@ def launched(args) -> int:
         if stop.sigval != signal.SIGINT or first_to_report_interrupt():
             # On a line of its own: a worker stopped by the signal leaves its progress bar's line open.
             print(f"\n{stopped(args.training_script_args, stop.sigval)}", file=sys.stderr)
-        return 128 + stop.sigval
+        if stop.sigval == signal.SIGINT:
+            leave_as_interrupted()
+        return 128 + stop.sigval  # SIGTERM: as a shell reports it
     except (DistError, RendezvousError) as error:  # this agent's, before any worker: meeting the other nodes
         print(rendezvous_failure(args, error), file=sys.stderr)
         return REPORTED_EXIT_CODE

@@ -7,10 +7,11 @@ other exception is a bug (or out of memory): the rank that hit it prints its tra
 stopped because a peer failed (a torch.distributed error) prints nothing: it exits with SILENT_EXIT_CODE
 and leaves its one line in torchrun's error file, which the launcher (training/launch.py) prints when no
 rank printed anything. Every traceback is also stored in a file (FILA_TRAIN_DEBUG=1 prints it instead: the
-error propagates, so Python prints its traceback and exits with 1). Ctrl-C is one line per node, exit code
-130: torchrun passes it on to each worker, the first worker of the node to take it prints (with the run's step
-and checkpoint when training), and the launcher prints a line of its own when none could (a worker blocked in
-a collective until torchrun kills it).
+error propagates, so Python prints its traceback and exits with 1). Ctrl-C is one line per node, and the process
+ends by SIGINT, as a Python program that does not catch Ctrl-C does (a shell reports 130; a calling script stops):
+torchrun passes it on to each worker, the first worker of the node to take it prints (with the run's step and
+checkpoint when training), and the launcher prints a line of its own when none could (a worker blocked in a
+collective until torchrun kills it).
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 DEBUG_ENV = "FILA_TRAIN_DEBUG"
 REPORTED_EXIT_CODE = 1  # the error is on the terminal already
 SILENT_EXIT_CODE = 3  # this rank printed nothing; its line is in torchrun's error file
-INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # as a shell reports a command stopped by Ctrl-C
 # A file the launcher names for its workers: created by the first of them to report a Ctrl-C.
 INTERRUPT_REPORTED_ENV = "FILA_TRAIN_INTERRUPT_REPORTED"
 
@@ -202,9 +203,24 @@ def first_to_report_interrupt() -> bool:
     return True
 
 
+def leave_as_interrupted() -> NoReturn:
+    """End the process as Ctrl-C ends a Python program, its line printed already: a KeyboardInterrupt that reaches
+    the interpreter runs the usual clean-up (atexit: wandb, logging), then ends the process by SIGINT. A calling
+    shell script stops with it; it goes on after a child that exits with a code, 130 included. No traceback."""
+    stop = KeyboardInterrupt()  # exactly KeyboardInterrupt: Python ends by SIGINT for no subclass
+    previous = sys.excepthook
+
+    def without_traceback(kind, value, trace) -> None:
+        if value is not stop:
+            previous(kind, value, trace)
+
+    sys.excepthook = without_traceback
+    raise stop from None
+
+
 @contextmanager
 def reported_interrupt(command: str) -> Iterator[None]:
-    """Ctrl-C as one line per node (see the module doc) and exit code 130."""
+    """Ctrl-C as one line per node, then the process ends by SIGINT (see the module doc)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, interrupt_once) if in_main_thread else None
     interrupted = False
@@ -219,7 +235,7 @@ def reported_interrupt(command: str) -> Iterator[None]:
         if printed:  # on a line of its own: rank 0's progress bar may still hold the line
             print(("\n" if process_rank() else "") + line, file=sys.stderr, flush=True)
         leave_for_launcher(line, None, printed)
-        raise ReportedExit(INTERRUPTED_EXIT_CODE) from None
+        leave_as_interrupted()
     finally:
         if in_main_thread and previous is not None and not interrupted:  # None: not set from Python
             signal.signal(signal.SIGINT, previous)
