@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .utils.errors import FilaError, debugging
+from .utils.errors import FilaError, debugging, reported_interrupt
 from .utils.processes import die_with_launcher
 from .utils.quiet import known_noise_silenced
 
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     die_with_launcher()  # before the slow imports: a launcher killed meanwhile is noticed at once
     module_name, _, function = COMMANDS[command][0].partition(":")
-    try:
-        with known_noise_silenced():  # before the imports: some of the noise comes from importing
+    try:  # Ctrl-C is one line from the start, the imports included (20 s before training begins)
+        with reported_interrupt(f"fila-train {command}"), known_noise_silenced():  # some noise comes from importing
             return getattr(importlib.import_module(module_name), function)(rest)
     except FilaError as error:  # the user's to fix, and its message says how; anything else keeps its traceback
         if debugging():  # asked for the traceback: Python prints it and exits with 1

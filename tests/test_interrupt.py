@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 from distributed_utils import REPO, free_port, rank_environment, train_args
@@ -128,9 +129,9 @@ def test_ctrl_c_that_no_worker_could_report_is_the_launchers_line(tmp_path):
 
 ONE_PROCESS = """
 import os, signal, time
-from fila_train.utils.errors import one_line_errors
+from fila_train.utils.errors import reported_interrupt
 
-with one_line_errors("fila-train eval"):
+with reported_interrupt("fila-train eval"):
     try:
         os.killpg(0, signal.SIGINT)  # Ctrl-C: to the script and to this process
         time.sleep(30)
@@ -147,3 +148,24 @@ def test_ctrl_c_in_one_process_is_one_line_and_a_second_one_is_ignored():
                          capture_output=True, text=True, timeout=120, start_new_session=True)
     assert run.stderr == "fila-train eval: interrupted\n"
     assert run.returncode == -signal.SIGINT
+
+
+def torch_is_loading(pid: int) -> bool:
+    """The command's imports have begun (its CLI imports torch only inside the command's own module)."""
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # gone already: the wait below reports how it ended
+        return False
+
+
+def test_ctrl_c_during_a_commands_imports_is_one_line_too():
+    """Every command, from its first import on: before, `fila-train eval` printed the KeyboardInterrupt traceback
+    of whatever import it interrupted."""
+    process = subprocess.Popen([sys.executable, "-m", "fila_train.cli", "eval", "--model", "nowhere", "--bench",
+                                "nowhere.jsonl"], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not torch_is_loading(process.pid):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert stderr == "fila-train eval: interrupted\n" and process.returncode == -signal.SIGINT, stderr[-3000:]

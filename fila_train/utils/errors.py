@@ -244,14 +244,7 @@ def reported_interrupt(command: str) -> Iterator[None]:
 @contextmanager
 def one_line_errors(command: str, log_folder: str | Path | None = None) -> Iterator[None]:
     """Turn a user's error into one line on stderr (see the module doc) and ReportedExit(1); a bug prints its
-    traceback above that line. Ctrl-C is one line too."""
-    with reported_interrupt(command):
-        with _one_line_errors(command, log_folder):
-            yield
-
-
-@contextmanager
-def _one_line_errors(command: str, log_folder: str | Path | None) -> Iterator[None]:
+    traceback above that line. (Ctrl-C: reported_interrupt, around every command.)"""
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
