@@ -38,13 +38,21 @@ NEXT_COMMAND_RAN = "the script's next command ran"
 IN_A_SCRIPT = ["bash", "-c", f'"$@"; echo "{NEXT_COMMAND_RAN}" >&2', "script"]
 
 
+def as_a_terminals_job() -> None:
+    """In the child before it starts: a session of its own, with Ctrl-C as a terminal delivers it. A test run
+    started in the background of a script inherits SIGINT ignored, and a shell that starts with it ignored goes
+    on after a command that Ctrl-C stopped."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN, script: bool = False) -> StoppedRun:
     """``command`` through one of our launchers (called by a script with ``script``), in a session of its own like a
     terminal's foreground job (torchrun starts each worker in a session of its own too; DeepSpeed does not), sent
     ``signum`` once ``ready()``."""
     process = subprocess.Popen([*(IN_A_SCRIPT if script else []), sys.executable, "-m", launcher, *command], cwd=REPO,
                                env=rank_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               preexec_fn=as_a_terminals_job)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -145,7 +153,7 @@ def test_ctrl_c_in_one_process_is_one_line_and_a_second_one_is_ignored():
     environment = {name: value for name, value in os.environ.items() if name not in (
         "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_ERROR_FILE", "FILA_TRAIN_INTERRUPT_REPORTED")}
     run = subprocess.run([*IN_A_SCRIPT, sys.executable, "-c", ONE_PROCESS], cwd=REPO, env=environment,
-                         capture_output=True, text=True, timeout=120, start_new_session=True)
+                         capture_output=True, text=True, timeout=120, preexec_fn=as_a_terminals_job)
     assert run.stderr == "fila-train eval: interrupted\n"
     assert run.returncode == -signal.SIGINT
 
@@ -162,10 +170,23 @@ def test_ctrl_c_during_a_commands_imports_is_one_line_too():
     """Every command, from its first import on: before, `fila-train eval` printed the KeyboardInterrupt traceback
     of whatever import it interrupted."""
     process = subprocess.Popen([sys.executable, "-m", "fila_train.cli", "eval", "--model", "nowhere", "--bench",
-                                "nowhere.jsonl"], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                "nowhere.jsonl"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_a_terminals_job)
     while not torch_is_loading(process.pid):
         assert process.poll() is None, process.stderr.read()
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
     stderr = process.communicate(timeout=120)[1]
     assert stderr == "fila-train eval: interrupted\n" and process.returncode == -signal.SIGINT, stderr[-3000:]
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    """As Python does: a script's background job (`bash finetune.sh > log &`) starts with SIGINT ignored, and a
+    Ctrl-C meant for the script must not stop it."""
+    def ignoring_ctrl_c() -> None:
+        os.setsid()  # the Ctrl-C it sends itself goes to its own session only
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    run = subprocess.run([sys.executable, "-c", ONE_PROCESS.replace("time.sleep(30)", "pass")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, preexec_fn=ignoring_ctrl_c)
+    assert run.returncode == 0 and run.stderr == "", run.stderr

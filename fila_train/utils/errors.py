@@ -221,8 +221,11 @@ def leave_as_interrupted() -> NoReturn:
 @contextmanager
 def reported_interrupt(command: str) -> Iterator[None]:
     """Ctrl-C as one line per node, then the process ends by SIGINT (see the module doc)."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, interrupt_once) if in_main_thread else None
+    # Only where Python's own handler is: a process started with Ctrl-C ignored (a script's background job) keeps
+    # ignoring it, as Python leaves it; SIG_IGN and handlers from elsewhere are not Python's default.
+    pythons = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, interrupt_once) if pythons else None
     interrupted = False
     try:
         yield
@@ -237,7 +240,7 @@ def reported_interrupt(command: str) -> Iterator[None]:
         leave_for_launcher(line, None, printed)
         leave_as_interrupted()
     finally:
-        if in_main_thread and previous is not None and not interrupted:  # None: not set from Python
+        if previous is not None and not interrupted:
             signal.signal(signal.SIGINT, previous)
 
 
