@@ -2,7 +2,8 @@
 # Stage 2 (instruction tuning): load the stage-1 artifact (connector + CVFM / fuser) and train
 # them with the LLM. Defaults are the real-size FILA-7B recipe (CLIP-ViT-L/14-336 + ConvNeXt-L-d-320
 # + Vicuna-7B-v1.5; global batch 128, lr 2e-5, 1 epoch, cosine, warmup 0.03, ZeRO-3, max length
-# 2048); VISION_ENCODER=clip and CONNECTOR=mmfuser select the baselines as in pretrain.sh. Override
+# 4096, 2048 with VISION_ENCODER=clip); VISION_ENCODER=clip and CONNECTOR=mmfuser select the baselines as in
+# pretrain.sh. Override
 # by environment variable (model options: scripts/lib/model_flags.sh); extra flags go to `fila-train train`.
 # Launch (scripts/lib/launch.sh): all local GPUs by default; several nodes with HOSTFILE=hostfile
 # (DeepSpeed over ssh), with NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT / GPUS_PER_NODE on
@@ -27,7 +28,6 @@ LEARNING_RATE=${LEARNING_RATE:-2e-5}
 CONNECTOR_LR=${CONNECTOR_LR:-$LEARNING_RATE}
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}
-MAX_LENGTH=${MAX_LENGTH:-2048}
 ZERO_CONFIG=${ZERO_CONFIG:-zero_configs/zero3.json}
 REPORT_TO=${REPORT_TO:-wandb}
 SAVE_STEPS=${SAVE_STEPS:-500}

@@ -2,7 +2,8 @@
 # Stage 1 (alignment): train the connector (+ FILA's CVFM / MMFuser's fuser) on captions with
 # the "plain" template; the LLM and the vision towers stay frozen. Defaults are the real-size
 # FILA-7B recipe: CLIP-ViT-L/14-336 + ConvNeXt-L-d-320 (OpenCLIP laion2B soup) + Vicuna-7B-v1.5,
-# LLaVA-1.5 schedule (global batch 256, lr 1e-3, 1 epoch, cosine, warmup 0.03, ZeRO-2).
+# LLaVA-1.5 schedule (global batch 256, lr 1e-3, 1 epoch, cosine, warmup 0.03, ZeRO-2), max length
+# 4096 (2048 with VISION_ENCODER=clip: scripts/lib/model_flags.sh).
 #   VISION_ENCODER=clip bash scripts/pretrain.sh     the plain LLaVA-1.5-7B baseline
 #   CONNECTOR=mmfuser VISION_ENCODER=clip ...        LLaVA-1.5-7B + MMFuser (fuser lr FUSER_LR=1e-4,
 #                                                    the MMFuser-13B recipe's separate fuser lr)
@@ -28,7 +29,6 @@ LEARNING_RATE=${LEARNING_RATE:-1e-3}
 FUSER_LR=${FUSER_LR:-1e-4}
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}
-MAX_LENGTH=${MAX_LENGTH:-2048}
 ZERO_CONFIG=${ZERO_CONFIG:-zero_configs/zero2.json}
 REPORT_TO=${REPORT_TO:-wandb}
 SAVE_STEPS=${SAVE_STEPS:-500}

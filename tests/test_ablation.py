@@ -125,6 +125,13 @@ def test_configs_are_checked_and_the_cluster_config_loads(tmp_path):
     # The tiny recipe's stand-ins (a trained random ConvNeXt, CVFM at 1e-2, no clipping) stay out of FILA-7B's.
     assert (real.stage2.convnext_lr, real.stage2.cvfm_lr, real.stage2.connector_lr) == (None, None, None)
     assert real.stage2.max_grad_norm == 1.0 and real.stage2.lr_scheduler == "cosine"
+    # The probe's images take the canvas with the most tiles: under 2048 every record was dropped.
+    from transformers import CLIPVisionConfig
+
+    from fila_train.bench.configs import CLIP_VIT_L_336
+    from fila_train.model.vision.registry import build_image_processor
+    counts = build_image_processor("anyres", CLIPVisionConfig(**CLIP_VIT_L_336)).image_token_counts()
+    assert max(counts.values()) < min(real.stage1.max_length, real.stage2.max_length), counts
     with pytest.raises(ConfigError, match="unknown ablation variant 'fila_sum'"):
         load_config(None, {"variants": ["anyres", "fila_sum"]})
     load_config(None, {"variants": ["anyres", "fila_concat+mmfuser"]})

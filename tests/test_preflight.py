@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from distributed_utils import REPO, build_tiny_model, free_port
+from distributed_utils import REPO, TINY, build_tiny_model, free_port
 from fila_train.demo.tiny_models import as_cli
 from fila_train.model.contracts import CONNECTORS
 from fila_train.training.preflight import PreflightError, preflight
@@ -156,6 +157,35 @@ def test_a_flag_error_after_the_preflight_is_one_line_too(tiny_assets, tmp_path,
         assert exit_.value.code == 1, stderr
         assert len(stderr.splitlines()) == 1 and stderr.startswith("fila-train train: error: ") and fragment in stderr
         assert (tmp_path / "out" / "error-rank0.txt").read_text().startswith("Traceback")  # kept for a bug report
+
+
+def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weights_load(tiny_assets, tmp_path,
+                                                                                         capsys):
+    """FILA's 672x672 canvas makes an image 2880 tokens: under LLaVA-1.5's 2048 every record whose image took it
+    was dropped, one warning each, and the run trained on the rest. The tiny FILA's 2x2-tile canvas makes
+    (4 tiles + the global view) x its tokens per view, its 1x2 and 2x1 canvases 3 x. The LLM folder has no
+    weights: the check must not need them."""
+    from fila_train.training.cli import main
+
+    tile, view = TINY.tile, (TINY.tile // 14) ** 2  # the tiny CLIP's patch: 14
+    assert set(TINY.canvases) == {(2 * tile, 2 * tile), (tile, 2 * tile), (2 * tile, tile)}
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    for encoder, length, expected in (
+            ("fila_hybrid", 4 * view, f"on {2 * tile}x{2 * tile} ({5 * view} tokens): every record whose image "
+                                      f"takes it would be dropped (--on_overlong drop) or stop the run; set "
+                                      f"--model_max_length above {5 * view} (LLaVA-NeXT trains anyres canvases at "
+                                      f"4096), or leave those canvases out of --anyres_canvases"),
+            ("clip", view, f"on {tile}x{tile} ({view} tokens): every record whose image takes it would be dropped "
+                           f"(--on_overlong drop) or stop the run; set --model_max_length above {view}")):
+        flags = (good_flags(tiny_assets, tmp_path) | tiny_assets.model_flags(encoder == "fila_hybrid", False)
+                 | {"model_name_or_path": str(llm), "model_max_length": str(length)})
+        with pytest.raises(SystemExit) as exit_:
+            main(as_cli(flags))
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 1, stderr
+        assert stderr == (f"fila-train train: error: --model_max_length {length} leaves no room for text after one "
+                          f"image {expected}\n"), stderr
 
 
 def test_a_bad_record_mid_run_is_one_line_from_the_rank_that_met_it(tiny_assets, tmp_path):

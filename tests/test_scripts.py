@@ -242,7 +242,7 @@ LLAVA_15_RECIPE = {
 @pytest.mark.parametrize("script", LLAVA_15_RECIPE)
 def test_the_scripts_run_the_llava_1_5_recipe_by_default(script, monkeypatch) -> None:
     """The flags the launched run parses (defaults included), against the published values: 1 epoch, cosine,
-    warmup 0.03, weight decay 0, length 2048, and each stage's learning rate, global batch and ZeRO stage."""
+    warmup 0.03, weight decay 0, and each stage's learning rate, global batch and ZeRO stage (the length: below)."""
     from fila_train.training.train import parse_args
 
     monkeypatch.chdir(REPO)  # the flags' paths are the scripts', relative to the repository
@@ -253,9 +253,31 @@ def test_the_scripts_run_the_llava_1_5_recipe_by_default(script, monkeypatch) ->
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size == expected["global_batch"]
     assert args.learning_rate == expected["learning_rate"] and args.deepspeed == expected["deepspeed"]
     assert args.num_train_epochs == 1 and args.max_steps == -1 and args.lr_scheduler_type.value == "cosine"
-    assert args.warmup_ratio == 0.03 and args.weight_decay == 0.0 and args.model_max_length == 2048
+    assert args.warmup_ratio == 0.03 and args.weight_decay == 0.0
     assert args.group_by_modality_length is expected["group_by_modality_length"]
     assert ("llm" in args.parts()) is expected["trains_llm"]
+
+
+@pytest.mark.parametrize("script, encoder", [("scripts/pretrain.sh", "fila_hybrid"), ("scripts/finetune.sh", "fila_hybrid"),
+                                             ("scripts/finetune.sh", "anyres"), ("scripts/finetune.sh", "clip")])
+def test_the_default_length_leaves_room_for_text_after_every_image(script, encoder, monkeypatch) -> None:
+    """Each encoder's images, on every canvas of the run's own options, as CLIP-ViT-L/14-336 (the default tower)
+    sees them, against the length the scripts give it. FILA's 672x672 canvas makes (4 tiles + the global view) x
+    576 = 2880 tokens: LLaVA-1.5's 2048 dropped every record whose image took it. CLIP alone keeps LLaVA-1.5's 2048."""
+    from transformers import CLIPVisionConfig
+
+    from fila_train.bench.configs import CLIP_VIT_L_336
+    from fila_train.model.vision.registry import build_image_processor
+    from fila_train.training.train import parse_args
+
+    monkeypatch.chdir(REPO)
+    model, _, args = parse_args(train_args(run_script(script, {"DRY_RUN": "1", "VISION_ENCODER": encoder}).command()))
+    processor = build_image_processor(model.vision_encoder, CLIPVisionConfig(**CLIP_VIT_L_336), model.vision_options())
+    counts = processor.image_token_counts()
+    assert max(counts.values()) < args.model_max_length, counts
+    assert args.model_max_length == (2048 if encoder == "clip" else 4096)
+    if encoder != "clip":
+        assert counts["672x672"] == 2880
 
 
 def test_finetune_sh_lora_variant_is_llava_s(monkeypatch) -> None:

@@ -15,6 +15,7 @@ from .llava_layout import folder_layout, release_config
 from .llava_release import load_llava_release, load_projector
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
+from .vision.registry import build_image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,8 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
         return with_lora(model, settings, model_name_or_path)
     layout = folder_layout(model_name_or_path)
-    if vision_tower is None and layout is None:
-        raise ConfigError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
-    # The encoder's complete options are checked against the tower's config before any weights load.
-    vision_config = release_vision_config(model_name_or_path, vision_tower) if layout else \
-        CLIPVisionConfig.from_pretrained(vision_tower)
-    vision_options = VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
+    vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
+                                                          vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
     release = None
     if layout is not None:
@@ -108,6 +105,32 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         model.connector.to(dtype)
         return model
     return model.to(dtype)
+
+
+def fresh_vision_settings(model_name_or_path: str, vision_tower: str | None, vision_encoder: str,
+                          vision_options: dict | None) -> tuple[CLIPVisionConfig, dict | None]:
+    """A fresh build's CLIP config and the encoder's complete options, checked against it before any weights load."""
+    layout = folder_layout(model_name_or_path)
+    if vision_tower is None and layout is None:
+        raise ConfigError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
+    vision_config = release_vision_config(model_name_or_path, vision_tower) if layout else \
+        CLIPVisionConfig.from_pretrained(vision_tower)
+    return vision_config, VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
+
+
+def image_token_counts(model_name_or_path: str, vision_tower: str | None = None, *,
+                       vision_encoder: str = FilaConfig.vision_encoder,
+                       vision_options: dict | None = None) -> dict[str, int]:
+    """What one image becomes in the LLM input, by the shape it takes, in the model build_model gives these
+    arguments: read from configs alone, before any weights load."""
+    if is_fila_checkpoint(model_name_or_path):
+        config = FilaConfig.from_pretrained(model_name_or_path)
+        vision_config, vision_encoder, vision_options = config.vision_config, config.vision_encoder, \
+            config.vision_options
+    else:
+        vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
+                                                              vision_options)
+    return build_image_processor(vision_encoder, vision_config, vision_options).image_token_counts()
 
 
 def release_vision_config(path: str, vision_tower: str | None) -> CLIPVisionConfig:

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from ..data.packing import build_collator
-from ..model.builder import build_model, load_tokenizer
+from ..model.builder import build_model, image_token_counts, load_tokenizer
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
@@ -29,6 +29,7 @@ from .checkpoints import resolve_resume, where_to_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
+from .image_budget import check_images_fit
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
@@ -101,6 +102,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if convnext.get("trainable") and "convnext" not in args.parts():
         raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
                           "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
+    check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
+                                        vision_encoder=model_args.vision_encoder,
+                                        vision_options=model_args.vision_options()), args.model_max_length)
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
         for note in notes:

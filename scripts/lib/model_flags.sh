@@ -14,6 +14,10 @@
 #   ConvNeXt of its own architecture): then give a checkpoint, or VISION_OPTIONS=convnext.random_init=true.
 VISION_ENCODER=${VISION_ENCODER:-fila_hybrid}
 CONNECTOR=${CONNECTOR:-mlp2x_gelu}
+# The longest sample (MAX_LENGTH, tokens): LLaVA-1.5's 2048 holds one 576-token CLIP view and its text. FILA's
+# anyres views make an image up to (4 tiles + the global view) x 576 = 2880 tokens on the 672x672 canvas: 4096,
+# as LLaVA-NeXT trains them (Vicuna-v1.5's context); under 2048 most records would be dropped.
+if [ "$VISION_ENCODER" = clip ]; then MAX_LENGTH=${MAX_LENGTH:-2048}; else MAX_LENGTH=${MAX_LENGTH:-4096}; fi
 CVFM_LR=${CVFM_LR:-$LEARNING_RATE}
 FUSER_LR=${FUSER_LR:-$LEARNING_RATE}
 

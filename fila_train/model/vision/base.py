@@ -35,6 +35,10 @@ class ImageProcessor(Protocol):
     def num_image_tokens(self, processed: dict[str, Any]) -> int:
         """How many image-context tokens this processed image becomes in the LLM input."""
 
+    def image_token_counts(self) -> dict[str, int]:
+        """Every count an image can have, by the shape it is given ("WxH": the view or the canvas), from the
+        configs alone: a run checks them against its model_max_length before any weights load."""
+
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest (W, H) a (W, H) file can be decoded at without changing what this returns
         beyond resampling noise (the loader then decodes JPEGs at reduced size)."""

@@ -79,6 +79,9 @@ class ClipImageProcessor:
     def num_image_tokens_for_size(self, width: int, height: int) -> int:
         return self.tokens_per_view
 
+    def image_token_counts(self) -> dict[str, int]:
+        return {f"{self.image_size}x{self.image_size}": self.tokens_per_view}
+
     def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
         return {"pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0)}
 

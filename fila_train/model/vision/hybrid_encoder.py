@@ -107,8 +107,15 @@ class HybridImageProcessor:
 
     def num_image_tokens_for_size(self, width: int, height: int) -> int:
         """What num_image_tokens gives for an image of this size, without decoding it."""
-        rows, cols = tile_grid(select_canvas(width, height, self.anyres.canvases), self.anyres.tile_size)
+        return self.tokens_on(select_canvas(width, height, self.anyres.canvases))
+
+    def tokens_on(self, canvas: tuple[int, int]) -> int:
+        """An image on this canvas: the global view and every tile."""
+        rows, cols = tile_grid(canvas, self.anyres.tile_size)
         return (1 + rows * cols) * self.tokens_per_view
+
+    def image_token_counts(self) -> dict[str, int]:
+        return {f"{width}x{height}": self.tokens_on((width, height)) for width, height in self.anyres.canvases}
 
     def collate(self, processed: list[dict[str, Any]]) -> dict[str, Any]:
         """Views concatenated in image order; high-res canvases stacked if all alike, else a list."""
