@@ -188,11 +188,25 @@ def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weig
                           f"image {expected}\n"), stderr
 
 
-def test_a_bad_record_mid_run_is_one_line_from_the_rank_that_met_it(tiny_assets, tmp_path):
-    """Through scripts/finetune.sh on 2 processes (dataloader workers on): the record error is one line
-    naming file:line, record id and field; no traceback from any rank, no ChildFailedError wall."""
+# A bad record's image: (its file's content, or None for no file; the error; whether the run stops before the first
+# step). A missing file is found when every record is measured before training, as LLaVA's run found it mid-epoch;
+# a file that is no image (found where the token count needs its size, otherwise) when a rank decodes it.
+BAD_IMAGES = {"missing": (None, "image file not found", True),
+              "no_image": (b"not an image", "unreadable image", False)}
+
+
+@pytest.mark.parametrize("kind", BAD_IMAGES)
+def test_a_bad_record_is_one_line_from_the_rank_that_met_it(kind, tiny_assets, tmp_path):
+    """Through scripts/finetune.sh on 2 processes (dataloader workers on, no length grouping, as stage 1 runs): the
+    record error is one line naming file:line, record id and field; no traceback from any rank, no ChildFailedError
+    wall."""
+    content, message, before_training = BAD_IMAGES[kind]
+    images = tmp_path / "images"
+    shutil.copytree(tiny_assets.image_folder, images)
+    if content is not None:
+        (images / "picture.png").write_bytes(content)
     records = [json.loads(line) for line in tiny_assets.stage2_data.read_text().splitlines()][:8]
-    records[3] = dict(records[3], id="r-bad", image="missing/picture.png", conversations=records[3]["conversations"])
+    records[3] = dict(records[3], id="r-bad", image="picture.png", conversations=records[3]["conversations"])
     if "<image>" not in records[3]["conversations"][0]["value"]:
         records[3]["conversations"][0]["value"] = "<image>\n" + records[3]["conversations"][0]["value"]
     data = tmp_path / "data.jsonl"
@@ -201,17 +215,19 @@ def test_a_bad_record_mid_run_is_one_line_from_the_rank_that_met_it(tiny_assets,
 
     artifact = save_connector_artifact(build_tiny_model(tiny_assets, hybrid=False, fuser=False), tmp_path / "stage1")
     env = {"MODEL": str(tiny_assets.llm), "VISION_TOWER": str(tiny_assets.clip), "VISION_ENCODER": "clip",
-           "DATA_PATH": str(data), "IMAGE_FOLDER": str(tiny_assets.image_folder), "PRETRAINED_CONNECTOR": str(artifact),
+           "DATA_PATH": str(data), "IMAGE_FOLDER": str(images), "PRETRAINED_CONNECTOR": str(artifact),
            "OUTPUT_DIR": str(tmp_path / "out"), "GLOBAL_BATCH_SIZE": "4", "PER_DEVICE_BATCH_SIZE": "2",
            "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "MAX_STEPS": "4", "MAX_LENGTH": "512",
            "REPORT_TO": "none", "DATALOADER_WORKERS": "1", "GRADIENT_CHECKPOINTING": "False",
            "GROUP_BY_MODALITY": "False", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run(["bash", "scripts/finetune.sh", "--save_strategy", "no"], cwd=REPO, capture_output=True,
+    run = subprocess.run(["bash", "scripts/finetune.sh", "--save_strategy", "no",
+                          "--length_cache_dir", str(tmp_path / "lengths")], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable,
                                                        "HF_HUB_OFFLINE": "1", **env})
     output = run.stdout + run.stderr
     assert run.returncode == 1, output[-5000:]
     errors = [line for line in output.splitlines() if "error:" in line.lower()]
     assert len(errors) == 1, errors
-    assert f"{data}:4 (id 'r-bad'): field 'image': image file not found" in errors[0], errors
+    assert f"{data}:4 (id 'r-bad'): field 'image': {message}" in errors[0], errors
+    assert ("***** Running training *****" not in output) == before_training, output[-5000:]
     assert "Traceback" not in output and "ChildFailedError" not in output, output[-5000:]

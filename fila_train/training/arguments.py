@@ -29,7 +29,8 @@ class DataArguments:
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
         "help": "images with more pixels are refused before decoding (decompression-bomb guard)"})
     length_cache_dir: str = field(default=str(DEFAULT_CACHE_DIR), metadata={
-        "help": "where token lengths for --group_by_modality_length are cached"})
+        "help": "where token lengths are cached (measured for --group_by_modality_length, and with "
+                "--on_bad_sample error to find bad records before the first step)"})
 
     def is_mixture(self) -> bool:
         return self.data_path.endswith((".yaml", ".yml"))

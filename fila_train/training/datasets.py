@@ -9,6 +9,7 @@ from ..data.dataset import DatasetOptions
 from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
 from ..utils.distributed import all_ranks
+from ..utils.errors import DataError, DataRecordError
 from ..utils.files import write_json_atomic
 from ..processing.processor import FilaProcessor
 from .arguments import DataArguments, TrainingArguments
@@ -27,13 +28,20 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
     dataset = MixtureDataset(spec, processor.conversations, processor.image_processor.encoder_processor, options)
     logger.info("data plan (seed %d, on_bad_sample=%s):\n%s", spec.seed, options.on_bad_sample,
                 dataset.plan.format_table())
-    if args.group_by_modality_length:
-        # One process per node tokenizes (and caches); the others then read the cache.
-        with args.main_process_first(local=True, desc="token lengths"):
-            dataset.modality_lengths = dataset.lengths(data_args.length_cache_dir)
-        images = int((dataset.modality_lengths > 0).sum())
-        logger.info("modality-length grouping: %d samples with images, %d text-only", images,
-                    len(dataset) - images)
+    if args.group_by_modality_length or options.on_bad_sample == "error":
+        # Every record measured before the first step, its image files found (their headers read where the token
+        # count needs the size): a bad record stops the run now, not hours into the epoch as in LLaVA. One
+        # process per node measures (and caches); the others then read the cache.
+        try:
+            with args.main_process_first(local=True, desc="token lengths"):
+                lengths = dataset.lengths(data_args.length_cache_dir)
+        except DataRecordError as error:  # every process measures it once the node's first found it (no cache):
+            raise DataError(str(error)) from None  # the same on every rank, so rank 0 alone prints it
+        if args.group_by_modality_length:
+            dataset.modality_lengths = lengths
+            images = int((lengths > 0).sum())
+            logger.info("modality-length grouping: %d samples with images, %d text-only", images,
+                        len(dataset) - images)
     return dataset
 
 
