@@ -8,6 +8,7 @@ import re
 from collections import Counter
 
 import pytest
+import torch
 from PIL import Image
 
 from fila_train.training.curves import CURVES_FILE, series, write_curves
@@ -21,12 +22,30 @@ def final_log_history(run) -> list[dict]:
 
 
 def test_every_part_logs_its_own_learning_rate(uninterrupted):
-    """--learning_rate 3e-3 with --connector_lr 1e-3: the two parts' logged rates keep that ratio through warmup
-    and decay, and transformers' single learning_rate is only one of them."""
+    """--learning_rate 3e-3 with --connector_lr 1e-3 under ZeRO-3: each part's logged rate is its own rate times
+    transformers' schedule at that step (a LambdaLR of the run's scheduler over 1.0), and transformers' single
+    learning_rate is only one of them. Before, each part's rate was worked out from the logged one, so the check
+    held whatever rates the optimizer's groups had."""
+    from transformers import get_scheduler
+
+    from fila_train.training.train import parse_args
+
+    _, _, args = parse_args(uninterrupted[0])
+    one = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = get_scheduler(args.lr_scheduler_type, one, num_warmup_steps=args.get_warmup_steps(args.max_steps),
+                             num_training_steps=args.max_steps)
+    factors = []
+    for _ in range(args.max_steps):
+        factors.append(schedule.get_last_lr()[0])
+        one.step()
+        schedule.step()
     history = [entry for entry in final_log_history(uninterrupted[1]) if "loss" in entry]
     assert history
+    assert len(set(factors)) > 1  # the schedule moves: a part left at its initial rate would show
     for entry in history:
-        assert entry["learning_rate/llm"] == pytest.approx(3 * entry["learning_rate/connector"])
+        factor = factors[entry["step"] - 1]
+        assert entry["learning_rate/llm"] == pytest.approx(3e-3 * factor), entry
+        assert entry["learning_rate/connector"] == pytest.approx(1e-3 * factor), entry
         assert entry["learning_rate"] in (entry["learning_rate/llm"], entry["learning_rate/connector"])
 
 

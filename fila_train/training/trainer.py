@@ -81,6 +81,7 @@ class FilaTrainer(Trainer):
         # The optimizer step's micro-batches so far: their records and losses (detached), for errors.
         self._step_ids: list[str] = []
         self._step_losses: list[torch.Tensor] = []
+        self._step_rates: dict[str, float] = {}  # each part's learning rate in the step's update
         self._staging: Path | None = None  # set while a checkpoint is being written
         self.training_started = False  # the loop's first epoch began (after DeepSpeed's set-up and any resume)
         self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
@@ -160,6 +161,8 @@ class FilaTrainer(Trainer):
         return result
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        # The rates this step's update uses: read before it (DeepSpeed steps the scheduler inside the backward).
+        self._step_rates = {group["part"]: group["lr"] for group in self.optimizer.param_groups if "part" in group}
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients:  # the step's last micro-batch: DeepSpeed stepped in its backward
             if self.is_deepspeed_enabled and self.accelerator.optimizer_step_was_skipped:
@@ -218,23 +221,15 @@ class FilaTrainer(Trainer):
             logs["tokens_per_second_per_device"] = round(self._tokens_since_log / elapsed, 2)
             logs["tokens_per_second"] = round(self._tokens_since_log * world_size() / elapsed, 2)
             logs.update(self._step_metrics.log_values(elapsed))
-            logs.update(self.part_learning_rates(logs.get("learning_rate")))
+            logs.update(self.part_learning_rates())
             self._tokens_since_log = 0
             self._last_log_time = now
         super().log(logs, start_time)
 
-    def part_learning_rates(self, logged: float | None) -> dict[str, float]:
-        """Each part's rate for the logged step, as ``learning_rate/<part>``.
-
-        transformers logs the first group's rate from before the scheduler stepped; the groups themselves
-        already hold the next step's. Every schedule here scales each group's initial rate by one common
-        factor, so a part's rate for the logged step is its initial rate times the logged one's factor."""
-        groups = [group for group in (self.optimizer.param_groups if self.optimizer is not None else [])
-                  if "part" in group]
-        if not groups or logged is None or not groups[0].get("initial_lr"):
-            return {}
-        factor = logged / self.optimizer.param_groups[0]["initial_lr"]
-        return {f"{PART_LR_PREFIX}{group['part']}": group["initial_lr"] * factor for group in groups}
+    def part_learning_rates(self) -> dict[str, float]:
+        """Each part's rate in the logged step's update, as ``learning_rate/<part>``: read from the optimizer's groups
+        themselves (transformers logs one rate, the first group's)."""
+        return {f"{PART_LR_PREFIX}{part}": rate for part, rate in self._step_rates.items()}
 
     def write_curves(self) -> None:
         """OUTPUT_DIR/curves.png from the log history so far (main process)."""
