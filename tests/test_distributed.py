@@ -93,7 +93,7 @@ def test_stage2_loss_falls_and_ranks_see_different_samples(stage2):
     for first, second in epochs:
         assert not set(first) & set(second), "both ranks trained on the same records in one epoch"
     assert epochs[0] != epochs[1], "the second epoch repeated the first one's order"
-    assert "loaded connector artifact" in run.rank_log(0)
+    assert "loaded connector artifact" in run.rank_log(0) and "no --pretrained_connector" not in run.rank_log(0)
 
 
 def test_only_rank0_writes(stage2):

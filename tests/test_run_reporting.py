@@ -82,6 +82,13 @@ def test_the_run_log_is_readable_and_quiet(uninterrupted):
     assert 1 <= len(lines) <= LINES_PER_RUN + 1
 
 
+def test_stage_2_from_a_random_connector_says_so_once(uninterrupted):
+    """The reference run trains the LLM with a new connector (no --pretrained_connector): often a stage 1 forgotten,
+    which trained on silently. test_distributed.py's stage 2 loads one and must not say it."""
+    log = uninterrupted[1].rank_log(0)
+    assert log.count("no --pretrained_connector: the connector starts from random weights") == 1
+
+
 def test_progress_line():
     line = format_log_line(10, 60, {"loss": 5.97312, "grad_norm": 2.2581, "learning_rate": 0.0019,
                                     "tokens_per_second": 3450.2, "mfu": 0.412})

@@ -107,6 +107,11 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     return model.to(dtype)
 
 
+def starts_a_fresh_connector(model_name_or_path: str) -> bool:
+    """build_model gives this folder a new connector: not a saved fila model, nor a LLaVA release with its projector."""
+    return not is_fila_checkpoint(model_name_or_path) and folder_layout(model_name_or_path) is None
+
+
 def fresh_vision_settings(model_name_or_path: str, vision_tower: str | None, vision_encoder: str,
                           vision_options: dict | None) -> tuple[CLIPVisionConfig, dict | None]:
     """A fresh build's CLIP config and the encoder's complete options, checked against it before any weights load."""

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from ..data.packing import build_collator
-from ..model.builder import build_model, image_token_counts, load_tokenizer
+from ..model.builder import build_model, image_token_counts, load_tokenizer, starts_a_fresh_connector
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
@@ -154,6 +154,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     tokenizer = load_tokenizer(model_args.model_name_or_path, model, args.model_max_length)
     if model_args.pretrained_connector:
         load_connector_artifact(model, model_args.pretrained_connector)
+    elif "llm" in args.parts() and starts_a_fresh_connector(model_args.model_name_or_path) and is_main_process():
+        logger.warning("no --pretrained_connector: the connector starts from random weights and trains with the "
+                       "LLM (stage 2 normally starts from stage 1's connector.safetensors, as LLaVA's "
+                       "--pretrain_mm_mlp_adapter)")
     apply_tune_parts(model, args.parts())
     if args.gradient_checkpointing:
         # Frozen embeddings + checkpointing: inputs must require grad for gradients to flow.
