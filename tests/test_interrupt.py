@@ -136,15 +136,18 @@ def test_ctrl_c_that_no_worker_could_report_is_the_launchers_line(tmp_path):
 
 
 ONE_PROCESS = """
-import os, signal, time
+import atexit, os, signal, time
 from fila_train.utils.errors import reported_interrupt
 
+def second_ctrl_c():  # as the process exits, after its line
+    os.killpg(0, signal.SIGINT)
+    time.sleep(1)  # where a handler still in place would raise
+
+
+atexit.register(second_ctrl_c)
 with reported_interrupt("fila-train eval"):
-    try:
-        os.killpg(0, signal.SIGINT)  # Ctrl-C: to the script and to this process
-        time.sleep(30)
-    finally:
-        os.killpg(0, signal.SIGINT)  # a second Ctrl-C while the first unwinds
+    os.killpg(0, signal.SIGINT)  # Ctrl-C: to the script and to this process
+    time.sleep(30)
 """
 
 
@@ -180,13 +183,32 @@ def test_ctrl_c_during_a_commands_imports_is_one_line_too():
     assert stderr == "fila-train eval: interrupted\n" and process.returncode == -signal.SIGINT, stderr[-3000:]
 
 
-def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():
-    """As Python does: a script's background job (`bash finetune.sh > log &`) starts with SIGINT ignored, and a
-    Ctrl-C meant for the script must not stop it."""
-    def ignoring_ctrl_c() -> None:
-        os.setsid()  # the Ctrl-C it sends itself goes to its own session only
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def ignoring_ctrl_c() -> None:
+    """In the child before it starts: a session of its own (a Ctrl-C it is sent reaches nothing else), started
+    with SIGINT ignored, as a script's background job (`bash finetune.sh > log &`) is."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    """As Python does: a Ctrl-C meant for the script must not stop its background job."""
     run = subprocess.run([sys.executable, "-c", ONE_PROCESS.replace("time.sleep(30)", "pass")], cwd=REPO,
                          capture_output=True, text=True, timeout=120, preexec_fn=ignoring_ctrl_c)
     assert run.returncode == 0 and run.stderr == "", run.stderr
+
+
+def test_a_launch_started_with_ctrl_c_ignored_runs_on_through_it(tmp_path):
+    """torchrun's agent stops its workers on SIGINT whatever it started with; ours leaves SIGINT to the ignore."""
+    started, go, finished = (tmp_path / name for name in ("started", "go", "finished"))
+    worker = f"touch {started}; while [ ! -e {go} ]; do sleep 0.1; done; touch {finished}"
+    process = subprocess.Popen([sys.executable, "-m", TORCHRUN, "--nproc_per_node", "1", "--master_port",
+                                str(free_port()), "--no-python", "bash", "-c", worker], cwd=REPO,
+                               env=rank_environment(), stderr=subprocess.PIPE, text=True, preexec_fn=ignoring_ctrl_c)
+    while not started.exists():
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(1)  # not a measurement: the agent's time to act on the signal, were it to
+    go.touch()
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 0 and finished.exists(), stderr[-3000:]

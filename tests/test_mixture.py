@@ -223,6 +223,28 @@ def sampler_lengths() -> np.ndarray:
     return rng.permutation(np.concatenate([image, text]))
 
 
+def test_a_bad_record_found_before_training_is_its_own_line_when_workers_measure(tmp_path: Path, tokenizer,
+                                                                                 monkeypatch) -> None:
+    """The run's up-front measuring (training/datasets.py) of a source large enough for worker processes: the error
+    is the record's line, as measured here, not the last line of the worker's traceback."""
+    from fila_train.data import lengths
+    from fila_train.data.mixture import single_source
+    from fila_train.training.datasets import measured_on_each_node
+    from fila_train.utils.errors import DataError, one_line
+
+    write_source(tmp_path, "docs", 12)
+    (tmp_path / "docs" / "images" / "5.png").unlink()
+    dataset = MixtureDataset(single_source(tmp_path / "docs" / "train.jsonl", tmp_path / "docs" / "images"),
+                             ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID),
+                             hybrid_processor(), DatasetOptions(max_length=2048))
+    with pytest.raises(Exception) as here:
+        lengths.record_length(dataset.sources[0], 5)
+    monkeypatch.setattr(lengths, "PARALLEL_FROM_RECORDS", 1)  # measured as a 5000-record source would be
+    with pytest.raises(DataError) as found:
+        measured_on_each_node(dataset, str(tmp_path / "cache"), local_main=True)
+    assert one_line(found.value) == one_line(here.value) and "train.jsonl:6" in str(found.value), str(found.value)
+
+
 def test_sampler_separates_modalities_and_groups_lengths() -> None:
     lengths = sampler_lengths()
     batch, world = 4, 2

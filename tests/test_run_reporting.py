@@ -85,8 +85,8 @@ def test_the_run_log_is_readable_and_quiet(uninterrupted):
 def test_stage_2_from_a_random_connector_says_so_once(uninterrupted):
     """The reference run trains the LLM with a new connector (no --pretrained_connector): often a stage 1 forgotten,
     which trained on silently. test_distributed.py's stage 2 loads one and must not say it."""
-    log = uninterrupted[1].rank_log(0)
-    assert log.count("no --pretrained_connector: the connector starts from random weights") == 1
+    said = "no --pretrained_connector: the connector starts from random weights"
+    assert uninterrupted[1].rank_log(0).count(said) == 1 and said not in uninterrupted[1].rank_log(1)
 
 
 def test_progress_line():

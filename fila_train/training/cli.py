@@ -14,7 +14,3 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as run_training  # torch, transformers, DeepSpeed: ~20 s
 
         return run_training(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,11 +5,13 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from ..data.dataset import DatasetOptions
 from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
 from ..utils.distributed import all_ranks
-from ..utils.errors import DataError, DataRecordError
+from ..utils.errors import DataError, DataRecordError, message_of
 from ..utils.files import write_json_atomic
 from ..processing.processor import FilaProcessor
 from .arguments import DataArguments, TrainingArguments
@@ -30,19 +32,30 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
                 dataset.plan.format_table())
     if args.group_by_modality_length or options.on_bad_sample == "error":
         # Every record measured before the first step, its image files found (their headers read where the token
-        # count needs the size): a bad record stops the run now, not hours into the epoch as in LLaVA. One
-        # process per node measures (and caches); the others then read the cache.
-        try:
-            with args.main_process_first(local=True, desc="token lengths"):
-                lengths = dataset.lengths(data_args.length_cache_dir)
-        except DataRecordError as error:  # every process measures it once the node's first found it (no cache):
-            raise DataError(str(error)) from None  # the same on every rank, so rank 0 alone prints it
+        # count needs the size): a bad record stops the run now, not hours into the epoch as in LLaVA.
+        lengths = measured_on_each_node(dataset, data_args.length_cache_dir, args.local_process_index == 0)
         if args.group_by_modality_length:
             dataset.modality_lengths = lengths
             images = int((lengths > 0).sum())
             logger.info("modality-length grouping: %d samples with images, %d text-only", images,
                         len(dataset) - images)
     return dataset
+
+
+def measured_on_each_node(dataset: MixtureDataset, cache_dir: str | None, local_main: bool) -> np.ndarray:
+    """Every record's signed length: one process per node measures (and caches), then the node's others read the
+    cache. A bad record it meets is the same DataError on every rank, printed once (rank 0): the others must not
+    measure the whole data again to find it (every rank must call this)."""
+    failure = None
+    if local_main:
+        try:
+            lengths = dataset.lengths(cache_dir)
+        except DataRecordError as error:  # measured in worker processes, its text is theirs: the record's line
+            failure = message_of(error)
+    failures = [message for message in all_ranks(failure) if message]  # also waits for every node's measuring
+    if failures:
+        raise DataError(failures[0])
+    return lengths if local_main else dataset.lengths(cache_dir)
 
 
 def write_data_plan(dataset: MixtureDataset, output_dir: str | Path) -> None:

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops waiting
 
     with interrupt_claims():
-        signal.signal(signal.SIGINT, wait_for_the_workers)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with it ignored
+            signal.signal(signal.SIGINT, wait_for_the_workers)
         try:
             run(argv)
         except (KeyboardInterrupt, SystemExit):  # DeepSpeed's launcher exits with 1 once it stopped the workers

@@ -23,6 +23,8 @@ from .launcher_stops import interrupt_claims, stopped
 STOP_NOTICE = "death signal, shutting down workers"
 
 CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
+# torchrun's --signals_to_handle (the signals its agent stops the workers on) as its environment gives it.
+AGENT_SIGNALS = "PET_SIGNALS_TO_HANDLE"
 
 
 def describe(exitcode: int) -> str:
@@ -65,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("torch.distributed.elastic.agent.server.api").addFilter(
             lambda record: STOP_NOTICE not in record.getMessage())
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with Ctrl-C ignored (a script's background
+        os.environ.setdefault(AGENT_SIGNALS, "SIGTERM,SIGHUP,SIGQUIT")  # job): torchrun's agent would stop on it
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with interrupt_claims():
-        return launched(args)
+        code = launched(args)
+    if code == 128 + signal.SIGINT:  # its line is printed (or a worker's): end by the signal, outside the claims
+        leave_as_interrupted()
+    return code
 
 
 def launched(args) -> int:
@@ -85,9 +92,7 @@ def launched(args) -> int:
         if stop.sigval != signal.SIGINT or first_to_report_interrupt():
             # On a line of its own: a worker stopped by the signal leaves its progress bar's line open.
             print(f"\n{stopped(args.training_script_args, stop.sigval)}", file=sys.stderr)
-        if stop.sigval == signal.SIGINT:
-            leave_as_interrupted()
-        return 128 + stop.sigval  # SIGTERM: as a shell reports it
+        return 128 + stop.sigval  # as a shell reports it (main ends by SIGINT itself)
     except (DistError, RendezvousError) as error:  # this agent's, before any worker: meeting the other nodes
         print(rendezvous_failure(args, error), file=sys.stderr)
         return REPORTED_EXIT_CODE

@@ -203,19 +203,26 @@ def first_to_report_interrupt() -> bool:
     return True
 
 
+# Set on the KeyboardInterrupt that ends a process whose line is printed: the traceback hook passes it over.
+REPORTED_MARK = "fila_train_reported"
+
+
 def leave_as_interrupted() -> NoReturn:
     """End the process as Ctrl-C ends a Python program, its line printed already: a KeyboardInterrupt that reaches
     the interpreter runs the usual clean-up (atexit: wandb, logging), then ends the process by SIGINT. A calling
-    shell script stops with it; it goes on after a child that exits with a code, 130 included. No traceback."""
-    stop = KeyboardInterrupt()  # exactly KeyboardInterrupt: Python ends by SIGINT for no subclass
+    shell script stops with it; it goes on after a child that exits with a code, 130 included. No traceback.
+    Call it outside an ``except`` block: the exception would keep the handled one, and its frames, as context."""
     previous = sys.excepthook
 
     def without_traceback(kind, value, trace) -> None:
-        if value is not stop:
+        sys.excepthook = previous  # called once, at the interpreter's exit
+        if not getattr(value, REPORTED_MARK, False):
             previous(kind, value, trace)
 
     sys.excepthook = without_traceback
-    raise stop from None
+    stop = KeyboardInterrupt()  # exactly KeyboardInterrupt: Python ends by SIGINT for no subclass
+    setattr(stop, REPORTED_MARK, True)
+    raise stop
 
 
 @contextmanager
@@ -231,17 +238,18 @@ def reported_interrupt(command: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt as interrupt:
         interrupted = True  # SIGINT stays ignored: the process is on its way out
-        if debugging():
-            raise
+        if debugging():  # its traceback, and still the end by SIGINT (no subclass has it)
+            raise KeyboardInterrupt(str(interrupt)) from interrupt
         line = f"{command}{rank_label()}: {str(interrupt) or 'interrupted'}"
         printed = first_to_report_interrupt()
         if printed:  # on a line of its own: rank 0's progress bar may still hold the line
             print(("\n" if process_rank() else "") + line, file=sys.stderr, flush=True)
         leave_for_launcher(line, None, printed)
-        leave_as_interrupted()
     finally:
         if previous is not None and not interrupted:
             signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        leave_as_interrupted()
 
 
 @contextmanager
