@@ -3,8 +3,8 @@
 On one node the runner waits for DeepSpeed's per-node launcher, which takes the same Ctrl-C and stops the workers;
 the runner itself died with a KeyboardInterrupt traceback. Here it waits for that launcher to finish (a second
 Ctrl-C stops waiting), then the first process to take the Ctrl-C, a worker with the run's step or this runner,
-has printed one line (training/launcher_stops.py), and the runner ends by SIGINT (utils/errors.py). Across nodes (pdsh) DeepSpeed's runner
-handles the signal itself. Everything else is DeepSpeed's own: same flags, same behaviour.
+has printed one line (training/launcher_stops.py), and the runner ends by SIGINT (utils/errors.py). Across nodes
+(pdsh) DeepSpeed's runner handles the signal itself. Everything else is DeepSpeed's own: same flags, same behaviour.
 """
 from __future__ import annotations
 

@@ -211,7 +211,7 @@ def leave_as_interrupted() -> NoReturn:
     """End the process as Ctrl-C ends a Python program, its line printed already: a KeyboardInterrupt that reaches
     the interpreter runs the usual clean-up (atexit: wandb, logging), then ends the process by SIGINT. A calling
     shell script stops with it; it goes on after a child that exits with a code, 130 included. No traceback.
-    Call it outside an ``except`` block: the exception would keep the handled one, and its frames, as context."""
+    Its traceback hook puts itself back once it has run."""
     previous = sys.excepthook
 
     def without_traceback(kind, value, trace) -> None:
