@@ -5,6 +5,8 @@ the resumed run must reshuffle as the uninterrupted one did (the default, ungrou
 resume under ZeRO-3 is test_crash_safety.py's (grouped sampler, killed runs)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from distributed_utils import (  # noqa: F401  (runs is a fixture)
     rank_environment,
     run_distributed,
     runs,
+    train_args,
 )
 from fila_train.utils.errors import REPORTED_EXIT_CODE
 from safetensors.torch import load_file
@@ -206,3 +209,34 @@ def test_a_missing_rank_is_one_line_after_ddp_timeout(stage1, tmp_path):
     assert f"not all 2 processes joined at 127.0.0.1:{port} within --ddp_timeout 5 s" in errors[0], errors[0]
     assert "1/2 clients joined" in errors[0]  # torch's own count
     assert "Traceback" not in run.stderr
+
+
+def test_zero3_trains_when_one_rank_draws_only_text_and_the_other_two_canvases(tiny_assets, tmp_path):
+    """LLaVA's ZeRO-3 hang: a rank whose batch has no image skips the vision side and its parameter
+    gathers, and the other ranks wait for it forever. Here, in every step, rank 0 holds a wide and a tall
+    image (two ConvNeXt canvases, two CVFM grids) and rank 1 two text-only records, under FILA + MMFuser
+    with every vision-side part training. The grouped sampler deals it so: its pooled last step is sorted
+    by length, and each text-only record is its image twin minus the image."""
+    from PIL import Image
+
+    images = {"wide": (120, 40), "tall": (40, 120)}  # the tiny 56x28 and 28x56 canvases
+    for name, size in images.items():
+        Image.new("RGB", size, (240, 240, 230)).save(tmp_path / f"{name}.png")
+    record = next(r for r in map(json.loads, tiny_assets.stage2_data.read_text().splitlines()) if "image" in r)
+    text_turns = [dict(turn, value=turn["value"].replace("<image>\n", "")) for turn in record["conversations"]]
+    records = [dict(record, id=name, image=f"{name}.png") for name in images] + [
+        {"id": f"text{k}", "conversations": text_turns} for k in range(2)]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    steps = 3
+    args = train_args(tiny_assets, hybrid=True, fuser=True, stage=2, zero=3, steps=steps) + [
+        "--data_path", str(data), "--image_folder", str(tmp_path), "--group_by_modality_length", "True",
+        "--log_sample_ids", "True", "--report_to", "none"]
+    # A hang shows as the timeout: the run itself takes ~20 s.
+    run = run_distributed(args, tmp_path / "run", timeout=150)
+    ids = [(run.output_dir / "sample_ids" / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    steps_dealt = [[sorted(ids[r][2 * s:2 * s + 2]) for r in (0, 1)] for s in range(steps)]
+    assert steps_dealt == [[["tall", "wide"], ["text0", "text1"]]] * steps, ids  # the premise, every step
+    losses = run.summary()["losses"]
+    assert len(losses) == steps and all(math.isfinite(loss) and loss > 0 for loss in losses), losses
