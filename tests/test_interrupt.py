@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
+import pytest
 from distributed_utils import REPO, free_port, rank_environment, train_args
 from fila_train.training.checkpoints import MANIFEST, newest_complete
 
@@ -29,6 +29,7 @@ class StoppedRun:
     returncode: int
     stderr: str
     about_the_stop: list[str]  # stderr's lines from the signal on, less progress bars and the run's own logs
+    left_running: list[str]  # the command lines of the run's processes still alive once the launcher ended
 
 
 TORCHRUN = "fila_train.training.launch"
@@ -46,10 +47,11 @@ def as_a_terminals_job() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN, script: bool = False) -> StoppedRun:
+def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN, script: bool = False,
+             whole_job: bool = True) -> StoppedRun:
     """``command`` through one of our launchers (called by a script with ``script``), in a session of its own like a
     terminal's foreground job (torchrun starts each worker in a session of its own too; DeepSpeed does not), sent
-    ``signum`` once ``ready()``."""
+    ``signum`` once ``ready()``: the whole job, as Ctrl-C or scancel signal it, or the launcher alone (`kill PID`)."""
     process = subprocess.Popen([*(IN_A_SCRIPT if script else []), sys.executable, "-m", launcher, *command], cwd=REPO,
                                env=rank_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                preexec_fn=as_a_terminals_job)
@@ -60,15 +62,37 @@ def launched(command: list[str], ready, signum: int, launcher: str = TORCHRUN, s
         assert process.poll() is None, "".join(lines)[-3000:]
         time.sleep(0.2)
     before = len(lines)  # a line still on its way from before the signal is a log line or a bar's: left out below
-    os.killpg(process.pid, signum)  # as Ctrl-C or scancel signal the foreground job
+    if whole_job:
+        os.killpg(process.pid, signum)  # as Ctrl-C or scancel signal the foreground job
+    else:
+        process.send_signal(signum)
     process.wait(timeout=600)  # a guard against a hang only
-    reader.join()
+    left_running = processes_running_with(command[command.index("--output_dir") + 1])
+    reader.join()  # (left running, they would hold its pipe open)
     # What a line shows once a terminal has drawn it: the text after its last \r, less a progress bar.
     shown = [re.sub(r"^[^|]*\d+%\|[^|]*\|\s*\d+/\d+ \[[^\]]*\]", "", line.rstrip("\n").rsplit("\r", 1)[-1])
              for line in lines[before:]]
     return StoppedRun(process.returncode, "".join(lines), [
         line for line in shown if line.strip()
-        and not re.match(r"\d{4}-\d\d-\d\d |\[transformers\] |\[INFO\] ", line)])  # the run's logs
+        and not re.match(r"\d{4}-\d\d-\d\d |\[transformers\] |\[INFO\] ", line)],  # the run's logs
+        left_running)
+
+
+def processes_running_with(output_dir: str) -> list[str]:
+    """Command lines of live processes started for this output folder (every launcher's and worker's names it),
+    each killed once found."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            arguments = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if output_dir in arguments:
+                os.kill(int(proc.name), signal.SIGKILL)
+                found.append(" ".join(arguments).strip())
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 def stopped_run(assets, output, signum: int, launcher: str = TORCHRUN, script: bool = False) -> StoppedRun:
@@ -98,6 +122,7 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(ti
     run = stopped_run(tiny_assets, output, signal.SIGINT, script=True)
     assert_the_script_stopped(run)
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
+    assert run.left_running == []
     (line,) = run.about_the_stop
     found = re.fullmatch(r"fila-train train \[rank [01]\]: interrupted at step (\d+) of 1000; (.*)", line)
     assert found and found.group(2) == resume_from(output), line
@@ -110,6 +135,7 @@ def test_ctrl_c_under_deepspeeds_launcher_is_one_line_too(tiny_assets, tmp_path)
     run = stopped_run(tiny_assets, output, signal.SIGINT, DEEPSPEED, script=True)
     assert_the_script_stopped(run)
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
+    assert run.left_running == []
     (line,) = run.about_the_stop
     assert re.fullmatch(r"(fila-train train \[rank [01]\]: interrupted at step \d+ of 1000|\[fila-train\] "
                         r"interrupted: every worker was stopped); " + re.escape(resume_from(output)), line), line
@@ -118,7 +144,7 @@ def test_ctrl_c_under_deepspeeds_launcher_is_one_line_too(tiny_assets, tmp_path)
 def test_a_scheduler_stop_is_one_line_from_the_launcher_naming_the_checkpoint(tiny_assets, tmp_path):
     output = tmp_path / "run"
     run = stopped_run(tiny_assets, output, signal.SIGTERM)
-    assert run.returncode == 128 + signal.SIGTERM, run.stderr[-3000:]
+    assert run.returncode == 128 + signal.SIGTERM and run.left_running == [], run.stderr[-3000:]
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert run.about_the_stop == [f"[fila-train] stopped by SIGTERM: every worker was stopped; {resume_from(output)}"]
 
@@ -126,13 +152,41 @@ def test_a_scheduler_stop_is_one_line_from_the_launcher_naming_the_checkpoint(ti
 def test_ctrl_c_that_no_worker_could_report_is_the_launchers_line(tmp_path):
     """A worker that cannot report (on a GPU: blocked in a collective until torchrun kills it); here one that is
     not fila-train's."""
-    started = tmp_path / "started"
-    command = ["--nproc_per_node", "1", "--master_port", str(free_port()), "--no-python", "bash", "-c",
-               f"touch {started}; sleep 100", "worker", "--output_dir", str(tmp_path / "run")]
-    run = launched(command, started.exists, signal.SIGINT, script=True)
+    run = launched(sleeping_worker(TORCHRUN, tmp_path), worker_started(tmp_path), signal.SIGINT, script=True)
     assert_the_script_stopped(run)
+    assert run.left_running == []
     assert run.about_the_stop == [f"[fila-train] interrupted: every worker was stopped; {tmp_path / 'run'} holds no "
                                   f"complete checkpoint yet"], run.stderr
+
+
+SLEEPER = ("import os, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "  # stopped without a word
+           "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(100)")
+
+
+def sleeping_worker(launcher: str, tmp_path: Path) -> list[str]:
+    """A launch of one worker that is not fila-train's (it cannot report a stop) and sleeps once it has written
+    its process id to ``tmp_path/worker.pid``."""
+    worker = [sys.executable, "-c", SLEEPER, str(tmp_path / "worker.pid"), "--output_dir", str(tmp_path / "run")]
+    if launcher == TORCHRUN:
+        return ["--nproc_per_node", "1", "--master_port", str(free_port()), "--no-python", *worker]
+    return ["--num_gpus", "1", "--master_port", str(free_port()), "--no_local_rank", "--no_python", *worker]
+
+
+def worker_started(tmp_path: Path):
+    return lambda: (tmp_path / "worker.pid").exists() and (tmp_path / "worker.pid").read_text() != ""
+
+
+@pytest.mark.parametrize("whole_job", [True, False], ids=["scancel", "kill_the_launcher"])
+@pytest.mark.parametrize("launcher", [TORCHRUN, DEEPSPEED], ids=["torchrun", "deepspeed"])
+def test_sigterm_stops_every_worker_and_is_the_launchers_line(launcher, whole_job, tmp_path):
+    """A scheduler's SIGTERM to the job, or one to the launcher alone: the workers stop, and the launcher says so.
+    Before, DeepSpeed's runner died by it without a word, and signalled alone, it left its workers running."""
+    run = launched(sleeping_worker(launcher, tmp_path), worker_started(tmp_path), signal.SIGTERM, launcher,
+                   whole_job=whole_job)
+    assert run.left_running == [], "left running after the launcher ended"
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr[-3000:]
+    assert run.about_the_stop == [f"[fila-train] stopped by SIGTERM: every worker was stopped; {tmp_path / 'run'} "
+                                  f"holds no complete checkpoint yet"], run.stderr
 
 
 ONE_PROCESS = """

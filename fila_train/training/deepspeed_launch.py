@@ -1,10 +1,14 @@
-"""DeepSpeed's runner (the scripts' LAUNCHER=deepspeed and HOSTFILE runs), minus the traceback it prints on Ctrl-C.
+"""DeepSpeed's runner (the scripts' LAUNCHER=deepspeed and HOSTFILE runs), minus the traceback it prints on Ctrl-C
+and the silence on SIGTERM.
 
-On one node the runner waits for DeepSpeed's per-node launcher, which takes the same Ctrl-C and stops the workers;
-the runner itself died with a KeyboardInterrupt traceback. Here it waits for that launcher to finish (a second
-Ctrl-C stops waiting), then the first process to take the Ctrl-C, a worker with the run's step or this runner,
-has printed one line (training/launcher_stops.py), and the runner ends by SIGINT (utils/errors.py). Across nodes
-(pdsh) DeepSpeed's runner handles the signal itself. Everything else is DeepSpeed's own: same flags, same behaviour.
+On one node the runner waits for DeepSpeed's per-node launcher, which stops the workers on Ctrl-C or SIGTERM; the
+runner itself died with a KeyboardInterrupt traceback, or by the SIGTERM without a word, and a SIGTERM sent to it
+alone (`kill PID`) left the launcher and its workers running. Here it passes a SIGTERM on to that launcher, waits for
+it to finish (a second signal stops waiting), then says what stopped the run: for Ctrl-C the first process to take
+it, a worker with the run's step or this runner, has printed one line (training/launcher_stops.py), and the runner
+ends by SIGINT (utils/errors.py); for SIGTERM the runner prints the line and exits with 143, as ours around torchrun
+does. Across nodes (pdsh) DeepSpeed's runner handles both signals itself. Everything else is DeepSpeed's own: same
+flags, same behaviour.
 """
 from __future__ import annotations
 
@@ -14,30 +18,54 @@ import sys
 from ..utils.errors import first_to_report_interrupt, leave_as_interrupted
 from .launcher_stops import interrupt_claims, stopped
 
+# Where each signal's handler is left to us: Python's own for Ctrl-C, the default for SIGTERM. A process started
+# with one ignored (a script's background job) keeps ignoring it.
+OURS_TO_HANDLE = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
 
 def main(argv: list[str] | None = None) -> int:
     from deepspeed.launcher.runner import main as run, parse_args
 
     argv = sys.argv[1:] if argv is None else argv
-    interrupted: list[int] = []
+    stops: list[int] = []
 
     def wait_for_the_workers(signum, frame) -> None:
-        interrupted.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops waiting
+        stops.append(signum)
+        signal.signal(signum, OURS_TO_HANDLE[signum])  # a second one stops waiting
+        if signum == signal.SIGTERM:  # Ctrl-C reaches the whole job; a SIGTERM may have reached this runner alone
+            pass_on(signum)
 
     with interrupt_claims():
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with it ignored
-            signal.signal(signal.SIGINT, wait_for_the_workers)
+        for signum, default in OURS_TO_HANDLE.items():
+            if signal.getsignal(signum) is default:
+                signal.signal(signum, wait_for_the_workers)
         try:
             run(argv)
         except (KeyboardInterrupt, SystemExit):  # DeepSpeed's launcher exits with 1 once it stopped the workers
-            if not interrupted:
+            if not stops:
                 raise
-        if interrupted:
-            if first_to_report_interrupt():
-                print(f"\n{stopped(parse_args(argv).user_args, signal.SIGINT)}", file=sys.stderr)
-            leave_as_interrupted()
+        if stops:
+            if stops[0] != signal.SIGINT or first_to_report_interrupt():
+                print(f"\n{stopped(parse_args(argv).user_args, stops[0])}", file=sys.stderr)
+            if stops[0] == signal.SIGINT:
+                leave_as_interrupted()
+            return 128 + stops[0]  # as a shell reports it
     return 0
+
+
+def pass_on(signum: int) -> None:
+    """To DeepSpeed's per-node launcher (this runner's child), which stops the workers on it; before that launcher
+    has started, the runner ends by the signal at once, as it did without us."""
+    import psutil  # DeepSpeed's own dependency: its launcher stops the workers with it
+
+    children = psutil.Process().children()
+    if not children:
+        signal.raise_signal(signum)  # the default action, set back above
+    for child in children:
+        try:
+            child.send_signal(signum)
+        except psutil.NoSuchProcess:  # finished meanwhile
+            pass
 
 
 if __name__ == "__main__":
