@@ -191,6 +191,40 @@ def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weig
                           f"image {expected}\n"), stderr
 
 
+REMOTE_CONFIG = """from pathlib import Path
+Path(__file__).with_name("code_ran").touch()  # what running a model repository's own code would leave
+from transformers import PretrainedConfig
+class InternLM2Config(PretrainedConfig):
+    model_type = "internlm2"
+"""
+
+
+def test_an_llm_that_ships_its_own_code_is_one_line_and_runs_none_of_it(tiny_assets, tmp_path, capsys):
+    """Models such as InternLM2, Qwen-1 or ChatGLM3 ship their modelling code (config.json's auto_map, a model type
+    transformers does not know). Before, the loaders left trust_remote_code unset: a terminal asked on every rank
+    whether to run the code (y ran it), and a batch job got transformers' ValueError as a traceback per rank."""
+    from fila_train.training.cli import main
+
+    llm = tmp_path / "internlm2-like"
+    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    config = json.loads((llm / "config.json").read_text())
+    config |= {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"],
+               "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
+    (llm / "config.json").write_text(json.dumps(config))
+    (llm / "configuration_internlm2.py").write_text(REMOTE_CONFIG)
+    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm)}
+    del flags["deepspeed"]  # (see the length test above)
+    with pytest.raises(SystemExit) as exit_:
+        main(as_cli(flags))
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1, stderr
+    assert stderr == (f"fila-train train: error: {llm} ships its own model code (config.json's auto_map: AutoConfig, "
+                      f"AutoModelForCausalLM) for model type 'internlm2', which transformers does not know: "
+                      f"fila-train runs no code from a model folder or the hub; use a transformers-native LLM\n")
+    assert not (llm / "code_ran").exists()
+
+
 # A bad record's image: (its file's content, or None for no file; the error; whether the run stops before the first
 # step). A missing file is found when every record is measured before training, as LLaVA's run found it mid-epoch;
 # a file that is no image (found where the token count needs its size, otherwise) when a rank decodes it.

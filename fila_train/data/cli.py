@@ -51,7 +51,7 @@ def load_inspection_processor(model_args):
     vision_config = CLIPVisionConfig.from_pretrained(model_args.vision_tower)
     images = FilaImageProcessor(vision_encoder=model_args.vision_encoder, image_size=vision_config.image_size,
                                 patch_size=vision_config.patch_size, vision_options=model_args.vision_options())
-    return FilaProcessor(images, AutoTokenizer.from_pretrained(model_args.model_name_or_path),
+    return FilaProcessor(images, AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=False),
                          conversation_template=model_args.conversation_template, image_token_index=IMAGE_TOKEN_ID)
 
 

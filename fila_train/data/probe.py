@@ -193,7 +193,7 @@ def layout_for(model: str | Path, canvases: str | None = None, canvas: str | Non
     from ..model.options import parse_value
     from ..model.vision.anyres import AnyresConfig
     from ..model.vision.hybrid_encoder import hybrid_config_for
-    config = AutoConfig.from_pretrained(model)
+    config = AutoConfig.from_pretrained(model, trust_remote_code=False)
     if config.model_type == "fila":
         vision_config, options = config.vision_config, dict(config.vision_options or {})
     else:

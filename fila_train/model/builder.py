@@ -51,6 +51,21 @@ def with_local_convnext(vision_options: dict | None) -> dict | None:
     return {**vision_options, "convnext": {**convnext, "checkpoint": local_checkpoint(convnext["checkpoint"])}}
 
 
+def refuse_remote_code(model_name_or_path: str) -> None:
+    """An LLM that needs its own modelling code (config.json's auto_map, for a model type transformers lacks) is
+    one ConfigError, read from its config before any weights: fila-train runs no code from a model folder or the
+    hub. Every loader passes ``trust_remote_code=False`` besides, so transformers never asks to run it."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw, _ = PretrainedConfig.get_config_dict(model_name_or_path)
+    if "auto_map" in raw and raw.get("model_type") not in CONFIG_MAPPING:
+        raise ConfigError(f"{model_name_or_path} ships its own model code (config.json's auto_map: "
+                          f"{', '.join(raw['auto_map'])}) for model type {raw.get('model_type')!r}, which transformers "
+                          f"does not know: fila-train runs no code from a model folder or the hub; use a "
+                          f"transformers-native LLM")
+
+
 def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
                 vision_encoder: str = FilaConfig.vision_encoder, vision_options: dict | None = None,
                 vision_feature_layer: int = FilaConfig.vision_feature_layer,
@@ -62,9 +77,10 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     ``vision_options``/``connector_options`` may be partial (e.g. from command-line flags): the
     encoder and connector complete them, and the model's config stores the complete result.
     ``lora`` (LoraSettings as a dict) adds LoRA adapters to the LLM; bits 4/8 loads it quantized (QLoRA).
-    Nothing runs remote code: every ``from_pretrained`` keeps ``trust_remote_code`` off.
+    Nothing runs remote code (refuse_remote_code).
     """
     settings = None if lora is None else LoraSettings.from_dict(lora)
+    refuse_remote_code(model_name_or_path)
     if is_fila_checkpoint(model_name_or_path):
         model = FilaForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
@@ -85,7 +101,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
     else:
         language_model = AutoModelForCausalLM.from_pretrained(
-            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False)
     if release is None:
         tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
     config = FilaConfig(
@@ -169,7 +185,7 @@ def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: i
     when that id is past them: an LLM padded past its tokenizer (Phi-2) already has the row, and
     resizing to the tokenizer's length would cut its vocabulary.
     """
-    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length)
+    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
         rows = model.language_model.get_input_embeddings().num_embeddings  # also under ZeRO-3 partitioning

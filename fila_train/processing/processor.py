@@ -131,5 +131,5 @@ def load_processor(folder: str | Path, config, **tokenizer_kwargs) -> FilaProces
     if (Path(folder) / PROCESSOR_FILE).is_file():
         return FilaProcessor.from_pretrained(str(folder), **tokenizer_kwargs)
     # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config, **tokenizer_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config, trust_remote_code=False, **tokenizer_kwargs)
     return FilaProcessor.for_model(tokenizer, config)

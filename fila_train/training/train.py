@@ -13,7 +13,8 @@ import torch
 import transformers
 
 from ..data.packing import build_collator
-from ..model.builder import build_model, image_token_counts, load_tokenizer, starts_a_fresh_connector
+from ..model.builder import (build_model, image_token_counts, load_tokenizer, refuse_remote_code,
+                             starts_a_fresh_connector)
 from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
@@ -102,6 +103,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if convnext.get("trainable") and "convnext" not in args.parts():
         raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
                           "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
+    refuse_remote_code(model_args.model_name_or_path)
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
                                         vision_encoder=model_args.vision_encoder,
                                         vision_options=model_args.vision_options()), args.model_max_length)
