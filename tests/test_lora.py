@@ -37,6 +37,7 @@ from fila_train.model.lora import KBIT_REQUIREMENT, LoraSettings, add_lora, lora
 from fila_train.training.arguments import DataArguments, ModelArguments, TrainingArguments
 from fila_train.training.parts import apply_tune_parts, parameter_table
 from fila_train.training.train import train
+from fila_train.utils.errors import ConfigError
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -188,10 +189,10 @@ def test_lora_resume_under_zero3_reproduces_the_uninterrupted_losses(runs, tmp_p
 
 def test_qlora_without_bitsandbytes_is_a_clear_error(assets, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what an environment without it looks like to find_spec
-    with pytest.raises(RuntimeError, match=re.escape(KBIT_REQUIREMENT) + ".*qlora extra.*--bits 16"):
+    with pytest.raises(ConfigError, match=re.escape(KBIT_REQUIREMENT) + ".*qlora extra.*--bits 16"):
         HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
             args=["--model_name_or_path", str(assets.llm), "--lora_r", "8", "--bits", "4"])
-    with pytest.raises(RuntimeError, match=re.escape(KBIT_REQUIREMENT)):
+    with pytest.raises(ConfigError, match=re.escape(KBIT_REQUIREMENT)):
         build_model(str(assets.llm), str(assets.clip), lora={"r": 8, "bits": 4})
 
 

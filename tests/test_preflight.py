@@ -225,6 +225,34 @@ def test_an_llm_that_ships_its_own_code_is_one_line_and_runs_none_of_it(tiny_ass
     assert not (llm / "code_ran").exists()
 
 
+# A speed or memory option whose package is missing here: (flags, module hidden, the line's start).
+MISSING_EXTRAS = {
+    "qlora": ({"lora_r": "8", "bits": "4"}, "bitsandbytes", "QLoRA (--bits 4/8) needs bitsandbytes, which is not "
+                                                            "installed: install the qlora extra"),
+    "liger": ({"use_liger": "True"}, "liger_kernel", "--use_liger needs the liger-kernel package"),
+}
+
+
+@pytest.mark.parametrize("extra", MISSING_EXTRAS)
+def test_an_option_whose_package_is_missing_is_one_line_before_any_weights_load(extra, tiny_assets, tmp_path,
+                                                                                 capsys, monkeypatch):
+    """Before, --bits 4 without bitsandbytes and --use_liger without liger-kernel raised a RuntimeError and an
+    ImportError, which the run took for bugs: a traceback from every rank, Liger's after the weights loaded."""
+    from fila_train.training.cli import main
+
+    flags, module, line = MISSING_EXTRAS[extra]
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without it looks like to an import
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm), "tune_parts": "connector,llm"} | flags
+    del flags["deepspeed"]  # (see the length test above)
+    with pytest.raises(SystemExit) as exit_:
+        main(as_cli(flags))
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1, stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith(f"fila-train train: error: {line}"), stderr
+
+
 # A bad record's image: (its file's content, or None for no file; the error; whether the run stops before the first
 # step). A missing file is found when every record is measured before training, as LLaVA's run found it mid-epoch;
 # a file that is no image (found where the token count needs its size, otherwise) when a rank decodes it.

@@ -11,6 +11,7 @@ import pytest
 from transformers import HfArgumentParser
 
 from fila_train.model.liger import apply_liger_kernels
+from fila_train.utils.errors import ConfigError
 from fila_train.training.arguments import TrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="liger-kernel is installed here")
 def test_use_liger_fails_clearly_without_liger_kernel():
-    with pytest.raises(ImportError, match=r"--use_liger needs the liger-kernel package"):
+    with pytest.raises(ConfigError, match=r"--use_liger needs the liger-kernel package"):
         apply_liger_kernels(None)
 
 

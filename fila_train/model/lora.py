@@ -159,7 +159,7 @@ def is_quantized(model: nn.Module) -> bool:
 def require_kbit_support() -> None:
     """QLoRA runs wherever bitsandbytes does: on a CUDA GPU, and (bitsandbytes >= 0.48) on CPU."""
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError(f"{KBIT_REQUIREMENT}, which is not installed: {KBIT_INSTALL}. Use --bits 16 for LoRA.")
+        raise ConfigError(f"{KBIT_REQUIREMENT}, which is not installed: {KBIT_INSTALL}. Use --bits 16 for LoRA.")
 
 
 def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementation: str) -> nn.Module:

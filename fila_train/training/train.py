@@ -15,7 +15,7 @@ import transformers
 from ..data.packing import build_collator
 from ..model.builder import (build_model, image_token_counts, load_tokenizer, refuse_remote_code,
                              starts_a_fresh_connector)
-from ..model.liger import apply_liger_kernels
+from ..model.liger import apply_liger_kernels, liger_patchers
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
 from ..utils.argument_parser import StrictArgumentParser
@@ -104,6 +104,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
                           "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
     refuse_remote_code(model_args.model_name_or_path)
+    if args.use_liger:
+        liger_patchers()
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
                                         vision_encoder=model_args.vision_encoder,
                                         vision_options=model_args.vision_options()), args.model_max_length)
