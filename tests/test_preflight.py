@@ -225,6 +225,32 @@ def test_an_llm_that_ships_its_own_code_is_one_line_and_runs_none_of_it(tiny_ass
     assert not (llm / "code_ran").exists()
 
 
+@pytest.mark.parametrize("flags, line", [
+    ({"tune_parts": "connector,cvfm,llm"}, "--tune_parts 'connector,cvfm,llm' names cvfm, which this model (vision "
+                                           "encoder 'clip', connector 'mlp2x_gelu') does not have: its parts are "
+                                           "vision, connector, llm"),
+    ({"tune_parts": "connector,llm", "fuser_lr": "1e-4"}, "a learning rate for fuser (--fuser_lr or --part_lr), "
+                                                          "which this model (vision encoder 'clip', connector "
+                                                          "'mlp2x_gelu') does not have: its parts are vision, "
+                                                          "connector, llm")], ids=["tune_parts", "learning_rate"])
+def test_a_part_the_model_does_not_have_is_one_line_before_any_weights_load(flags, line, tiny_assets, tmp_path,
+                                                                             capsys):
+    """Before, CLIP + MLP with --tune_parts connector,cvfm,llm --cvfm_lr 1e-4 trained no CVFM and dropped its rate
+    without a word (the names were checked against every registered encoder's parts)."""
+    from fila_train.training.cli import main
+
+    llm = tmp_path / "llm"
+    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm)} | flags
+    del flags["deepspeed"]  # (see the length test above)
+    with pytest.raises(SystemExit) as exit_:
+        main(as_cli(flags))
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1, stderr
+    assert stderr == f"fila-train train: error: {line}; drop it, or choose the vision encoder or connector that " \
+                     f"has it\n", stderr
+
+
 # A speed or memory option whose package is missing here: (flags, module hidden, the line's start).
 MISSING_EXTRAS = {
     "qlora": ({"lora_r": "8", "bits": "4"}, "bitsandbytes", "QLoRA (--bits 4/8) needs bitsandbytes, which is not "

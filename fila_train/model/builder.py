@@ -80,7 +80,6 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     Nothing runs remote code (refuse_remote_code).
     """
     settings = None if lora is None else LoraSettings.from_dict(lora)
-    refuse_remote_code(model_name_or_path)
     if is_fila_checkpoint(model_name_or_path):
         model = FilaForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
@@ -89,6 +88,8 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
+    if layout is None:
+        refuse_remote_code(model_name_or_path)
     release = None
     if layout is not None:
         if settings is not None and settings.bits != 16:
@@ -137,6 +138,15 @@ def fresh_vision_settings(model_name_or_path: str, vision_tower: str | None, vis
     vision_config = release_vision_config(model_name_or_path, vision_tower) if layout else \
         CLIPVisionConfig.from_pretrained(vision_tower)
     return vision_config, VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
+
+
+def built_parts(model_name_or_path: str, vision_encoder: str, connector_type: str) -> tuple[str, str]:
+    """The vision encoder and connector that build_model gives these arguments: a saved fila model's own, else
+    the ones named (read from configs alone)."""
+    if is_fila_checkpoint(model_name_or_path):
+        config = FilaConfig.from_pretrained(model_name_or_path)
+        return config.vision_encoder, config.connector_type
+    return vision_encoder, connector_type
 
 
 def image_token_counts(model_name_or_path: str, vision_tower: str | None = None, *,

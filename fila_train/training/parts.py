@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..model import known_parts
+from ..model.contracts import part_prefixes
 from ..model.lora import is_lora_parameter
 from ..utils.tables import format_table  # noqa: F401  (re-exported for callers)
 from ..utils.errors import ConfigError
@@ -15,6 +16,22 @@ LORA_ROW = "llm (lora)"
 
 def table_rows() -> tuple[str, ...]:
     return tuple(row for part in known_parts() for row in ((part, LORA_ROW) if part == "llm" else (part,)))
+
+
+def check_parts_exist(parts: list[str], learning_rates: dict[str, float], vision_encoder: str,
+                      connector_type: str) -> None:
+    """Every part named to train, or given a learning rate, is in the model: a part it lacks would be skipped
+    without a word (the flags are checked against every registered encoder's and connector's parts)."""
+    present = {part for _, part in part_prefixes(vision_encoder, connector_type)}
+    has = [name for name in known_parts() if name in present]
+    model = f"this model (vision encoder {vision_encoder!r}, connector {connector_type!r}) does not have: its parts " \
+            f"are {', '.join(has)}; drop it, or choose the vision encoder or connector that has it"
+    for part in parts:
+        if part not in has:
+            raise ConfigError(f"--tune_parts {','.join(parts)!r} names {part}, which {model}")
+    for part in learning_rates:
+        if part not in has:
+            raise ConfigError(f"a learning rate for {part} (--{part}_lr or --part_lr), which {model}")
 
 
 def apply_tune_parts(model, parts: list[str]) -> None:

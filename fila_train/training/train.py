@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from ..data.packing import build_collator
-from ..model.builder import (build_model, image_token_counts, load_tokenizer, refuse_remote_code,
+from ..model.builder import (build_model, built_parts, image_token_counts, load_tokenizer, refuse_remote_code,
                              starts_a_fresh_connector)
 from ..model.liger import apply_liger_kernels, liger_patchers
 from ..model.vision.flops import VisionFlops, vision_flops
@@ -33,7 +33,7 @@ from .deepspeed_config import partitions_optimizer_state
 from .image_budget import check_images_fit
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
-from .parts import apply_tune_parts, format_parameter_table, format_table
+from .parts import apply_tune_parts, check_parts_exist, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
 from .trainer import FilaTrainer
 
@@ -104,6 +104,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
                           "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
     refuse_remote_code(model_args.model_name_or_path)
+    check_parts_exist(args.parts(), args.part_learning_rates(),
+                      *built_parts(model_args.model_name_or_path, model_args.vision_encoder, model_args.connector_type))
     if args.use_liger:
         liger_patchers()
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
