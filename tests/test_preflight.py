@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from distributed_utils import REPO, TINY, build_tiny_model, free_port
+from distributed_utils import LLAMA2_DIR, REPO, TINY, build_tiny_model, free_port
 from fila_train.demo.tiny_models import as_cli
 from fila_train.model.contracts import CONNECTORS
 from fila_train.training.preflight import PreflightError, preflight
@@ -249,6 +249,24 @@ def test_a_part_the_model_does_not_have_is_one_line_before_any_weights_load(flag
     assert exit_.value.code == 1, stderr
     assert stderr == f"fila-train train: error: {line}; drop it, or choose the vision encoder or connector that " \
                      f"has it\n", stderr
+
+
+def test_a_template_the_tokenizer_cannot_write_is_one_line_before_any_weights_load(tiny_assets, tmp_path, capsys):
+    """Llama-3's template on a tokenizer without its header tokens (or vicuna_v1's <s> on Llama-3's): before, the
+    line came once the whole LLM had loaded, minutes under ZeRO-3."""
+    from fila_train.training.cli import main
+
+    llm = tmp_path / "llm"  # the tiny LLM's config with the real Llama-2 tokenizer, and no weights
+    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "tokenizer*"))
+    shutil.copy(LLAMA2_DIR / "tokenizer.model", llm)
+    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm), "conversation_template": "llama3"}
+    del flags["deepspeed"]  # (see the length test above)
+    with pytest.raises(SystemExit) as exit_:
+        main(as_cli(flags))
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1, stderr
+    assert stderr == (f"fila-train train: error: template 'llama3' needs the special token '<|begin_of_text|>', "
+                      f"which tokenizer {str(llm)!r} does not have\n"), stderr
 
 
 # A speed or memory option whose package is missing here: (flags, module hidden, the line's start).

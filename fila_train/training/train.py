@@ -13,9 +13,8 @@ import torch
 import transformers
 
 from ..data.packing import build_collator
-from ..model.builder import (build_model, built_parts, image_token_counts, load_tokenizer, refuse_remote_code,
-                             starts_a_fresh_connector)
-from ..model.liger import apply_liger_kernels, liger_patchers
+from ..model.builder import build_model, load_tokenizer, starts_a_fresh_connector
+from ..model.liger import apply_liger_kernels
 from ..model.vision.flops import VisionFlops, vision_flops
 from ..processing.processor import FilaProcessor
 from ..utils.argument_parser import StrictArgumentParser
@@ -25,15 +24,15 @@ from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
 from ..utils.errors import ConfigError, FilaError, Interrupted
 from .arguments import DataArguments, ModelArguments, TrainingArguments
+from .before_weights import check_before_weights
 from .build_locks import reporting_build_locks
 from .checkpoints import resolve_resume, where_to_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
-from .image_budget import check_images_fit
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
-from .parts import apply_tune_parts, check_parts_exist, format_parameter_table, format_table
+from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary, run_summary
 from .trainer import FilaTrainer
 
@@ -96,23 +95,9 @@ def format_vision_flops(flops: VisionFlops) -> str:
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
           notes: tuple[str, ...] = ()) -> dict:
     """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours)."""
-    if model_args.lora_r and "llm" not in args.parts():
-        raise ConfigError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
-                          f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
-    convnext = (model_args.vision_options() or {}).get("convnext", {})
-    if convnext.get("trainable") and "convnext" not in args.parts():
-        raise ConfigError(f"--vision_option convnext.trainable=true, but --tune_parts {args.tune_parts!r} has no "
-                          "'convnext': add it (with --convnext_lr), or the ConvNeXt stays frozen")
-    refuse_remote_code(model_args.model_name_or_path)
-    check_parts_exist(args.parts(), args.part_learning_rates(),
-                      *built_parts(model_args.model_name_or_path, model_args.vision_encoder, model_args.connector_type))
-    if args.use_liger:
-        liger_patchers()
-    check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
-                                        vision_encoder=model_args.vision_encoder,
-                                        vision_options=model_args.vision_options()), args.model_max_length)
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
+        check_before_weights(model_args, args)
         for note in notes:
             logger.info(note)
         # Before DeepSpeed starts: a refused run must not be killed inside its op build (a killed build leaves
