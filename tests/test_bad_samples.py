@@ -330,3 +330,21 @@ def test_a_replacement_keeps_the_modality_the_sampler_grouped_it_by(tmp_path: Pa
     sample = dataset[1]
     assert sample["id"] == expected and sample["skipped"] == [kind]
     assert bool(sample["images"]) == (expected == "image-c")
+
+
+def test_skips_are_logged_a_few_times_then_only_counted(folder: Path, image_root: Path, tokenizer, caplog) -> None:
+    """A mixture with 1% bad records skips thousands over a run: before, each skip was a warning of its own, on the
+    progress bar of every rank and worker, every epoch. The first few name their record; the run's end counts all."""
+    missing = [json.dumps(record(f"r-{k}", images="nowhere.png")) for k in range(40)]
+    dataset = dataset_for(folder, image_root, tokenizer, [*missing, json.dumps(GOOD)], "skip")
+    with caplog.at_level("DEBUG", logger="fila_train.data.dataset"):
+        samples = [dataset[index] for index in range(len(missing))]
+    assert all(sample["id"] == "good" for sample in samples)
+    assert dataset.skip_counts["missing_image"] == sum(range(1, 41))  # every position skips to the last record
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings_) == 5, warnings_
+    assert all("r-" in message for message in warnings_)
+    assert warnings_[-1].endswith("; further missing_image skips in this process are counted, and logged at debug "
+                                  "level)"), warnings_[-1]
+    assert len([r for r in caplog.records if r.levelname == "DEBUG" and "skipped sample" in r.getMessage()]) == \
+        dataset.skip_counts["missing_image"] - 5

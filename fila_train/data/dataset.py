@@ -46,6 +46,11 @@ class DatasetOptions:
             raise ConfigError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}")
 
 
+# Skips of one kind that each process warns of, naming the record; the rest are counted (the run's end gives the
+# total over all ranks), so 1% bad records do not fill the progress bar with a warning per step.
+SKIPS_WARNED = 5
+
+
 class ReplacesUnusableSamples(Dataset):
     """``__getitem__`` for datasets whose unusable samples are replaced by the next one.
 
@@ -72,8 +77,14 @@ class ReplacesUnusableSamples(Dataset):
     def _skip(self, kind: str, message: str, skipped: list[str]) -> None:
         self.skip_counts[kind] += 1
         skipped.append(kind)
-        logger.warning("skipped sample (%s): %s (%d %s skipped so far in this process)", kind, message,
-                       self.skip_counts[kind], kind)
+        count = self.skip_counts[kind]
+        if count > SKIPS_WARNED:
+            logger.debug("skipped sample (%s): %s (%d %s skipped so far in this process)", kind, message, count, kind)
+            return
+        further = (f"; further {kind} skips in this process are counted, and logged at debug level"
+                   if count == SKIPS_WARNED else "")
+        logger.warning("skipped sample (%s): %s (%d %s skipped so far in this process%s)", kind, message, count,
+                       kind, further)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[str] = []
