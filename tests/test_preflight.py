@@ -159,18 +159,37 @@ def test_a_flag_error_after_the_preflight_is_one_line_too(tiny_assets, tmp_path,
         assert (tmp_path / "out" / "error-rank0.txt").read_text().startswith("Traceback")  # kept for a bug report
 
 
+def weightless_llm(assets, tmp_path, tokenizer: bool = True) -> Path:
+    """The tiny LLM's folder without its weights: a check that needed them would fail differently."""
+    llm = tmp_path / "llm"
+    shutil.copytree(assets.llm, llm, ignore=shutil.ignore_patterns(
+        "*.safetensors", "*.bin", *(() if tokenizer else ("tokenizer*",))))
+    return llm
+
+
+def refused_run(assets, tmp_path, capsys, changes: dict[str, str]) -> str:
+    """`fila-train train` (in this process) with good_flags and ``changes``: the one line it exits with."""
+    from fila_train.training.cli import main
+
+    # Without --deepspeed: its ZeRO-3 config would outlive the refused run in transformers' global state and put
+    # the next test's in-process model build under zero.Init.
+    flags = {name: value for name, value in good_flags(assets, tmp_path).items() if name != "deepspeed"} | changes
+    with pytest.raises(SystemExit) as exit_:
+        main(as_cli(flags))
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 1, stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("fila-train train: error: "), stderr
+    return stderr.removeprefix("fila-train train: error: ").rstrip("\n")
+
+
 def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weights_load(tiny_assets, tmp_path,
                                                                                          capsys):
     """FILA's 672x672 canvas makes an image 2880 tokens: under LLaVA-1.5's 2048 every record whose image took it
     was dropped, one warning each, and the run trained on the rest. The tiny FILA's 2x2-tile canvas makes
-    (4 tiles + the global view) x its tokens per view, its 1x2 and 2x1 canvases 3 x. The LLM folder has no
-    weights: the check must not need them."""
-    from fila_train.training.cli import main
-
+    (4 tiles + the global view) x its tokens per view, its 1x2 and 2x1 canvases 3 x."""
     tile, view = TINY.tile, (TINY.tile // 14) ** 2  # the tiny CLIP's patch: 14
     assert set(TINY.canvases) == {(2 * tile, 2 * tile), (tile, 2 * tile), (2 * tile, tile)}
-    llm = tmp_path / "llm"
-    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    llm = weightless_llm(tiny_assets, tmp_path)
     for encoder, length, expected in (
             ("fila_hybrid", 4 * view, f"on {2 * tile}x{2 * tile} ({5 * view} tokens): every record whose image "
                                       f"takes it would be dropped (--on_overlong drop) or stop the run; set "
@@ -178,17 +197,10 @@ def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weig
                                       f"4096), or leave those canvases out of --anyres_canvases"),
             ("clip", view, f"on {tile}x{tile} ({view} tokens): every record whose image takes it would be dropped "
                            f"(--on_overlong drop) or stop the run; set --model_max_length above {view}")):
-        flags = (good_flags(tiny_assets, tmp_path) | tiny_assets.model_flags(encoder == "fila_hybrid", False)
-                 | {"model_name_or_path": str(llm), "model_max_length": str(length)})
-        # Without --deepspeed: its ZeRO-3 config would outlive the refused run in transformers' global state and
-        # put the next test's in-process model build under zero.Init.
-        del flags["deepspeed"]
-        with pytest.raises(SystemExit) as exit_:
-            main(as_cli(flags))
-        stderr = capsys.readouterr().err
-        assert exit_.value.code == 1, stderr
-        assert stderr == (f"fila-train train: error: --model_max_length {length} leaves no room for text after one "
-                          f"image {expected}\n"), stderr
+        changes = tiny_assets.model_flags(encoder == "fila_hybrid", False) | {
+            "model_name_or_path": str(llm), "model_max_length": str(length)}
+        assert refused_run(tiny_assets, tmp_path, capsys, changes) == \
+            f"--model_max_length {length} leaves no room for text after one image {expected}"
 
 
 REMOTE_CONFIG = """from pathlib import Path
@@ -203,25 +215,17 @@ def test_an_llm_that_ships_its_own_code_is_one_line_and_runs_none_of_it(tiny_ass
     """Models such as InternLM2, Qwen-1 or ChatGLM3 ship their modelling code (config.json's auto_map, a model type
     transformers does not know). Before, the loaders left trust_remote_code unset: a terminal asked on every rank
     whether to run the code (y ran it), and a batch job got transformers' ValueError as a traceback per rank."""
-    from fila_train.training.cli import main
-
-    llm = tmp_path / "internlm2-like"
-    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    llm = weightless_llm(tiny_assets, tmp_path)
     config = json.loads((llm / "config.json").read_text())
     config |= {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"],
                "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
                             "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
     (llm / "config.json").write_text(json.dumps(config))
     (llm / "configuration_internlm2.py").write_text(REMOTE_CONFIG)
-    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm)}
-    del flags["deepspeed"]  # (see the length test above)
-    with pytest.raises(SystemExit) as exit_:
-        main(as_cli(flags))
-    stderr = capsys.readouterr().err
-    assert exit_.value.code == 1, stderr
-    assert stderr == (f"fila-train train: error: {llm} ships its own model code (config.json's auto_map: AutoConfig, "
-                      f"AutoModelForCausalLM) for model type 'internlm2', which transformers does not know: "
-                      f"fila-train runs no code from a model folder or the hub; use a transformers-native LLM\n")
+    assert refused_run(tiny_assets, tmp_path, capsys, {"model_name_or_path": str(llm)}) == (
+        f"{llm} ships its own model code (config.json's auto_map: AutoConfig, AutoModelForCausalLM) for model type "
+        f"'internlm2', which transformers does not know: fila-train runs no code from a model folder or the hub; "
+        f"use a transformers-native LLM")
     assert not (llm / "code_ran").exists()
 
 
@@ -237,36 +241,19 @@ def test_a_part_the_model_does_not_have_is_one_line_before_any_weights_load(flag
                                                                              capsys):
     """Before, CLIP + MLP with --tune_parts connector,cvfm,llm --cvfm_lr 1e-4 trained no CVFM and dropped its rate
     without a word (the names were checked against every registered encoder's parts)."""
-    from fila_train.training.cli import main
-
-    llm = tmp_path / "llm"
-    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm)} | flags
-    del flags["deepspeed"]  # (see the length test above)
-    with pytest.raises(SystemExit) as exit_:
-        main(as_cli(flags))
-    stderr = capsys.readouterr().err
-    assert exit_.value.code == 1, stderr
-    assert stderr == f"fila-train train: error: {line}; drop it, or choose the vision encoder or connector that " \
-                     f"has it\n", stderr
+    changes = {"model_name_or_path": str(weightless_llm(tiny_assets, tmp_path))} | flags
+    assert refused_run(tiny_assets, tmp_path, capsys, changes) == \
+        f"{line}; drop it, or choose the vision encoder or connector that has it"
 
 
 def test_a_template_the_tokenizer_cannot_write_is_one_line_before_any_weights_load(tiny_assets, tmp_path, capsys):
     """Llama-3's template on a tokenizer without its header tokens (or vicuna_v1's <s> on Llama-3's): before, the
     line came once the whole LLM had loaded, minutes under ZeRO-3."""
-    from fila_train.training.cli import main
-
-    llm = tmp_path / "llm"  # the tiny LLM's config with the real Llama-2 tokenizer, and no weights
-    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "tokenizer*"))
-    shutil.copy(LLAMA2_DIR / "tokenizer.model", llm)
-    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm), "conversation_template": "llama3"}
-    del flags["deepspeed"]  # (see the length test above)
-    with pytest.raises(SystemExit) as exit_:
-        main(as_cli(flags))
-    stderr = capsys.readouterr().err
-    assert exit_.value.code == 1, stderr
-    assert stderr == (f"fila-train train: error: template 'llama3' needs the special token '<|begin_of_text|>', "
-                      f"which tokenizer {str(llm)!r} does not have\n"), stderr
+    llm = weightless_llm(tiny_assets, tmp_path, tokenizer=False)
+    shutil.copy(LLAMA2_DIR / "tokenizer.model", llm)  # the real Llama-2 tokenizer
+    changes = {"model_name_or_path": str(llm), "conversation_template": "llama3"}
+    assert refused_run(tiny_assets, tmp_path, capsys, changes) == \
+        f"template 'llama3' needs the special token '<|begin_of_text|>', which tokenizer {str(llm)!r} does not have"
 
 
 # A speed or memory option whose package is missing here: (flags, module hidden, the line's start).
@@ -282,19 +269,10 @@ def test_an_option_whose_package_is_missing_is_one_line_before_any_weights_load(
                                                                                  capsys, monkeypatch):
     """Before, --bits 4 without bitsandbytes and --use_liger without liger-kernel raised a RuntimeError and an
     ImportError, which the run took for bugs: a traceback from every rank, Liger's after the weights loaded."""
-    from fila_train.training.cli import main
-
     flags, module, line = MISSING_EXTRAS[extra]
     monkeypatch.setitem(sys.modules, module, None)  # what an environment without it looks like to an import
-    llm = tmp_path / "llm"
-    shutil.copytree(tiny_assets.llm, llm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    flags = good_flags(tiny_assets, tmp_path) | {"model_name_or_path": str(llm), "tune_parts": "connector,llm"} | flags
-    del flags["deepspeed"]  # (see the length test above)
-    with pytest.raises(SystemExit) as exit_:
-        main(as_cli(flags))
-    stderr = capsys.readouterr().err
-    assert exit_.value.code == 1, stderr
-    assert len(stderr.splitlines()) == 1 and stderr.startswith(f"fila-train train: error: {line}"), stderr
+    changes = {"model_name_or_path": str(weightless_llm(tiny_assets, tmp_path)), "tune_parts": "connector,llm"}
+    assert refused_run(tiny_assets, tmp_path, capsys, changes | flags).startswith(line)
 
 
 # A bad record's image: (its file's content, or None for no file; the error; whether the run stops before the first
