@@ -95,9 +95,9 @@ def format_vision_flops(flops: VisionFlops) -> str:
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
           notes: tuple[str, ...] = ()) -> dict:
     """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours)."""
+    check_before_weights(model_args, args)
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
-        check_before_weights(model_args, args)
         for note in notes:
             logger.info(note)
         # Before DeepSpeed starts: a refused run must not be killed inside its op build (a killed build leaves
