@@ -58,6 +58,8 @@ def refuse_remote_code(model_name_or_path: str) -> None:
     from transformers import PretrainedConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    if folder_layout(model_name_or_path) is not None:  # a LLaVA release loads through transformers' own classes
+        return
     raw, _ = PretrainedConfig.get_config_dict(model_name_or_path)
     if "auto_map" in raw and raw.get("model_type") not in CONFIG_MAPPING:
         raise ConfigError(f"{model_name_or_path} ships its own model code (config.json's auto_map: "

@@ -53,18 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+NODE_LAUNCHER = "deepspeed.launcher.launch"  # DeepSpeed's per-node launcher, as its runner starts it
+
+
 def pass_on(signum: int) -> None:
-    """To DeepSpeed's per-node launcher (this runner's child), which stops the workers on it; before that launcher
-    has started, the runner ends by the signal at once, as it did without us."""
+    """To DeepSpeed's per-node launcher (this runner's child), which stops the workers on it. Before that launcher
+    has started (the runner's own probes, numactl or ssh, may be its children then), no worker runs: the runner
+    stops here, and main says so."""
     import psutil  # DeepSpeed's own dependency: its launcher stops the workers with it
 
-    children = psutil.Process().children()
-    if not children:
-        signal.raise_signal(signum)  # the default action, set back above
-    for child in children:
+    launchers = []
+    for child in psutil.Process().children():
         try:
-            child.send_signal(signum)
-        except psutil.NoSuchProcess:  # finished meanwhile
+            if NODE_LAUNCHER in " ".join(child.cmdline()):
+                launchers.append(child)
+        except psutil.Error:  # finished meanwhile
+            continue
+    if not launchers:
+        raise SystemExit(128 + signum)
+    for launcher in launchers:
+        try:
+            launcher.send_signal(signum)
+        except psutil.NoSuchProcess:
             pass
 
 
