@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 from ..utils.errors import first_to_report_interrupt, leave_as_interrupted
 from .launcher_stops import interrupt_claims, stopped
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NODE_LAUNCHER = "deepspeed.launcher.launch"  # DeepSpeed's per-node launcher, as its runner starts it
+LAUNCHER_GRACE_S = 3  # a launcher that took the signal itself stops its workers and exits within it
 
 
 def pass_on(signum: int) -> None:
@@ -71,11 +73,27 @@ def pass_on(signum: int) -> None:
             continue
     if not launchers:
         raise SystemExit(128 + signum)
+    # Signalled with the whole job (scancel, killpg), the launcher stops by itself: a second signal would reach
+    # its exit (a traceback). Signalled alone, this runner passes it on once the launcher is seen running on.
+    deadline = time.monotonic() + LAUNCHER_GRACE_S
+    while time.monotonic() < deadline and any(running(launcher) for launcher in launchers):
+        time.sleep(0.1)
     for launcher in launchers:
-        try:
-            launcher.send_signal(signum)
-        except psutil.NoSuchProcess:
-            pass
+        if running(launcher):
+            try:
+                launcher.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def running(process) -> bool:
+    """Alive and not yet a zombie (reaping it here would take its exit code from DeepSpeed's runner)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 if __name__ == "__main__":
