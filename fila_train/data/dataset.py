@@ -78,13 +78,11 @@ class ReplacesUnusableSamples(Dataset):
         self.skip_counts[kind] += 1
         skipped.append(kind)
         count = self.skip_counts[kind]
-        if count > SKIPS_WARNED:
-            logger.debug("skipped sample (%s): %s (%d %s skipped so far in this process)", kind, message, count, kind)
-            return
         further = (f"; further {kind} skips in this process are counted, and logged at debug level"
                    if count == SKIPS_WARNED else "")
-        logger.warning("skipped sample (%s): %s (%d %s skipped so far in this process%s)", kind, message, count,
-                       kind, further)
+        logger.log(logging.WARNING if count <= SKIPS_WARNED else logging.DEBUG,
+                   "skipped sample (%s): %s (%d %s skipped so far in this process%s)", kind, message, count, kind,
+                   further)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: list[str] = []

@@ -90,8 +90,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
-    if layout is None:
-        refuse_remote_code(model_name_or_path)
+    refuse_remote_code(model_name_or_path)
     release = None
     if layout is not None:
         if settings is not None and settings.bits != 16:

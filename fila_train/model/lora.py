@@ -179,7 +179,8 @@ def load_quantized_llm(path: str, bits: int, dtype: torch.dtype, attn_implementa
                                       bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization,
-        trust_remote_code=False, device_map={"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"})
+        trust_remote_code=False,
+        device_map={"": int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"})
     # Gradient checkpointing is the trainer's choice (--gradient_checkpointing), not switched on here.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
