@@ -214,9 +214,11 @@ def test_a_missing_rank_is_one_line_after_ddp_timeout(stage1, tmp_path):
 def test_zero3_trains_when_one_rank_draws_only_text_and_the_other_two_canvases(tiny_assets, tmp_path):
     """LLaVA's ZeRO-3 hang: a rank whose batch has no image skips the vision side and its parameter
     gathers, and the other ranks wait for it forever. Here, in every step, rank 0 holds a wide and a tall
-    image (two ConvNeXt canvases, two CVFM grids) and rank 1 two text-only records, under FILA + MMFuser
-    with every vision-side part training. The grouped sampler deals it so: its pooled last step is sorted
-    by length, and each text-only record is its image twin minus the image."""
+    image (two ConvNeXt canvases, two CVFM grids) and rank 1 two text-only records (a blank placeholder on
+    a third canvas), under FILA + MMFuser with every part training, the ConvNeXt and the ViT included: then
+    the backward's gathers and gradient reductions must match across ranks too, not only the forward's.
+    The grouped sampler deals it so: its pooled last step is sorted by length, and each text-only record
+    is its image twin minus the image."""
     from PIL import Image
 
     images = {"wide": (120, 40), "tall": (40, 120)}  # the tiny 56x28 and 28x56 canvases
@@ -232,7 +234,8 @@ def test_zero3_trains_when_one_rank_draws_only_text_and_the_other_two_canvases(t
     steps = 3
     args = train_args(tiny_assets, hybrid=True, fuser=True, stage=2, zero=3, steps=steps) + [
         "--data_path", str(data), "--image_folder", str(tmp_path), "--group_by_modality_length", "True",
-        "--log_sample_ids", "True", "--report_to", "none"]
+        "--log_sample_ids", "True", "--report_to", "none",
+        "--tune_parts", "connector,vision,convnext,cvfm,fuser,llm", "--convnext_lr", "1e-3"]
     # A hang shows as the timeout: the run itself takes ~20 s.
     run = run_distributed(args, tmp_path / "run", timeout=150)
     ids = [(run.output_dir / "sample_ids" / f"rank{r}.txt").read_text().split() for r in (0, 1)]

@@ -185,35 +185,44 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
                 "convnext": lambda enable, func: self.convnext.trunk.set_grad_checkpointing(enable),
                 "cvfm": lambda enable, func: set_layer_flags(self.cvfm, enable, func)}
 
-    def _stage_maps(self, high_res: torch.Tensor | list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        """ConvNeXt on every image's canvas -> per image, 4 maps [C, H, W].
+    def _stage_maps(self, high_res: torch.Tensor | list[torch.Tensor]
+                    ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor] | None]:
+        """ConvNeXt on every image's canvas -> per image, 4 maps [C, H, W]; and, when the ConvNeXt trains,
+        per stage a zero that depends on that stage's map from every call (None when it is frozen).
 
         The ConvNeXt runs once per *configured* canvas, in config order, even for canvases this
         batch does not use (an empty batch): under ZeRO-3 every forward call gathers parameters
-        collectively, so the number of calls must not depend on which canvases a rank drew.
+        collectively, so the number of calls must not depend on which canvases a rank drew. The
+        backward must match too: each stage's zero joins the ViT at that stage's CVFM, so every
+        call's backward (its gathers, its gradient reductions) runs on every rank at the same point.
         """
         device = self.clip.device
         images = list(high_res) if isinstance(high_res, torch.Tensor) else _split_images(high_res)
         processor = self.image_processor()
         per_image: list[list[torch.Tensor] | None] = [None] * len(images)
+        calls = []
         for canvas in dict.fromkeys(self.hybrid_config.anyres.canvases):
             width, height = processor.high_res_size(canvas)
             indices = [i for i, image in enumerate(images) if tuple(image.shape[-2:]) == (height, width)]
             batch = (torch.stack([images[i] for i in indices]) if indices
                      else torch.zeros(0, 3, height, width, dtype=self.clip.dtype))
             maps = self.convnext(batch.to(device))
+            calls.append(maps)
             for row, index in enumerate(indices):
                 per_image[index] = [stage[row] for stage in maps]
         unmatched = [i for i, maps in enumerate(per_image) if maps is None]
         if unmatched:
             raise ValueError(f"high-resolution canvases {[tuple(images[i].shape) for i in unmatched]} match "
                              f"none of the configured canvases {self.hybrid_config.anyres.canvases}")
-        return per_image
+        if not calls[0][0].requires_grad:
+            return per_image, None
+        ties = [sum(maps[stage].sum() for maps in calls) * 0.0 for stage in range(len(calls[0]))]
+        return per_image, ties
 
     def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
         pixel_values = images["pixel_values"].to(device=self.clip.device, dtype=self.clip.dtype)
         grids = checked_grids(images["grids"], pixel_values.shape[0])
-        stage_maps = self._stage_maps(images["hr_pixel_values"])
+        stage_maps, ties = self._stage_maps(images["hr_pixel_values"])
 
         vit = self._vit
         layers = vit.encoder.layers
@@ -227,6 +236,8 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
             stage = self._stage_after_layer.get(index + 1)
             if stage is not None:
                 hidden = self.cvfm[stage](hidden, [maps[stage] for maps in stage_maps], grids)
+                if ties is not None:
+                    hidden = hidden + ties[stage]
             if output_hidden_states:
                 states.append(hidden[:, 1:])
         if not output_hidden_states:
