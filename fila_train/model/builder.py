@@ -68,6 +68,28 @@ def refuse_remote_code(model_name_or_path: str) -> None:
                           f"transformers-native LLM")
 
 
+def load_pretrained_parts(model_name_or_path: str, vision_tower: str | None, settings: LoraSettings | None,
+                          dtype: torch.dtype, attn_implementation: str, vision_feature_layer: int):
+    """A fresh build's pretrained LLM and CLIP tower: (language_model, tower, vision_feature_layer, release),
+    where a LLaVA release brings its own tower, feature layer and projector (release), else None."""
+    release = None
+    if folder_layout(model_name_or_path) is not None:
+        if settings is not None and settings.bits != 16:
+            raise ConfigError(f"--bits {settings.bits}: a LLaVA release ({model_name_or_path}) loads unquantized; "
+                              f"export it as a fila model first, or train LoRA at 16 bits")
+        release = load_llava_release(model_name_or_path, vision_tower, dtype, attn_implementation)
+        language_model, tower, vision_feature_layer = \
+            release.language_model, release.vision_tower, release.vision_feature_layer
+    elif settings is not None and settings.bits != 16:
+        language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
+    else:
+        language_model = AutoModelForCausalLM.from_pretrained(
+            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False)
+    if release is None:
+        tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
+    return language_model, tower, vision_feature_layer, release
+
+
 def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
                 vision_encoder: str = FilaConfig.vision_encoder, vision_options: dict | None = None,
                 vision_feature_layer: int = FilaConfig.vision_feature_layer,
@@ -86,26 +108,16 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         model = FilaForConditionalGeneration.from_pretrained(
             model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
         return with_lora(model, settings, model_name_or_path)
-    layout = folder_layout(model_name_or_path)
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
     refuse_remote_code(model_name_or_path)
-    release = None
-    if layout is not None:
-        if settings is not None and settings.bits != 16:
-            raise ConfigError(f"--bits {settings.bits}: a LLaVA release ({model_name_or_path}) loads unquantized; "
-                              f"export it as a fila model first, or train LoRA at 16 bits")
-        release = load_llava_release(model_name_or_path, vision_tower, dtype, attn_implementation)
-        language_model, tower, vision_feature_layer = \
-            release.language_model, release.vision_tower, release.vision_feature_layer
-    elif settings is not None and settings.bits != 16:
-        language_model = load_quantized_llm(model_name_or_path, settings.bits, dtype, attn_implementation)
-    else:
-        language_model = AutoModelForCausalLM.from_pretrained(
-            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False)
-    if release is None:
-        tower = CLIPVisionModel.from_pretrained(vision_tower, dtype=dtype)
+    # Loading may draw random numbers (under ZeRO-3, zero.Init initialises each LLM and CLIP weight before it
+    # is loaded): forked, so the new connector / CVFM / fuser start from the same weights for a --seed
+    # under every ZeRO stage, as they do on every rank.
+    with torch.random.fork_rng(devices=[]):
+        language_model, tower, vision_feature_layer, release = load_pretrained_parts(
+            model_name_or_path, vision_tower, settings, dtype, attn_implementation, vision_feature_layer)
     config = FilaConfig(
         vision_config=tower.config, text_config=language_model.config, vision_encoder=vision_encoder,
         vision_options=with_local_convnext(vision_options), vision_feature_layer=vision_feature_layer,
