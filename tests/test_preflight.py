@@ -246,6 +246,20 @@ def test_a_part_the_model_does_not_have_is_one_line_before_any_weights_load(flag
         f"{line}; drop it, or choose the vision encoder or connector that has it"
 
 
+def test_a_part_a_saved_model_does_not_have_names_the_saved_model(tiny_assets, tmp_path, capsys):
+    """A saved CLIP + MLP model keeps its parts whatever --vision_encoder says. Before, the line advised choosing
+    the vision encoder or connector that has the part, which a saved model ignores."""
+    saved = weightless_llm(tiny_assets, tmp_path)  # its tokenizer; the config is the saved composite's
+    build_tiny_model(tiny_assets, hybrid=False, fuser=False).config.save_pretrained(saved)
+    capsys.readouterr()  # the build's own progress bars
+    changes = {"model_name_or_path": str(saved), "vision_encoder": "fila_hybrid", "tune_parts": "connector,cvfm,llm"}
+    assert refused_run(tiny_assets, tmp_path, capsys, changes) == (
+        f"--tune_parts 'connector,cvfm,llm' names cvfm, which the saved model {saved} (vision encoder 'clip', "
+        f"connector 'mlp2x_gelu') does not have: its parts are vision, connector, llm; drop it (a saved model "
+        f"keeps the vision encoder and connector it was built with: --vision_encoder and --connector_type do not "
+        f"change them)")
+
+
 def test_a_template_the_tokenizer_cannot_write_is_one_line_before_any_weights_load(tiny_assets, tmp_path, capsys):
     """Llama-3's template on a tokenizer without its header tokens (or vicuna_v1's <s> on Llama-3's): before, the
     line came once the whole LLM had loaded, minutes under ZeRO-3."""

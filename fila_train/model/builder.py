@@ -153,13 +153,13 @@ def fresh_vision_settings(model_name_or_path: str, vision_tower: str | None, vis
     return vision_config, VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
 
 
-def built_parts(model_name_or_path: str, vision_encoder: str, connector_type: str) -> tuple[str, str]:
-    """The vision encoder and connector that build_model gives these arguments: a saved fila model's own, else
-    the ones named (read from configs alone)."""
+def built_parts(model_name_or_path: str, vision_encoder: str, connector_type: str) -> tuple[str, str, str | None]:
+    """The vision encoder and connector that build_model gives these arguments, and the saved fila model they
+    come from: a saved model's own, else the ones named and None (read from configs alone)."""
     if is_fila_checkpoint(model_name_or_path):
         config = FilaConfig.from_pretrained(model_name_or_path)
-        return config.vision_encoder, config.connector_type
-    return vision_encoder, connector_type
+        return config.vision_encoder, config.connector_type, model_name_or_path
+    return vision_encoder, connector_type, None
 
 
 def image_token_counts(model_name_or_path: str, vision_tower: str | None = None, *,

@@ -19,13 +19,17 @@ def table_rows() -> tuple[str, ...]:
 
 
 def check_parts_exist(parts: list[str], learning_rates: dict[str, float], vision_encoder: str,
-                      connector_type: str) -> None:
+                      connector_type: str, saved_model: str | None = None) -> None:
     """Every part named to train, or given a learning rate, is in the model: a part it lacks would be skipped
-    without a word (the flags are checked against every registered encoder's and connector's parts)."""
+    without a word (the flags are checked against every registered encoder's and connector's parts).
+    ``saved_model``: the saved fila model the run starts from, whose parts no flag changes."""
     present = {part for _, part in part_prefixes(vision_encoder, connector_type)}
     has = [name for name in known_parts() if name in present]
-    model = f"this model (vision encoder {vision_encoder!r}, connector {connector_type!r}) does not have: its parts " \
-            f"are {', '.join(has)}; drop it, or choose the vision encoder or connector that has it"
+    built = f"(vision encoder {vision_encoder!r}, connector {connector_type!r}) does not have: its parts are " \
+            f"{', '.join(has)}; drop it"
+    model = f"this model {built}, or choose the vision encoder or connector that has it" if saved_model is None else \
+        f"the saved model {saved_model} {built} (a saved model keeps the vision encoder and connector it was " \
+        f"built with: --vision_encoder and --connector_type do not change them)"
     for part in parts:
         if part not in has:
             raise ConfigError(f"--tune_parts {','.join(parts)!r} names {part}, which {model}")
