@@ -229,6 +229,30 @@ def test_an_llm_that_ships_its_own_code_is_one_line_and_runs_none_of_it(tiny_ass
     assert not (llm / "code_ran").exists()
 
 
+REMOTE_TOKENIZER = """from pathlib import Path
+Path(__file__).with_name("code_ran").touch()  # what running a model repository's own code would leave
+from transformers import PreTrainedTokenizer
+class InternLM2Tokenizer(PreTrainedTokenizer):
+    pass
+"""
+
+
+def test_a_tokenizer_that_only_its_own_code_loads_is_one_line_and_runs_none_of_it(tiny_assets, tmp_path, capsys):
+    """A transformers-native LLM whose tokenizer ships as code (tokenizer_config.json's auto_map, a class transformers
+    lacks). Before, transformers' ValueError came as a traceback on every rank."""
+    llm = weightless_llm(tiny_assets, tmp_path)
+    config = json.loads((llm / "tokenizer_config.json").read_text())
+    config |= {"tokenizer_class": "InternLM2Tokenizer",
+               "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}}
+    (llm / "tokenizer_config.json").write_text(json.dumps(config))
+    (llm / "tokenization_internlm2.py").write_text(REMOTE_TOKENIZER)
+    assert refused_run(tiny_assets, tmp_path, capsys, {"model_name_or_path": str(llm)}) == (
+        f"{llm} ships its own tokenizer code (tokenizer_config.json's auto_map: "
+        f"tokenization_internlm2.InternLM2Tokenizer), which transformers cannot load without running it: fila-train "
+        f"runs no code from a model folder or the hub; use a transformers-native tokenizer")
+    assert not (llm / "code_ran").exists()
+
+
 @pytest.mark.parametrize("flags, line", [
     ({"tune_parts": "connector,cvfm,llm"}, "--tune_parts 'connector,cvfm,llm' names cvfm, which this model (vision "
                                            "encoder 'clip', connector 'mlp2x_gelu') does not have: its parts are "

@@ -200,6 +200,24 @@ def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None
     return model
 
 
+def pretrained_tokenizer(path: str, **kwargs) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer`` without remote code; a tokenizer that only its own code can load (tokenizer_config.json's
+    auto_map, no class in transformers: e.g. InternLM2's) is one ConfigError, not transformers' ValueError."""
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except ValueError:
+        from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+        auto_map = get_tokenizer_config(path).get("auto_map")
+        if not auto_map:
+            raise
+        classes = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map  # or the old list
+        raise ConfigError(f"{path} ships its own tokenizer code (tokenizer_config.json's auto_map: "
+                          f"{', '.join(name for name in classes if name)}), which transformers cannot load without "
+                          f"running it: fila-train runs no code from a model folder or the hub; use a "
+                          f"transformers-native tokenizer") from None
+
+
 def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: int) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer, with a pad token that is never a trained token.
 
@@ -208,7 +226,7 @@ def load_tokenizer(path: str, model: FilaForConditionalGeneration, max_length: i
     when that id is past them: an LLM padded past its tokenizer (Phi-2) already has the row, and
     resizing to the tokenizer's length would cut its vocabulary.
     """
-    tokenizer = AutoTokenizer.from_pretrained(path, model_max_length=max_length, trust_remote_code=False)
+    tokenizer = pretrained_tokenizer(path, model_max_length=max_length)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
         rows = model.language_model.get_input_embeddings().num_embeddings  # also under ZeRO-3 partitioning

@@ -136,7 +136,7 @@ def _load_llava_hf(path: str, dtype: torch.dtype, attn_implementation: str) -> L
     with skipped_keys_unreported():
         language_model, llm_info = AutoModelForCausalLM.from_pretrained(
             path, config=config.text_config, key_mapping=LLM_KEYS, dtype=dtype,
-            attn_implementation=attn_implementation, output_loading_info=True)
+            attn_implementation=attn_implementation, output_loading_info=True, trust_remote_code=False)
         tower, tower_info = CLIPVisionModel.from_pretrained(
             path, config=config.vision_config, key_mapping=TOWER_KEYS, dtype=dtype, output_loading_info=True)
     for part, info in (("LLM", llm_info), ("vision tower", tower_info)):

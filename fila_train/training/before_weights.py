@@ -2,9 +2,7 @@
 tokenizer alone: each a one-line ConfigError, where loading a 7B LLM under ZeRO-3 first would take minutes."""
 from __future__ import annotations
 
-from transformers import AutoTokenizer
-
-from ..model.builder import built_parts, image_token_counts, refuse_remote_code
+from ..model.builder import built_parts, image_token_counts, pretrained_tokenizer, refuse_remote_code
 from ..model.configuration import IMAGE_TOKEN_ID
 from ..model.liger import liger_patchers
 from ..processing.chat_templates import get_template
@@ -29,7 +27,7 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments) ->
     if args.use_liger:
         liger_patchers()
     # The template's control tokens: the tokenizer alone says whether it can write them.
-    ConversationTokenizer(AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=False),
+    ConversationTokenizer(pretrained_tokenizer(model_args.model_name_or_path),
                           get_template(model_args.conversation_template), IMAGE_TOKEN_ID)
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
                                         vision_encoder=model_args.vision_encoder,
