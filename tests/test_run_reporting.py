@@ -171,3 +171,29 @@ def test_commands_print_no_third_party_notice():
                               capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0 and "--tune_parts" in finished.stdout
     assert finished.stderr == ""
+
+
+def test_a_saved_models_template_replaced_by_the_runs_says_so(tiny_assets, tmp_path, capfd):
+    """Training on from a saved fila model: its template is the model's prompt format. Before, the run's
+    --conversation_template (the scripts' default vicuna_v1) replaced it without a word."""
+    import shutil
+
+    from distributed_utils import build_tiny_model
+    from fila_train.model.configuration import FilaConfig
+    from fila_train.training.train import parse_args, train
+
+    saved = tmp_path / "saved"
+    model = build_tiny_model(tiny_assets, hybrid=False, fuser=False)
+    model.config.conversation_template = "chatml"
+    model.save_pretrained(saved)
+    for tokenizer_file in tiny_assets.llm.glob("tokenizer*"):
+        shutil.copy(tokenizer_file, saved)
+    argv = ["--model_name_or_path", str(saved), "--data_path", str(tiny_assets.stage2_data), "--image_folder",
+            str(tiny_assets.image_folder), "--output_dir", str(tmp_path / "run"), "--conversation_template",
+            "vicuna_v1", "--tune_parts", "connector", "--max_steps", "1", "--per_device_train_batch_size", "2",
+            "--report_to", "none", "--save_strategy", "no", "--model_max_length", "512"]
+    capfd.readouterr()
+    train(*parse_args(argv))
+    assert (f"--conversation_template vicuna_v1 replaces {saved}'s chatml: the run trains and saves the model with "
+            f"vicuna_v1 (pass --conversation_template chatml to keep it)") in capfd.readouterr().err
+    assert FilaConfig.from_pretrained(tmp_path / "run").conversation_template == "vicuna_v1"

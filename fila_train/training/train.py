@@ -132,6 +132,12 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
         connector_type=model_args.connector_type, connector_options=model_args.connector_options(),
         conversation_template=model_args.conversation_template, dtype=dtype,
         attn_implementation=model_args.attn_implementation, lora=model_args.lora_settings())
+    if model.config.conversation_template != model_args.conversation_template and is_main_process():
+        # A saved fila model keeps its template; the run's replaces it (the scripts always pass one).
+        logger.warning("--conversation_template %s replaces %s's %s: the run trains and saves the model with %s "
+                       "(pass --conversation_template %s to keep it)", model_args.conversation_template,
+                       model_args.model_name_or_path, model.config.conversation_template,
+                       model_args.conversation_template, model.config.conversation_template)
     model.config.conversation_template = model_args.conversation_template
     # Counted from the config on a meta-device copy: cheap, and blind to ZeRO-3 partitioning.
     flops = count_vision_flops(model.config) if is_main_process() else None
