@@ -203,53 +203,46 @@ def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weig
             f"--model_max_length {length} leaves no room for text after one image {expected}"
 
 
-REMOTE_CONFIG = """from pathlib import Path
+def remote_code(base: str, name: str, body: str = "pass") -> str:
+    return f"""from pathlib import Path
 Path(__file__).with_name("code_ran").touch()  # what running a model repository's own code would leave
-from transformers import PretrainedConfig
-class InternLM2Config(PretrainedConfig):
-    model_type = "internlm2"
+from transformers import {base}
+class {name}({base}):
+    {body}
 """
 
 
-def test_an_llm_that_ships_its_own_code_is_one_line_and_runs_none_of_it(tiny_assets, tmp_path, capsys):
-    """Models such as InternLM2, Qwen-1 or ChatGLM3 ship their modelling code (config.json's auto_map, a model type
-    transformers does not know). Before, the loaders left trust_remote_code unset: a terminal asked on every rank
-    whether to run the code (y ran it), and a batch job got transformers' ValueError as a traceback per rank."""
+# Models such as InternLM2, Qwen-1 or ChatGLM3 ship their modelling code (config.json's auto_map, a model type
+# transformers does not know), some their tokenizer's (tokenizer_config.json's auto_map, a class transformers lacks):
+# name -> (the json file changed, its changes, the code file beside it, its code, the line).
+REMOTE_CODE = {
+    "model": ("config.json", {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"],
+                              "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                                           "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}},
+              "configuration_internlm2.py",
+              remote_code("PretrainedConfig", "InternLM2Config", 'model_type = "internlm2"'),
+              "{llm} ships its own model code (config.json's auto_map: AutoConfig, AutoModelForCausalLM) for model "
+              "type 'internlm2', which transformers does not know: fila-train runs no code from a model folder or the "
+              "hub; use a transformers-native LLM"),
+    "tokenizer": ("tokenizer_config.json", {"tokenizer_class": "InternLM2Tokenizer", "auto_map": {
+                      "AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}},
+                  "tokenization_internlm2.py", remote_code("PreTrainedTokenizer", "InternLM2Tokenizer"),
+                  "{llm} ships its own tokenizer code (tokenizer_config.json's auto_map: "
+                  "tokenization_internlm2.InternLM2Tokenizer), which transformers cannot load without running it: "
+                  "fila-train runs no code from a model folder or the hub; use a transformers-native tokenizer"),
+}
+
+
+@pytest.mark.parametrize("kind", REMOTE_CODE)
+def test_a_model_that_ships_its_own_code_is_one_line_and_runs_none_of_it(kind, tiny_assets, tmp_path, capsys):
+    """Before, the loaders left trust_remote_code unset: a terminal asked on every rank whether to run the code (y
+    ran it), and a batch job got transformers' ValueError as a traceback per rank; then, with trust_remote_code=False,
+    a tokenizer that only its own code loads still ended in that traceback."""
+    json_file, changes, code_file, code, line = REMOTE_CODE[kind]
     llm = weightless_llm(tiny_assets, tmp_path)
-    config = json.loads((llm / "config.json").read_text())
-    config |= {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"],
-               "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
-    (llm / "config.json").write_text(json.dumps(config))
-    (llm / "configuration_internlm2.py").write_text(REMOTE_CONFIG)
-    assert refused_run(tiny_assets, tmp_path, capsys, {"model_name_or_path": str(llm)}) == (
-        f"{llm} ships its own model code (config.json's auto_map: AutoConfig, AutoModelForCausalLM) for model type "
-        f"'internlm2', which transformers does not know: fila-train runs no code from a model folder or the hub; "
-        f"use a transformers-native LLM")
-    assert not (llm / "code_ran").exists()
-
-
-REMOTE_TOKENIZER = """from pathlib import Path
-Path(__file__).with_name("code_ran").touch()  # what running a model repository's own code would leave
-from transformers import PreTrainedTokenizer
-class InternLM2Tokenizer(PreTrainedTokenizer):
-    pass
-"""
-
-
-def test_a_tokenizer_that_only_its_own_code_loads_is_one_line_and_runs_none_of_it(tiny_assets, tmp_path, capsys):
-    """A transformers-native LLM whose tokenizer ships as code (tokenizer_config.json's auto_map, a class transformers
-    lacks). Before, transformers' ValueError came as a traceback on every rank."""
-    llm = weightless_llm(tiny_assets, tmp_path)
-    config = json.loads((llm / "tokenizer_config.json").read_text())
-    config |= {"tokenizer_class": "InternLM2Tokenizer",
-               "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}}
-    (llm / "tokenizer_config.json").write_text(json.dumps(config))
-    (llm / "tokenization_internlm2.py").write_text(REMOTE_TOKENIZER)
-    assert refused_run(tiny_assets, tmp_path, capsys, {"model_name_or_path": str(llm)}) == (
-        f"{llm} ships its own tokenizer code (tokenizer_config.json's auto_map: "
-        f"tokenization_internlm2.InternLM2Tokenizer), which transformers cannot load without running it: fila-train "
-        f"runs no code from a model folder or the hub; use a transformers-native tokenizer")
+    (llm / json_file).write_text(json.dumps(json.loads((llm / json_file).read_text()) | changes))
+    (llm / code_file).write_text(code)
+    assert refused_run(tiny_assets, tmp_path, capsys, {"model_name_or_path": str(llm)}) == line.format(llm=llm)
     assert not (llm / "code_ran").exists()
 
 
