@@ -37,9 +37,9 @@ class InspectArguments:
 
 def load_inspection_processor(model_args):
     """The processor of a fila folder, or of LLM + vision tower configs and the flags (no weights)."""
-    from transformers import AutoTokenizer, CLIPVisionConfig
+    from transformers import CLIPVisionConfig
 
-    from ..model.builder import is_fila_checkpoint
+    from ..model.builder import is_fila_checkpoint, pretrained_tokenizer
     from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
     from ..processing.image_processing import FilaImageProcessor
     from ..processing.processor import FilaProcessor, load_processor
@@ -51,7 +51,7 @@ def load_inspection_processor(model_args):
     vision_config = CLIPVisionConfig.from_pretrained(model_args.vision_tower)
     images = FilaImageProcessor(vision_encoder=model_args.vision_encoder, image_size=vision_config.image_size,
                                 patch_size=vision_config.patch_size, vision_options=model_args.vision_options())
-    return FilaProcessor(images, AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=False),
+    return FilaProcessor(images, pretrained_tokenizer(model_args.model_name_or_path),
                          conversation_template=model_args.conversation_template, image_token_index=IMAGE_TOKEN_ID)
 
 
