@@ -428,3 +428,16 @@ def test_flops_and_parameter_overhead(tower: CLIPVisionModel) -> None:
     params = encoder.parameter_counts()
     assert params["overhead"] == params["convnext"] + params["cvfm"] > 0
     assert "TFLOPs" in encoder.overhead_report((56, 56))
+
+
+def test_the_zero_linking_unused_maps_to_the_loss_stays_zero_in_fp16():
+    """Under --fp16 a trained ConvNeXt's stage map sums past fp16's 65504: the old fp16 sum gave inf, and
+    inf * 0 made every hidden state NaN at step 0. The link must be an exact 0 that keeps fp16 and the gradient path."""
+    from fila_train.model.zero_link import zero_from
+
+    stage_map = torch.full((64, 64, 64), 8.0, dtype=torch.float16, requires_grad=True)  # sums to 2.1M
+    hidden = torch.ones(3, dtype=torch.float16, requires_grad=True)
+    linked = hidden + zero_from([stage_map])
+    assert linked.dtype == torch.float16 and torch.equal(linked, hidden)
+    linked.sum().backward()
+    assert torch.equal(stage_map.grad, torch.zeros_like(stage_map))  # reached, with nothing added

@@ -208,10 +208,10 @@ def pretrained_tokenizer(path: str, **kwargs) -> PreTrainedTokenizerBase:
     except ValueError:
         from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
-        auto_map = get_tokenizer_config(path).get("auto_map")
-        if not auto_map:
-            raise
+        auto_map = get_tokenizer_config(path).get("auto_map") or {}
         classes = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map  # or the old list
+        if not any(classes):  # no tokenizer code: the error is another one
+            raise
         raise ConfigError(f"{path} ships its own tokenizer code (tokenizer_config.json's auto_map: "
                           f"{', '.join(name for name in classes if name)}), which transformers cannot load without "
                           f"running it: fila-train runs no code from a model folder or the hub; use a "

@@ -19,6 +19,7 @@ from .connector import build_connector
 from .contracts import CONNECTORS, VISION_ENCODERS, part_prefixes
 from .lora import LoraSettings, add_lora
 from .vision import build_vision_encoder
+from .zero_link import zero_from
 
 
 def _is_loaded(parameter: torch.Tensor) -> bool:
@@ -160,7 +161,7 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
         if images_are_placeholders:
             # A text-only batch still runs the vision side on a blank image so that every rank
             # executes the same collectives (ZeRO-3 gathers) and trainable parts get gradients.
-            return embeds + features.sum() * 0.0
+            return embeds + zero_from([features])
         expected = int(is_image.sum())
         if features.shape[0] != expected:
             raise ValueError(f"the batch has {expected} image-context positions but the vision side "

@@ -21,6 +21,7 @@ from ...utils.image_size import source_size
 from ...utils.errors import ConfigError
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import SubPart, VisionEncoderContract
+from ..zero_link import zero_from
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
 from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
@@ -216,7 +217,7 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
                              f"none of the configured canvases {self.hybrid_config.anyres.canvases}")
         if not calls[0][0].requires_grad:
             return per_image, None
-        ties = [sum(maps[stage].sum() for maps in calls) * 0.0 for stage in range(len(calls[0]))]
+        ties = [zero_from([maps[stage] for maps in calls]) for stage in range(len(calls[0]))]
         return per_image, ties
 
     def forward(self, images: dict[str, Any], output_hidden_states: bool = False) -> VisionOutput:
