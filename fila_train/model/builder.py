@@ -112,9 +112,9 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
     refuse_remote_code(model_name_or_path)
-    # Loading may draw random numbers (under ZeRO-3, zero.Init initialises each LLM and CLIP weight before it
-    # is loaded): forked, so the new connector / CVFM / fuser start from the same weights for a --seed
-    # under every ZeRO stage, as they do on every rank.
+    # Loading may draw random numbers (under ZeRO-3, zero.Init builds parameters such as CLIP's class embedding
+    # with torch.randn before loading them): forked, so the new connector / CVFM / fuser, built on the CPU, start
+    # from the same weights for a --seed under every ZeRO stage, as they do on every rank.
     with torch.random.fork_rng(devices=[]):
         language_model, tower, vision_feature_layer, release = load_pretrained_parts(
             model_name_or_path, vision_tower, settings, dtype, attn_implementation, vision_feature_layer)
