@@ -25,11 +25,13 @@ def check_parts_exist(parts: list[str], learning_rates: dict[str, float], vision
     ``saved_model``: the saved fila model the run starts from, whose parts no flag changes."""
     present = {part for _, part in part_prefixes(vision_encoder, connector_type)}
     has = [name for name in known_parts() if name in present]
-    built = f"(vision encoder {vision_encoder!r}, connector {connector_type!r}) does not have: its parts are " \
+    lacks = f"(vision encoder {vision_encoder!r}, connector {connector_type!r}) does not have: its parts are " \
             f"{', '.join(has)}; drop it"
-    model = f"this model {built}, or choose the vision encoder or connector that has it" if saved_model is None else \
-        f"the saved model {saved_model} {built} (a saved model keeps the vision encoder and connector it was " \
-        f"built with: --vision_encoder and --connector_type do not change them)"
+    if saved_model is None:
+        model = f"this model {lacks}, or choose the vision encoder or connector that has it"
+    else:
+        model = (f"the saved model {saved_model} {lacks} (a saved model keeps the vision encoder and connector it "
+                 f"was built with: --vision_encoder and --connector_type do not change them)")
     for part in parts:
         if part not in has:
             raise ConfigError(f"--tune_parts {','.join(parts)!r} names {part}, which {model}")

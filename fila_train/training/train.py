@@ -120,6 +120,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         return run_training(model_args, data_args, args)
 
 
+def adopt_run_template(config, model_args: ModelArguments) -> None:
+    """The run's --conversation_template becomes the model's; a saved fila model's own one is replaced with a
+    warning (the scripts always pass one, so a default can replace it)."""
+    run, saved = model_args.conversation_template, config.conversation_template
+    if saved != run and is_main_process():
+        logger.warning("--conversation_template %s replaces %s's %s: the run trains and saves the model with %s "
+                       "(pass --conversation_template %s to keep it)", run, model_args.model_name_or_path, saved,
+                       run, saved)
+    config.conversation_template = run
+
+
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     configure_wandb(args.report_to, args.output_dir)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
@@ -132,13 +143,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
         connector_type=model_args.connector_type, connector_options=model_args.connector_options(),
         conversation_template=model_args.conversation_template, dtype=dtype,
         attn_implementation=model_args.attn_implementation, lora=model_args.lora_settings())
-    if model.config.conversation_template != model_args.conversation_template and is_main_process():
-        # A saved fila model keeps its template; the run's replaces it (the scripts always pass one).
-        logger.warning("--conversation_template %s replaces %s's %s: the run trains and saves the model with %s "
-                       "(pass --conversation_template %s to keep it)", model_args.conversation_template,
-                       model_args.model_name_or_path, model.config.conversation_template,
-                       model_args.conversation_template, model.config.conversation_template)
-    model.config.conversation_template = model_args.conversation_template
+    adopt_run_template(model.config, model_args)
     # Counted from the config on a meta-device copy: cheap, and blind to ZeRO-3 partitioning.
     flops = count_vision_flops(model.config) if is_main_process() else None
     # No KV cache in training, on the LLM's own config too (the composite's flag does not reach it);
