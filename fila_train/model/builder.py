@@ -90,6 +90,15 @@ def load_pretrained_parts(model_name_or_path: str, vision_tower: str | None, set
     return language_model, tower, vision_feature_layer, release
 
 
+def rng_kept():
+    """A context for loading weights that leaves the CPU random state as it found it. Loading may draw random
+    numbers (under ZeRO-3, zero.Init builds parameters such as CLIP's class embedding with torch.randn before
+    loading them, where other stages build on the meta device): kept, what is built on the CPU after the load
+    (a new connector, CVFM or fuser; new LoRA adapters) starts from the same weights for a --seed under every
+    ZeRO stage, as it does on every rank."""
+    return torch.random.fork_rng(devices=[])
+
+
 def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
                 vision_encoder: str = FilaConfig.vision_encoder, vision_options: dict | None = None,
                 vision_feature_layer: int = FilaConfig.vision_feature_layer,
@@ -105,17 +114,15 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     """
     settings = None if lora is None else LoraSettings.from_dict(lora)
     if is_fila_checkpoint(model_name_or_path):
-        model = FilaForConditionalGeneration.from_pretrained(
-            model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+        with rng_kept():  # new LoRA adapters are drawn after it
+            model = FilaForConditionalGeneration.from_pretrained(
+                model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
         return with_lora(model, settings, model_name_or_path)
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
     refuse_remote_code(model_name_or_path)
-    # Loading may draw random numbers (under ZeRO-3, zero.Init builds parameters such as CLIP's class embedding
-    # with torch.randn before loading them): forked, so the new connector / CVFM / fuser, built on the CPU, start
-    # from the same weights for a --seed under every ZeRO stage, as they do on every rank.
-    with torch.random.fork_rng(devices=[]):
+    with rng_kept():  # the new connector / CVFM / fuser are drawn after it
         language_model, tower, vision_feature_layer, release = load_pretrained_parts(
             model_name_or_path, vision_tower, settings, dtype, attn_implementation, vision_feature_layer)
     config = FilaConfig(
