@@ -216,7 +216,8 @@ def test_zero3_trains_as_zero2_when_one_rank_draws_only_text_and_the_other_two_c
     gathers, and the other ranks wait for it forever. Here, in every step, rank 0 holds a wide and a tall
     image (two ConvNeXt canvases, two CVFM grids) and rank 1 two text-only records (a blank placeholder on
     a third canvas), under FILA + MMFuser with every part training, the ConvNeXt and the ViT included: then
-    the backward's gathers and gradient reductions must match across ranks too, not only the forward's.
+    the backward's gathers and gradient reductions must match across ranks too, not only the forward's, and
+    with every part checkpointed (the recomputations in the backward gather too).
     The grouped sampler deals it so: its pooled last step is sorted by length, and each text-only record
     is its image twin minus the image."""
     from PIL import Image
@@ -233,13 +234,13 @@ def test_zero3_trains_as_zero2_when_one_rank_draws_only_text_and_the_other_two_c
 
     steps = 3
 
-    def run_with(zero: int):
+    def run_with(zero: int, checkpointed: bool = False):
         args = train_args(tiny_assets, hybrid=True, fuser=True, stage=2, zero=zero, steps=steps) + [
             "--data_path", str(data), "--image_folder", str(tmp_path), "--group_by_modality_length", "True",
             "--log_sample_ids", "True", "--report_to", "none",
-            "--tune_parts", "connector,vision,convnext,cvfm,fuser,llm", "--convnext_lr", "1e-3"]
+            "--tune_parts", "connector,vision,convnext,cvfm,fuser,llm", "--convnext_lr", "1e-3", "--gradient_checkpointing", str(checkpointed)]
         # A hang shows as the timeout: the run itself takes ~20 s.
-        return run_distributed(args, tmp_path / f"zero{zero}", timeout=150)
+        return run_distributed(args, tmp_path / f"zero{zero}{'_checkpointed' * checkpointed}", timeout=150)
 
     run = run_with(zero=3)
     ids = [(run.output_dir / "sample_ids" / f"rank{r}.txt").read_text().split() for r in (0, 1)]
@@ -249,7 +250,10 @@ def test_zero3_trains_as_zero2_when_one_rank_draws_only_text_and_the_other_two_c
     assert len(losses) == steps and all(math.isfinite(loss) and loss > 0 for loss in losses), losses
     # The reference: ZeRO-2 keeps every weight whole on every rank. From the same --seed, the new connector,
     # CVFM and fuser must start alike, and each step's partitioned gathers and reductions must add up alike.
-    torch.testing.assert_close(losses, run_with(zero=2).summary()["losses"], rtol=1e-5, atol=0)
+    reference = run_with(zero=2).summary()["losses"]
+    torch.testing.assert_close(losses, reference, rtol=1e-5, atol=0)
+    checkpointed = run_with(zero=3, checkpointed=True).summary()["losses"]
+    torch.testing.assert_close(checkpointed, reference, rtol=1e-5, atol=0)
 
 
 def test_new_lora_adapters_on_a_saved_model_start_alike_under_zero3_and_zero2(tiny_assets, tmp_path):
