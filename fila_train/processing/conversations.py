@@ -1,6 +1,7 @@
 """A LLaVA record's ``conversations`` field: validated turns, and chat messages from them."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from ..utils.errors import DataRecordError
@@ -27,6 +28,22 @@ class TokenizedSample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def check_text(value: str, index: int) -> None:
+    """A turn's value is text a tokenizer can encode: a lone surrogate (half of an emoji cut out of scraped text,
+    which JSON's \\ud83d escapes can hold) made the tokenizer raise a TypeError that named no record."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConversationError(f"conversations[{index}].value: character {error.start} "
+                                f"({value[error.start]!r}) is a lone surrogate, half of a character such as a cut "
+                                f"emoji, which no tokenizer encodes") from None
+
+
+def is_visible(value: str) -> bool:
+    """Some character shows: not only whitespace or format characters (zero-width spaces, byte-order marks)."""
+    return any(not character.isspace() and unicodedata.category(character) != "Cf" for character in value)
+
+
 def parse_turns_indexed(conversations: object) -> tuple[str | None, list[tuple[str, str]], list[int]]:
     """``parse_turns`` plus, for every turn, its index in ``conversations`` (for error messages)."""
     if not isinstance(conversations, list) or not conversations:
@@ -43,6 +60,7 @@ def parse_turns_indexed(conversations: object) -> tuple[str | None, list[tuple[s
         value = turn["value"]
         if not isinstance(value, str):
             raise ConversationError(f"conversations[{index}].value must be a string")
+        check_text(value, index)
         if role == SYSTEM:
             if index != 0:
                 raise ConversationError(f"conversations[{index}]: a system turn may only come first")
@@ -56,8 +74,9 @@ def parse_turns_indexed(conversations: object) -> tuple[str | None, list[tuple[s
             raise ConversationError(
                 f"conversations[{index}]: expected a {expected!r} turn (turns must alternate, "
                 f"starting with the human), got {turn['from']!r}")
-        if role == ASSISTANT and not value.strip():
-            raise ConversationError(f"conversations[{index}]: empty assistant answer")
+        if role == ASSISTANT and not is_visible(value):
+            raise ConversationError(f"conversations[{index}]: empty assistant answer (nothing but whitespace or "
+                                    f"invisible characters)")
         if role == ASSISTANT and IMAGE_PLACEHOLDER in value:
             raise ConversationError(f"conversations[{index}]: an assistant answer contains {IMAGE_PLACEHOLDER!r}")
         turns.append((role, value))
