@@ -1,5 +1,5 @@
 """Every class of bad input from issue #5: an error naming file, line, record id and field by
-default; with on_bad_sample="skip" the sample is replaced by the next one and counted by kind."""
+default; with on_bad_sample="skip" the sample is replaced by another one and the record counted by kind."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import struct
 import tempfile
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,6 +68,12 @@ BAD_LINES = {
                         ["conversations[0]", "starting with the human"], "invalid_record"),
     "empty_answer": (json.dumps({"id": "r-empty", "conversations": [human("q"), gpt("  ")]}),
                      ["conversations[1]", "empty assistant answer"], "invalid_record"),
+    "invisible_answer": (json.dumps({"id": "r-invisible", "conversations": [human("q"), gpt("\u200b\ufeff ")]}),
+                         ["conversations[1]", "empty assistant answer"], "invalid_record"),
+    # Valid JSON (an escaped lone surrogate), as text cut in the middle of an emoji comes out of scrapers.
+    "cut_emoji": ('{"id": "r-emoji", "conversations": [{"from": "human", "value": "q"}, '
+                  '{"from": "gpt", "value": "Fine \\ud83d"}]}',
+                  ["conversations[1].value", "lone surrogate", "'\\ud83d'"], "invalid_record"),
     "escaping_path": (json.dumps(record("r-escape", images="../secret.png")), ["escapes the image folder"],
                       "invalid_record"),
     "absolute_path": (json.dumps(record("r-abs", images="/etc/passwd")), ["absolute image path"],
@@ -199,17 +206,17 @@ def test_bad_record_is_skipped_and_counted_when_asked(case: str, folder: Path, i
     first = dataset[0]  # also imports what drawing a sample needs (see as_unprivileged)
 
     def draw() -> dict:
-        sample = dataset[1]  # replaced by the next usable record
-        # The kinds travel with the batch, so counts made in dataloader workers reach the trainer.
+        sample = dataset[1]  # replaced by a usable record
+        # The skipped records travel with the batch, so skips made in dataloader workers reach the trainer.
         batch = ConversationCollator(0, PROCESSOR)([first, sample])
         return {"id": sample["id"], "skipped": sample["skipped"], "trains": bool((sample["labels"] != -100).any()),
                 "counts": dict(dataset.skip_counts), "batch_skipped": batch["skipped"]}
 
     drawn = (as_unprivileged if case in PERMISSION_CASES else call)(draw)
-    assert drawn["id"] == "good" and drawn["skipped"] == [kind]
+    assert drawn["id"] == "good" and drawn["skipped"] == [(kind, "data#1")]
     assert drawn["trains"]  # never a sample with loss 0
     assert drawn["counts"] == {kind: 1}
-    assert drawn["batch_skipped"] == [kind]
+    assert drawn["batch_skipped"] == [(kind, "data#1")]
 
 
 def test_a_dataset_of_only_bad_records_fails_even_when_skipping(folder: Path, image_root: Path,
@@ -318,18 +325,39 @@ TEXT_A, TEXT_D, IMAGE = record("text-a"), record("text-d"), record("image-c", im
 
 # The sampler's signed lengths: + image, - text-only, 0 unusable (grouped with the text-only side).
 @pytest.mark.parametrize("records,lengths,expected,kind", [
-    ([TEXT_A, record("r-missing", images="nowhere.png"), IMAGE, TEXT_D], [-5, 0, 9, -6], "text-d", "missing_image"),
-    ([IMAGE, record("r-trunc", images="truncated.png"), TEXT_A, IMAGE], [9, 9, -5, 8], "image-c", "unreadable_image"),
+    ([TEXT_A, record("r-missing", images="nowhere.png"), IMAGE, TEXT_D], [-5, 0, 9, -6], {"text-a", "text-d"},
+     "missing_image"),
+    ([IMAGE, record("r-trunc", images="truncated.png"), TEXT_A, IMAGE], [9, 9, -5, 8], {"image-c"},
+     "unreadable_image"),
 ], ids=["text_batch", "image_batch"])
 def test_a_replacement_keeps_the_modality_the_sampler_grouped_it_by(tmp_path: Path, image_root: Path, tokenizer,
                                                                     records, lengths, expected, kind) -> None:
     """With --group_by_modality_length image and text-only samples never share a batch: a bad record is
-    replaced by the next usable one of its side, not simply by the next record."""
+    replaced by a usable one of its side, not by any record."""
     dataset = dataset_for(tmp_path, image_root, tokenizer, [json.dumps(r) for r in records], "skip")
     dataset.modality_lengths = np.array(lengths)
     sample = dataset[1]
-    assert sample["id"] == expected and sample["skipped"] == [kind]
-    assert bool(sample["images"]) == (expected == "image-c")
+    assert sample["id"] in expected and sample["skipped"] == [(kind, "data#1")]
+    assert bool(sample["images"]) == (expected == {"image-c"})
+
+
+def test_a_run_of_bad_records_spreads_over_the_good_ones_and_each_counts_once(folder: Path, image_root: Path,
+                                                                             tokenizer, caplog) -> None:
+    """A source whose images are all missing (a wrong image_root), ahead of 20 good records, under skip. Before,
+    each bad position was replaced by the next one: all 200 became the first good record (201 copies of it in an
+    epoch), each draw rebuilt every bad record before it (work quadratic in the bad records) and the count
+    said 20100."""
+    bad = [json.dumps(record(f"bad-{k}", images="nowhere.png")) for k in range(200)]
+    good = [json.dumps(record(f"good-{k}", images="ok.png")) for k in range(20)]
+    dataset = dataset_for(folder, image_root, tokenizer, bad + good, "skip")
+    with caplog.at_level("DEBUG", logger="fila_train.data.dataset"):
+        ids = [dataset[index]["id"] for index in range(len(dataset))]
+    copies = Counter(ids)
+    assert set(copies) == {f"good-{k}" for k in range(20)}  # each good record once, plus its share of the bad ones
+    assert max(copies.values()) <= 3 * len(ids) / 20, copies  # ~11 each; binomial spread, not a pile
+    assert dataset.skip_counts == {"missing_image": 200}
+    built_bad = [r for r in caplog.records if "skipped sample" in r.getMessage()]
+    assert len(built_bad) == 200  # each bad record was tried once, not once per draw that passed it
 
 
 def test_skips_are_logged_a_few_times_then_only_counted(folder: Path, image_root: Path, tokenizer, caplog) -> None:
@@ -340,7 +368,7 @@ def test_skips_are_logged_a_few_times_then_only_counted(folder: Path, image_root
     with caplog.at_level("DEBUG", logger="fila_train.data.dataset"):
         samples = [dataset[index] for index in range(len(missing))]
     assert all(sample["id"] == "good" for sample in samples)
-    assert dataset.skip_counts["missing_image"] == sum(range(1, 41))  # every position skips to the last record
+    assert dataset.skip_counts["missing_image"] == 40  # each bad record once, though later draws pass it again
     warnings_ = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings_) == 5, warnings_
     assert all("r-" in message for message in warnings_)

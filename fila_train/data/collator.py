@@ -42,7 +42,7 @@ class ConversationCollator:
             "images": self.image_processor.collate(processed),
             "images_are_placeholders": placeholders,
             "sample_ids": [s["id"] for s in samples],
-            # Kinds of the records skipped to reach these samples (counted by the trainer, so
+            # (kind, record) of the records skipped to reach these samples (counted by the trainer, so
             # skips made inside dataloader workers are not lost).
-            "skipped": [kind for s in samples for kind in s.get("skipped", [])],
+            "skipped": [skip for s in samples for skip in s.get("skipped", [])],
         }

@@ -1,13 +1,15 @@
 """LLaVA conversation records -> model-ready samples (ids, final labels, processed images).
 
 An unusable record is an error naming file, line/index, record id and field, or, with
-``on_bad_sample="skip"``, it is replaced by the next record and counted by kind. The kinds
-travel with the sample (``skipped``) so counts made in dataloader workers reach the trainer.
+``on_bad_sample="skip"``, it is replaced by another record and counted by kind. The skipped
+records travel with the sample (``skipped``) so skips made in dataloader workers reach the trainer.
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,8 @@ class SampleError(DataRecordError):
 @dataclass
 class DatasetOptions:
     max_length: int
-    on_overlong: str = "drop"  # "drop": replace by the next sample and count it; "error": raise
-    on_bad_sample: str = "error"  # "skip": replace by the next sample and count it by kind
+    on_overlong: str = "drop"  # "drop": replace by another sample and count it; "error": raise
+    on_bad_sample: str = "error"  # "skip": replace by another sample and count it by kind
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
@@ -51,18 +53,39 @@ class DatasetOptions:
 SKIPS_WARNED = 5
 
 
+def replacement_order(index: int, size: int) -> Iterator[int]:
+    """``index``, then every other position of ``size`` once, in an order drawn from ``index`` (a random start
+    and a stride prime to ``size``): the replacements of a run of bad records spread over the data. The next
+    position instead piled a whole bad source onto the one record after it."""
+    yield index
+    if size < 2:
+        return
+    rng = np.random.default_rng(index)  # from the index alone: a resumed run rebuilds the same samples
+    stride = int(rng.integers(1, size))
+    while math.gcd(stride, size) != 1:
+        stride = int(rng.integers(1, size))
+    start = int(rng.integers(size))
+    for step in range(size):
+        position = (start + step * stride) % size
+        if position != index:
+            yield position
+
+
 class ReplacesUnusableSamples(Dataset):
-    """``__getitem__`` for datasets whose unusable samples are replaced by the next one.
+    """``__getitem__`` for datasets whose unusable samples are replaced by others.
 
     Never cut (that loses answers or image tokens), never trained with loss 0: an over-long
-    or (when skipping) bad sample is replaced by the next position, deterministically, and
-    its kind is counted here and attached to the sample that replaced it.
+    or (when skipping) bad sample is replaced by a usable one drawn deterministically from its
+    position (replacement_order). An unusable record is built once per process, counted and
+    logged once, and remembered; the samples that replace it carry (kind, record) so the run
+    counts each bad record once, whichever ranks, workers and epochs met it.
     """
 
     options: DatasetOptions
 
     def __init__(self) -> None:
-        self.skip_counts: Counter[str] = Counter()
+        self.skip_counts: Counter[str] = Counter()  # distinct unusable records met in this process, by kind
+        self.unusable: dict[str, str] = {}  # record_key -> kind
         # Signed lengths (+ image, - text-only, 0 unusable) when batches are grouped by modality:
         # a replacement is then drawn from the same side as the position it replaces.
         self.modality_lengths: np.ndarray | None = None
@@ -70,13 +93,17 @@ class ReplacesUnusableSamples(Dataset):
     def build(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def record_key(self, index: int) -> str:
+        """The record at ``index``, the same for every position that holds it (a mixture repeats records)."""
+        raise NotImplementedError
+
     @property
     def dropped_overlong(self) -> int:
         return self.skip_counts["overlong"]
 
-    def _skip(self, kind: str, message: str, skipped: list[str]) -> None:
+    def _skip(self, kind: str, key: str, message: str) -> None:
+        self.unusable[key] = kind
         self.skip_counts[kind] += 1
-        skipped.append(kind)
         count = self.skip_counts[kind]
         further = (f"; further {kind} skips in this process are counted, and logged at debug level"
                    if count == SKIPS_WARNED else "")
@@ -85,32 +112,41 @@ class ReplacesUnusableSamples(Dataset):
                    further)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        skipped: list[str] = []
-        for offset in range(len(self)):
-            position = (index + offset) % len(self)
-            if offset and not self._same_modality(index, position):
+        skipped: list[tuple[str, str]] = []
+        for position in replacement_order(index, len(self)):
+            if position != index and not self._same_modality(index, position):
                 continue  # image and text-only samples never share a grouped batch, even after a skip
-            try:
-                sample = self.build(position)
-            except SampleError as error:
-                if self.options.on_bad_sample != "skip":
-                    raise
-                self._skip(error.kind, str(error), skipped)
-                continue
-            length = len(sample["input_ids"])
-            if length <= self.options.max_length:
-                sample["skipped"] = skipped
-                return sample
-            message = (f"{sample['where']}: {length} tokens after image expansion exceed "
-                       f"model_max_length {self.options.max_length}")
-            if self.options.on_overlong == "error":
-                raise SampleError(message, "overlong")
-            self._skip("overlong", message, skipped)
-        if set(self.skip_counts) == {"overlong"}:
+            key = self.record_key(position)
+            if key not in self.unusable:
+                sample = self._usable_sample(position, key)
+                if sample is not None:
+                    sample["skipped"] = skipped
+                    return sample
+            skipped.append((self.unusable[key], key))
+        if set(self.unusable.values()) == {"overlong"}:
             raise SampleError(f"{self.describe()}: every sample exceeds model_max_length "
                               f"{self.options.max_length}", "overlong")
         raise SampleError(f"no usable sample in {self.describe()}: every record was skipped "
                           f"({dict(self.skip_counts)})", "no_usable_sample")
+
+    def _usable_sample(self, position: int, key: str) -> dict[str, Any] | None:
+        """The sample at ``position``, or None once it is skipped (by the policies) and remembered as unusable."""
+        try:
+            sample = self.build(position)
+        except SampleError as error:
+            if self.options.on_bad_sample != "skip":
+                raise
+            self._skip(error.kind, key, str(error))
+            return None
+        length = len(sample["input_ids"])
+        if length <= self.options.max_length:
+            return sample
+        message = (f"{sample['where']}: {length} tokens after image expansion exceed "
+                   f"model_max_length {self.options.max_length}")
+        if self.options.on_overlong == "error":
+            raise SampleError(message, "overlong")
+        self._skip("overlong", key, message)
+        return None
 
     def _same_modality(self, index: int, position: int) -> bool:
         if self.modality_lengths is None:
@@ -139,6 +175,9 @@ class ConversationDataset(ReplacesUnusableSamples):
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def record_key(self, index: int) -> str:
+        return f"{self.name}#{index}"
 
     def describe(self) -> str:
         return f"source {self.name!r} ({', '.join(map(str, self.annotations.paths))})"

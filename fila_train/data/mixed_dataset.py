@@ -70,6 +70,9 @@ class MixtureDataset(ReplacesUnusableSamples):
         sample["source"] = self.sources[source].name
         return sample
 
+    def record_key(self, position: int) -> str:
+        return self.sources[int(self.plan.source_of[position])].record_key(int(self.plan.record_of[position]))
+
     def lengths(self, cache_dir: str | Path | None) -> np.ndarray:
         """Signed token lengths of every position (+ with images, - text-only; 0 unusable)."""
         per_source = [source_lengths(source, cache_dir) for source in self.sources]
@@ -78,8 +81,3 @@ class MixtureDataset(ReplacesUnusableSamples):
             mask = self.plan.source_of == index
             lengths[mask] = source[self.plan.record_of[mask]]
         return lengths
-
-    def skip_counts_by_source(self) -> dict[str, dict[str, int]]:
-        return {source.name: dict(source.skip_counts) for source in self.sources if source.skip_counts}
-
-

@@ -25,7 +25,7 @@ class DataArguments:
         "help": "over-long samples (after image expansion): 'drop' (counted, logged) or 'error'"})
     on_bad_sample: str = field(default="error", metadata={
         "help": "unusable records (missing/corrupt image, malformed record): 'error' names file, line, id and "
-                "field; 'skip' replaces them by the next sample and reports the counts at the end"})
+                "field; 'skip' replaces them by other samples and reports how many records were skipped at the end"})
     max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
         "help": "images with more pixels are refused before decoding (decompression-bomb guard)"})
     length_cache_dir: str = field(default=str(DEFAULT_CACHE_DIR), metadata={

@@ -69,7 +69,8 @@ def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:
                         dataset.modality_lengths if args.group_by_modality_length else None)
 
 
-def total_skip_counts(local: Counter) -> dict[str, int]:
-    """Skip counts by kind, summed over ranks (every rank must call this)."""
-    total = sum((Counter(counts) for counts in all_ranks(dict(local))), Counter())
-    return dict(sorted(total.items()))
+def total_skip_counts(local: set[tuple[str, str]]) -> dict[str, int]:
+    """The records skipped over all ranks, by kind (every rank must call this): a record that two ranks, two
+    dataloader workers or two epochs met is one."""
+    records = set().union(*(map(tuple, skips) for skips in all_ranks(sorted(local))))
+    return dict(sorted(Counter(kind for kind, _ in records).items()))

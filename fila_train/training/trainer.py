@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -84,7 +83,7 @@ class FilaTrainer(Trainer):
         self._step_rates: dict[str, float] = {}  # each part's learning rate in the step's update
         self._staging: Path | None = None  # set while a checkpoint is being written
         self.training_started = False  # the loop's first epoch began (after DeepSpeed's set-up and any resume)
-        self.skipped: Counter[str] = Counter()  # bad/over-long records skipped to fill this rank's batches
+        self.skipped: set[tuple[str, str]] = set()  # (kind, record) of the bad/over-long records this rank skipped
         if self.args.log_sample_ids:
             path = Path(self.args.output_dir) / "sample_ids" / f"rank{rank()}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +143,7 @@ class FilaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         sample_ids = inputs.pop("sample_ids", None)
-        self.skipped.update(inputs.pop("skipped", None) or [])
+        self.skipped.update(tuple(skip) for skip in inputs.pop("skipped", None) or [])
         if self._sample_log is not None and model.training and sample_ids is not None:
             self._sample_log.write("\n".join(sample_ids) + "\n")
             self._sample_log.flush()
