@@ -197,6 +197,28 @@ def test_the_length_cache_is_as_readable_as_the_umask_allows(mixture_dir: Path, 
     assert (np.load(cached) == lengths).all()
 
 
+def test_a_skipping_runs_length_cache_does_not_let_a_bad_record_through_under_error(tmp_path: Path,
+                                                                                     tokenizer) -> None:
+    """The cache is shared by runs of either policy. A skipping run writes a bad record's length as 0; before, a
+    later run with --on_bad_sample error (the default) read that cache, let the record through its up-front check
+    and met it mid-epoch."""
+    from fila_train.data.dataset import ConversationDataset, SampleError
+
+    write_source(tmp_path, "docs", 6)
+    (tmp_path / "docs" / "images" / "4.png").unlink()
+
+    def source(policy: str) -> ConversationDataset:
+        return ConversationDataset(tmp_path / "docs" / "train.jsonl", tmp_path / "docs" / "images",
+                                   ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID),
+                                   PROCESSOR, DatasetOptions(max_length=2048, on_bad_sample=policy))
+
+    skipping = source_lengths(source("skip"), tmp_path / "cache")
+    assert skipping[4] == 0 and (np.delete(skipping, 4) > 0).all()
+    with pytest.raises(SampleError, match=r"train.jsonl:5 .*field 'image'"):
+        source_lengths(source("error"), tmp_path / "cache")
+    assert (source_lengths(source("skip"), tmp_path / "cache") == skipping).all()  # still its cache
+
+
 def test_source_overrides_canvases_and_template(mixture_dir: Path, tokenizer) -> None:
     spec = MIX.replace("    repeat: 2.5\n", "    repeat: 2.5\n    max_tiles: 2\n    template: plain\n")
     write_spec(mixture_dir / "over.yaml", spec)

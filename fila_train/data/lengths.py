@@ -85,7 +85,9 @@ def cache_key(source: ConversationDataset) -> str:
         "image_token_id": source.tokenizer.image_token_id,
         "processor": repr(source.image_processor),
         "max_image_pixels": source.options.max_image_pixels,
-        "version": 3,  # 2: missing images are unusable for every encoder; 3: whole-prompt tokenization
+        # 2: missing images are unusable for every encoder; 3: whole-prompt tokenization; 4: cut surrogates and
+        # invisible answers are unusable
+        "version": 4,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -158,7 +160,9 @@ def source_lengths(source: ConversationDataset, cache_dir: str | Path | None = D
     path = Path(cache_dir) / f"{source.name}-{cache_key(source)}.npy"
     if path.is_file():
         lengths = np.load(path, allow_pickle=False)
-        if len(lengths) == len(source):
+        # A skipping run's cache holds its unusable records as 0: under "error" they are measured again, so a bad
+        # record still stops the run before it trains.
+        if len(lengths) == len(source) and (source.options.on_bad_sample == "skip" or lengths.all()):
             return lengths
     lengths = compute_lengths(source)
     replace_atomically(path, lambda temporary: save_npy(temporary, lengths))  # readable as the umask allows
