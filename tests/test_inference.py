@@ -246,6 +246,25 @@ def test_qlora_training_output_is_a_one_line_error_saying_to_export(saved_model,
     assert "Export it first" in one_line_error(capsys, "generate")
 
 
+def test_a_model_folder_missing_weights_is_refused_not_filled_at_random(saved_model, tiny_assets, tmp_path,
+                                                                       capsys):
+    """A copy whose weights lack the connector (cut short, or from another run): before, from_pretrained
+    initialised it at random, and generate answered (and eval scored) with it, exit 0. Training on from it too."""
+    from fila_train.cli import main
+    from fila_train.model.builder import build_model
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(saved_model, tmp_path / "cut")
+    weights = tmp_path / "cut" / "model.safetensors"
+    kept = {k: v for k, v in load_file(weights).items() if not k.startswith("connector.")}
+    save_file(kept, weights, metadata={"format": "pt"})
+    assert main(["generate", "--model", str(tmp_path / "cut"), "--prompt", "What?", "--dtype", "float32"]) == 1
+    line = one_line_error(capsys, "generate")
+    assert f"{tmp_path / 'cut'}: the weights do not match its config.json's model (missing 4 (connector." in line
+    with pytest.raises(ValueError, match="missing 4 \\(connector"):
+        build_model(str(tmp_path / "cut"))
+
+
 def test_generate_cli_prompt_error_is_one_line(saved_model, capsys):
     from fila_train.cli import main
 

@@ -11,7 +11,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from ..processing.processor import FilaProcessor, load_processor
 from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
-from ..model.builder import build_model, is_fila_checkpoint, load_tokenizer
+from ..model.builder import build_model, is_fila_checkpoint, load_saved_model, load_tokenizer
 from ..model.llava_layout import folder_layout, release_config, release_projector_type
 from ..utils.errors import CheckpointError, ConfigError
 
@@ -93,8 +93,10 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
                                 connector_type=release_projector_type(release_config(path)))
             processor = FilaProcessor.for_model(load_tokenizer(path, model, LLAVA_MAX_LENGTH), model.config)
         else:
-            model = FilaForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+            model = load_saved_model(path, dtype=resolve_dtype(dtype, device))
             processor = load_processor(path, model.config)
+    except CheckpointError:  # names the folder itself
+        raise
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
     except ValueError as error:  # a config the model refuses to build from (e.g. a QLoRA run: export it first)

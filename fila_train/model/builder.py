@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerBase
 
-from ..utils.errors import ConfigError
+from ..utils.errors import CheckpointError, ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
 from .llava_layout import folder_layout, release_config
@@ -90,6 +90,23 @@ def load_pretrained_parts(model_name_or_path: str, vision_tower: str | None, set
     return language_model, tower, vision_feature_layer, release
 
 
+KEYS_NAMED = 4  # of a mismatch's weight names in its one line
+
+
+def load_saved_model(path: str, **kwargs) -> FilaForConditionalGeneration:
+    """A saved fila model folder with every weight from its files. A weight the files lack (a copy cut short,
+    config.json naming another connector) or one they hold that the model has no place for is a CheckpointError
+    naming them: from_pretrained initialises the first at random, drops the second, and goes on."""
+    model, info = FilaForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
+    problems = {what: sorted(info.get(f"{what}_keys") or []) for what in ("missing", "unexpected", "mismatched")}
+    found = [f"{what} {len(keys)} ({', '.join(map(str, keys[:KEYS_NAMED]))}{', ...' * (len(keys) > KEYS_NAMED)})"
+             for what, keys in problems.items() if keys]
+    if found:
+        raise CheckpointError(f"{path}: the weights do not match its config.json's model ({'; '.join(found)}): "
+                              f"a copy cut short, or files of another model (refused, not filled in at random)")
+    return model
+
+
 def rng_kept():
     """A context for loading weights that leaves the CPU random state as it found it. Loading may draw random
     numbers (under ZeRO-3, zero.Init builds parameters such as CLIP's class embedding with torch.randn before
@@ -115,8 +132,7 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     settings = None if lora is None else LoraSettings.from_dict(lora)
     if is_fila_checkpoint(model_name_or_path):
         with rng_kept():  # new LoRA adapters are drawn after it
-            model = FilaForConditionalGeneration.from_pretrained(
-                model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+            model = load_saved_model(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
         return with_lora(model, settings, model_name_or_path)
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
