@@ -402,6 +402,21 @@ def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_fold
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
+@pytest.mark.parametrize("target", ["the_checkpoint", "its_run_folder"])
+def test_overwrite_never_replaces_the_checkpoint_it_exports(baseline_folder, tmp_path, target):
+    """--overwrite into the checkpoint itself, or into the run folder that holds it (--checkpoint run/checkpoint-2
+    --output run): before, the export replaced the folder and deleted the checkpoint and the rest of the run."""
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoint-2"
+    shutil.copytree(baseline_folder, checkpoint)
+    (run / "trainer_state.json").write_text("{}")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    output = checkpoint if target == "the_checkpoint" else run
+    with pytest.raises(ExportError, match=f"output {output} is or holds the checkpoint it exports"):
+        export_checkpoint(checkpoint, output, ExportOptions(overwrite=True))
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
 def test_an_interrupted_export_s_leftovers_are_removed_by_the_next_one(baseline_folder, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fila_train.export.folder")
     out = tmp_path / "export"

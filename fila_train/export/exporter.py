@@ -11,7 +11,7 @@ from ..processing.processor import FilaProcessor, load_processor
 from ..utils.files import write_json_atomic
 from .artifacts import IMAGE_PROCESSOR_FILE, generation_config, image_processor_settings
 from .errors import ExportError
-from .folder import atomic_folder
+from .folder import atomic_folder, check_output
 from .llava import LLAVA_FOLDER, check_llava_compatible, write_llava
 from .model_card import CardFacts, render_model_card
 from .rebuild import load_config, rebuild_model
@@ -56,6 +56,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     """Write ``output``: config, safetensors shards + index, tokenizer, generation config, image-processor
     settings and README.md; with ``format="llava"`` also ``output/llava/``. Returns ``output``."""
     folder, output = Path(checkpoint), Path(output)
+    check_output(output, options.overwrite, source=folder)
     source = find_source(folder, options.source)
     if source.kind == "deepspeed" and has_safetensors(folder):
         logger.info("%s holds both a DeepSpeed checkpoint and a safetensors save: using the DeepSpeed fp32 "

@@ -49,6 +49,18 @@ def remove_stale_siblings(output: Path) -> None:
                     ", ".join(removed))
 
 
+def check_output(output: Path, overwrite: bool, source: Path | None = None) -> None:
+    """``output`` is a folder atomic_folder may write: absent, empty, or replaced with ``overwrite``; and neither
+    ``source`` nor a folder holding it, which replacing would delete (checked before any slow work)."""
+    if source is not None and (output.resolve() == source.resolve() or output.resolve() in source.resolve().parents):
+        raise ExportError(f"output {output} is or holds the checkpoint it exports ({source}): replacing it would delete "
+                          f"that checkpoint; choose another output folder")
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"output {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"output folder {output} exists and is not empty (pass --overwrite to replace it)")
+
+
 @contextmanager
 def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; on success it becomes ``output``, on any error it is removed.
@@ -57,10 +69,7 @@ def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     ``output`` is an error unless ``overwrite``; then it is replaced only once the new folder is complete.
     """
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ExportError(f"output {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"output folder {output} exists and is not empty (pass --overwrite to replace it)")
+    check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     # Before our own staging folder exists. One export per destination at a time: a second export
     # into the same folder while one runs removes the first's staging folder.
