@@ -265,6 +265,32 @@ def test_a_model_folder_missing_weights_is_refused_not_filled_at_random(saved_mo
         build_model(str(tmp_path / "cut"))
 
 
+def test_a_model_folder_with_its_own_tokenizer_code_runs_none_of_it(saved_model, tmp_path, capsys, monkeypatch):
+    """A model folder (a download, a teammate's export) whose tokenizer_config.json names a class in a .py file
+    beside it. Before, generate, eval and export asked "run the custom code? [y/N]" and a yes (piped in too) ran
+    it; without one they ended in transformers' multi-line error."""
+    import io
+
+    from fila_train.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_model, folder)
+    ran = tmp_path / "ran"
+    (folder / "tokenization_own.py").write_text(
+        f"open({str(ran)!r}, 'w').close()\nfrom transformers import PreTrainedTokenizerFast\n"
+        f"class OwnTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(auto_map={"AutoTokenizer": [None, "tokenization_own.OwnTokenizer"]}, tokenizer_class="OwnTokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    expected = f"{folder} ships its own tokenizer code (tokenizer_config.json's auto_map: tokenization_own.OwnTokenizer)"
+    for command in (["generate", "--model", str(folder), "--prompt", "What?", "--dtype", "float32"],
+                    ["export", "--checkpoint", str(folder), "--output", str(tmp_path / "export")]):
+        monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # the answer to transformers' prompt, were it asked
+        assert main(command) == 1
+        assert expected in one_line_error(capsys, command[0])
+    assert not ran.exists()
+
+
 def test_generate_cli_prompt_error_is_one_line(saved_model, capsys):
     from fila_train.cli import main
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from ..processing.processor import FilaProcessor, load_processor
+from ..utils.errors import FilaError
 from ..utils.files import write_json_atomic
 from .artifacts import IMAGE_PROCESSOR_FILE, generation_config, image_processor_settings
 from .errors import ExportError
@@ -46,6 +47,8 @@ class ExportOptions:
 def load_folder_processor(folder: Path, config) -> FilaProcessor:
     try:
         return load_processor(folder, config)
+    except FilaError:  # names the folder itself
+        raise
     except (OSError, ValueError) as error:
         raise ExportError(f"{folder}: no usable processor or tokenizer files (processor_config.json, "
                           f"tokenizer.json / tokenizer_config.json, saved by the trainer next to the weights): "

@@ -13,7 +13,7 @@ from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import build_model, is_fila_checkpoint, load_saved_model, load_tokenizer
 from ..model.llava_layout import folder_layout, release_config, release_projector_type
-from ..utils.errors import CheckpointError, ConfigError
+from ..utils.errors import CheckpointError, ConfigError, FilaError
 
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -95,7 +95,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
         else:
             model = load_saved_model(path, dtype=resolve_dtype(dtype, device))
             processor = load_processor(path, model.config)
-    except CheckpointError:  # names the folder itself
+    except FilaError:  # names the folder itself
         raise
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None

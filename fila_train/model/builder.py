@@ -224,17 +224,23 @@ def with_lora(model: FilaForConditionalGeneration, settings: LoraSettings | None
 
 
 def pretrained_tokenizer(path: str, **kwargs) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer`` without remote code; a tokenizer that only its own code can load (tokenizer_config.json's
-    auto_map, no class in transformers: e.g. InternLM2's) is one ConfigError, not transformers' ValueError."""
+    """``AutoTokenizer`` without remote code (a tokenizer that only its own code loads: refuse_tokenizer_code)."""
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
     except ValueError:
-        from transformers.models.auto.tokenization_auto import get_tokenizer_config
+        refuse_tokenizer_code(path)
+        raise
 
-        auto_map = get_tokenizer_config(path).get("auto_map") or {}
-        classes = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map  # or the old list
-        if not any(classes):  # no tokenizer code: the error is another one
-            raise
+
+def refuse_tokenizer_code(path: str) -> None:
+    """After transformers refused to load a tokenizer without its code (a ValueError): one ConfigError when the
+    folder's tokenizer_config.json auto_map names tokenizer classes (e.g. InternLM2's, or a .py in a model folder);
+    returns when it names none (the error was another one)."""
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    auto_map = get_tokenizer_config(path).get("auto_map") or {}
+    classes = auto_map.get("AutoTokenizer", []) if isinstance(auto_map, dict) else auto_map  # or the old list
+    if any(classes):
         raise ConfigError(f"{path} ships its own tokenizer code (tokenizer_config.json's auto_map: "
                           f"{', '.join(name for name in classes if name)}), which transformers cannot load without "
                           f"running it: fila-train runs no code from a model folder or the hub; use a "

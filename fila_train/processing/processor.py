@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers import BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 
+from ..model.builder import pretrained_tokenizer, refuse_tokenizer_code
 from ..utils.errors import ConfigError
 from .chat_templates import IMAGE_PLACEHOLDER, get_template
 from .image_processing import FilaImageProcessor
@@ -129,7 +130,10 @@ def load_processor(folder: str | Path, config, **tokenizer_kwargs) -> FilaProces
     """The processor saved in ``folder``; for folders saved before processors were (a tokenizer only),
     one built from that tokenizer and the model config."""
     if (Path(folder) / PROCESSOR_FILE).is_file():
-        return FilaProcessor.from_pretrained(str(folder), **tokenizer_kwargs)
+        try:
+            return FilaProcessor.from_pretrained(str(folder), trust_remote_code=False, **tokenizer_kwargs)
+        except ValueError:
+            refuse_tokenizer_code(str(folder))
+            raise
     # Given the config, AutoTokenizer does not re-read config.json as a generic (unknown-type) config.
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config, trust_remote_code=False, **tokenizer_kwargs)
-    return FilaProcessor.for_model(tokenizer, config)
+    return FilaProcessor.for_model(pretrained_tokenizer(str(folder), config=config, **tokenizer_kwargs), config)
