@@ -370,6 +370,31 @@ def test_folder_of_neither_kind_is_an_error_naming_it(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("section, key", [("vision_options", "anyres"), ("vision_options", "cvfm"),
+                                          ("connector_options", None)])
+def test_an_option_this_version_does_not_know_is_one_line_before_any_weights(hybrid_folder, tmp_path, capsys,
+                                                                             section, key):
+    """A config.json from another fila_train version (or edited by hand) with an option key the parts do not
+    have: before, generate and export ended in a TypeError traceback from the options dataclass."""
+    from fila_train.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(hybrid_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (config[section][key] if key else config[section])["tile"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")  # not read: the options are checked before any weights
+    for command in (["generate", "--model", str(folder), "--prompt", "What?"],
+                    ["export", "--checkpoint", str(folder), "--output", str(tmp_path / "out")]):
+        assert main(command) == 1
+        error = capsys.readouterr().err
+        assert "Traceback" not in error
+        line = error.strip().splitlines()[-1]
+        assert line.startswith(f"fila-train {command[0]}: error: {folder}/config.json: unknown key(s) ['tile'] in "
+                               f"the "), line
+        assert "options; valid keys: " in line
+
+
 def test_missing_and_unexpected_weights_are_named(baseline_folder, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

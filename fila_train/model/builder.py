@@ -15,6 +15,7 @@ from .llava_layout import folder_layout, release_config
 from .llava_release import load_llava_release, load_projector
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
+from .options import stored_options
 from .vision.registry import build_image_processor
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,20 @@ def load_pretrained_parts(model_name_or_path: str, vision_tower: str | None, set
     return language_model, tower, vision_feature_layer, release
 
 
+def check_stored_options(config: FilaConfig, path: str | Path) -> None:
+    """A saved config's part options and LoRA settings parse (each part's options dataclass), before any weights
+    load: a key this version does not know is one ConfigError naming the folder's config.json."""
+    stored = [(VISION_ENCODERS.get(config.vision_encoder).options, config.vision_options),
+              (CONNECTORS.get(config.connector_type).options, config.connector_options),
+              (LoraSettings, config.lora)]
+    try:
+        for options, data in stored:
+            if options is not None and data is not None:  # nested options parse themselves (from_dict)
+                options.from_dict(data) if hasattr(options, "from_dict") else stored_options(options, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}/config.json: {error}") from None
+
+
 KEYS_NAMED = 4  # of a mismatch's weight names in its one line
 
 
@@ -97,6 +112,7 @@ def load_saved_model(path: str, **kwargs) -> FilaForConditionalGeneration:
     """A saved fila model folder with every weight from its files. A weight the files lack (a copy cut short,
     config.json naming another connector) or one they hold that the model has no place for is a CheckpointError
     naming them: from_pretrained initialises the first at random, drops the second, and goes on."""
+    check_stored_options(FilaConfig.from_pretrained(path), path)
     model, info = FilaForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
     problems = {what: sorted(info.get(f"{what}_keys") or []) for what in ("missing", "unexpected", "mismatched")}
     found = [f"{what} {len(keys)} ({', '.join(map(str, keys[:KEYS_NAMED]))}{', ...' * (len(keys) > KEYS_NAMED)})"

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ..utils.errors import CheckpointError, ConfigError
+from .options import stored_options
 
 LLM_PREFIX = "language_model."
 # Every linear projection of the decoder layers of Llama-family LLMs (Vicuna, Llama-3, Mistral, Qwen2).
@@ -59,10 +60,7 @@ class LoraSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoraSettings":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"FilaConfig.lora: unknown key(s) {unknown}; known: {[f.name for f in fields(cls)]}")
-        return cls(**data)
+        return stored_options(cls, data)
 
     def to_dict(self) -> dict:
         return asdict(self)

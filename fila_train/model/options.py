@@ -98,3 +98,14 @@ def set_option(options: dict, cls: type, assignment: str, flag: str) -> None:
 
 def unknown_key(flag: str, key: str, cls: type) -> ConfigError:
     return ConfigError(f"{flag}: unknown key {key!r} of {cls.__name__}; valid keys: {', '.join(option_keys(cls))}")
+
+
+def stored_options(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` for options read back from a config (config.json's vision / connector options, lora): a key
+    ``cls`` does not have (a config from another fila_train version, an edit) is one ConfigError listing the valid
+    ones, not a TypeError traceback."""
+    unknown = sorted(set(data) - {field.name for field in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in the {cls.__name__} options; valid keys: "
+                          f"{', '.join(field.name for field in dataclasses.fields(cls))}")
+    return cls(**data)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fila_train.model.connector.deformable_attention import MultiScaleDeformableAttention
+from fila_train.model.options import stored_options
 
 
 @dataclass
@@ -39,7 +40,7 @@ class MMFuserConfig:
         d = dict(d)
         if "key_layers" in d:
             d["key_layers"] = tuple(int(i) for i in d["key_layers"])
-        return cls(**d)
+        return stored_options(cls, d)
 
 
 def grid_centres(height: int, width: int, device: torch.device | None = None) -> Tensor:

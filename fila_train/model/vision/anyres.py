@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ...utils.errors import ConfigError
+from ..options import stored_options
 
 Size = tuple[int, int]  # (W, H)
 
@@ -48,7 +49,7 @@ class AnyresConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnyresConfig:
-        return cls(**data)
+        return stored_options(cls, data)
 
 
 def select_canvas(image_w: int, image_h: int, canvases: tuple[Size, ...]) -> Size:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ...utils.errors import CheckpointError, ConfigError
+from ..options import stored_options
 from .clip_encoder import CLIP_MEAN, CLIP_STD
 
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's HF-hub layout
@@ -58,7 +59,7 @@ class ConvNeXtBranchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConvNeXtBranchConfig:
-        return cls(**data)
+        return stored_options(cls, data)
 
 
 def check_normalization(mean, std, expected_mean=CLIP_MEAN, expected_std=CLIP_STD, atol: float = 1e-6) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ...utils.errors import ConfigError
+from ..options import stored_options
 
 ALIGN_MODES = ("avg_pool", "interpolate", "strided_conv")
 FUSION_MODES = ("concat", "add", "cross_attn")
@@ -42,7 +43,7 @@ class CVFMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CVFMConfig:
-        return cls(**data)
+        return stored_options(cls, data)
 
 
 class Gate(nn.Module):
