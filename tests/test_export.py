@@ -395,6 +395,44 @@ def test_an_option_this_version_does_not_know_is_one_line_before_any_weights(hyb
         assert "options; valid keys: " in line
 
 
+@pytest.mark.parametrize("damage", ["cut_in_a_checkpoint", "cut_in_a_model_folder", "optimizer_files_of_another_run"])
+def test_a_damaged_weights_file_is_one_line_naming_it(runs, baseline_folder, tmp_path, capsys, damage):
+    """Weights cut short (a copy or a sync that stopped), or a ZeRO checkpoint holding another run's optimizer
+    shard: before, export and generate ended in tracebacks from safetensors, torch.load or DeepSpeed. A
+    checkpoint-N folder is held against its manifest first, which names the short file."""
+    from fila_train.cli import main
+
+    if damage == "cut_in_a_model_folder":
+        folder = tmp_path / "model"
+        shutil.copytree(baseline_folder, folder)
+    else:
+        folder = tmp_path / "run" / f"checkpoint-{STEPS}"
+        shutil.copytree(runs["baseline_zero2"].run.output_dir / f"checkpoint-{STEPS}", folder)
+    optimizer_files = sorted((folder / f"global_step{STEPS}").glob("*optim_states.pt"))
+    if damage == "optimizer_files_of_another_run":
+        shutil.copy(optimizer_files[0], optimizer_files[0].with_name("zero_pp_rank_2_mp_rank_00_optim_states.pt"))
+        expected = (f"{folder / f'global_step{STEPS}'}: a DeepSpeed checkpoint file is unreadable (ValueError: "
+                    f"Expected 2 of '*_optim_states.pt'")
+        commands = [["export", "--checkpoint", str(folder), "--output", str(tmp_path / "out")]]
+    else:
+        weights = folder / "model.safetensors"
+        size = weights.stat().st_size
+        os.truncate(weights, size // 2)
+        expected = (f"{folder} (missing model.safetensors ({size // 2} of {size} bytes)): its save did not finish"
+                    if damage == "cut_in_a_checkpoint" else f"{weights}: unreadable safetensors file")
+        commands = [["export", "--checkpoint", str(folder), "--output", str(tmp_path / "out"), "--source",
+                     "safetensors"], ["generate", "--model", str(folder), "--prompt", "What?"]]
+    for command in commands:
+        assert main(command) == 1, command
+        error = capsys.readouterr().err
+        assert "Traceback" not in error
+        line = error.strip().splitlines()[-1]
+        if command[0] == "generate" and damage == "cut_in_a_model_folder":
+            expected = f"{folder}: unreadable weights file (Error while deserializing header"
+        assert line.startswith(f"fila-train {command[0]}: error: {expected}"), line
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_and_unexpected_weights_are_named(baseline_folder, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from ..processing.processor import FilaProcessor, load_processor
+from ..utils.checkpoint_folders import incomplete_checkpoint
 from ..utils.errors import FilaError
 from ..utils.files import write_json_atomic
 from .artifacts import IMAGE_PROCESSOR_FILE, generation_config, image_processor_settings
@@ -60,6 +61,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     settings and README.md; with ``format="llava"`` also ``output/llava/``. Returns ``output``."""
     folder, output = Path(checkpoint), Path(output)
     check_output(output, options.overwrite, source=folder)
+    incomplete = incomplete_checkpoint(folder)
+    if incomplete:
+        raise ExportError(incomplete)
     source = find_source(folder, options.source)
     if source.kind == "deepspeed" and has_safetensors(folder):
         logger.info("%s holds both a DeepSpeed checkpoint and a safetensors save: using the DeepSpeed fp32 "

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import ExportError
@@ -118,14 +120,14 @@ def find_source(folder: str | Path, prefer: str = "auto") -> CheckpointSource:
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / SAFETENSORS_INDEX
     if not index.is_file():
-        return load_file(folder / SAFETENSORS_FILE)
+        return read_weights_file(folder / SAFETENSORS_FILE)
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError) as error:
         raise ExportError(f"{index}: not a safetensors index (no 'weight_map'): {error}") from None
     state_dict: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        tensors = load_file(folder / shard)
+        tensors = read_weights_file(folder / shard)
         unlisted = sorted(set(tensors) - {k for k, v in weight_map.items() if v == shard})
         if unlisted:
             raise ExportError(f"{folder / shard} holds tensors its index {index} does not list: {unlisted[:5]}")
@@ -168,5 +170,19 @@ def entries_beyond_parameters(tag_folder: Path, state_dict: dict[str, torch.Tens
 def read_state_dict(source: CheckpointSource) -> dict[str, torch.Tensor]:
     logger.info("reading weights from the %s", source.describe())
     if source.kind == "deepspeed":
-        return read_deepspeed(source.folder, source.tag)
+        # A file cut short or damaged, or as many files as another run's processes (DeepSpeed's ValueError).
+        try:
+            return read_deepspeed(source.folder, source.tag)
+        except ExportError:
+            raise
+        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+            raise ExportError(f"{source.folder / source.tag}: a DeepSpeed checkpoint file is unreadable "
+                              f"({type(error).__name__}: {error}); export another checkpoint") from None
     return read_safetensors(source.folder)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as error:  # a copy cut short: "invalid header length", ...
+        raise ExportError(f"{path}: unreadable safetensors file ({error})") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ..processing.processor import FilaProcessor, load_processor
@@ -13,6 +14,7 @@ from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import build_model, is_fila_checkpoint, load_saved_model, load_tokenizer
 from ..model.llava_layout import folder_layout, release_config, release_projector_type
+from ..utils.checkpoint_folders import incomplete_checkpoint
 from ..utils.errors import CheckpointError, ConfigError, FilaError
 
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
@@ -86,6 +88,9 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     if not fila and release is None:
         raise ModelLoadError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila') "
                              f"nor a LLaVA release; give the output folder of a training run or of `fila-train export`")
+    incomplete = incomplete_checkpoint(Path(path))
+    if incomplete:
+        raise ModelLoadError(incomplete)
     device = torch.device(device) if device is not None else default_device()
     try:
         if release is not None:  # a llava-hf or original LLaVA-1.5 folder, read as LLaVA-1.5 (clip + projector)
@@ -97,6 +102,8 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
             processor = load_processor(path, model.config)
     except FilaError:  # names the folder itself
         raise
+    except SafetensorError as error:  # a weights file cut short or damaged
+        raise ModelLoadError(f"{path}: unreadable weights file ({error})") from None
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
     except ValueError as error:  # a config the model refuses to build from (e.g. a QLoRA run: export it first)

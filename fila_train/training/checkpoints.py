@@ -12,23 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
+from ..utils.checkpoint_folders import (MANIFEST, PREFIX_CHECKPOINT_DIR, STAGING_DIR, TRAINER_STATE, describe_incomplete,
+                                        missing_parts, step_of)
 from ..utils.files import write_json_atomic
 from ..utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-# transformers' PREFIX_CHECKPOINT_DIR; spelled out so the launcher's preflight needs no transformers import.
-PREFIX_CHECKPOINT_DIR = "checkpoint"
-STAGING_DIR = ".incomplete"  # where checkpoints are written before they are complete
-MANIFEST = "checkpoint_manifest.json"
-TRAINER_STATE = "trainer_state.json"
 RESUME_LATEST = ("latest", "auto")  # "auto" starts from scratch when there is no checkpoint yet
-_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -87,37 +82,6 @@ def publish(staged: Path, final: Path) -> bool:
     return True
 
 
-def missing_parts(folder: Path) -> list[str]:
-    """What ``folder`` lacks to be a complete checkpoint; empty when it is complete.
-
-    A folder under its final name without a manifest was written before manifests existed (or by
-    plain transformers): it counts as complete once its trainer state, written last, is there."""
-    if not folder.is_dir():
-        return ["the folder itself"]
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        if folder.parent.name != STAGING_DIR and (folder / TRAINER_STATE).is_file():
-            return []
-        return [f"{MANIFEST} (its save did not finish)"]
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as error:
-        return [f"a readable {MANIFEST} ({type(error).__name__}: {error})"]
-    missing = []
-    for name, size in files.items():
-        path = folder / name
-        if not path.is_file():
-            missing.append(name)
-        elif path.stat().st_size != size:
-            missing.append(f"{name} ({path.stat().st_size} of {size} bytes)")
-    return missing
-
-
-def step_of(folder: Path) -> int | None:
-    match = _CHECKPOINT_NAME.match(folder.name)
-    return int(match.group(1)) if match else None
-
-
 def published_at(folder: Path) -> int:
     """When a complete checkpoint was published (its manifest's time; the trainer state's for older ones)."""
     try:
@@ -131,11 +95,6 @@ def checkpoints_by_step(run_dir: Path) -> list[Path]:
     found = [p for root in (run_dir, staging_root(run_dir)) if root.is_dir()
              for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
     return sorted(found, key=lambda p: (step_of(p), p.parent == run_dir), reverse=True)
-
-
-def describe_incomplete(folder: Path, missing: list[str]) -> str:
-    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-    return f"{folder} (missing {shown})"
 
 
 def newest_complete(run_dir: Path) -> tuple[Path | None, list[str]]:

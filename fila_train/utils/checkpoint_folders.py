@@ -1,0 +1,63 @@
+"""What a ``checkpoint-N`` folder must hold to be complete: its manifest's files at their sizes.
+
+Written by training (training/checkpoints.py); read by it to resume, and by export, generate and eval, which
+need no training code, to refuse a folder whose save did not finish or whose files were cut short since.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+# transformers' PREFIX_CHECKPOINT_DIR; spelled out so the launcher's preflight needs no transformers import.
+PREFIX_CHECKPOINT_DIR = "checkpoint"
+STAGING_DIR = ".incomplete"  # where checkpoints are written before they are complete
+MANIFEST = "checkpoint_manifest.json"
+TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def missing_parts(folder: Path) -> list[str]:
+    """What ``folder`` lacks to be a complete checkpoint; empty when it is complete.
+
+    A folder under its final name without a manifest was written before manifests existed (or by
+    plain transformers): it counts as complete once its trainer state, written last, is there."""
+    if not folder.is_dir():
+        return ["the folder itself"]
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        if folder.parent.name != STAGING_DIR and (folder / TRAINER_STATE).is_file():
+            return []
+        return [f"{MANIFEST} (its save did not finish)"]
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        return [f"a readable {MANIFEST} ({type(error).__name__}: {error})"]
+    missing = []
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            missing.append(name)
+        elif path.stat().st_size != size:
+            missing.append(f"{name} ({path.stat().st_size} of {size} bytes)")
+    return missing
+
+
+def step_of(folder: Path) -> int | None:
+    match = _CHECKPOINT_NAME.match(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def describe_incomplete(folder: Path, missing: list[str]) -> str:
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return f"{folder} (missing {shown})"
+
+
+def incomplete_checkpoint(folder: Path) -> str | None:
+    """For a ``checkpoint-N`` folder that lacks files or holds one cut short: what it misses, and why that is
+    (for commands that read one: export, generate, eval); None for a complete one or another folder."""
+    missing = missing_parts(folder) if step_of(folder) is not None else []
+    if not missing:
+        return None
+    return (f"{describe_incomplete(folder, missing)}: its save did not finish, or a file was cut short since; "
+            f"use a complete checkpoint")
