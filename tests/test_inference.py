@@ -233,6 +233,29 @@ def test_generate_cli_errors_are_one_line(tmp_path, capsys, config, image, messa
     assert re.search(message, one_line_error(capsys, "generate"))
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "gpu"], "--device gpu: "),  # before: torch's RuntimeError traceback
+    (["--device", "cuda:99"], "--device cuda:99: torch sees "),  # before: a CUDA traceback after the model loaded
+], ids=["unknown", "absent_gpu"])
+def test_a_device_that_is_not_there_is_one_line_before_the_model_loads(saved_model, capsys, flags, message):
+    from fila_train.cli import main
+
+    assert main(["generate", "--model", str(saved_model), "--prompt", "What?", *flags]) == 1
+    assert f"fila-train generate: error: {message}" in one_line_error(capsys, "generate")
+
+
+def test_a_run_folder_without_its_final_save_names_its_checkpoints(saved_model, tmp_path, capsys):
+    """A run that stopped before its final save holds only checkpoint-N folders: before, generate said to give the
+    output folder of a training run, which is what was given."""
+    from fila_train.cli import main
+
+    for step in (10, 4):
+        shutil.copytree(saved_model, tmp_path / f"checkpoint-{step}")
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "What?"]) == 1
+    assert one_line_error(capsys, "generate").endswith(
+        "; it holds checkpoint-4, checkpoint-10 (its run stopped before the final save): pass one of those")
+
+
 def test_qlora_training_output_is_a_one_line_error_saying_to_export(saved_model, tmp_path, capsys):
     from fila_train.cli import main
     from fila_train.model.lora import LoraSettings

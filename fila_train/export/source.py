@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..utils.checkpoint_folders import checkpoint_subfolders
 from .errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,6 @@ def deepspeed_tag(folder: Path) -> str | None:
     return tag
 
 
-def _checkpoint_subfolders(folder: Path) -> list[str]:
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
-    return [p.name for p in sorted(found, key=lambda p: int(p.name.split("-")[1]))]
-
-
 def find_source(folder: str | Path, prefer: str = "auto") -> CheckpointSource:
     """The weights to export from ``folder``; ``prefer``: "auto" (DeepSpeed fp32 masters when present,
     else the safetensors save), "deepspeed" or "safetensors" (that kind or an error)."""
@@ -112,7 +107,7 @@ def find_source(folder: str | Path, prefer: str = "auto") -> CheckpointSource:
         return CheckpointSource(folder, "safetensors")
     wanted = {"auto": LOOKED_FOR, "deepspeed": "a DeepSpeed ZeRO checkpoint (global_stepN/ with "
               f"{MODEL_STATES} and {OPTIM_STATES})", "safetensors": f"{SAFETENSORS_FILE} or {SAFETENSORS_INDEX}"}
-    hint = _checkpoint_subfolders(folder)
+    hint = checkpoint_subfolders(folder)
     extra = f"; it holds {', '.join(hint)}: pass one of those" if hint else ""
     raise ExportError(f"{folder} holds no weights to export: looked for {wanted[prefer]}{extra}")
 

@@ -14,7 +14,7 @@ from ..processing.tokenization import ConversationTokenizer
 from ..model import FilaForConditionalGeneration
 from ..model.builder import build_model, is_fila_checkpoint, load_saved_model, load_tokenizer
 from ..model.llava_layout import folder_layout, release_config, release_projector_type
-from ..utils.checkpoint_folders import incomplete_checkpoint
+from ..utils.checkpoint_folders import checkpoint_subfolders, incomplete_checkpoint
 from ..utils.errors import CheckpointError, ConfigError, FilaError
 
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
@@ -27,6 +27,22 @@ class ModelLoadError(CheckpointError):
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``--device`` checked before the model loads: a name torch knows, and a GPU that is there."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:  # e.g. "gpu"
+        raise ConfigError(f"--device {device}: {error}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ConfigError(f"--device {device}: torch sees {count} CUDA GPU(s) here; use --device cpu, "
+                              f"or leave it unset for the first GPU if there is one")
+    return resolved
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -86,12 +102,16 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
         raise ModelLoadError(f"{path}/config.json: {error}") from None
     release = None if fila else folder_layout(path)
     if not fila and release is None:
+        checkpoints = checkpoint_subfolders(Path(path))
+        hint = (f"; it holds {', '.join(checkpoints)} (its run stopped before the final save): pass one of those"
+                if checkpoints else "")
         raise ModelLoadError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila') "
-                             f"nor a LLaVA release; give the output folder of a training run or of `fila-train export`")
+                             f"nor a LLaVA release; give the output folder of a training run or of `fila-train export`"
+                             f"{hint}")
     incomplete = incomplete_checkpoint(Path(path))
     if incomplete:
         raise ModelLoadError(incomplete)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     try:
         if release is not None:  # a llava-hf or original LLaVA-1.5 folder, read as LLaVA-1.5 (clip + projector)
             model = build_model(path, dtype=resolve_dtype(dtype, device),

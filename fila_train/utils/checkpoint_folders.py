@@ -61,3 +61,10 @@ def incomplete_checkpoint(folder: Path) -> str | None:
         return None
     return (f"{describe_incomplete(folder, missing)}: its save did not finish, or a file was cut short since; "
             f"use a complete checkpoint")
+
+
+def checkpoint_subfolders(folder: Path) -> list[str]:
+    """The ``checkpoint-N`` folders in a run folder, by step: a run that stopped before its final save has only
+    these (named to the user who passed the run folder)."""
+    found = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and step_of(p) is not None]
+    return [p.name for p in sorted(found, key=step_of)]
