@@ -112,6 +112,36 @@ sources:
     assert plan.to_dict()["sources"][0]["rule"] == "weight: 3"
 
 
+def test_equal_weights_fill_the_total_exactly(tmp_path: Path) -> None:
+    """Before, each share was rounded on its own: three equal weights of a total of 100 gave 99 samples."""
+    spec_path = write_spec(tmp_path / "w.yaml", "total: 100\nsources:\n" + "".join(
+        f"  - {{name: {name}, annotations: {name}.jsonl, weight: 1}}\n" for name in "abc"))
+    plan = resolve_plan(load_mixture(spec_path), [1000, 1000, 1000])
+    assert [s.sampled for s in plan.sources] == [34, 33, 33] and len(plan) == 100
+
+
+PLAIN_A = "sources:\n  - {name: a, annotations: a.jsonl}\n"
+
+
+@pytest.mark.parametrize(("body", "records", "message"), [
+    (PLAIN_A + "  - {name: empty, annotations: e.jsonl}\n", [100, 0], "source 'empty' has no records in"),
+    (PLAIN_A + "  - {name: empty, annotations: e.jsonl, repeat: 2}\n", [100, 0], "source 'empty' has no records in"),
+    (PLAIN_A + "  - {name: rare, annotations: r.jsonl, repeat: 0.01}\n", [100, 40],
+     "source 'rare' (repeat: 0.01 of its 40 records) rounds to 0 samples"),
+    ("total: 1000\nsources:\n  - {name: a, annotations: a.jsonl, weight: 1}\n"
+     "  - {name: rare, annotations: r.jsonl, weight: 0.0004}\n", [5000, 5000],
+     "source 'rare' (weight: 0.0004 of total 1000) rounds to 0 samples"),
+], ids=["empty_file", "empty_file_repeated", "tiny_repeat", "tiny_weight"])
+def test_a_source_that_would_add_nothing_is_an_error(tmp_path: Path, body: str, records: list[int],
+                                                     message: str) -> None:
+    """Before, an empty annotation file (under repeat, the default rule) or a share that rounds to nothing was
+    sampled 0 times without a word, and the run trained without that source."""
+    spec_path = write_spec(tmp_path / "m.yaml", body)
+    with pytest.raises(MixtureError) as error:
+        resolve_plan(load_mixture(spec_path), records)
+    assert str(spec_path) in str(error.value) and message in str(error.value), str(error.value)
+
+
 def test_select_repeats_and_subsamples() -> None:
     rng = np.random.default_rng(0)
     assert select(4, 8, rng).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]

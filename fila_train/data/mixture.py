@@ -17,6 +17,8 @@ every rank computes the same plan, and a resumed run skips into the same order.
 """
 from __future__ import annotations
 
+import math
+
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -236,15 +238,28 @@ def select(records: int, wanted: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def split_total(total: int, weights: list[float]) -> list[int]:
+    """``total`` split in proportion to ``weights``, summing to it exactly: the floors, plus one for the largest
+    remainders (rounding each share on its own gave 99 of a total of 100 over three equal weights)."""
+    shares = [total * weight / sum(weights) for weight in weights]
+    counts = [math.floor(share) for share in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: shares[i] - counts[i], reverse=True)  # stable on ties
+    for index in by_remainder[:total - sum(counts)]:
+        counts[index] += 1
+    return counts
+
+
 def wanted_counts(spec: MixtureSpec, record_counts: list[int]) -> list[int]:
     """Records each source contributes under its rule; weighted sources split ``spec.total``."""
-    weight_sum = sum(s.weight for s in spec.sources if s.weight is not None)
+    weighted = [index for index, source in enumerate(spec.sources) if source.weight is not None]
+    shares = dict(zip(weighted, split_total(spec.total, [spec.sources[i].weight for i in weighted]))) \
+        if weighted else {}
     counts = []
-    for source, records in zip(spec.sources, record_counts):
+    for index, (source, records) in enumerate(zip(spec.sources, record_counts)):
         if source.samples is not None:
             counts.append(source.samples)
         elif source.weight is not None:
-            counts.append(int(round(spec.total * source.weight / weight_sum)))
+            counts.append(shares[index])
         else:
             counts.append(int(round(records * (1.0 if source.repeat is None else source.repeat))))
     return counts
@@ -255,9 +270,15 @@ def resolve_plan(spec: MixtureSpec, record_counts: list[int]) -> MixturePlan:
     plans, source_of, record_of = [], [], []
     for index, (source, records, wanted) in enumerate(zip(spec.sources, record_counts,
                                                           wanted_counts(spec, record_counts))):
-        if records == 0 and wanted > 0:
+        # Every rule is > 0, so a source that would add nothing is a mistake (an empty or wrong file, a share too
+        # small to round to one sample), not a choice: before, it dropped out of the run without a word.
+        if records == 0:
             raise MixtureError(f"{spec.describe()}: source {source.name!r} has no records in "
                                f"{', '.join(map(str, source.annotations))}")
+        if wanted == 0:
+            of = f"of total {spec.total}" if source.weight is not None else f"of its {records} records"
+            raise MixtureError(f"{spec.describe()}: source {source.name!r} ({source.rule} {of}) rounds to 0 "
+                               f"samples; raise its share, or remove the source")
         chosen = select(records, wanted, _source_rng(spec.seed, source.name))
         plans.append(SourcePlan(source.name, [str(p) for p in source.annotations],
                                 None if source.image_root is None else str(source.image_root),
