@@ -87,3 +87,32 @@ def test_no_draft_without_decode_size_or_for_other_formats(tmp_path):
     photo_like(1600, 1600).save(png)
     image = load_rgb_image(png, decode_size=processor.decode_size)
     assert image.size == (1600, 1600) and source_size(image) == (1600, 1600)
+
+
+def test_a_very_long_image_is_padded_to_square_within_a_bounded_canvas(tmp_path):
+    """LLaVA's pad-to-square built the whole padded square before resizing it: a 40x60000 strip (a PNG of a few
+    KB, 2.4 Mpx) asked for a 60000x60000 canvas, 10 GiB, and a dataloader worker died of it naming no record.
+    In a fresh process, processing it stays within a small fraction of that; and an image just over the bound,
+    whose exact square can be built, comes out as the exact path gives it, to resampling noise."""
+    import subprocess
+    import sys
+
+    from fila_train.model.vision.clip_encoder import MAX_SQUARE_SIDE, expand_to_square, padding_fill, \
+        to_normalized_tensor
+
+    strip = tmp_path / "strip.png"
+    photo_like(40, 60000).save(strip)
+    code = ("import resource; from PIL import Image; from fila_train.model.vision.clip_encoder import "
+            "ClipImageProcessor; image = Image.open(r'%s'); image.load(); "
+            "shape = ClipImageProcessor(336, 14)(image)['pixel_values'].shape; "
+            "print(tuple(shape), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % strip)
+    shape, peak_kib = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout.rsplit(" ", 1)
+    assert shape == "(1, 3, 336, 336)"
+    assert int(peak_kib) < 2 * 1024 ** 2, f"peak {int(peak_kib) / 1024 ** 2:.1f} GiB"  # the square alone: 10 GiB
+
+    processor = PROCESSORS["clip_336"]
+    image = photo_like(300, MAX_SQUARE_SIDE + 800)
+    exact = expand_to_square(image, padding_fill(processor.mean)).resize((336, 336), Image.Resampling.BICUBIC)
+    difference = (processor(image)["pixel_values"][0] - to_normalized_tensor(exact)).abs()
+    assert difference.mean() < 0.02 and difference.quantile(0.99) < 0.2, (difference.mean(), difference.max())

@@ -26,6 +26,17 @@ def padding_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
     return tuple(int(255 * m) for m in mean)
 
 
+# A padded square above this side is not built whole: a 1080x40000 scroll of a web page (43 Mpx, under the pixel
+# limit) padded to 40000x40000 asked for 4.5 GiB. Such an image is first reduced by box averaging (an integer
+# factor) to this side at most; every other image takes LLaVA's exact pad-then-resize path.
+MAX_SQUARE_SIDE = 8192
+
+
+def within_square_budget(image: Image.Image) -> Image.Image:
+    side = max(image.size)
+    return image if side <= MAX_SQUARE_SIDE else image.reduce(math.ceil(side / MAX_SQUARE_SIDE))
+
+
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     """Pad to a centred square (LLaVA-1.5 ``image_aspect_ratio pad``), so nothing is cropped away."""
     width, height = image.size
@@ -57,7 +68,7 @@ class ClipImageProcessor:
 
     def __call__(self, image: Image.Image) -> dict[str, Any]:
         fill = padding_fill(self.mean)
-        square = expand_to_square(image.convert("RGB"), fill)
+        square = expand_to_square(within_square_budget(image.convert("RGB")), fill)
         resized = square.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return {"pixel_values": to_normalized_tensor(resized, self.mean, self.std).unsqueeze(0)}
 
