@@ -13,7 +13,7 @@ from PIL import Image
 
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import ConversationDataset, DatasetOptions, SampleError
-from fila_train.data.images import load_rgb_image
+from fila_train.data.images import UnreadableImageError, load_rgb_image
 from fila_train.processing.chat_templates import get_template
 from fila_train.processing.conversations import IGNORE_INDEX, TokenizedSample
 from fila_train.processing.tokenization import ConversationTokenizer
@@ -267,6 +267,14 @@ def palette(transparent: bool) -> Image.Image:
     return image
 
 
+def colour_keyed(mode: str, colour) -> Image.Image:
+    """An RGB or grayscale PNG whose one colour is transparent (tRNS): before, it stayed that colour (black,
+    for the usual key), where alpha and palette transparency became white."""
+    image = Image.new(mode, (6, 4), colour)
+    image.info["transparency"] = colour
+    return image
+
+
 def cmyk() -> Image.Image:
     image = Image.new("RGB", (6, 4), (200, 100, 50)).convert("CMYK")
     assert image.getpixel((0, 0)) != (200, 100, 50, 0)  # really ink values, not RGB in a CMYK box
@@ -281,6 +289,8 @@ MODES = {
     "P_transparent": (lambda: palette(True), "x.png", (255, 255, 255), 0),
     "L": (lambda: Image.new("L", (6, 4), 77), "x.png", (77, 77, 77), 0),
     "LA_transparent": (lambda: Image.new("LA", (6, 4), (77, 0)), "x.png", (255, 255, 255), 0),
+    "RGB_colour_key": (lambda: colour_keyed("RGB", (0, 0, 0)), "x.png", (255, 255, 255), 0),
+    "L_colour_key": (lambda: colour_keyed("L", 0), "x.png", (255, 255, 255), 0),
     "1": (lambda: Image.new("1", (6, 4), 1), "x.png", (255, 255, 255), 0),
     "CMYK_jpeg": (lambda: cmyk(), "x.jpg", (200, 100, 50), 4),
     "CMYK_tiff": (lambda: cmyk(), "x.tiff", (200, 100, 50), 0),
@@ -297,6 +307,17 @@ def test_image_modes_load_as_rgb(tmp_path: Path, mode: str) -> None:
     assert image.mode == "RGB" and image.size == (6, 4)
     pixels = np.asarray(image).reshape(-1, 3).astype(int)
     assert np.abs(pixels - np.array(expected)).max() <= tolerance, (pixels[0], expected)
+
+
+@pytest.mark.parametrize("peak", [1.0, 65535.0], ids=["unit_range", "16_bit_range"])
+def test_float_pixels_are_refused_not_guessed(tmp_path: Path, peak: float) -> None:
+    """A 32-bit float TIFF (mode F) says nothing of its range: before, one in 0-1 loaded black and one in
+    0-65535 white, as a valid training image."""
+    path = tmp_path / "depth.tiff"
+    Image.fromarray(np.linspace(0, peak, 24, dtype=np.float32).reshape(4, 6)).save(path)
+    with pytest.raises(UnreadableImageError, match=rf"unreadable image {re.escape(str(path))}: 32-bit "
+                                                    rf"floating-point pixels \(mode F\)"):
+        load_rgb_image(path)
 
 
 def test_unreadable_image_is_an_error(tmp_path: Path, tokenizer, image_folder: Path) -> None:

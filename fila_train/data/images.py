@@ -207,13 +207,19 @@ def draft_for(image: Image.Image, decode_size: DecodeSize | None) -> bool:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: alpha composited on white, 16-bit scaled, palette/CMYK converted."""
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """Any PIL mode -> 8-bit RGB: alpha and transparent colours composited on white, 16-bit scaled, palette/CMYK
+    converted. Float pixels (mode F) are refused: no range says which value is white (a 0-1 float TIFF became
+    black, a 0-65535 one white)."""
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point pixels (mode F) have no defined range of brightness; save the "
+                         "image with 8- or 16-bit pixels")
+    # A transparent colour key (tRNS) is transparency too, in RGB and grayscale PNGs as in palette ones.
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image.copy()
     if image.mode == "I" or image.mode.startswith("I;16"):
         # convert("L") would clip 16-bit values at 255 (a white image); scale them instead. point()
         # takes no big-endian I;16B (16-bit TIFF), so every 16-bit order goes through 32-bit "I" first.
