@@ -471,6 +471,37 @@ def test_eval_cli_vqa_and_relaxed(saved_model, loaded, tmp_path, capsys, metric,
     assert summary["metric"] == metric and summary["score"] == pytest.approx(expected / 2)
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"question": "What does <image> show?"}, "field 'question': the prompt contains 1 '<image>' placeholder(s) but "
+                                               "0 image was given"),
+    ({"question": "Is it done?</s>"}, "field 'question': "),
+    ({"image": "not_an_image.png", "question": "What is the title?"}, "field 'image': unreadable image"),
+], ids=["placeholder_without_image", "special_token", "bad_image_header"])
+def test_eval_finds_a_bad_prompt_before_it_answers_any_question(saved_model, tiny_assets, tmp_path, capsys,
+                                                                monkeypatch, bad, message):
+    """A question the template refuses, or an image whose header is bad, last in the file: before, eval met it when
+    its batch came, after hours of answers on a real benchmark, and wrote none of them."""
+    from fila_train.cli import main
+    from fila_train.evaluation import evaluate
+
+    batches = []  # a spy: each batch is still answered by the real generate_answers
+    answer = evaluate.generate_answers
+    monkeypatch.setattr(evaluate, "generate_answers", lambda *args: batches.append(len(args[1])) or answer(*args))
+    questions = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
+                 .read_text().splitlines()][:2]
+    questions.append({"id": "last", "answers": ["yes"], **bad})
+    images = tmp_path / "images"
+    shutil.copytree(tiny_assets.image_folder, images)
+    (images / "not_an_image.png").write_text("a text file named like an image")
+    assert main(["eval", "--bench", str(write_jsonl(tmp_path / "bench.jsonl", questions)), "--metric", "anls",
+                 "--model", str(saved_model), "--image_folder", str(images), "--batch_size", "1",
+                 "--max_new_tokens", str(STEPS), "--dtype", "float32", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"fila-train eval: error: {tmp_path / 'bench.jsonl'}:3: ") and message in line, line
+    assert batches == []  # before: [1, 1], two answers generated, then lost
+
+
 @pytest.mark.parametrize("lines, flags, message", [
     ([{"id": 1, "question": "q?", "answers": ["a"]}, {"id": 2, "question": "q?"}], [],
      r"bench.jsonl:2: field 'answers' must be"),

@@ -8,8 +8,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.images import load_rgb_image
-from ..inference.generation import GenerationOptions, Prompt, build_prompt, generate_answers
+from ..data.images import image_size, load_rgb_image
+from ..inference.generation import GenerationOptions, Prompt, build_prompt, generate_answers, prompt_ids
 from ..inference.loading import InferenceModel
 from ..utils.files import write_json_atomic, write_jsonl_atomic
 from .bench import BenchError, BenchQuestion
@@ -27,6 +27,10 @@ def with_instruction(question: str, instruction: str | None) -> str:
     return f"{question}\n{instruction}"
 
 
+def prompt_text(item: BenchQuestion, instruction: str | None) -> str:
+    return item.question if item.verbatim else with_instruction(item.question, instruction)
+
+
 def _prompt(loaded: InferenceModel, item: BenchQuestion, image_folder: Path | None,
             instruction: str | None) -> Prompt:
     image: Image.Image | None = None
@@ -36,15 +40,33 @@ def _prompt(loaded: InferenceModel, item: BenchQuestion, image_folder: Path | No
         except ValueError as error:
             raise BenchError(f"{item.where}: field 'image': {error}") from None
     try:
-        return build_prompt(loaded, item.question if item.verbatim else with_instruction(item.question, instruction),
-                            image)
+        return build_prompt(loaded, prompt_text(item, instruction), image)
     except ValueError as error:
         raise BenchError(f"{item.where}: field 'question': {error}") from None
+
+
+def check_prompts(loaded: InferenceModel, questions: list[BenchQuestion], image_folder: Path | None,
+                  instruction: str | None) -> None:
+    """Every question's prompt, from its text and its image's header, before any answer is generated: a question
+    the template refuses (a special token, an <image> without an image) or an image whose header is bad fails
+    in seconds; before, it failed when its batch came, and the answers before it were lost."""
+    for item in tqdm(questions, desc="checking prompts", unit="question", mininterval=2, disable=len(questions) < 1000):
+        image_tokens = None
+        if item.image is not None:
+            try:
+                image_tokens = loaded.processor.num_image_tokens_for_size(*image_size(Path(image_folder) / item.image))
+            except ValueError as error:
+                raise BenchError(f"{item.where}: field 'image': {error}") from None
+        try:
+            prompt_ids(loaded, prompt_text(item, instruction), image_tokens)
+        except ValueError as error:
+            raise BenchError(f"{item.where}: field 'question': {error}") from None
 
 
 def predict(loaded: InferenceModel, questions: list[BenchQuestion], image_folder: Path | None,
             max_new_tokens: int, batch_size: int, instruction: str | None) -> list[str]:
     """Greedy answers in question order, ``batch_size`` prompts per left-padded batch."""
+    check_prompts(loaded, questions, image_folder, instruction)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     predictions: list[str] = []
     with tqdm(total=len(questions), desc="eval", unit="question") as progress:

@@ -28,16 +28,27 @@ class Prompt:
 def build_prompt(loaded: InferenceModel, question: str, image: Image.Image | None) -> Prompt:
     """One human turn plus the assistant header, rendered by the model's chat template and tokenized as one
     string, as training was: ``processor.apply_chat_template(..., add_generation_prompt=True)`` gives these ids."""
-    placeholders = question.count(IMAGE_PLACEHOLDER)
-    if placeholders > (image is not None):
-        raise PromptError(f"the prompt contains {placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) but "
-                          f"{int(image is not None)} image was given")
+    check_placeholders(question, image is not None)
     processed = None if image is None else loaded.processor(image)
-    if processed is not None and not placeholders:
+    image_tokens = None if processed is None else loaded.processor.num_image_tokens(processed)
+    return Prompt(prompt_ids(loaded, question, image_tokens), processed)
+
+
+def check_placeholders(question: str, has_image: bool) -> None:
+    placeholders = question.count(IMAGE_PLACEHOLDER)
+    if placeholders > has_image:
+        raise PromptError(f"the prompt contains {placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) but "
+                          f"{int(has_image)} image was given")
+
+
+def prompt_ids(loaded: InferenceModel, question: str, image_tokens: int | None) -> list[int]:
+    """build_prompt's ids for an image of ``image_tokens`` tokens (None: no image): what a check of many
+    prompts needs, from the images' headers alone."""
+    check_placeholders(question, image_tokens is not None)
+    if image_tokens is not None and IMAGE_PLACEHOLDER not in question:
         question = f"{IMAGE_PLACEHOLDER}\n{question}"  # where LLaVA-style training data puts it
-    counts = [] if processed is None else [loaded.processor.num_image_tokens(processed)]
-    sample = loaded.prompter.encode([{"from": "human", "value": question}], counts, add_generation_prompt=True)
-    return Prompt(sample.input_ids, processed)
+    counts = [] if image_tokens is None else [image_tokens]
+    return loaded.prompter.encode([{"from": "human", "value": question}], counts, add_generation_prompt=True).input_ids
 
 
 @dataclass
