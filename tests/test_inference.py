@@ -208,6 +208,12 @@ def test_generate_cli_sampling_follows_the_seed(saved_model, loaded, capsys):
     assert capsys.readouterr().out.strip() == expected
 
 
+TINY_CLIP = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "image_size": 28, "patch_size": 14}
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 64}
+
+
 def one_line_error(capsys, prog: str) -> str:
     """The error line, the last of stderr (loading may print progress bars before it)."""
     err = capsys.readouterr().err
@@ -221,7 +227,11 @@ def one_line_error(capsys, prog: str) -> str:
     (None, "missing.png", "image file not found: .*missing.png"),  # found before the model is loaded
     (None, None, "is not a saved fila model folder"),
     ('{"model_type": "fi', None, "config.json: "),
-    ('{"model_type": "fila"}', None, "incomplete model folder: .*model.safetensors"),
+    # Before, with weights beside it, the defaults filled the sub-configs in: a full-size random Llama was built
+    # (killed for memory); now it is refused before any weights, here where there are none.
+    ('{"model_type": "fila"}', None, "config.json has no text_config or vision_config"),
+    (json.dumps({"model_type": "fila", "vision_config": TINY_CLIP, "text_config": TINY_LLAMA}), None,
+     "incomplete model folder: .*model.safetensors"),
 ])
 def test_generate_cli_errors_are_one_line(tmp_path, capsys, config, image, message):
     from fila_train.cli import main

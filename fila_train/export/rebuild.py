@@ -17,7 +17,7 @@ from accelerate import init_empty_weights
 from transformers import PreTrainedModel
 
 from ..model import FilaConfig, FilaForConditionalGeneration
-from ..model.builder import check_stored_options
+from ..model.builder import saved_config
 from .errors import ExportError
 from .source import CONFIG_FILE
 
@@ -33,9 +33,7 @@ def load_config(folder: Path) -> FilaConfig:
     if model_type != FilaConfig.model_type:
         raise ExportError(f"{path}: model_type is {model_type!r}, not {FilaConfig.model_type!r}: "
                           f"only fila models (FilaForConditionalGeneration) are exported")
-    config = FilaConfig.from_pretrained(str(folder))
-    check_stored_options(config, folder)
-    return config
+    return saved_config(folder)
 
 
 def _format_keys(keys: set[str], limit: int = 12) -> str:

@@ -91,9 +91,18 @@ def load_pretrained_parts(model_name_or_path: str, vision_tower: str | None, set
     return language_model, tower, vision_feature_layer, release
 
 
-def check_stored_options(config: FilaConfig, path: str | Path) -> None:
-    """A saved config's part options and LoRA settings parse (each part's options dataclass), before any weights
-    load: a key this version does not know is one ConfigError naming the folder's config.json."""
+def saved_config(path: str | Path) -> FilaConfig:
+    """A saved fila model's config, checked before any weights load: it describes its LLM and CLIP tower (left
+    out, the defaults would build a full-size random Llama), and its part options and LoRA settings parse
+    (each part's options dataclass; a key this version does not know). Errors name the folder's config.json."""
+    from transformers import PretrainedConfig
+
+    raw, _ = PretrainedConfig.get_config_dict(str(path))
+    absent = [key for key in ("text_config", "vision_config") if not raw.get(key)]
+    if absent:
+        raise ConfigError(f"{path}/config.json has no {' or '.join(absent)}: a fila model's config describes its "
+                          f"LLM (text_config) and its CLIP tower (vision_config)")
+    config = FilaConfig.from_pretrained(str(path))
     stored = [(VISION_ENCODERS.get(config.vision_encoder).options, config.vision_options),
               (CONNECTORS.get(config.connector_type).options, config.connector_options),
               (LoraSettings, config.lora)]
@@ -103,6 +112,7 @@ def check_stored_options(config: FilaConfig, path: str | Path) -> None:
                 options.from_dict(data) if hasattr(options, "from_dict") else stored_options(options, data)
     except ConfigError as error:
         raise ConfigError(f"{path}/config.json: {error}") from None
+    return config
 
 
 KEYS_NAMED = 4  # of a mismatch's weight names in its one line
@@ -112,7 +122,7 @@ def load_saved_model(path: str, **kwargs) -> FilaForConditionalGeneration:
     """A saved fila model folder with every weight from its files. A weight the files lack (a copy cut short,
     config.json naming another connector) or one they hold that the model has no place for is a CheckpointError
     naming them: from_pretrained initialises the first at random, drops the second, and goes on."""
-    check_stored_options(FilaConfig.from_pretrained(path), path)
+    saved_config(path)
     model, info = FilaForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
     problems = {what: sorted(info.get(f"{what}_keys") or []) for what in ("missing", "unexpected", "mismatched")}
     found = [f"{what} {len(keys)} ({', '.join(map(str, keys[:KEYS_NAMED]))}{', ...' * (len(keys) > KEYS_NAMED)})"
