@@ -13,7 +13,7 @@ from PIL import Image
 
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import ConversationDataset, DatasetOptions, SampleError
-from fila_train.data.images import UnreadableImageError, load_rgb_image
+from fila_train.data.images import UnreadableImageError, image_size, load_rgb_image
 from fila_train.processing.chat_templates import get_template
 from fila_train.processing.conversations import IGNORE_INDEX, TokenizedSample
 from fila_train.processing.tokenization import ConversationTokenizer
@@ -315,9 +315,10 @@ def test_float_pixels_are_refused_not_guessed(tmp_path: Path, peak: float) -> No
     0-65535 white, as a valid training image."""
     path = tmp_path / "depth.tiff"
     Image.fromarray(np.linspace(0, peak, 24, dtype=np.float32).reshape(4, 6)).save(path)
-    with pytest.raises(UnreadableImageError, match=rf"unreadable image {re.escape(str(path))}: 32-bit "
-                                                    rf"floating-point pixels \(mode F\)"):
-        load_rgb_image(path)
+    for read in (image_size, load_rgb_image):  # from the header: the up-front checks find it too
+        with pytest.raises(UnreadableImageError, match=rf"unreadable image {re.escape(str(path))}: 32-bit "
+                                                        rf"floating-point pixels \(mode F\)"):
+            read(path)
 
 
 def test_unreadable_image_is_an_error(tmp_path: Path, tokenizer, image_folder: Path) -> None:

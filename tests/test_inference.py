@@ -6,6 +6,7 @@ import shutil
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -486,7 +487,8 @@ def test_eval_cli_vqa_and_relaxed(saved_model, loaded, tmp_path, capsys, metric,
                                                "0 image was given"),
     ({"question": "Is it done?</s>"}, "field 'question': "),
     ({"image": "not_an_image.png", "question": "What is the title?"}, "field 'image': unreadable image"),
-], ids=["placeholder_without_image", "special_token", "bad_image_header"])
+    ({"image": "depth.tiff", "question": "What is the title?"}, "field 'image': unreadable image"),
+], ids=["placeholder_without_image", "special_token", "bad_image_header", "float_pixels"])
 def test_eval_finds_a_bad_prompt_before_it_answers_any_question(saved_model, tiny_assets, tmp_path, capsys,
                                                                 monkeypatch, bad, message):
     """A question the template refuses, or an image whose header is bad, last in the file: before, eval met it when
@@ -503,6 +505,7 @@ def test_eval_finds_a_bad_prompt_before_it_answers_any_question(saved_model, tin
     images = tmp_path / "images"
     shutil.copytree(tiny_assets.image_folder, images)
     (images / "not_an_image.png").write_text("a text file named like an image")
+    Image.fromarray(np.ones((28, 28), dtype=np.float32)).save(images / "depth.tiff")  # found from its header
     assert main(["eval", "--bench", str(write_jsonl(tmp_path / "bench.jsonl", questions)), "--metric", "anls",
                  "--model", str(saved_model), "--image_folder", str(images), "--batch_size", "1",
                  "--max_new_tokens", str(STEPS), "--dtype", "float32", "--output", str(tmp_path / "out")]) == 1

@@ -100,7 +100,7 @@ _PIL_LIMIT_LOCK = threading.Lock()
 def identify(handle: BinaryIO) -> ImageFile.ImageFile:
     """``Image.open`` on ``handle`` (header read, pixels not), with our max_pixels the only limit.
 
-    PIL warns between 1x and 2x its MAX_IMAGE_PIXELS (silenced: check_pixels decides there) and
+    PIL warns between 1x and 2x its MAX_IMAGE_PIXELS (silenced: check_header decides there) and
     refuses above 2x before our check could name the size; such a file is opened again with PIL's
     limit lifted for that one call, so a limit of ours above PIL's still holds, and PIL's global is
     left as it was.
@@ -135,7 +135,13 @@ def open_image(path: Path) -> Iterator[ImageFile.ImageFile]:
         yield identify(handle)
 
 
-def check_pixels(image: Image.Image, path: Path, max_pixels: int | None) -> None:
+def check_header(image: Image.Image, path: Path, max_pixels: int | None) -> None:
+    """What the header already tells: too many pixels, or float pixels (mode F), which have no defined range of
+    brightness (a 0-1 float TIFF became black, a 0-65535 one white). Both are refused before decoding, so the
+    up-front checks (training's length pass, eval's prompt check) find them too."""
+    if image.mode == "F":
+        raise UnreadableImageError(f"unreadable image {path}: 32-bit floating-point pixels (mode F) have no defined "
+                                   f"range of brightness; save the image with 8- or 16-bit pixels")
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(f"image {path} has {width}x{height} = {width * height} pixels, over the limit "
@@ -160,7 +166,7 @@ def image_size(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple
     """(W, H) from the file header, without decoding pixels; the same limit as load_rgb_image."""
     try:
         with open_image(path) as image:
-            check_pixels(image, path, max_pixels)
+            check_header(image, path, max_pixels)
             return image.size
     except ImageLoadError:
         raise
@@ -178,7 +184,7 @@ def load_rgb_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     try:
         with open_image(path) as image:
-            check_pixels(image, path, max_pixels)
+            check_header(image, path, max_pixels)
             size = image.size
             draft_for(image, decode_size)
             with warnings.catch_warnings():
@@ -208,11 +214,7 @@ def draft_for(image: Image.Image, decode_size: DecodeSize | None) -> bool:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB: alpha and transparent colours composited on white, 16-bit scaled, palette/CMYK
-    converted. Float pixels (mode F) are refused: no range says which value is white (a 0-1 float TIFF became
-    black, a 0-65535 one white)."""
-    if image.mode == "F":
-        raise ValueError("32-bit floating-point pixels (mode F) have no defined range of brightness; save the "
-                         "image with 8- or 16-bit pixels")
+    converted (float pixels never get here: check_header)."""
     # A transparent colour key (tRNS) is transparency too, in RGB and grayscale PNGs as in palette ones.
     if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
         rgba = image.convert("RGBA")
