@@ -433,6 +433,23 @@ def test_a_damaged_weights_file_is_one_line_naming_it(runs, baseline_folder, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_the_manifest_check_leaves_pruned_checkpoints_and_other_folders_alone(runs, baseline_folder, tmp_path):
+    """What the manifest check of the test above must not refuse: a checkpoint whose optimizer and ZeRO files were
+    deleted to save disk (generate and a safetensors export read none of them), and a plain model folder that
+    happens to be named checkpoint-N (no manifest: not a run's checkpoint)."""
+    from fila_train.cli import main
+
+    pruned = tmp_path / "run" / f"checkpoint-{STEPS}"
+    shutil.copytree(runs["baseline_zero2"].run.output_dir / f"checkpoint-{STEPS}", pruned)
+    shutil.rmtree(pruned / f"global_step{STEPS}")
+    named = tmp_path / "checkpoint-500"
+    shutil.copytree(baseline_folder, named)
+    for folder in (pruned, named):
+        assert main(["generate", "--model", str(folder), "--prompt", "What?", "--max_new_tokens", "2"]) == 0
+        assert main(["export", "--checkpoint", str(folder), "--output", str(tmp_path / f"out-{folder.name}"),
+                     "--source", "safetensors"]) == 0
+
+
 def test_missing_and_unexpected_weights_are_named(baseline_folder, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

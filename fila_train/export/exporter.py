@@ -61,10 +61,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     settings and README.md; with ``format="llava"`` also ``output/llava/``. Returns ``output``."""
     folder, output = Path(checkpoint), Path(output)
     check_output(output, options.overwrite, source=folder)
-    incomplete = incomplete_checkpoint(folder)
+    source = find_source(folder, options.source)
+    incomplete = incomplete_checkpoint(folder, training_state=source.kind == "deepspeed")
     if incomplete:
         raise ExportError(incomplete)
-    source = find_source(folder, options.source)
     if source.kind == "deepspeed" and has_safetensors(folder):
         logger.info("%s holds both a DeepSpeed checkpoint and a safetensors save: using the DeepSpeed fp32 "
                     "master weights (the safetensors save holds the training-dtype copy)", folder)

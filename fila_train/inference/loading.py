@@ -108,7 +108,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
         raise ModelLoadError(f"{path} is not a saved fila model folder (no config.json with model_type 'fila') "
                              f"nor a LLaVA release; give the output folder of a training run or of `fila-train export`"
                              f"{hint}")
-    incomplete = incomplete_checkpoint(Path(path))
+    incomplete = incomplete_checkpoint(Path(path), training_state=False)
     if incomplete:
         raise ModelLoadError(incomplete)
     device = resolve_device(device)

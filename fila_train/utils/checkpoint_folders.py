@@ -53,10 +53,19 @@ def describe_incomplete(folder: Path, missing: list[str]) -> str:
     return f"{folder} (missing {shown})"
 
 
-def incomplete_checkpoint(folder: Path) -> str | None:
-    """For a ``checkpoint-N`` folder that lacks files or holds one cut short: what it misses, and why that is
-    (for commands that read one: export, generate, eval); None for a complete one or another folder."""
-    missing = missing_parts(folder) if step_of(folder) is not None else []
+# What a checkpoint holds only to resume training: commands that read the model (generate, eval, an export from the
+# safetensors save) do without it, and users prune it to save disk.
+RESUME_ONLY = re.compile(r"^(global_step\d+/|optimizer\.|scheduler\.|rng_state|trainer_state\.json|training_args\.bin|"
+                         r"latest\b|zero_to_fp32\.py)")
+
+
+def incomplete_checkpoint(folder: Path, training_state: bool) -> str | None:
+    """For a ``checkpoint-N`` folder of a run (with its manifest, or still being written) that lacks a file this
+    command reads, or holds one cut short: what, and why; else None (any other folder, even one so named).
+    ``training_state``: the command reads the optimizer / ZeRO files too (an export of the fp32 masters)."""
+    if step_of(folder) is None or (not (folder / MANIFEST).is_file() and folder.parent.name != STAGING_DIR):
+        return None
+    missing = [part for part in missing_parts(folder) if training_state or not RESUME_ONLY.match(part)]
     if not missing:
         return None
     return (f"{describe_incomplete(folder, missing)}: its save did not finish, or a file was cut short since; "
