@@ -371,7 +371,7 @@ def test_folder_of_neither_kind_is_an_error_naming_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("section, key", [("vision_options", "anyres"), ("vision_options", "cvfm"),
-                                          ("connector_options", None)])
+                                          ("vision_options", None), ("connector_options", None)])
 def test_an_option_this_version_does_not_know_is_one_line_before_any_weights(hybrid_folder, tmp_path, capsys,
                                                                              section, key):
     """A config.json from another fila_train version (or edited by hand) with an option key the parts do not

@@ -248,8 +248,15 @@ def test_generate_cli_errors_are_one_line(tmp_path, capsys, config, image, messa
     (["--device", "gpu"], "--device gpu: "),  # before: torch's RuntimeError traceback
     (["--device", "cuda:99"], "--device cuda:99: torch sees "),  # before: a CUDA traceback after the model loaded
 ], ids=["unknown", "absent_gpu"])
-def test_a_device_that_is_not_there_is_one_line_before_the_model_loads(saved_model, capsys, flags, message):
+def test_a_device_that_is_not_there_is_one_line_before_the_model_loads(saved_model, capsys, monkeypatch, flags,
+                                                                       message):
     from fila_train.cli import main
+    from fila_train.inference import loading
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --device was checked")
+
+    monkeypatch.setattr(loading, "load_saved_model", never)
 
     assert main(["generate", "--model", str(saved_model), "--prompt", "What?", *flags]) == 1
     assert f"fila-train generate: error: {message}" in one_line_error(capsys, "generate")
@@ -277,7 +284,8 @@ def test_qlora_training_output_is_a_one_line_error_saying_to_export(saved_model,
     config["lora"] = LoraSettings(r=4, bits=4).to_dict()
     (tmp_path / "qlora" / "config.json").write_text(json.dumps(config))
     assert main(["generate", "--model", str(tmp_path / "qlora"), "--prompt", "What?", "--dtype", "float32"]) == 1
-    assert "Export it first" in one_line_error(capsys, "generate")
+    line = one_line_error(capsys, "generate")
+    assert line.startswith(f"fila-train generate: error: {tmp_path / 'qlora'}: ") and "Export it first" in line
 
 
 def test_a_model_folder_missing_weights_is_refused_not_filled_at_random(saved_model, tiny_assets, tmp_path,

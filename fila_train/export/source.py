@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..utils.checkpoint_folders import checkpoint_subfolders
+from ..utils.errors import FilaError
 from .errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def read_state_dict(source: CheckpointSource) -> dict[str, torch.Tensor]:
         # A file cut short or damaged, or as many files as another run's processes (DeepSpeed's ValueError).
         try:
             return read_deepspeed(source.folder, source.tag)
-        except ExportError:
+        except FilaError:  # ours: not a file's damage
             raise
         except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
             raise ExportError(f"{source.folder / source.tag}: a DeepSpeed checkpoint file is unreadable "

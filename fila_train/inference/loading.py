@@ -120,13 +120,15 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
         else:
             model = load_saved_model(path, dtype=resolve_dtype(dtype, device))
             processor = load_processor(path, model.config)
-    except FilaError:  # names the folder itself
-        raise
+    except FilaError as error:  # most name the folder already (others, e.g. a QLoRA config's, do not)
+        if str(error).startswith(path):
+            raise
+        raise ModelLoadError(f"{path}: {error}") from None
     except SafetensorError as error:  # a weights file cut short or damaged
         raise ModelLoadError(f"{path}: unreadable weights file ({error})") from None
     except OSError as error:  # transformers' way of saying a weights or tokenizer file is missing
         raise ModelLoadError(f"{path}: incomplete model folder: {error}") from None
-    except ValueError as error:  # a config the model refuses to build from (e.g. a QLoRA run: export it first)
+    except ValueError as error:  # a config the model refuses to build from
         raise ModelLoadError(f"{path}: {error}") from None
     model.to(device).eval()
     # generate() fills every option we leave unset from the folder's generation_config.json (e.g. an

@@ -104,8 +104,13 @@ def stored_options(cls: type, data: dict[str, Any]) -> Any:
     """``cls(**data)`` for options read back from a config (config.json's vision / connector options, lora): a key
     ``cls`` does not have (a config from another fila_train version, an edit) is one ConfigError listing the valid
     ones, not a TypeError traceback."""
+    check_stored_keys(cls, data)
+    return cls(**data)
+
+
+def check_stored_keys(cls: type, data: dict[str, Any]) -> None:
+    """Every key of ``data`` is a field of ``cls`` (for from_dict methods that build nested options themselves)."""
     unknown = sorted(set(data) - {field.name for field in dataclasses.fields(cls)})
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in the {cls.__name__} options; valid keys: "
                           f"{', '.join(field.name for field in dataclasses.fields(cls))}")
-    return cls(**data)

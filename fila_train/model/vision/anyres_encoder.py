@@ -14,6 +14,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import VisionEncoderContract
+from ..options import check_stored_keys
 from .anyres import AnyresConfig
 from .base import VisionOutput
 from .clip_encoder import ClipTowerMixin
@@ -29,6 +30,7 @@ class AnyresEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnyresEncoderConfig:
+        check_stored_keys(cls, data)
         return cls(anyres=AnyresConfig.from_dict(data.get("anyres", {})))
 
 

@@ -21,6 +21,7 @@ from ...utils.image_size import source_size
 from ...utils.errors import ConfigError
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import SubPart, VisionEncoderContract
+from ..options import check_stored_keys
 from ..zero_link import zero_from
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
 from .base import VisionOutput
@@ -41,6 +42,7 @@ class HybridEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HybridEncoderConfig:
+        check_stored_keys(cls, data)
         return cls(
             anyres=AnyresConfig.from_dict(data.get("anyres", {})),
             convnext=ConvNeXtBranchConfig.from_dict(data.get("convnext", {})),
