@@ -14,7 +14,6 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from ..checkpointing import Switch, checkpointing_layers, set_layer_flags
 from ..contracts import VisionEncoderContract
-from ..options import check_stored_keys
 from .anyres import AnyresConfig
 from .base import VisionOutput
 from .clip_encoder import ClipTowerMixin
@@ -30,7 +29,7 @@ class AnyresEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnyresEncoderConfig:
-        check_stored_keys(cls, data)
+        # Reads only its anyres part: it is also handed a FILA model's whole options (the same views, no ConvNeXt).
         return cls(anyres=AnyresConfig.from_dict(data.get("anyres", {})))
 
 
