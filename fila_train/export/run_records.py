@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils.run_summary import run_summary
 from .errors import ExportError
 
 TRAIN_SUMMARY = "train_summary.json"  # written by fila-train train at the end of a run
@@ -134,7 +135,5 @@ def read_stage_chain(folder: Path) -> list[StageRun]:
 def trainer_state_summary(state: dict) -> dict:
     """steps, losses and loss_first/loss_last (means over the first/last 10% of logged steps) of a
     trainer_state.json, computed as train_summary.json computes them."""
-    from ..training.reporting import run_summary
-
     summary = run_summary(state.get("log_history", []), state.get("global_step", 0), 0.0, 0.0)
     return {key: summary[key] for key in ("steps", "losses", "loss_first", "loss_last")}

@@ -48,23 +48,6 @@ def configure_wandb(report_to: list[str], output_dir: str) -> None:
                        "`wandb sync`)", os.environ["WANDB_DIR"])
 
 
-def loss_history(log_history: list[dict]) -> list[float]:
-    return [entry["loss"] for entry in log_history if "loss" in entry]
-
-
-def run_summary(log_history: list[dict], steps: int, seconds: float, tokens_per_second: float) -> dict:
-    losses = loss_history(log_history)
-    window = max(1, len(losses) // 10)
-    return {
-        "steps": steps,
-        "seconds": round(seconds, 2),
-        "losses": losses,
-        "loss_first": sum(losses[:window]) / window if losses else None,
-        "loss_last": sum(losses[-window:]) / window if losses else None,
-        "tokens_per_second": round(tokens_per_second, 2),
-    }
-
-
 def format_summary(summary: dict) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"

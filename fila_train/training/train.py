@@ -22,6 +22,7 @@ from ..utils.distributed import all_ranks, is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
+from ..utils.run_summary import run_summary
 from ..utils.errors import ConfigError, FilaError, Interrupted
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .before_weights import check_before_weights
@@ -33,7 +34,7 @@ from .deepspeed_config import partitions_optimizer_state
 from .llava_flags import translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
-from .reporting import configure_wandb, format_summary, run_summary
+from .reporting import configure_wandb, format_summary
 from .trainer import FilaTrainer
 
 logger = logging.getLogger("fila_train")
