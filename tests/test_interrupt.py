@@ -159,8 +159,28 @@ def test_ctrl_c_that_no_worker_could_report_is_the_launchers_line(tmp_path):
                                   f"complete checkpoint yet"], run.stderr
 
 
+@pytest.mark.parametrize("launcher", [TORCHRUN, DEEPSPEED], ids=["torchrun", "deepspeed"])
+def test_ctrl_c_whose_reporting_worker_died_before_its_line_is_the_launchers_line(launcher, tmp_path):
+    """The worker that claims the report (the node's first to take Ctrl-C) killed before its line is out, as
+    DeepSpeed's launcher kills the workers at once: before, the launcher saw the claim and stayed silent, and the
+    run ended without a line (seen once in a full CI run)."""
+    worker = sleeping_worker(launcher, tmp_path)
+    worker[worker.index(SLEEPER)] = CLAIMANT
+    run = launched(worker, worker_started(tmp_path), signal.SIGINT, launcher, script=True)
+    assert_the_script_stopped(run)
+    assert run.left_running == []
+    assert run.about_the_stop == [f"[fila-train] interrupted: every worker was stopped; {tmp_path / 'run'} holds no "
+                                  f"complete checkpoint yet"], run.stderr
+
+
 SLEEPER = ("import os, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "  # stopped without a word
            "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(100)")
+
+
+# On Ctrl-C it claims the report as a fila-train worker does, and dies before it prints.
+CLAIMANT = ("import os, signal, sys, time; from fila_train.utils.errors import first_to_report_interrupt; "
+            "signal.signal(signal.SIGINT, lambda *_: (first_to_report_interrupt(), os._exit(1))); "
+            "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(100)")
 
 
 def sleeping_worker(launcher: str, tmp_path: Path) -> list[str]:

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from ..utils.errors import first_to_report_interrupt, leave_as_interrupted
+from ..utils.errors import launcher_reports_interrupt, leave_as_interrupted
 from .launcher_stops import interrupt_claims, stopped
 
 # Where each signal's handler is left to us: Python's own for Ctrl-C, the default for SIGTERM. A process started
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             if not stops:
                 raise
         if stops:
-            if stops[0] != signal.SIGINT or first_to_report_interrupt():
+            if stops[0] != signal.SIGINT or launcher_reports_interrupt():
                 print(f"\n{stopped(parse_args(argv).user_args, stops[0])}", file=sys.stderr)
             if stops[0] == signal.SIGINT:
                 leave_as_interrupted()

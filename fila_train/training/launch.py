@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from ..utils.errors import (REPORTED_EXIT_CODE, SILENT_EXIT_CODE, first_to_report_interrupt, leave_as_interrupted,
+from ..utils.errors import (REPORTED_EXIT_CODE, SILENT_EXIT_CODE, launcher_reports_interrupt, leave_as_interrupted,
                             read_launcher_record)
 from .launcher_stops import interrupt_claims, stopped
 
@@ -89,7 +89,7 @@ def launched(args) -> int:
         run(args)
     except SignalException as stop:  # torchrun has passed the signal on to its workers and waited for them
         # Ctrl-C: unless a worker reported it (one blocked in a collective until torchrun killed it cannot).
-        if stop.sigval != signal.SIGINT or first_to_report_interrupt():
+        if stop.sigval != signal.SIGINT or launcher_reports_interrupt():
             # On a line of its own: a worker stopped by the signal leaves its progress bar's line open.
             print(f"\n{stopped(args.training_script_args, stop.sigval)}", file=sys.stderr)
         return 128 + stop.sigval  # as a shell reports it (main ends by SIGINT itself)

@@ -203,6 +203,36 @@ def first_to_report_interrupt() -> bool:
     return True
 
 
+PRINTED_SUFFIX = ".printed"  # beside the claim file: its claimant's line is out
+CLAIMANT_GRACE_S = 2.0  # how long a launcher waits for a claimant still alive to print its line
+
+
+def interrupt_printed() -> None:
+    """After a worker that claimed the interrupt printed its line: the launcher must not print its own."""
+    claim = os.environ.get(INTERRUPT_REPORTED_ENV)
+    if claim:
+        try:
+            Path(claim + PRINTED_SUFFIX).touch()
+        except OSError:  # its folder is gone, with the launcher
+            pass
+
+
+def launcher_reports_interrupt() -> bool:
+    """For a launcher once its workers were stopped: whether the interrupt's line is still to be printed. It is
+    when no worker claimed it, and when the worker that did died before its line was out (DeepSpeed's launcher
+    kills the workers at once: before, the run then ended without a line)."""
+    claim = os.environ.get(INTERRUPT_REPORTED_ENV)
+    if first_to_report_interrupt():
+        return True
+    if not claim:
+        return False
+    printed = Path(claim + PRINTED_SUFFIX)
+    deadline = time.monotonic() + CLAIMANT_GRACE_S
+    while not printed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not printed.exists()
+
+
 # Set on the KeyboardInterrupt that ends a process whose line is printed: the traceback hook passes it over.
 REPORTED_MARK = "fila_train_reported"
 
@@ -244,6 +274,7 @@ def reported_interrupt(command: str) -> Iterator[None]:
         printed = first_to_report_interrupt()
         if printed:  # on a line of its own: rank 0's progress bar may still hold the line
             print(("\n" if process_rank() else "") + line, file=sys.stderr, flush=True)
+            interrupt_printed()
         leave_for_launcher(line, None, printed)
     finally:
         if previous is not None and not interrupted:
