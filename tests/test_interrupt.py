@@ -123,6 +123,7 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_to_resume_from(ti
     assert_the_script_stopped(run)
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
     assert run.left_running == []
+    assert len(run.about_the_stop) == 1, run.stderr[-3000:]
     (line,) = run.about_the_stop
     found = re.fullmatch(r"fila-train train \[rank [01]\]: interrupted at step (\d+) of 1000; (.*)", line)
     assert found and found.group(2) == resume_from(output), line
@@ -136,6 +137,7 @@ def test_ctrl_c_under_deepspeeds_launcher_is_one_line_too(tiny_assets, tmp_path)
     assert_the_script_stopped(run)
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.stderr[-3000:]
     assert run.left_running == []
+    assert len(run.about_the_stop) == 1, run.stderr[-3000:]
     (line,) = run.about_the_stop
     assert re.fullmatch(r"(fila-train train \[rank [01]\]: interrupted at step \d+ of 1000|\[fila-train\] "
                         r"interrupted: every worker was stopped); " + re.escape(resume_from(output)), line), line
