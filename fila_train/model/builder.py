@@ -95,14 +95,12 @@ def saved_config(path: str | Path) -> FilaConfig:
     """A saved fila model's config, checked before any weights load: it describes its LLM and CLIP tower (left
     out, the defaults would build a full-size random Llama), and its part options and LoRA settings parse
     (each part's options dataclass; a key this version does not know). Errors name the folder's config.json."""
-    from transformers import PretrainedConfig
-
-    raw, _ = PretrainedConfig.get_config_dict(str(path))
+    raw, _ = FilaConfig.get_config_dict(str(path))
     absent = [key for key in ("text_config", "vision_config") if not raw.get(key)]
     if absent:
         raise ConfigError(f"{path}/config.json has no {' or '.join(absent)}: a fila model's config describes its "
                           f"LLM (text_config) and its CLIP tower (vision_config)")
-    config = FilaConfig.from_pretrained(str(path))
+    config = FilaConfig.from_dict(raw)  # what from_pretrained builds, from the dict already read
     stored = [(VISION_ENCODERS.get(config.vision_encoder).options, config.vision_options),
               (CONNECTORS.get(config.connector_type).options, config.connector_options),
               (LoraSettings, config.lora)]
