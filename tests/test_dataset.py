@@ -275,6 +275,13 @@ def colour_keyed(mode: str, colour) -> Image.Image:
     return image
 
 
+def sixteen_bit_keyed() -> Image.Image:
+    """A 16-bit grayscale PNG with a tRNS key: before, it loaded black (the key was not looked at)."""
+    image = Image.fromarray(np.full((4, 6), 5, dtype=np.uint16))
+    image.info["transparency"] = 5
+    return image
+
+
 def cmyk() -> Image.Image:
     image = Image.new("RGB", (6, 4), (200, 100, 50)).convert("CMYK")
     assert image.getpixel((0, 0)) != (200, 100, 50, 0)  # really ink values, not RGB in a CMYK box
@@ -295,6 +302,7 @@ MODES = {
     "CMYK_jpeg": (lambda: cmyk(), "x.jpg", (200, 100, 50), 4),
     "CMYK_tiff": (lambda: cmyk(), "x.tiff", (200, 100, 50), 0),
     "I;16": (lambda: Image.fromarray(np.full((4, 6), 100 * 256 + 200, dtype=np.uint16)), "x.png", (100, 100, 100), 0),
+    "I;16_colour_key": (lambda: sixteen_bit_keyed(), "x.png", (255, 255, 255), 0),
 }
 
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..utils.image_size import SOURCE_SIZE
@@ -223,7 +224,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image.copy()
     if image.mode == "I" or image.mode.startswith("I;16"):
-        # convert("L") would clip 16-bit values at 255 (a white image); scale them instead. point()
-        # takes no big-endian I;16B (16-bit TIFF), so every 16-bit order goes through 32-bit "I" first.
-        return image.convert("I").point(lambda value: value / 256).convert("L").convert("RGB")
+        return sixteen_bit_to_rgb(image)
     return image.convert("RGB")
+
+
+def sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (convert("L") would clip at 255: a white image), its tRNS key value
+    white. Every byte order goes through 32-bit "I" first: numpy and point() take no big-endian I;16B."""
+    values = np.asarray(image.convert("I"))
+    gray = (values >> 8).clip(0, 255).astype(np.uint8)
+    key = image.info.get("transparency")
+    if isinstance(key, int):
+        gray[values == key] = 255
+    return Image.fromarray(gray).convert("RGB")
