@@ -246,7 +246,8 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     from fila_train.processing.chat_templates import get_template
     from fila_train.processing.tokenization import ConversationTokenizer
 
-    out = export(baseline_folder, tmp_path / "export", "--dtype", "fp32", "--format", "llava")
+    # torch's spelling, as generate's --dtype: both spellings are accepted by every command
+    out = export(baseline_folder, tmp_path / "export", "--dtype", "float32", "--format", "llava")
     ours = FilaForConditionalGeneration.from_pretrained(out).eval()
     # Loaded as the model card says, from the path of the "llava" folder (transformers 5.23 reads a local
     # subfolder="llava" generation_config.json from the parent folder).

@@ -168,7 +168,7 @@ def test_generate_cli_streams_the_answer(saved_model, tiny_assets, loaded, image
                                 GenerationOptions(max_new_tokens=STEPS))[0]
     capsys.readouterr()
     assert main(["generate", "--model", str(saved_model), "--image", str(image_path), "--prompt",
-                 "What is the title?", "--max_new_tokens", str(STEPS), "--dtype", "float32"]) == 0
+                 "What is the title?", "--max_new_tokens", str(STEPS), "--dtype", "fp32"]) == 0  # export's spelling
     assert capsys.readouterr().out.strip() == expected
     assert expected  # a random tiny model still says something in 5 tokens
 

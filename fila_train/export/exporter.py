@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from ..processing.processor import FilaProcessor, load_processor
 from ..utils.checkpoint_folders import incomplete_checkpoint
+from ..utils.dtypes import DTYPES
 from ..utils.errors import FilaError
 from ..utils.files import write_json_atomic
 from .artifacts import IMAGE_PROCESSOR_FILE, generation_config, image_processor_settings
@@ -23,7 +24,6 @@ from .source import find_source, has_safetensors, read_state_dict
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FORMATS = ("fila", "llava")
 
 

@@ -15,10 +15,10 @@ from ..model import FilaForConditionalGeneration
 from ..model.builder import build_model, is_fila_checkpoint, load_saved_model, load_tokenizer
 from ..model.llava_layout import folder_layout, release_config, release_projector_type
 from ..utils.checkpoint_folders import checkpoint_subfolders, incomplete_checkpoint
+from ..utils.dtypes import DTYPES
 from ..utils.errors import CheckpointError, ConfigError, FilaError
 
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(CheckpointError):
