@@ -227,6 +227,20 @@ def test_a_dataset_of_only_bad_records_fails_even_when_skipping(folder: Path, im
         dataset[0]
 
 
+def test_under_modality_grouping_the_error_names_the_side_with_no_usable_record(folder: Path, image_root: Path,
+                                                                               tokenizer) -> None:
+    """Grouped by modality, a bad image sample is replaced only by another image sample. When the image side has
+    none left, the text-only records are still fine: before, the error said "every record was skipped"."""
+    lines = [json.dumps(record("text", images=None)), BAD_LINES["truncated_image"][0]]
+    dataset = dataset_for(folder, image_root, tokenizer, lines, "skip")
+    dataset.modality_lengths = np.array([-20, 90])  # the truncated image's header is fine, so it measures
+    assert dataset[0]["id"] == "text"
+    with pytest.raises(SampleError, match="no usable sample with an image") as error:
+        dataset[1]
+    assert "every record with an image was skipped" in str(error.value)
+    assert "--group_by_modality_length" in str(error.value)
+
+
 def test_absolute_paths_are_allowed_only_when_the_source_says_so(tmp_path: Path, image_root: Path) -> None:
     from fila_train.data.validation import RecordError, check_record
 

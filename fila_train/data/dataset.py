@@ -126,8 +126,13 @@ class ReplacesUnusableSamples(Dataset):
         if set(self.unusable.values()) == {"overlong"}:
             raise SampleError(f"{self.describe()}: every sample exceeds model_max_length "
                               f"{self.options.max_length}", "overlong")
-        raise SampleError(f"no usable sample in {self.describe()}: every record was skipped "
-                          f"({dict(self.skip_counts)})", "no_usable_sample")
+        side, why = "", ""
+        if self.modality_lengths is not None:  # the other side may be fine: say which one ran out
+            side = " with an image" if self.modality_lengths[index] > 0 else " without an image"
+            why = ("; batches are grouped by modality (--group_by_modality_length), so a skipped sample is "
+                   "replaced only from its own side")
+        raise SampleError(f"no usable sample{side} in {self.describe()}: every record{side} was skipped "
+                          f"({dict(self.skip_counts)}){why}", "no_usable_sample")
 
     def _usable_sample(self, position: int, key: str) -> dict[str, Any] | None:
         """The sample at ``position``, or None once it is skipped (by the policies) and remembered as unusable."""
