@@ -523,6 +523,60 @@ def test_eval_finds_a_bad_prompt_before_it_answers_any_question(saved_model, tin
     assert batches == []  # before: [1, 1], two answers generated, then lost
 
 
+def test_an_eval_stopped_by_a_cut_image_goes_on_from_its_kept_answers(saved_model, tiny_assets, tmp_path, capsys,
+                                                                      monkeypatch):
+    """An image whose header is fine but whose body is cut is met only when its batch comes. Before, eval stopped
+    there and lost every answer before it; now they are kept, and once the image is mended the same command
+    answers only the rest, and writes what an uninterrupted run writes."""
+    from fila_train.cli import main
+    from fila_train.evaluation import evaluate
+
+    batches = []  # a spy: each batch is still answered by the real generate_answers
+    answer = evaluate.generate_answers
+    monkeypatch.setattr(evaluate, "generate_answers", lambda *args: batches.append(len(args[1])) or answer(*args))
+    questions = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
+                 .read_text().splitlines()][:4]
+    images = tmp_path / "images"
+    shutil.copytree(tiny_assets.image_folder, images)
+    whole = (images / questions[2]["image"]).read_bytes()
+    questions[2]["image"] = "cut.png"
+    (images / "cut.png").write_bytes(whole[:len(whole) // 2])  # its header is whole
+    bench = write_jsonl(tmp_path / "bench.jsonl", questions)
+
+    def run(output: str) -> int:
+        return main(["eval", "--bench", str(bench), "--metric", "anls", "--model", str(saved_model), "--image_folder",
+                     str(images), "--batch_size", "2", "--max_new_tokens", str(STEPS), "--dtype", "float32",
+                     "--output", str(tmp_path / output)])
+
+    assert run("out") == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{bench}:3: field 'image': unreadable image" in line and "the 2 answers before its batch are kept" in line
+    assert batches == [2]
+    (images / "cut.png").write_bytes(whole)  # mended
+    assert run("out") == 0 and batches == [2, 2]  # the first batch is not answered again
+    assert not (tmp_path / "out" / "answers_so_far.jsonl").exists()
+    assert run("uninterrupted") == 0 and batches == [2, 2, 2, 2]
+    for name in ("predictions.jsonl", "answers.jsonl"):
+        assert (tmp_path / "out" / name).read_text() == (tmp_path / "uninterrupted" / name).read_text()
+
+
+def test_kept_answers_are_whole_batches_of_the_same_model_settings_and_questions(tmp_path):
+    from fila_train.evaluation.answer_log import ANSWER_LOG_FILE, AnswerLog
+
+    key = {"model": "m", "max_new_tokens": 4}
+    questions = ["q0", "q1", "q2", "q3", "q4"]
+    with AnswerLog(tmp_path, key, questions, batch_size=2) as log:
+        log.append(["a0", "a1"])
+        log.append(["a2", "a3"])
+    assert AnswerLog(tmp_path, key, questions, 2).kept == ["a0", "a1", "a2", "a3"]
+    assert AnswerLog(tmp_path, key, questions, 3).kept == ["a0", "a1", "a2"]  # another batch size: whole batches
+    assert AnswerLog(tmp_path, {**key, "max_new_tokens": 8}, questions, 2).kept == []  # other settings
+    assert AnswerLog(tmp_path, key, ["q0", "q1", "changed", "q3", "q4"], 2).kept == ["a0", "a1"]
+    path = tmp_path / ANSWER_LOG_FILE
+    path.write_text(path.read_text()[:-5])  # the last line cut by the stop
+    assert AnswerLog(tmp_path, key, questions, 1).kept == ["a0", "a1", "a2"]
+
+
 @pytest.mark.parametrize("lines, flags, message", [
     ([{"id": 1, "question": "q?", "answers": ["a"]}, {"id": 2, "question": "q?"}], [],
      r"bench.jsonl:2: field 'answers' must be"),

@@ -4,7 +4,8 @@ Several --bench files share one model load; each writes to OUTPUT/<bench name> (
 Per bench: OUTPUT/predictions.jsonl (id, question, prediction, answers, score per question),
 OUTPUT/score.json (metric, score = mean per-question score in [0, 1], count, bench, model) and
 OUTPUT/answers.jsonl in LLaVA's answer-file format. A LLaVA question file (question_id, image, text; no
-answers) is answered without --metric: answers.jsonl only.
+answers) is answered without --metric: answers.jsonl only. Answers are kept in OUTPUT/answers_so_far.jsonl as
+they come, so a run that stops part-way goes on from there when the same command runs again (answer_log.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..inference.loading import ModelLoadError, ModelOptions
 from ..utils.argument_parser import StrictArgumentParser
 from ..utils.errors import ConfigError
 from ..utils.scores import format_score
+from .answer_log import ANSWER_LOG_FILE
 from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_answers, write_results
 from .metrics import METRICS, get_metric
@@ -69,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         for bench, questions in benches.items():
             logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
                         len(questions), bench, metric.name if metric else "none: answers only", args.batch_size)
+            output = args.output_dir(model_options.model, bench)
             predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
-                                  SHORT_ANSWER_PROMPT if args.short_answer_prompt else None)
-            report(bench, questions, predictions, metric, model_options.model, args.output_dir(model_options.model, bench))
+                                  SHORT_ANSWER_PROMPT if args.short_answer_prompt else None, output)
+            report(bench, questions, predictions, metric, model_options.model, output)
+            (output / ANSWER_LOG_FILE).unlink(missing_ok=True)  # the results now hold every answer
     except (BenchError, AnnotationError, ModelLoadError) as error:
         print(f"fila-train eval: error: {error}", file=sys.stderr)
         return 1

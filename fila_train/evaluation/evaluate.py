@@ -12,6 +12,7 @@ from ..data.images import image_size, load_rgb_image
 from ..inference.generation import GenerationOptions, Prompt, build_prompt, generate_answers, prompt_ids
 from ..inference.loading import InferenceModel
 from ..utils.files import write_json_atomic, write_jsonl_atomic
+from .answer_log import AnswerLog, answers_key, question_fingerprint
 from .bench import BenchError, BenchQuestion
 from .metrics import Metric, mean_score
 
@@ -64,16 +65,26 @@ def check_prompts(loaded: InferenceModel, questions: list[BenchQuestion], image_
 
 
 def predict(loaded: InferenceModel, questions: list[BenchQuestion], image_folder: Path | None,
-            max_new_tokens: int, batch_size: int, instruction: str | None) -> list[str]:
-    """Greedy answers in question order, ``batch_size`` prompts per left-padded batch."""
+            max_new_tokens: int, batch_size: int, instruction: str | None, output: Path) -> list[str]:
+    """Greedy answers in question order, ``batch_size`` prompts per left-padded batch. Answers are kept in
+    ``output`` as they come (answer_log), and a rerun after a stop starts where it stopped."""
     check_prompts(loaded, questions, image_folder, instruction)
     options = GenerationOptions(max_new_tokens=max_new_tokens)
-    predictions: list[str] = []
-    with tqdm(total=len(questions), desc="eval", unit="question") as progress:
-        for start in range(0, len(questions), batch_size):
+    key = answers_key(Path(loaded.path), f"{loaded.model.dtype} on {loaded.device}",
+                      {"instruction": instruction, "max_new_tokens": max_new_tokens, "batch_size": batch_size})
+    log = AnswerLog(output, key, [question_fingerprint(item, image_folder) for item in questions], batch_size)
+    predictions = list(log.kept)
+    with log, tqdm(total=len(questions), initial=len(predictions), desc="eval", unit="question") as progress:
+        for start in range(len(predictions), len(questions), batch_size):
             batch = questions[start:start + batch_size]
-            prompts = [_prompt(loaded, item, image_folder, instruction) for item in batch]
-            predictions.extend(generate_answers(loaded, prompts, options))
+            try:  # only the header was read up front: a cut image body fails here
+                prompts = [_prompt(loaded, item, image_folder, instruction) for item in batch]
+            except BenchError as error:
+                raise BenchError(f"{error} (the {start} answers before its batch are kept in {log.path}: the same "
+                                 f"command goes on from there)") from None
+            answers = generate_answers(loaded, prompts, options)
+            log.append(answers)
+            predictions.extend(answers)
             progress.update(len(batch))
     return predictions
 
