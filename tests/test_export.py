@@ -240,6 +240,27 @@ def test_importing_the_model_needs_no_training_code():
 # ----------------------------------------------------------------------------- (c) --format llava
 
 
+def test_the_llava_folder_reads_a_legacy_llama_tokenizer_back_as_it_trained(baseline_folder, tmp_path):
+    """transformers 5 saves a Llama tokenizer loaded with legacy=True (Mistral-7B's, older Llama conversions)
+    without the flag, and a LlamaTokenizer reads it back legacy=False ("</s>USER" one token fewer); our own folder
+    needed the flag written back (test_token_parity). The llava folder's tokenizer loads as the generic class
+    from tokenizer.json, so it gives the training ids as it is: this keeps it so."""
+    from transformers import AutoProcessor, LlamaTokenizer
+
+    from fila_train.export.llava import write_llava
+    from fila_train.processing.processor import FilaProcessor
+    from distributed_utils import LLAMA2_DIR
+
+    if not (LLAMA2_DIR / "tokenizer.model").is_file():
+        pytest.skip(f"no Llama-2 SentencePiece tokenizer at {LLAMA2_DIR}")
+    model = FilaForConditionalGeneration.from_pretrained(baseline_folder)
+    trained = LlamaTokenizer.from_pretrained(str(LLAMA2_DIR), legacy=True)
+    write_llava(model, FilaProcessor.for_model(trained, model.config), tmp_path / "llava", torch.float32, "5GB")
+    text = "USER: Hi ASSISTANT: Hello</s>USER: And then? ASSISTANT:"
+    served = AutoProcessor.from_pretrained(tmp_path / "llava").tokenizer
+    assert served(text)["input_ids"] == trained(text)["input_ids"]
+
+
 def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 

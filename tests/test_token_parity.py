@@ -268,3 +268,47 @@ def test_training_ids_equal_the_whole_prompt_tokenized_at_once(tokenizers_by_fam
     assert all("merge with the template's text" in message and message.startswith("conversations[")
                for message in refused), refused[:3]
     assert equal >= 0.9 * RECORDS_PER_FAMILY, (equal, refused[:3])
+
+
+@pytest.mark.parametrize(("family", "template"), CASES)
+def test_a_saved_processor_gives_the_training_ids_again(tokenizers_by_family, family: str, template: str,
+                                                       tmp_path: Path) -> None:
+    """Every checkpoint and export saves the processor; generate, eval, export and a resumed run read it back.
+    Before, a Llama tokenizer with legacy=True (Mistral-7B's, older Llama conversions) came back from
+    transformers 5's save as legacy=False: other ids for the same prompt ("</s>USER" is one token less), unsaid."""
+    from test_processor import tiny_config
+
+    from fila_train.processing.processor import FilaProcessor, load_processor
+
+    config = tiny_config(template)
+    trained = FilaProcessor.for_model(tokenizers_by_family(family), config)
+    trained.save_pretrained(tmp_path)
+    served = load_processor(tmp_path, config)
+    compared = 0
+    for conversations, counts in generated_records(seed=zlib.crc32(f"saved/{family}/{template}".encode()), count=60):
+        try:
+            expected = trained.conversations.encode(conversations, counts)
+        except ConversationError:
+            continue
+        assert served.conversations.encode(conversations, counts).input_ids == expected.input_ids, conversations
+        compared += 1
+    assert compared >= 50
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_run_stops_before_its_weights_when_its_tokenizer_would_not_read_back_alike(tokenizers_by_family, family,
+                                                                                     monkeypatch):
+    """The run checks up front that its tokenizer, saved and read back as checkpoints are, gives the same ids:
+    it passes for every family here, and stops a run (one line, before the weights) where the save would drop a
+    setting, as transformers 5 drops legacy=True when nothing writes it back."""
+    from fila_train.processing import saved_tokenizer
+    from fila_train.utils.errors import ConfigError
+
+    template = FAMILIES[family][0][-1]
+    conversations = ConversationTokenizer(tokenizers_by_family(family), get_template(template), IMAGE_TOKEN_ID)
+    saved_tokenizer.check_saved_alike(conversations)
+    if family == "llama2-fast-legacy":
+        monkeypatch.setattr(saved_tokenizer, "keep_tokenizer_settings", lambda tokenizer, folder: None)
+        with pytest.raises(ConfigError, match=r"is read back from its own save_pretrained with other ids") as error:
+            saved_tokenizer.check_saved_alike(conversations)
+        assert "\n" not in str(error.value)

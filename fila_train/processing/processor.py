@@ -21,6 +21,7 @@ from ..model.builder import pretrained_tokenizer, refuse_tokenizer_code
 from ..utils.errors import ConfigError
 from .chat_templates import IMAGE_PLACEHOLDER, get_template
 from .image_processing import FilaImageProcessor
+from .saved_tokenizer import keep_tokenizer_settings
 from .tokenization import ConversationTokenizer, with_image_token
 
 PROCESSOR_FILE = "processor_config.json"
@@ -47,6 +48,11 @@ class FilaProcessor(ProcessorMixin):
         """The processor of a model (FilaConfig) with its tokenizer: the one place the parts are assembled."""
         return cls(FilaImageProcessor.for_model_config(config), tokenizer,
                    conversation_template=config.conversation_template, image_token_index=config.image_token_id)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        keep_tokenizer_settings(self.tokenizer, save_directory)
+        return saved
 
     @property
     def conversations(self) -> ConversationTokenizer:

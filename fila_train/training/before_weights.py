@@ -6,6 +6,7 @@ from ..model.builder import built_parts, image_token_counts, pretrained_tokenize
 from ..model.configuration import IMAGE_TOKEN_ID
 from ..model.liger import liger_patchers
 from ..processing.chat_templates import get_template
+from ..processing.saved_tokenizer import check_saved_alike
 from ..processing.tokenization import ConversationTokenizer
 from ..utils.errors import ConfigError
 from .arguments import ModelArguments, TrainingArguments
@@ -27,8 +28,9 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments) ->
     if args.use_liger:
         liger_patchers()
     # The template's control tokens: the tokenizer alone says whether it can write them.
-    ConversationTokenizer(pretrained_tokenizer(model_args.model_name_or_path),
-                          get_template(model_args.conversation_template), IMAGE_TOKEN_ID)
+    conversations = ConversationTokenizer(pretrained_tokenizer(model_args.model_name_or_path),
+                                          get_template(model_args.conversation_template), IMAGE_TOKEN_ID)
+    check_saved_alike(conversations)
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
                                         vision_encoder=model_args.vision_encoder,
                                         vision_options=model_args.vision_options()), args.model_max_length)
