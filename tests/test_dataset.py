@@ -244,6 +244,23 @@ def test_sample_with_no_trained_tokens_is_an_error(tmp_path: Path, image_folder:
     assert_sample_error(dataset, 0, f"{path}:1", "'silent'", "no token is trained")
 
 
+def test_a_sample_whose_only_trained_label_is_its_first_token_is_an_error(tmp_path: Path, image_folder: Path) -> None:
+    """The first position is never predicted (nothing comes before it), padded or packed. Before, a text-only
+    caption of one token under plain with a tokenizer that writes no BOS (Qwen2's) counted as trained and
+    trained with loss 0."""
+    from test_token_parity import qwen2_style
+
+    tokenizer = qwen2_style(tmp_path / "qwen2")
+    assert tokenizer.bos_token is None
+    path = write_annotations(tmp_path / "data.jsonl", [{"id": "dot", "conversations": [
+        {"from": "human", "value": "Say something."}, {"from": "gpt", "value": "."}]}])
+    conversations = ConversationTokenizer(tokenizer, get_template("plain"), IMAGE_TOKEN_ID)
+    sample = conversations.encode(json.loads(path.read_text())["conversations"])
+    assert len(sample.input_ids) == 1 and sample.labels == sample.input_ids  # the caption's one token, at 0
+    dataset = ConversationDataset(path, image_folder, conversations, PROCESSOR, DatasetOptions(64))
+    assert_sample_error(dataset, 0, f"{path}:1", "'dot'", "no token is trained")
+
+
 def test_placeholder_and_image_count_mismatch_is_a_sample_error(tmp_path: Path, tokenizer,
                                                                 image_folder: Path) -> None:
     bad = record("mismatch", images=["red.png", "green.png"])

@@ -25,7 +25,8 @@ class TokenizedSample:
 
     @property
     def num_trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+        """Labels that reach the loss: the first position is never predicted (nothing comes before it)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
 
 def check_text(value: str, index: int) -> None:
