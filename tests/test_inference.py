@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from fila_train.inference.generation import (
     build_prompt,
     generate_answers,
     generate_ids,
+    prompt_ids,
 )
 from fila_train.inference.loading import load_model
 from fila_train.processing.processor import left_padded
@@ -110,6 +112,23 @@ def test_folder_generation_config_does_not_change_greedy_decoding(loaded, saved_
     prompts = batch_prompts(loaded, images)
     options = GenerationOptions(max_new_tokens=STEPS)
     assert generate_ids(load_model(tmp_path, "float32", "cpu"), prompts, options) == generate_ids(loaded, prompts, options)
+
+
+def test_a_model_trained_with_the_plain_template_says_it_reads_no_prompt_text(saved_model, tmp_path, caplog):
+    """LLaVA's plain template (stage 1) keeps a prompt's images and drops its text, at training and so at serving:
+    generate and eval answered every question with a caption, and nothing said the question was not read."""
+    folder = tmp_path / "stage1"
+    shutil.copytree(saved_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "conversation_template": "plain"}))
+    with caplog.at_level(logging.WARNING, logger="fila_train.inference"):
+        stage1 = load_model(folder, dtype="float32", device="cpu")
+    assert f"{folder} was trained with the 'plain' template" in caplog.text and "reads no prompt text" in caplog.text
+    assert prompt_ids(stage1, "What is the title?", 4) == prompt_ids(stage1, "Something else entirely.", 4)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fila_train.inference"):
+        load_model(saved_model, dtype="float32", device="cpu")
+    assert "reads no prompt text" not in caplog.text
 
 
 def test_not_a_model_folder(tmp_path):

@@ -1,6 +1,7 @@
 """Load a saved model folder for inference: the model, its tokenizer, image processor and template."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from ..model.llava_layout import folder_layout, release_config, release_projecto
 from ..utils.checkpoint_folders import checkpoint_subfolders, incomplete_checkpoint
 from ..utils.dtypes import DTYPES
 from ..utils.errors import CheckpointError, ConfigError, FilaError
+
+logger = logging.getLogger(__name__)
 
 LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's model_max_length, for a release folder's tokenizer
 
@@ -134,6 +137,11 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     # generate() fills every option we leave unset from the folder's generation_config.json (e.g. an
     # LLM's sampling or beam defaults); GenerationOptions alone decides, so that file is not used.
     model.generation_config = GenerationConfig()
+    template = processor.conversations.template
+    if not template.reads_human_text:
+        logger.warning("%s was trained with the %r template (stage 1's captions), which reads no prompt text: "
+                       "every prompt gets a caption of its image, whatever it asks; a stage-2 model answers "
+                       "questions", path, template.name)
     return InferenceModel(model, processor, path)
 
 

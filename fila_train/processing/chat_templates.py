@@ -55,6 +55,7 @@ class ConversationTemplate:
     default_system: ClassVar[str] = ""
     end_of_turn: ClassVar[str]  # what closes an assistant turn (trained; generation stops on it)
     control_tokens: ClassVar[tuple[str, ...]] = ()  # must each be one token of the tokenizer
+    reads_human_text: ClassVar[bool] = True  # False: a prompt's text is dropped, only its images stay
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False,
                bos_token: str | None = None) -> RenderedConversation:
@@ -79,6 +80,7 @@ class PlainTemplate(ConversationTemplate):
 
     name = "plain"
     end_of_turn = "\n"
+    reads_human_text = False
     jinja = (
         CONTENT_MACRO +
         "{%- if bos_token -%}{{- bos_token -}}{%- endif -%}"
