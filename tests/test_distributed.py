@@ -155,6 +155,24 @@ def test_a_resume_that_cannot_continue_the_run_is_one_line_before_the_model_is_b
     assert not (output / "run_args.json").exists()  # written once the model is built
 
 
+def test_a_resume_with_other_rates_schedule_length_or_parts_is_one_line_before_the_model_is_built(stage1, tmp_path):
+    """transformers reloads the optimizer, the schedule and the trainer state with the checkpoint's values. Before,
+    a resume with --learning_rate 1e-3 logged "lr=0.001" and trained on at the checkpoint's rate, a longer
+    --max_steps trained its first new step at rate 0, and other --tune_parts were a traceback once the model
+    had loaded."""
+    args, full = stage1
+    checkpoint = full.output_dir / f"checkpoint-{CHECKPOINT_STEP}"
+    error = refused_resume(checkpoint, tmp_path / "resumed", 2, [
+        *args, "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--max_steps", "8",
+        "--tune_parts", "connector,llm"])
+    assert f"{checkpoint} was trained with other settings than this run's (" in error, error
+    for fragment in ("(--learning_rate, --part_lr, --<part>_lr): {'connector': 0.01} there, "
+                     "{'connector': 0.001, 'llm': 0.001} here",
+                     "--lr_scheduler_type: linear there, constant here", f"--max_steps: {STEPS} there, 8 here",
+                     "--tune_parts: ['connector'] there, ['connector', 'llm'] here"):
+        assert fragment in error, (fragment, error)
+
+
 def refused_resume(checkpoint, output, nproc: int, args: list[str]) -> str:
     """The one error line of a resume from ``checkpoint`` that must be refused."""
     run = subprocess.run(

@@ -2,12 +2,15 @@
 
 A checkpoint's step says how many batches to skip. That lands on the right records only with the same
 global batch, the same data and the same order; and ZeRO's optimizer state loads only into as many
-processes as wrote it. Each difference is refused in one line. What a manifest does not record (one
-written by an older version) is not checked.
+processes as wrote it. The optimizer, the learning-rate schedule and the trainer state come back with the
+checkpoint's own rates, schedule, length and intervals, whatever the resumed run's flags say. Each
+difference is refused in one line. What a manifest does not record (one written by an older version) is
+not checked.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +93,44 @@ class DataOrder:
                        None if lengths is None else str(lengths))
         except (KeyError, TypeError, ValueError):
             return None
+
+
+# A run setting -> the flags that set it, for the message.
+SETTING_FLAGS = {"learning_rates": "the learning rate by part (--learning_rate, --part_lr, --<part>_lr)",
+                 "lora": "LoRA (--lora_r, --lora_alpha, --lora_dropout, --lora_target, --bits)"}
+
+
+def run_settings(args, lora: dict | None) -> dict:
+    """What a checkpoint's optimizer, scheduler and trainer state carry: transformers reloads them on resume, so
+    a resumed run with other flags trained on with the checkpoint's values (while logging its own). ``args``:
+    the run's TrainingArguments; ``lora``: its LoRA settings (ModelArguments.lora_settings())."""
+    def named(value):  # transformers' enums (SchedulerType, OptimizerNames) as their flag value
+        return getattr(value, "value", value)
+
+    length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": args.num_train_epochs}
+    settings = {"tune_parts": sorted(args.parts()),
+                "learning_rates": {part: args.part_learning_rate(part) for part in sorted(args.parts())},
+                "lr_scheduler_type": named(args.lr_scheduler_type), "lr_scheduler_kwargs": args.lr_scheduler_kwargs or {},
+                "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay, "optim": named(args.optim),
+                "adam_beta1": args.adam_beta1, "adam_beta2": args.adam_beta2, "adam_epsilon": args.adam_epsilon,
+                **length, "save_steps": args.save_steps, "logging_steps": args.logging_steps, "lora": lora}
+    return {"settings": json.loads(json.dumps(settings))}  # as the manifest holds them (tuples as lists)
+
+
+def check_resume_settings(checkpoint: Path, settings: dict) -> None:
+    """Refuse, before any weights load, a resume whose flags the checkpoint's state would silently override."""
+    saved, current = read_manifest(checkpoint).get("settings"), settings["settings"]
+    if not isinstance(saved, dict):
+        return
+    changed = [name for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name)]
+    if changed:
+        differences = "; ".join(f"{SETTING_FLAGS.get(name, '--' + name)}: {saved.get(name)} there, "
+                                f"{current.get(name)} here" for name in changed)
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was trained with other settings than this run's ({differences}): "
+            f"a resume continues the checkpoint's optimizer, learning-rate schedule and save/log intervals, which come "
+            f"back with the checkpoint's values; resume with its flags, or start a new run from its weights "
+            f"(--model_name_or_path {checkpoint}) to train with these")
 
 
 def check_resume_layout(checkpoint: Path, layout: BatchLayout, partitioned_optimizer: bool,

@@ -28,7 +28,7 @@ from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .before_weights import check_before_weights
 from .build_locks import reporting_build_locks
 from .checkpoints import resolve_resume, where_to_resume
-from .resume_checks import BatchLayout, check_resume_data, check_resume_layout
+from .resume_checks import BatchLayout, check_resume_data, check_resume_layout, check_resume_settings, run_settings
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
 from .llava_flags import translate_llava_flags
@@ -111,6 +111,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 partitioned_optimizer=bool(args.deepspeed) and partitions_optimizer_state(
                     args.hf_deepspeed_config.config),
                 check_batch=not args.ignore_data_skip, batch_from_checkpoint=args.auto_find_batch_size)
+            check_resume_settings(Path(args.resume_from_checkpoint), run_settings(args, model_args.lora_settings()))
         if args.deepspeed:
             import deepspeed
 
@@ -187,7 +188,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
                           data_collator=build_collator(args.packing, model_args.attn_implementation,
                                                        tokenizer.pad_token_id,
                                                        processor.image_processor.encoder_processor),
-                          processing_class=processor)
+                          processing_class=processor, run_settings=run_settings(args, model_args.lora_settings()))
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

@@ -64,8 +64,10 @@ if not hasattr(Trainer, "_run_epoch"):  # FilaTrainer._run_epoch below would sil
 
 
 class FilaTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, run_settings: dict | None = None, **kwargs):
+        """``run_settings``: resume_checks.run_settings of the run, recorded in each checkpoint's manifest."""
         super().__init__(*args, **kwargs)
+        self.run_settings = run_settings or {}
         if self.pop_callback(ProgressCallback) is not None:  # present unless --disable_tqdm
             self.add_callback(ReadableProgress)
         self._tokens_since_log = 0
@@ -278,10 +280,11 @@ class FilaTrainer(Trainer):
 
     def resume_facts(self) -> dict:
         """What a run resumed from this run's checkpoints must share with it (resume_checks.py)."""
-        facts = BatchLayout(world_size(), self._train_batch_size, self.args.gradient_accumulation_steps)
+        facts = (BatchLayout(world_size(), self._train_batch_size, self.args.gradient_accumulation_steps)
+                 .manifest_fields() | self.run_settings)
         if not isinstance(self.train_dataset, MixtureDataset):  # a dataset of one's own: its order is unknown
-            return facts.manifest_fields()
-        return facts.manifest_fields() | data_order(self.train_dataset, self.args).manifest_fields()
+            return facts
+        return facts | data_order(self.train_dataset, self.args).manifest_fields()
 
     @property
     def tokens_seen(self) -> int:
