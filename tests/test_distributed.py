@@ -173,6 +173,18 @@ def test_a_resume_with_other_rates_schedule_length_or_parts_is_one_line_before_t
         assert fragment in error, (fragment, error)
 
 
+def test_a_model_only_checkpoint_is_refused_for_resume(stage1, tmp_path):
+    """--save_only_model writes no optimizer, scheduler or random state. Before, a resume from such a checkpoint
+    went on with a fresh optimizer and a restarted schedule, exit 0, as if it continued the run."""
+    args, _ = stage1
+    model_only = [*args, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--save_only_model", "True"]
+    run = run_distributed(model_only, tmp_path / "run", nproc=1)
+    checkpoint = run.output_dir / "checkpoint-2"
+    error = refused_resume(checkpoint, tmp_path / "resumed", 1, model_only)
+    assert f"{checkpoint} was saved with --save_only_model" in error, error
+    assert f"--model_name_or_path {checkpoint}" in error
+
+
 def refused_resume(checkpoint, output, nproc: int, args: list[str]) -> str:
     """The one error line of a resume from ``checkpoint`` that must be refused."""
     run = subprocess.run(

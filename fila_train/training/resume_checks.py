@@ -118,8 +118,15 @@ def run_settings(args, lora: dict | None) -> dict:
 
 
 def check_resume_settings(checkpoint: Path, settings: dict) -> None:
-    """Refuse, before any weights load, a resume whose flags the checkpoint's state would silently override."""
-    saved, current = read_manifest(checkpoint).get("settings"), settings["settings"]
+    """Refuse, before any weights load, a resume from a checkpoint without training state (--save_only_model), or
+    one whose flags the checkpoint's state would silently override."""
+    manifest = read_manifest(checkpoint)
+    if manifest.get("save_only_model") is True:  # transformers would go on with a fresh optimizer and schedule
+        raise CheckpointError(
+            f"--resume_from_checkpoint {checkpoint} was saved with --save_only_model: it holds the weights but no "
+            f"optimizer, learning-rate schedule or random state, so no resume continues the run from it; start a new "
+            f"run from its weights (--model_name_or_path {checkpoint})")
+    saved, current = manifest.get("settings"), settings["settings"]
     if not isinstance(saved, dict):
         return
     changed = [name for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name)]

@@ -281,7 +281,7 @@ class FilaTrainer(Trainer):
     def resume_facts(self) -> dict:
         """What a run resumed from this run's checkpoints must share with it (resume_checks.py)."""
         facts = (BatchLayout(world_size(), self._train_batch_size, self.args.gradient_accumulation_steps)
-                 .manifest_fields() | self.run_settings)
+                 .manifest_fields() | self.run_settings | {"save_only_model": self.args.save_only_model})
         if not isinstance(self.train_dataset, MixtureDataset):  # a dataset of one's own: its order is unknown
             return facts
         return facts | data_order(self.train_dataset, self.args).manifest_fields()
