@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -185,12 +186,29 @@ def test_a_model_only_checkpoint_is_refused_for_resume(stage1, tmp_path):
     assert f"--model_name_or_path {checkpoint}" in error
 
 
+def test_a_run_into_a_folder_with_checkpoints_is_refused_unless_it_resumes(stage1, tmp_path):
+    """The scripts keep one checkpoint (--save_total_limit 1). Before, running the same command again after a
+    crash started over, and its first save rotated out the crashed run's only checkpoint, exit 0."""
+    args, full = stage1
+    output = tmp_path / "again"
+    output.mkdir()
+    shutil.copytree(full.output_dir / f"checkpoint-{CHECKPOINT_STEP}", output / f"checkpoint-{CHECKPOINT_STEP}")
+    error = refused_run(output, 1, args)
+    assert f"--output_dir {output} holds checkpoint-{CHECKPOINT_STEP} of an earlier run" in error, error
+    assert "--resume_from_checkpoint latest" in error
+    assert (output / f"checkpoint-{CHECKPOINT_STEP}").is_dir() and not (output / "run_args.json").exists()
+
+
 def refused_resume(checkpoint, output, nproc: int, args: list[str]) -> str:
     """The one error line of a resume from ``checkpoint`` that must be refused."""
+    return refused_run(output, nproc, [*args, "--resume_from_checkpoint", str(checkpoint)])
+
+
+def refused_run(output, nproc: int, args: list[str]) -> str:
+    """The one error line of a run that must be refused."""
     run = subprocess.run(
         [sys.executable, "-m", "fila_train.training.launch", "--nproc_per_node", str(nproc), "--master_port",
-         str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output), *args,
-         "--resume_from_checkpoint", str(checkpoint)],
+         str(free_port()), "-m", "fila_train.cli", "train", "--output_dir", str(output), *args],
         cwd=REPO, env=rank_environment(), capture_output=True, text=True, timeout=300)
     assert run.returncode == REPORTED_EXIT_CODE, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if ": error: " in line]

@@ -116,6 +116,18 @@ def where_to_resume(run_dir: str | Path) -> str:
     return f"the newest complete checkpoint is {chosen}: --resume_from_checkpoint latest continues from it"
 
 
+def refuse_start_over(output_dir: str | Path) -> None:
+    """A run without --resume_from_checkpoint would start from step 0 in a folder that holds an earlier run's
+    checkpoints, and rotate them out at its first saves (the scripts keep one): a crashed run's only checkpoint
+    would be lost to rerunning the same command."""
+    earlier = [folder.name for folder in reversed(checkpoints_by_step(Path(output_dir))) if folder.parent == Path(output_dir)]
+    if earlier:
+        raise CheckpointError(
+            f"--output_dir {output_dir} holds {', '.join(earlier)} of an earlier run, which this run would start "
+            f"over from step 0 and rotate out as it saves: --resume_from_checkpoint latest continues that run ('auto' "
+            f"continues one where there is one); to start over, give another --output_dir or remove those folders")
+
+
 def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
     """``--resume_from_checkpoint`` as a checked folder: ``latest`` / ``auto`` pick the newest complete
     checkpoint in ``output_dir`` (``auto`` starts from scratch when none was ever published); a path must

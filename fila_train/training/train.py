@@ -27,7 +27,7 @@ from ..utils.errors import ConfigError, FilaError, Interrupted
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .before_weights import check_before_weights
 from .build_locks import reporting_build_locks
-from .checkpoints import resolve_resume, where_to_resume
+from .checkpoints import refuse_start_over, resolve_resume, where_to_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout, check_resume_settings, run_settings
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
@@ -103,6 +103,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             logger.info(note)
         # Before DeepSpeed starts: a refused run must not be killed inside its op build (a killed build leaves
         # a lock file behind that every later run waits on).
+        if args.resume_from_checkpoint is None:
+            refuse_start_over(args.output_dir)
         args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
         if args.resume_from_checkpoint is not None:
             check_resume_layout(
