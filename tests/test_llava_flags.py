@@ -14,17 +14,32 @@ from fila_train.utils.errors import ConfigError
 
 BASE = ["--model_name_or_path", "llm", "--vision_tower", "clip", "--data_path", "data.jsonl", "--output_dir", "out"]
 
-# LLaVA-1.5's finetune.sh flags (the model-side ones) and the same run in our spelling.
-LLAVA_STAGE2 = ["--version", "v1", "--mm_projector_type", "mlp2x_gelu", "--pretrain_mm_mlp_adapter",
-                "stage1/mm_projector.bin", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
-                "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--tune_mm_mlp_adapter", "False",
-                "--freeze_backbone", "False", "--mm_vision_tower_lr", "2e-6", "--mm_projector_lr", "2e-5",
-                "--lazy_preprocess", "True", "--evaluation_strategy", "no", "--mm_vision_select_feature", "patch",
-                "--gradient_checkpointing", "True"]
-OURS_STAGE2 = ["--conversation_template", "vicuna_v1", "--connector_type", "mlp2x_gelu", "--pretrained_connector",
-               "stage1/mm_projector.bin", "--vision_feature_layer=-2", "--tune_parts", "connector,llm",
-               "--vision_lr", "2e-6", "--connector_lr", "2e-5", "--eval_strategy", "no",
-               "--activation_checkpointing", "True"]
+# LLaVA-1.5's stage 2 as scripts/v1_5/finetune.sh runs it (haotian-liu/LLaVA), less what this machine cannot take
+# (--deepspeed, --bf16, --tf32, --report_to): no --tune_mm_mlp_adapter, so LLaVA's default (False) trains the LLM
+# and the projector.
+LLAVA_15_FINETUNE = [
+    "--version", "v1", "--pretrain_mm_mlp_adapter", "./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin",
+    "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
+    "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--group_by_modality_length", "True",
+    "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "4",
+    "--gradient_accumulation_steps", "1", "--evaluation_strategy", "no", "--save_strategy", "steps",
+    "--save_steps", "50000", "--save_total_limit", "1", "--learning_rate", "2e-5", "--weight_decay", "0.",
+    "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--model_max_length", "2048",
+    "--gradient_checkpointing", "True", "--dataloader_num_workers", "4", "--lazy_preprocess", "True"]
+# The same run in our spelling.
+OURS_15_FINETUNE = [
+    "--conversation_template", "vicuna_v1", "--pretrained_connector",
+    "./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin", "--connector_type", "mlp2x_gelu",
+    "--vision_feature_layer=-2", "--tune_parts", "connector,llm", "--group_by_modality_length", "True",
+    "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "4",
+    "--gradient_accumulation_steps", "1", "--eval_strategy", "no", "--save_strategy", "steps",
+    "--save_steps", "50000", "--save_total_limit", "1", "--learning_rate", "2e-5", "--weight_decay", "0.",
+    "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--model_max_length", "2048",
+    "--activation_checkpointing", "True", "--dataloader_num_workers", "4"]
+# The other aliases, on top of it: LLaVA's rates and the values that are our behaviour already.
+LLAVA_STAGE2 = LLAVA_15_FINETUNE + ["--freeze_backbone", "False", "--mm_projector_lr", "2e-5",
+                                    "--mm_vision_select_feature", "patch"]
+OURS_STAGE2 = OURS_15_FINETUNE + ["--connector_lr", "2e-5"]
 
 
 def as_dicts(parsed) -> list[dict]:
@@ -38,10 +53,35 @@ def test_a_llava_flag_line_parses_to_the_same_run_as_ours():
         as_dicts(parse_args(BASE + ["--tune_parts", "connector"]))
 
 
+def test_llava_1_5_s_stage_2_line_trains_the_llm_and_the_connector_as_in_llava():
+    """LLaVA's finetune.sh gives no --tune_mm_mlp_adapter: its default (False) trains the LLM and the projector.
+    Before, the line trained the connector alone (our --tune_parts default), and said nothing."""
+    assert as_dicts(parse_args(BASE + LLAVA_15_FINETUNE)) == as_dicts(parse_args(BASE + OURS_15_FINETUNE))
+    _, notes = translate_llava_flags(BASE + LLAVA_15_FINETUNE)
+    assert ("LLaVA's --tune_mm_mlp_adapter False (its default: not given) is --tune_parts connector,llm here: "
+            "the LLM and the connector train") in notes
+    # FILA's "mm_mlp_adapter" is the connector and CVFM: they train with the LLM.
+    argv, _ = translate_llava_flags(["--vision_encoder", "fila_hybrid", "--version", "v1"])
+    assert "--tune_parts=connector,cvfm,llm" in argv
+
+
+@pytest.mark.parametrize("flags, parts", [
+    (["--version", "v1", "--tune_parts", "connector"], ["connector"]),  # ours, given: it stands
+    (["--version", "v1", "--tune-parts=vision,connector"], ["vision", "connector"]),
+    (["--version", "plain", "--tune_mm_mlp_adapter", "True"], ["connector"]),
+    ([], ["connector"]),  # no LLaVA flag: our default
+    (["--gradient_checkpointing", "True"], ["connector"]),  # transformers' old name, not a LLaVA flag
+])
+def test_llava_s_default_applies_only_to_a_llava_line_that_chooses_no_parts(flags, parts):
+    assert parse_args(BASE + flags)[2].parts() == parts
+
+
 def test_every_alias_used_is_named_once():
     argv, notes = translate_llava_flags(BASE + LLAVA_STAGE2)
-    named = {note.split()[1] for note in notes}
-    assert named == {f"--{name}" for name in LLAVA_FLAGS}  # the stage-2 line uses every alias once
+    # the vision tower's rate needs the vision tower trained
+    _, vision_notes = translate_llava_flags(["--tune_parts", "vision,connector,llm", "--mm_vision_tower_lr", "2e-6"])
+    named = [note.split()[1] for note in notes + vision_notes]
+    assert sorted(named) == sorted(f"--{name}" for name in LLAVA_FLAGS)  # every alias, once
     assert "LLaVA's --version v1 is --conversation_template vicuna_v1 here" in notes
     assert not any(item.lstrip("-").partition("=")[0] in LLAVA_FLAGS for item in argv)
 

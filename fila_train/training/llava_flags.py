@@ -24,6 +24,7 @@ class LlavaFlag:
     values: dict[str, str | None] = field(default_factory=dict)
     refused: str = ""  # what LLaVA does with the other values, which we do not implement
     boolean: bool = False
+    llava: bool = True  # False: transformers' old name of one of its flags (any HF script has it, not only LLaVA's)
 
 
 LLAVA_FLAGS: dict[str, LlavaFlag] = {
@@ -55,9 +56,11 @@ LLAVA_FLAGS: dict[str, LlavaFlag] = {
     "mm_projector_lr": LlavaFlag("connector_lr"),
     "lazy_preprocess": LlavaFlag(None, {TRUE: None}, "samples are always prepared lazily here", boolean=True),
     # transformers' old names, in every LLaVA script (the old names warn as deprecated).
-    "evaluation_strategy": LlavaFlag("eval_strategy"),
-    "gradient_checkpointing": LlavaFlag("activation_checkpointing", boolean=True),
+    "evaluation_strategy": LlavaFlag("eval_strategy", llava=False),
+    "gradient_checkpointing": LlavaFlag("activation_checkpointing", boolean=True, llava=False),
 }
+PARTS_FLAG = "tune_mm_mlp_adapter"
+LLAVA_DEFAULT_PARTS = FALSE  # LLaVA's default: its stage 2 (scripts/v1_5/finetune.sh) does not give the flag
 
 
 def _boolean(flag: str, value: str) -> str:
@@ -91,11 +94,27 @@ def _aligned_parts(argv: list[str]) -> str:
     return ",".join(["connector", *subs])
 
 
+def _names(argv: list[str]) -> set[str]:
+    """The flags ``argv`` gives, spelled with underscores (HfArgumentParser takes --tune-parts too)."""
+    return {item[2:].partition("=")[0].replace("-", "_") for item in argv if item.startswith("--")}
+
+
+def _llava_default_parts(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A LLaVA flag line that chooses no parts trains what LLaVA's default --tune_mm_mlp_adapter False trains
+    (the LLM and the projector), not our default (the connector alone): its flag and its note, or nothing."""
+    given = _names(argv)
+    if "tune_parts" in given or PARTS_FLAG in given or not any(
+            LLAVA_FLAGS[name].llava for name in given & LLAVA_FLAGS.keys()):
+        return [], []
+    parts = LLAVA_FLAGS[PARTS_FLAG].values[LLAVA_DEFAULT_PARTS].replace(ALIGNED, _aligned_parts(argv))
+    return [f"--tune_parts={parts}"], [f"LLaVA's --{PARTS_FLAG} {LLAVA_DEFAULT_PARTS} (its default: not given) is "
+                                       f"--tune_parts {parts} here: the LLM and the connector train"]
+
+
 def translate_llava_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """``argv`` with LLaVA's flags replaced by ours (in place, so the last of two still wins), and one note per
     alias used. A LLaVA value we do not implement is a ConfigError naming the flag and why."""
-    translated: list[str] = []
-    notes: list[str] = []
+    translated, notes = _llava_default_parts(argv)
     index = 0
     while index < len(argv):
         if not argv[index].startswith("--") or argv[index][2:].partition("=")[0] not in LLAVA_FLAGS:
