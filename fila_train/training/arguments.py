@@ -67,7 +67,8 @@ class TrainingArguments(transformers.TrainingArguments):
     log_sample_ids: bool = field(default=False, metadata={
         "help": "write the record ids each rank trains on to OUTPUT_DIR/sample_ids/rank<R>.txt"})
     warmup_ratio: float | None = field(default=None, metadata={
-        "help": "LLaVA-style warmup fraction of the total steps (transformers 5 spells it --warmup_steps 0.03)"})
+        "help": "LLaVA-style warmup fraction of the total steps (transformers 5 spells it --warmup_steps 0.03); "
+                "a --warmup_steps above 0 wins over it, as in transformers 4"})
     packing: bool = field(default=False, metadata={
         "help": "padding-free batches: each batch's samples packed into one row, attention kept per sample "
                 "(block-diagonal); pays off with --attn_implementation flash_attention_2"})
@@ -88,7 +89,8 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
                 raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-            self.warmup_steps = self.warmup_ratio
+            if not self.warmup_steps:  # transformers 4's rule: a --warmup_steps above 0 wins (llava_flags says so)
+                self.warmup_steps = self.warmup_ratio
         if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is None:
             # transformers 5 names it activation_checkpointing_kwargs (the old name warns as deprecated).
             self.activation_checkpointing_kwargs = {"use_reentrant": False}

@@ -111,10 +111,40 @@ def _llava_default_parts(argv: list[str]) -> tuple[list[str], list[str]]:
                                        f"--tune_parts {parts} here: the LLM and the connector train"]
 
 
+def _last_values(argv: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    """The last value ``argv`` gives each of ``names`` (either spelling: --warmup_steps, --warmup-steps)."""
+    values: dict[str, str] = {}
+    index = 0
+    while index < len(argv):
+        if not argv[index].startswith("--"):
+            index += 1
+            continue
+        name, value, index = _split(argv, index)
+        if name.replace("-", "_") in names and value is not None:
+            values[name.replace("-", "_")] = value
+    return values
+
+
+def _warmup_note(argv: list[str]) -> list[str]:
+    """transformers 4's --warmup_ratio (in every LLaVA script, and ours) yields to a --warmup_steps above 0, as it
+    did there (TrainingArguments.__post_init__ applies it): the run says so, the scripts always pass a ratio."""
+    given = _last_values(argv, ("warmup_steps", "warmup_ratio"))
+    try:
+        steps_win = "warmup_ratio" in given and float(given.get("warmup_steps", 0)) > 0
+    except ValueError:
+        return []  # the parser names the bad value
+    if not steps_win:
+        return []
+    return [f"--warmup_steps {given['warmup_steps']} wins over --warmup_ratio {given['warmup_ratio']} (as in "
+            f"transformers 4: a warmup_steps above 0 decides)"]
+
+
 def translate_llava_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """``argv`` with LLaVA's flags replaced by ours (in place, so the last of two still wins), and one note per
-    alias used. A LLaVA value we do not implement is a ConfigError naming the flag and why."""
+    alias used, LLaVA default applied or warmup flag overruled. A LLaVA value we do not implement is a ConfigError
+    naming the flag and why."""
     translated, notes = _llava_default_parts(argv)
+    notes += _warmup_note(argv)
     index = 0
     while index < len(argv):
         if not argv[index].startswith("--") or argv[index][2:].partition("=")[0] not in LLAVA_FLAGS:
