@@ -24,8 +24,7 @@ GROUP_BY_MODALITY=${GROUP_BY_MODALITY:-True}  # image / text-only batches apart,
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/fila-7b}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-128}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-16}
-LEARNING_RATE=${LEARNING_RATE:-2e-5}
-CONNECTOR_LR=${CONNECTOR_LR:-$LEARNING_RATE}
+LEARNING_RATE=${LEARNING_RATE:-2e-5}  # and of every part without its own rate (CONNECTOR_LR, CVFM_LR, FUSER_LR)
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}
 ZERO_CONFIG=${ZERO_CONFIG:-zero_configs/zero3.json}
@@ -45,6 +44,7 @@ LORA_R=${LORA_R:-0}
 source scripts/lib/model_flags.sh
 source scripts/lib/speed_flags.sh
 TUNE_PARTS=${TUNE_PARTS:-connector,llm$EXTRA_PARTS}
+part_rate_args
 
 TRAIN_ARGS=(
   --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" "${MODEL_ARGS[@]}"
@@ -52,7 +52,7 @@ TRAIN_ARGS=(
   --pretrained_connector "$PRETRAINED_CONNECTOR"
   --data_path "$DATA_PATH" ${IMAGE_FOLDER:+--image_folder "$IMAGE_FOLDER"} --on_bad_sample "$ON_BAD_SAMPLE"
   --output_dir "$OUTPUT_DIR"
-  --tune_parts "$TUNE_PARTS" --connector_lr "$CONNECTOR_LR" --deepspeed "$ZERO_CONFIG" --lora_r "$LORA_R"
+  --tune_parts "$TUNE_PARTS" "${RATE_ARGS[@]}" --deepspeed "$ZERO_CONFIG" --lora_r "$LORA_R"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --group_by_modality_length "$GROUP_BY_MODALITY" --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1

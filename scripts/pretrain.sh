@@ -25,8 +25,7 @@ ON_BAD_SAMPLE=${ON_BAD_SAMPLE:-error}
 OUTPUT_DIR=${OUTPUT_DIR:-checkpoints/fila-7b-pretrain}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-256}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-32}
-LEARNING_RATE=${LEARNING_RATE:-1e-3}
-FUSER_LR=${FUSER_LR:-1e-4}
+LEARNING_RATE=${LEARNING_RATE:-1e-3}  # and of every part without its own rate (CONNECTOR_LR, CVFM_LR, FUSER_LR)
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}
 ZERO_CONFIG=${ZERO_CONFIG:-zero_configs/zero2.json}
@@ -41,13 +40,16 @@ if [ -n "${CONVNEXT_LR:-}" ]; then
 fi
 source scripts/lib/speed_flags.sh
 TUNE_PARTS=${TUNE_PARTS:-connector$EXTRA_PARTS}
+# MMFuser-13B's separate fuser rate, where the fuser trains (a rate for a frozen part stops the run)
+if [[ ",$TUNE_PARTS," == *",fuser,"* ]]; then FUSER_LR=${FUSER_LR:-1e-4}; fi
+part_rate_args
 
 TRAIN_ARGS=(
   --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" "${MODEL_ARGS[@]}"
   --conversation_template plain
   --data_path "$DATA_PATH" ${IMAGE_FOLDER:+--image_folder "$IMAGE_FOLDER"} --on_bad_sample "$ON_BAD_SAMPLE"
   --output_dir "$OUTPUT_DIR"
-  --tune_parts "$TUNE_PARTS" --deepspeed "$ZERO_CONFIG"
+  --tune_parts "$TUNE_PARTS" "${RATE_ARGS[@]}" --deepspeed "$ZERO_CONFIG"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1

@@ -263,6 +263,22 @@ def test_a_part_the_model_does_not_have_is_one_line_before_any_weights_load(flag
         f"{line}; drop it, or choose the vision encoder or connector that has it"
 
 
+@pytest.mark.parametrize("flags, line", [
+    ({"vision_lr": "2e-6"}, "--vision_lr 2e-06 (LLaVA's --mm_vision_tower_lr)"),
+    ({"part_lr": "vision=2e-6"}, "--part_lr vision=2e-6"),
+    ({"tune_mm_mlp_adapter": "False", "mm_vision_tower_lr": "2e-6"}, "--vision_lr 2e-06 (LLaVA's --mm_vision_tower_lr)"),
+], ids=["shorthand", "part_lr", "llava"])
+def test_a_learning_rate_for_a_part_that_does_not_train_is_one_line_before_any_weights_load(flags, line, tiny_assets,
+                                                                                             tmp_path, capsys):
+    """Before, the rate was dropped without a word: a frozen part has no optimizer group."""
+    changes = {"model_name_or_path": str(weightless_llm(tiny_assets, tmp_path)), "tune_parts": "connector,llm"} | flags
+    if "tune_mm_mlp_adapter" in flags:
+        del changes["tune_parts"]
+    assert refused_run(tiny_assets, tmp_path, capsys, changes) == \
+        f"{line} is a learning rate for vision, which --tune_parts 'connector,llm' does not train: add vision to " \
+        f"--tune_parts, or drop the rate"
+
+
 def test_a_part_a_saved_model_does_not_have_names_the_saved_model(tiny_assets, tmp_path, capsys):
     """A saved CLIP + MLP model keeps its parts whatever --vision_encoder says. Before, the line advised choosing
     the vision encoder or connector that has the part, which a saved model ignores."""

@@ -290,3 +290,26 @@ def test_finetune_sh_lora_variant_is_llava_s(monkeypatch) -> None:
     lora = model.lora_settings()
     assert (lora["r"], lora["alpha"]) == (128, 256)
     assert args.learning_rate == 2e-4 and args.part_learning_rate("connector") == 2e-5
+
+
+@pytest.mark.parametrize("script, env, extra, rates", [
+    # a part's rate follows --learning_rate unless its own variable is set, extra flags included
+    ("scripts/finetune.sh", {}, ("--learning_rate", "1e-4"), {"connector": 1e-4, "cvfm": 1e-4, "llm": 1e-4}),
+    ("scripts/finetune.sh", {"CONNECTOR_LR": "2e-5", "CVFM_LR": "1e-2"}, ("--learning_rate", "1e-4"),
+     {"connector": 2e-5, "cvfm": 1e-2, "llm": 1e-4}),
+    ("scripts/pretrain.sh", {"CONNECTOR": "mmfuser"}, (), {"connector": 1e-3, "cvfm": 1e-3, "fuser": 1e-4}),
+    # a part TUNE_PARTS leaves frozen gets no rate (a rate for it stops the run)
+    ("scripts/pretrain.sh", {"TUNE_PARTS": "connector", "CONNECTOR": "mmfuser"}, (), {"connector": 1e-3}),
+    ("scripts/finetune.sh", {"TUNE_PARTS": "llm"}, (), {"llm": 2e-5}),
+])
+def test_the_scripts_pass_a_part_rate_only_where_set_and_for_a_trained_part(script, env, extra, rates, monkeypatch):
+    """Before, the scripts passed --connector_lr / --cvfm_lr at the environment's LEARNING_RATE: `bash
+    scripts/finetune.sh --learning_rate 1e-4` left the connector and CVFM at 2e-5, and a TUNE_PARTS without cvfm
+    passed a rate for the frozen CVFM (now a one-line error)."""
+    from fila_train.training.parts import check_rates_train
+    from fila_train.training.train import parse_args
+
+    monkeypatch.chdir(REPO)
+    _, _, args = parse_args(train_args(run_script(script, {"DRY_RUN": "1"} | env, extra).command()))
+    check_rates_train(args.parts(), {part: flag for part, (_, flag) in args.part_rates().items()})
+    assert {part: args.part_learning_rate(part) for part in args.parts()} == rates

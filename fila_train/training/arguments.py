@@ -12,6 +12,7 @@ from ..model.arguments import ModelArguments  # noqa: F401  (the train command's
 from ..model.contracts import encoder_sub_parts, known_parts
 from ..utils.errors import ConfigError
 from .deepspeed_config import check_deepspeed_config, check_flag_mismatches
+from .llava_flags import llava_names
 from .process_group import meeting_ranks, start_cpu_process_group
 
 
@@ -42,6 +43,9 @@ class DataArguments:
                               f"per source in the YAML (and --data_root to move them all)")
         if not self.is_mixture() and self.data_root:
             raise ConfigError("--data_root only applies to a mixture spec (.yaml)")
+
+
+SHORTHAND_RATE_PARTS = ("connector", "cvfm", "fuser", "vision", "convnext")  # --<part>_lr
 
 
 @dataclass
@@ -140,20 +144,26 @@ class TrainingArguments(transformers.TrainingArguments):
             return None
         return tuple(p.strip() for p in self.gradient_checkpointing_parts.split(",") if p.strip())
 
-    def part_learning_rates(self) -> dict[str, float]:
-        """--part_lr NAME=LR, then the shorthand flags (which win where both name a part)."""
-        rates: dict[str, float] = {}
+    def part_rates(self) -> dict[str, tuple[float, str]]:
+        """part -> (learning rate, the flag that gives it): --part_lr NAME=LR, then the shorthand flags (which win
+        where both name a part)."""
+        rates: dict[str, tuple[float, str]] = {}
         for item in self.part_lr:
             name, sep, value = item.partition("=")
             if not sep or name not in known_parts():
                 raise ConfigError(f"--part_lr {item!r}: expected PART=LR with PART one of {list(known_parts())}")
             try:
-                rates[name] = float(value)
+                rates[name] = (float(value), f"--part_lr {item}")
             except ValueError:
                 raise ConfigError(f"--part_lr {item!r}: {value!r} is not a number") from None
-        shorthands = {"connector": self.connector_lr, "cvfm": self.cvfm_lr, "fuser": self.fuser_lr,
-                      "vision": self.vision_lr, "convnext": self.convnext_lr}
-        return rates | {part: rate for part, rate in shorthands.items() if rate is not None}
+        for part in SHORTHAND_RATE_PARTS:
+            rate = getattr(self, f"{part}_lr")
+            if rate is not None:
+                rates[part] = (rate, f"--{part}_lr {rate}{llava_names(f'{part}_lr')}")
+        return rates
+
+    def part_learning_rates(self) -> dict[str, float]:
+        return {part: rate for part, (rate, _) in self.part_rates().items()}
 
     def part_learning_rate(self, part: str) -> float:
         return self.part_learning_rates().get(part, self.learning_rate)

@@ -11,7 +11,7 @@ from ..processing.tokenization import ConversationTokenizer
 from ..utils.errors import ConfigError
 from .arguments import ModelArguments, TrainingArguments
 from .image_budget import check_images_fit
-from .parts import check_parts_exist
+from .parts import check_parts_exist, check_rates_train
 
 
 def check_before_weights(model_args: ModelArguments, args: TrainingArguments) -> None:
@@ -25,6 +25,7 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments) ->
     refuse_remote_code(model_args.model_name_or_path)
     check_parts_exist(args.parts(), args.part_learning_rates(),
                       *built_parts(model_args.model_name_or_path, model_args.vision_encoder, model_args.connector_type))
+    check_rates_train(args.parts(), {part: flag for part, (_, flag) in args.part_rates().items()})
     if args.use_liger:
         liger_patchers()
     # The template's control tokens: the tokenizer alone says whether it can write them.

@@ -63,6 +63,12 @@ PARTS_FLAG = "tune_mm_mlp_adapter"
 LLAVA_DEFAULT_PARTS = FALSE  # LLaVA's default: its stage 2 (scripts/v1_5/finetune.sh) does not give the flag
 
 
+def llava_names(ours: str) -> str:
+    """" (LLaVA's --alias)" when LLaVA spells our flag ``ours`` otherwise: an error names the flag as it was given."""
+    names = [f"--{name}" for name, flag in LLAVA_FLAGS.items() if flag.ours == ours]
+    return f" (LLaVA's {' or '.join(names)})" if names else ""
+
+
 def _boolean(flag: str, value: str) -> str:
     lowered = value.lower()
     if lowered in ("true", "yes", "t", "y", "1"):

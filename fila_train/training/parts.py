@@ -40,6 +40,15 @@ def check_parts_exist(parts: list[str], learning_rates: dict[str, float], vision
             raise ConfigError(f"a learning rate for {part} (--{part}_lr or --part_lr), which {model}")
 
 
+def check_rates_train(parts: list[str], rate_flags: dict[str, str]) -> None:
+    """A learning rate for a part that stays frozen would be dropped without a word (no optimizer group has it).
+    ``rate_flags``: part -> the flag that gives it a rate."""
+    for part, flag in rate_flags.items():
+        if part not in parts:
+            raise ConfigError(f"{flag} is a learning rate for {part}, which --tune_parts {','.join(parts)!r} does "
+                              f"not train: add {part} to --tune_parts, or drop the rate")
+
+
 def apply_tune_parts(model, parts: list[str]) -> None:
     """Train exactly the named parts; everything else is frozen. With LoRA adapters on the LLM,
     part "llm" means the adapter weights only: the base LLM stays frozen."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by pretrain.sh / finetune.sh: the model choice as flags (MODEL_ARGS) and the parts it
-# adds to the stage's default TUNE_PARTS (EXTRA_PARTS).
+# Sourced by pretrain.sh / finetune.sh: the model choice as flags (MODEL_ARGS), the parts it
+# adds to the stage's default TUNE_PARTS (EXTRA_PARTS) and part_rate_args (the per-part learning rates).
 #   VISION_ENCODER=fila_hybrid (default): CLIP-ViT + ConvNeXt through CVFM (FILA); trains "cvfm"
 #     (and "convnext" with CONVNEXT_LR set: its learning rate; the ConvNeXt is frozen otherwise)
 #   VISION_ENCODER=clip:                  the plain LLaVA-1.5 vision side
@@ -18,9 +18,6 @@ CONNECTOR=${CONNECTOR:-mlp2x_gelu}
 # anyres views make an image up to (4 tiles + the global view) x 576 = 2880 tokens on the 672x672 canvas: 4096,
 # as LLaVA-NeXT trains them (Vicuna-v1.5's context); under 2048 most records would be dropped.
 if [ "$VISION_ENCODER" = clip ]; then MAX_LENGTH=${MAX_LENGTH:-2048}; else MAX_LENGTH=${MAX_LENGTH:-4096}; fi
-CVFM_LR=${CVFM_LR:-$LEARNING_RATE}
-FUSER_LR=${FUSER_LR:-$LEARNING_RATE}
-
 MODEL_ARGS=(--vision_encoder "$VISION_ENCODER" --connector_type "$CONNECTOR")
 EXTRA_PARTS=""
 optional_flag() {  # optional_flag NAME VALUE: add --NAME=VALUE when VALUE is set ("=": values may start with "-")
@@ -32,7 +29,6 @@ if [ "$VISION_ENCODER" = fila_hybrid ]; then
     CONVNEXT_CHECKPOINT=${CONVNEXT_CHECKPOINT:-laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup}
   fi
   optional_flag convnext_checkpoint "${CONVNEXT_CHECKPOINT:-}"
-  MODEL_ARGS+=(--cvfm_lr "$CVFM_LR")
   optional_flag convnext_model "${CONVNEXT_MODEL:-}"
   optional_flag convnext_dims "${CONVNEXT_DIMS:-}"
   optional_flag convnext_depths "${CONVNEXT_DEPTHS:-}"
@@ -50,7 +46,6 @@ if [ "$VISION_ENCODER" = anyres ]; then  # FILA's views and ViT without ConvNeXt
   optional_flag anyres_canvases "${ANYRES_CANVASES:-}"
 fi
 if [ "$CONNECTOR" = mmfuser ]; then
-  MODEL_ARGS+=(--fuser_lr "$FUSER_LR")
   optional_flag fuser_key_layers "${FUSER_KEY_LAYERS:-}"
   optional_flag fuser_query_layer "${FUSER_QUERY_LAYER:-}"
   EXTRA_PARTS+=",fuser"
@@ -60,3 +55,18 @@ fi
 if [ -n "${VISION_OPTIONS:-}" ]; then MODEL_ARGS+=(--vision_option $VISION_OPTIONS); fi
 # shellcheck disable=SC2206
 if [ -n "${CONNECTOR_OPTIONS:-}" ]; then MODEL_ARGS+=(--connector_option $CONNECTOR_OPTIONS); fi
+
+# Per-part learning rates (RATE_ARGS), once TUNE_PARTS is known: CONNECTOR_LR, CVFM_LR and FUSER_LR (for the
+# parts this model has) each give their part's flag when set; unset, the part trains at --learning_rate,
+# an extra --learning_rate flag included. A rate set for a part TUNE_PARTS leaves frozen stops the run in one line.
+part_rate_args() {
+  RATE_ARGS=()
+  local part rate
+  for part in connector cvfm fuser; do
+    rate=${part^^}_LR
+    rate=${!rate:-}
+    if [ -n "$rate" ] && { [ "$part" = connector ] || [[ "$EXTRA_PARTS," == *",$part,"* ]]; }; then
+      RATE_ARGS+=("--${part}_lr=$rate")
+    fi
+  done
+}
