@@ -5,6 +5,7 @@ import pytest
 
 from fila_train.training.llava_flags import translate_llava_flags
 from fila_train.training.train import parse_args
+from fila_train.utils.errors import ConfigError
 
 BASE = ["--model_name_or_path", "llm", "--vision_tower", "clip", "--data_path", "data.jsonl", "--output_dir", "out"]
 WINS = "--warmup_steps {} wins over --warmup_ratio 0.03 (as in transformers 4: a warmup_steps above 0 decides)"
@@ -25,3 +26,20 @@ def test_an_explicit_warmup_steps_wins_over_warmup_ratio_and_says_so(flags, warm
     assert args.warmup_steps == warmup and args.get_warmup_steps(1000) == steps_of_1000
     _, notes = translate_llava_flags(BASE + flags)  # the run logs these at its start
     assert [line for line in notes if "warmup" in line] == ([note] if note else [])
+
+
+@pytest.mark.parametrize("flags, line", [
+    # Before: 0 steps trained, exit 0, and a random connector written as the run's artifact.
+    (["--num_train_epochs", "0"], "--num_train_epochs 0.0 with --max_steps -1 trains no step: give --num_train_epochs "
+                                  "above 0 (EPOCHS in the scripts) or --max_steps above 0 (MAX_STEPS)"),
+    (["--num_train_epochs", "-1", "--max_steps", "0"], "--num_train_epochs -1.0 with --max_steps 0 trains no step"),
+])
+def test_a_bad_training_flag_is_one_line_when_the_flags_are_parsed(flags, line):
+    with pytest.raises(ConfigError) as error:
+        parse_args(BASE + flags)
+    assert str(error.value).startswith(line) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("flags", [["--num_train_epochs", "0", "--max_steps", "3"]])
+def test_good_training_flags_parse(flags):
+    parse_args(BASE + flags)

@@ -106,6 +106,7 @@ class TrainingArguments(transformers.TrainingArguments):
         if unknown:
             raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(known_parts())}")
         self.part_learning_rates()  # a bad --part_lr fails at parse time
+        self._check_steps()
         self._check_speed_options()
         if self.deepspeed:
             self._check_deepspeed_config()
@@ -116,6 +117,13 @@ class TrainingArguments(transformers.TrainingArguments):
         check_deepspeed_config(self.hf_deepspeed_config.config, source, self.max_grad_norm)
         if not self.auto_find_batch_size:  # then transformers matches the batch sizes later, itself
             check_flag_mismatches(self.hf_deepspeed_config.mismatches, source)
+
+    def _check_steps(self) -> None:
+        # Without it the run exits 0 after no step, its artifact the random initial connector.
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ConfigError(f"--num_train_epochs {self.num_train_epochs} with --max_steps {self.max_steps} trains no "
+                              f"step: give --num_train_epochs above 0 (EPOCHS in the scripts) or --max_steps above 0 "
+                              f"(MAX_STEPS)")
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:
