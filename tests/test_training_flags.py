@@ -1,6 +1,8 @@
 """The training flags a run parses: each one given is used or refused in one line, never dropped without a word."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from fila_train.training.llava_flags import translate_llava_flags
@@ -33,13 +35,30 @@ def test_an_explicit_warmup_steps_wins_over_warmup_ratio_and_says_so(flags, warm
     (["--num_train_epochs", "0"], "--num_train_epochs 0.0 with --max_steps -1 trains no step: give --num_train_epochs "
                                   "above 0 (EPOCHS in the scripts) or --max_steps above 0 (MAX_STEPS)"),
     (["--num_train_epochs", "-1", "--max_steps", "0"], "--num_train_epochs -1.0 with --max_steps 0 trains no step"),
+    # Before, each of these was a traceback once the model had loaded.
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0: must be at least 1"),
+    (["--learning_rate", "-1"], "--learning_rate -1.0: a learning rate must be a finite number >= 0"),
+    (["--learning_rate", "inf"], "--learning_rate inf: a learning rate must be a finite number >= 0"),
+    (["--part_lr", "connector=nan"], "--part_lr connector=nan: a learning rate must be a finite number >= 0"),
+    (["--connector_lr", "-1"], "--connector_lr -1.0 (LLaVA's --mm_projector_lr): a learning rate must be a finite "
+                               "number >= 0"),
+    (["--eval_strategy", "steps"], "--eval_strategy steps: fila-train train has no evaluation set; leave it at 'no' "
+                                   "and score a checkpoint with fila-train eval"),
+    (["--evaluation_strategy", "epoch"], "--eval_strategy epoch: fila-train train has no evaluation set"),
+    (["--report_to", "wandbb"], "--report_to wandbb: not an integration transformers knows; choose from azure_ml, "),
+    (["--report_to", "tensorboard"], "--report_to tensorboard: its package is not installed here; install it"),
 ])
-def test_a_bad_training_flag_is_one_line_when_the_flags_are_parsed(flags, line):
+def test_a_bad_training_flag_is_one_line_when_the_flags_are_parsed(flags, line, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # an environment without it (find_spec: not found)
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(ConfigError) as error:
         parse_args(BASE + flags)
     assert str(error.value).startswith(line) and "\n" not in str(error.value), str(error.value)
 
 
-@pytest.mark.parametrize("flags", [["--num_train_epochs", "0", "--max_steps", "3"]])
+@pytest.mark.parametrize("flags", [["--num_train_epochs", "0", "--max_steps", "3"], ["--learning_rate", "0"],
+                                   ["--report_to", "wandb"], ["--report_to", "none"], ["--report_to", "all"],
+                                   ["--eval_strategy", "no"], ["--part_lr", "connector=0"]])
 def test_good_training_flags_parse(flags):
     parse_args(BASE + flags)

@@ -1,10 +1,12 @@
 """Command-line arguments, in the HF TrainingArguments style LLaVA users know."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import transformers
+from transformers.integrations import integration_utils
 
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..data.lengths import DEFAULT_CACHE_DIR
@@ -46,6 +48,27 @@ class DataArguments:
 
 
 SHORTHAND_RATE_PARTS = ("connector", "cvfm", "fuser", "vision", "convnext")  # --<part>_lr
+# --report_to names whose "is installed" test in transformers' integration_utils is spelled otherwise
+INSTALL_CHECKS = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+
+
+def check_learning_rate(rate: float, flag: str) -> None:
+    if not math.isfinite(rate) or rate < 0:
+        raise ConfigError(f"{flag}: a learning rate must be a finite number >= 0")
+
+
+def check_report_to(integrations: list[str]) -> None:
+    """Each --report_to integration is one transformers knows, and installed: else its callback raises once the
+    model has loaded."""
+    known = integration_utils.INTEGRATION_TO_CALLBACK
+    for name in integrations:
+        if name not in known:
+            raise ConfigError(f"--report_to {name}: not an integration transformers knows; choose from "
+                              f"{', '.join(known)} (or none)")
+        installed = getattr(integration_utils, f"is_{INSTALL_CHECKS.get(name, name)}_available", None)
+        if installed is not None and not installed():
+            raise ConfigError(f"--report_to {name}: its package is not installed here; install it, or choose "
+                              f"another integration (--report_to none: no reporting)")
 
 
 @dataclass
@@ -105,8 +128,9 @@ class TrainingArguments(transformers.TrainingArguments):
         unknown = sorted(set(self.parts()) - set(known_parts()))
         if unknown:
             raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(known_parts())}")
-        self.part_learning_rates()  # a bad --part_lr fails at parse time
+        self.part_learning_rates()  # a bad --part_lr or part rate fails at parse time
         self._check_steps()
+        check_report_to(self.report_to)
         self._check_speed_options()
         if self.deepspeed:
             self._check_deepspeed_config()
@@ -119,6 +143,13 @@ class TrainingArguments(transformers.TrainingArguments):
             check_flag_mismatches(self.hf_deepspeed_config.mismatches, source)
 
     def _check_steps(self) -> None:
+        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, flag) < 1:
+                raise ConfigError(f"--{flag} {getattr(self, flag)}: must be at least 1")
+        check_learning_rate(self.learning_rate, f"--learning_rate {self.learning_rate}")
+        if self.eval_strategy.value != "no":  # transformers would ask for an eval dataset after the model loads
+            raise ConfigError(f"--eval_strategy {self.eval_strategy.value}: fila-train train has no evaluation set; "
+                              f"leave it at 'no' and score a checkpoint with fila-train eval")
         # Without it the run exits 0 after no step, its artifact the random initial connector.
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError(f"--num_train_epochs {self.num_train_epochs} with --max_steps {self.max_steps} trains no "
@@ -168,6 +199,8 @@ class TrainingArguments(transformers.TrainingArguments):
             rate = getattr(self, f"{part}_lr")
             if rate is not None:
                 rates[part] = (rate, f"--{part}_lr {rate}{llava_names(f'{part}_lr')}")
+        for rate, flag in rates.values():
+            check_learning_rate(rate, flag)
         return rates
 
     def part_learning_rates(self) -> dict[str, float]:
