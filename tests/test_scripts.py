@@ -313,3 +313,21 @@ def test_the_scripts_pass_a_part_rate_only_where_set_and_for_a_trained_part(scri
     _, _, args = parse_args(train_args(run_script(script, {"DRY_RUN": "1"} | env, extra).command()))
     check_rates_train(args.parts(), {part: flag for part, (_, flag) in args.part_rates().items()})
     assert {part: args.part_learning_rate(part) for part in args.parts()} == rates
+
+
+@pytest.mark.parametrize("script, extra, variable", [
+    ("scripts/finetune.sh", ("--per_device_train_batch_size", "4"), "PER_DEVICE_BATCH_SIZE"),
+    ("scripts/finetune.sh", ("--seed", "3", "--gradient_accumulation_steps=2"), "GLOBAL_BATCH_SIZE"),
+    ("scripts/pretrain.sh", ("--per-device-train-batch-size", "4"), "PER_DEVICE_BATCH_SIZE"),
+])
+def test_an_extra_flag_that_overrides_the_computed_batch_is_one_line(script, extra, variable) -> None:
+    """Before, `GLOBAL_BATCH_SIZE=4 PER_DEVICE_BATCH_SIZE=2 NPROC_PER_NODE=1 bash scripts/finetune.sh
+    --per_device_train_batch_size 4` printed "global batch 4 = 2 per device x 1 processes x accumulation 2" and
+    trained a global batch of 8 (the extra flag came last and won)."""
+    run = dry_run(script, {"GLOBAL_BATCH_SIZE": "4", "NPROC_PER_NODE": "1"}, extra)
+    flag = next(word for word in extra if "batch_size" in word.replace("-", "_") or "accumulation" in word)
+    assert run.returncode == 1, run.stdout
+    assert run.stderr == (f"[fila-train] error: {flag.partition('=')[0]} overrides the batch layout this script "
+                          f"computes (global batch = per device x processes x accumulation): set {variable} "
+                          f"instead\n")
+    assert DRY_RUN_PREFIX not in run.stdout

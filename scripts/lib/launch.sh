@@ -17,7 +17,8 @@
 # LAUNCHER=deepspeed|torchrun overrides the choice (deepspeed with a HOSTFILE, torchrun otherwise).
 # The backend is DeepSpeed's choice for the device (nccl with CUDA, gloo without); it is logged.
 # DRY_RUN=1 prints the launch command instead of running it. A misconfiguration stops here with a
-# one-line reason (exit 1) before anything is launched.
+# one-line reason (exit 1) before anything is launched. Extra flags go last to `fila-train train`, except
+# --per_device_train_batch_size and --gradient_accumulation_steps: set PER_DEVICE_BATCH_SIZE / GLOBAL_BATCH_SIZE.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
@@ -66,6 +67,23 @@ read_hostfile() {  # sets HOSTFILE_SLOTS ("host:slots" per node) and HOSTFILE_WO
   done < "$HOSTFILE"
   [ "${#HOSTFILE_SLOTS[@]}" -gt 0 ] || fail "HOSTFILE=$HOSTFILE lists no hosts"
 }
+
+refuse_computed_flags() {  # refuse_computed_flags "$@": an extra flag must not override the computed batch layout
+  local word flag variable
+  for word in "$@"; do
+    flag=${word%%=*}
+    case "${flag//-/_}" in  # either spelling: --per-device-train-batch-size too
+      __per_device_train_batch_size) variable=PER_DEVICE_BATCH_SIZE ;;
+      __gradient_accumulation_steps) variable=GLOBAL_BATCH_SIZE ;;
+      *) continue ;;
+    esac
+    # Passed last, it would win over the script's own, and the run would train another global batch than
+    # the one printed and checked here.
+    fail "$flag overrides the batch layout this script computes (global batch = per device x processes x accumulation): set $variable instead"
+  done
+}
+
+refuse_computed_flags "$@"
 
 # ---- process layout: checked before anything slow runs
 LAUNCHER=${LAUNCHER:-$([ -n "$HOSTFILE" ] && echo deepspeed || echo torchrun)}
