@@ -20,6 +20,7 @@ from fila_train.training.checkpoints import (MANIFEST, STAGING_DIR, CheckpointEr
 from fila_train.data.mixture import MixtureSpec, SourceSpec, resolve_plan
 from fila_train.training.resume_checks import BatchLayout, DataOrder, check_resume_data, check_resume_layout
 from fila_train.training.deepspeed_config import partitions_optimizer_state
+from test_dataset import tokenizer  # noqa: F401  (a fixture)
 from test_resume import trained_ids
 
 POLL = 0.005  # seconds between looks at the output folder: a tiny checkpoint takes far longer to write
@@ -227,6 +228,38 @@ def test_the_resume_data_rules(tmp_path):
     del manifest["data_order"]  # a checkpoint of the previous version
     (folder / MANIFEST).write_text(json.dumps(manifest))
     check_resume_data(folder, [DataOrder.of(docs_and_charts(), 7, None)])
+
+
+def test_a_resume_onto_its_file_reordered_or_replaced_is_refused(tmp_path, tokenizer):
+    """The plan says which record index each position holds; the file says which record sits at that index.
+    Before, a regenerated (reshuffled) annotation file of the same size resumed, exit 0, and trained some
+    records twice in the epoch and others never."""
+    from fila_train.data.dataset import DatasetOptions
+    from fila_train.data.mixed_dataset import MixtureDataset
+    from fila_train.data.mixture import single_source
+    from fila_train.model.configuration import IMAGE_TOKEN_ID
+    from fila_train.processing.chat_templates import get_template
+    from fila_train.processing.tokenization import ConversationTokenizer
+    from test_dataset import PROCESSOR, record
+
+    conversations = ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID)
+
+    def order_of(lines: list[str], folder: Path) -> DataOrder:
+        folder.mkdir()
+        (folder / "data.jsonl").write_text("".join(lines))
+        dataset = MixtureDataset(single_source(folder / "data.jsonl", None), conversations, PROCESSOR,
+                                 DatasetOptions(256))
+        return DataOrder.of(dataset.plan, 42, None, dataset.records_fingerprint())
+
+    lines = [json.dumps(record(f"doc-{i}", answer=f"Answer {i}.")) + "\n" for i in range(40)]
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    write_manifest(folder, 4, order_of(lines, tmp_path / "first").manifest_fields())
+    check_resume_data(folder, [order_of(lines, tmp_path / "moved")])  # the same file elsewhere
+    for name, changed in (("shuffled", lines[20:] + lines[:20]), ("replaced", lines[:39] + [lines[0]])):
+        with pytest.raises(CheckpointError, match=r"was trained on 40 samples .*records [0-9a-f]{8}\), sampler seed 42, ungrouped; this run's .*"
+                                                   r"the same records in the same order in each file"):
+            check_resume_data(folder, [order_of(changed, tmp_path / name)])
 
 
 def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):

@@ -1,6 +1,7 @@
 """A mixture of sources as one dataset: position -> (source, record) from the seeded plan."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class MixtureDataset(ReplacesUnusableSamples):
 
     def __len__(self) -> int:
         return len(self.plan)
+
+    def records_fingerprint(self) -> str:
+        """Which records the sources' indices hold (AnnotationSet.sample_fingerprint), for resume checks."""
+        return hashlib.sha256("".join(source.annotations.sample_fingerprint()
+                                      for source in self.sources).encode()).hexdigest()
 
     def describe(self) -> str:
         return self.spec.describe()

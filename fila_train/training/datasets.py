@@ -66,7 +66,8 @@ def write_data_plan(dataset: MixtureDataset, output_dir: str | Path) -> None:
 def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:
     """What decides the records of each step of this run."""
     return DataOrder.of(dataset.plan, args.sampler_seed(),
-                        dataset.modality_lengths if args.group_by_modality_length else None)
+                        dataset.modality_lengths if args.group_by_modality_length else None,
+                        dataset.records_fingerprint())
 
 
 def total_skip_counts(local: set[tuple[str, str]]) -> dict[str, int]:

@@ -51,37 +51,44 @@ def digest(*arrays: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class DataOrder:
-    """What decides the records of each step: which record each position of the mixture plan holds (a
-    renamed source draws another random subset; the same counts may hold other records), the sampler's seed
-    and, with modality grouping, the lengths it sorts by. Paths are not part of it: moved data is the same."""
+    """What decides the records of each step: which record index each position of the mixture plan holds (a
+    renamed source draws another random subset; the same counts may hold other records), which records the
+    files hold at those indices (a reshuffled file of the same size), the sampler's seed and, with modality
+    grouping, the lengths it sorts by. Paths are not part of it: moved data is the same."""
 
     sources: tuple[tuple[str, int, int], ...]  # (name, records, sampled), for the message
     plan_seed: int
     plan_digest: str
     sampler_seed: int
     lengths_digest: str | None  # None: not grouped by modality length
+    records_digest: str | None = None  # MixtureDataset.records_fingerprint; None: not recorded (older checkpoints)
 
     @classmethod
-    def of(cls, plan, sampler_seed: int, grouping_lengths: np.ndarray | None) -> DataOrder:
-        """From a data.mixture.MixturePlan, and the modality lengths when the sampler groups by them."""
+    def of(cls, plan, sampler_seed: int, grouping_lengths: np.ndarray | None,
+           records_digest: str | None = None) -> DataOrder:
+        """From a data.mixture.MixturePlan, the modality lengths when the sampler groups by them, and the records'
+        fingerprint."""
         return cls(tuple((s.name, s.records, s.sampled) for s in plan.sources), plan.seed,
                    digest(plan.source_of, plan.record_of), sampler_seed,
-                   None if grouping_lengths is None else digest(grouping_lengths))
+                   None if grouping_lengths is None else digest(grouping_lengths), records_digest)
 
-    def decides(self) -> tuple:
-        return self.plan_digest, self.sampler_seed, self.lengths_digest
+    def differs_from(self, saved: DataOrder) -> bool:
+        records = saved.records_digest is not None and self.records_digest != saved.records_digest
+        return records or (self.plan_digest, self.sampler_seed, self.lengths_digest) != (
+            saved.plan_digest, saved.sampler_seed, saved.lengths_digest)
 
     def __str__(self) -> str:
         sources = ", ".join(f"{name}: {sampled} of {records} records" for name, records, sampled in self.sources)
         grouping = ("ungrouped" if self.lengths_digest is None
                     else f"grouped by modality length (lengths {self.lengths_digest[:8]})")
+        records = f", records {self.records_digest[:8]}" if self.records_digest else ""
         return (f"{sum(sampled for *_, sampled in self.sources)} samples ({sources}; plan seed {self.plan_seed}, "
-                f"selection {self.plan_digest[:8]}), sampler seed {self.sampler_seed}, {grouping}")
+                f"selection {self.plan_digest[:8]}{records}), sampler seed {self.sampler_seed}, {grouping}")
 
     def manifest_fields(self) -> dict:
         return {"data_order": {"sources": [list(source) for source in self.sources], "plan_seed": self.plan_seed,
                                "plan_digest": self.plan_digest, "sampler_seed": self.sampler_seed,
-                               "lengths_digest": self.lengths_digest}}
+                               "lengths_digest": self.lengths_digest, "records_digest": self.records_digest}}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> DataOrder | None:
@@ -90,7 +97,7 @@ class DataOrder:
             lengths = recorded["lengths_digest"]
             return cls(tuple((str(name), int(records), int(sampled)) for name, records, sampled in recorded["sources"]),
                        int(recorded["plan_seed"]), str(recorded["plan_digest"]), int(recorded["sampler_seed"]),
-                       None if lengths is None else str(lengths))
+                       None if lengths is None else str(lengths), recorded.get("records_digest"))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -182,13 +189,13 @@ def check_resume_data(checkpoint: Path, orders: list[DataOrder]) -> None:
     saved = DataOrder.from_manifest(read_manifest(checkpoint))
     if saved is None:
         return
-    differing = [(index, order) for index, order in enumerate(orders) if order.decides() != saved.decides()]
+    differing = [(index, order) for index, order in enumerate(orders) if order.differs_from(saved)]
     if differing:
         index, order = differing[0]
         where = f" (rank {index}'s)" if len(differing) < len(orders) else ""
         raise CheckpointError(
             f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data{where} is {order}: "
             f"skipping to the checkpoint's step in another order would train some records twice and others never; "
-            f"resume with the same data, --seed (--data_seed) and --group_by_modality_length (grouped: also the "
+            f"resume with the same data (the same records in the same order in each file), --seed (--data_seed) and --group_by_modality_length (grouped: also the "
             f"same template, tokenizer and image settings, which decide the lengths), or pass --ignore_data_skip "
             f"to start the checkpoint's epoch of this data from its beginning")
