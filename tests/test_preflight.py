@@ -293,6 +293,30 @@ def test_a_part_a_saved_model_does_not_have_names_the_saved_model(tiny_assets, t
         f"change them)")
 
 
+def test_flags_that_would_change_a_saved_models_parts_are_one_line_before_any_weights_load(tiny_assets, tmp_path,
+                                                                                          capsys):
+    """A saved fila model loads with the parts it was saved with. Before, --connector_type linear and
+    --vision_feature_layer -1 on a saved CLIP + MLP model (layer -2) were ignored, exit 0, the output still
+    mlp2x_gelu on layer -2."""
+    saved = weightless_llm(tiny_assets, tmp_path)  # its tokenizer; the config is the saved composite's
+    config = build_tiny_model(tiny_assets, hybrid=False, fuser=False).config
+    config.save_pretrained(saved)
+    capsys.readouterr()
+    changes = {"model_name_or_path": str(saved), "vision_encoder": "clip", "connector_type": "linear",
+               "vision_feature_layer": "-1", "tune_parts": "connector,llm"}
+    assert refused_run(tiny_assets, tmp_path, capsys, changes) == (
+        f"{saved} is a saved fila model, which loads with the parts it was saved with: --connector_type linear (it "
+        f"has mlp2x_gelu), --vision_feature_layer -1 (it has {config.vision_feature_layer}) would be ignored; leave "
+        f"them out or give its values, or build a new model from its LLM and vision tower")
+    # An option of the saved encoder: the same rule (a saved FILA model's CVFM gate is scalar).
+    build_tiny_model(tiny_assets, hybrid=True, fuser=False).config.save_pretrained(saved)
+    capsys.readouterr()
+    changes = {"model_name_or_path": str(saved), "vision_encoder": "fila_hybrid",
+               "vision_option": "cvfm.gate=channel", "tune_parts": "connector,cvfm,llm"}
+    assert "--vision_option cvfm.gate=channel (it has scalar) would be ignored" in refused_run(
+        tiny_assets, tmp_path, capsys, changes)
+
+
 def test_a_template_the_tokenizer_cannot_write_is_one_line_before_any_weights_load(tiny_assets, tmp_path, capsys):
     """Llama-3's template on a tokenizer without its header tokens (or vicuna_v1's <s> on Llama-3's): before, the
     line came once the whole LLM had loaded, minutes under ZeRO-3."""

@@ -2,8 +2,11 @@
 tokenizer alone: each a one-line ConfigError, where loading a 7B LLM under ZeRO-3 first would take minutes."""
 from __future__ import annotations
 
-from ..model.builder import built_parts, image_token_counts, pretrained_tokenizer, refuse_remote_code
-from ..model.configuration import IMAGE_TOKEN_ID
+import json
+
+from ..model.builder import (built_parts, image_token_counts, is_fila_checkpoint, pretrained_tokenizer,
+                             refuse_remote_code)
+from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
 from ..model.liger import liger_patchers
 from ..processing.chat_templates import get_template
 from ..processing.saved_tokenizer import check_saved_alike
@@ -14,7 +17,8 @@ from .image_budget import check_images_fit
 from .parts import check_parts_exist, check_rates_train
 
 
-def check_before_weights(model_args: ModelArguments, args: TrainingArguments) -> None:
+def check_before_weights(model_args: ModelArguments, args: TrainingArguments,
+                         given: frozenset[str] = frozenset()) -> None:
     if model_args.lora_r and "llm" not in args.parts():
         raise ConfigError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
                           f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
@@ -26,6 +30,7 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments) ->
     check_parts_exist(args.parts(), args.part_learning_rates(),
                       *built_parts(model_args.model_name_or_path, model_args.vision_encoder, model_args.connector_type))
     check_rates_train(args.parts(), {part: flag for part, (_, flag) in args.part_rates().items()})
+    check_saved_model_flags(model_args, given)
     if args.use_liger:
         liger_patchers()
     # The template's control tokens: the tokenizer alone says whether it can write them.
@@ -35,3 +40,40 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments) ->
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
                                         vision_encoder=model_args.vision_encoder,
                                         vision_options=model_args.vision_options()), args.model_max_length)
+
+
+SAVED_PARTS_FLAGS = ("vision_encoder", "connector_type", "vision_feature_layer")
+
+
+def check_saved_model_flags(model_args: ModelArguments, given: frozenset[str]) -> None:
+    """A saved fila model loads with the parts it was saved with (build_model): a flag given for other parts, or
+    other options of them, would be silently ignored."""
+    path = model_args.model_name_or_path
+    if not is_fila_checkpoint(path):
+        return
+    config = FilaConfig.from_pretrained(path)
+    ignored = [f"--{name} {getattr(model_args, name)} (it has {getattr(config, name)})" for name in SAVED_PARTS_FLAGS
+               if name in given and getattr(model_args, name) != getattr(config, name)]
+    options = (("vision", model_args.vision_encoder == config.vision_encoder, model_args.vision_options(),
+                config.vision_options),
+               ("connector", model_args.connector_type == config.connector_type, model_args.connector_options(),
+                config.connector_options))
+    ignored += [f"--{part}_option {name}={value} (it has {saved_value})"
+                for part, same_part, asked, saved in options if same_part and asked
+                for name, (value, saved_value) in differing_options(asked, saved or {}).items()]
+    if ignored:
+        raise ConfigError(f"{path} is a saved fila model, which loads with the parts it was saved with: "
+                          f"{', '.join(ignored)} would be ignored; leave them out or give its values, or build a new "
+                          f"model from its LLM and vision tower")
+
+
+def differing_options(asked: dict, saved: dict, prefix: str = "") -> dict[str, tuple]:
+    """Dotted name -> (asked, saved value) of the options ``asked`` (partial, nested) that differ from ``saved``."""
+    found: dict[str, tuple] = {}
+    for key, value in asked.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found |= differing_options(value, saved.get(key) or {}, f"{name}.")
+        elif json.loads(json.dumps(value)) != json.loads(json.dumps(saved.get(key))):  # tuples as lists
+            found[name] = (value, saved.get(key))
+    return found

@@ -100,7 +100,7 @@ def _aligned_parts(argv: list[str]) -> str:
     return ",".join(["connector", *subs])
 
 
-def _names(argv: list[str]) -> set[str]:
+def given_flags(argv: list[str]) -> set[str]:
     """The flags ``argv`` gives, spelled with underscores (HfArgumentParser takes --tune-parts too)."""
     return {item[2:].partition("=")[0].replace("-", "_") for item in argv if item.startswith("--")}
 
@@ -108,7 +108,7 @@ def _names(argv: list[str]) -> set[str]:
 def _llava_default_parts(argv: list[str]) -> tuple[list[str], list[str]]:
     """A LLaVA flag line that chooses no parts trains what LLaVA's default --tune_mm_mlp_adapter False trains
     (the LLM and the projector), not our default (the connector alone): its flag and its note, or nothing."""
-    given = _names(argv)
+    given = given_flags(argv)
     if "tune_parts" in given or PARTS_FLAG in given or not any(
             LLAVA_FLAGS[name].llava for name in given & LLAVA_FLAGS.keys()):
         return [], []

@@ -31,7 +31,7 @@ from .checkpoints import refuse_start_over, resolve_resume, where_to_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout, check_resume_settings, run_settings
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
-from .llava_flags import translate_llava_flags
+from .llava_flags import given_flags, translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
 from .reporting import configure_wandb, format_summary
@@ -94,9 +94,10 @@ def format_vision_flops(flops: VisionFlops) -> str:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
-          notes: tuple[str, ...] = ()) -> dict:
-    """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours)."""
-    check_before_weights(model_args, args)
+          notes: tuple[str, ...] = (), given: frozenset[str] = frozenset()) -> dict:
+    """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours); ``given``: the flags
+    the command line named (a saved model's parts are checked against them)."""
+    check_before_weights(model_args, args, given)
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
         for note in notes:
@@ -227,8 +228,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    _, notes = translate_llava_flags(argv)
-    train(*parse_args(argv), notes=tuple(notes))
+    translated, notes = translate_llava_flags(argv)
+    train(*parse_args(argv), notes=tuple(notes), given=frozenset(given_flags(translated)))
     if torch.distributed.is_initialized():
         # The DeepSpeed engine sits in reference cycles: collected only at interpreter exit, its pending gloo
         # work would be destroyed after the process group, which aborted a finished rank once (SIGABRT,
