@@ -96,6 +96,17 @@ def test_each_misconfiguration_is_named_before_anything_loads(case, tiny_assets,
         assert fragment in str(error.value), (fragment, str(error.value))
 
 
+def test_an_artifact_of_another_vit_layer_is_refused_before_anything_loads(tiny_assets, fila_artifact, tmp_path):
+    """The connector learnt the features of one ViT layer. Before, a stage 2 on --vision_feature_layer -1 started
+    from a stage 1 trained on layer -2, exit 0, unsaid."""
+    artifact, flags = fila_artifact
+    run = good_flags(tiny_assets, tmp_path) | flags | {"pretrained_connector": str(artifact)}
+    preflight(as_cli(run))  # the layer it was trained on
+    with pytest.raises(PreflightError, match=r"was trained for a different model: vision_feature_layer -2 \(this "
+                                             r"run: -1\)"):
+        preflight(as_cli(run | {"vision_feature_layer": "-1"}))
+
+
 def test_a_hub_model_in_the_offline_cache_is_accepted(tiny_assets, tmp_path):
     """Compute nodes run with HF_HUB_OFFLINE=1 and a filled hub cache (its real layout, made here)."""
     snapshot = tmp_path / "hub" / "models--lmsys--vicuna-7b-v1.5" / "snapshots" / "abc123"

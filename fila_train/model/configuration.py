@@ -5,7 +5,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .contracts import DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER
+from .contracts import DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, DEFAULT_VISION_FEATURE_LAYER
 
 # Image-context positions carry this id until the model scatters features into them. It is
 # negative so it can never collide with (or train) a vocabulary token.
@@ -33,7 +33,7 @@ class FilaConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     vision_encoder: str = DEFAULT_VISION_ENCODER
     vision_options: dict | None = None
-    vision_feature_layer: int = -2
+    vision_feature_layer: int = DEFAULT_VISION_FEATURE_LAYER
     connector_type: str = DEFAULT_CONNECTOR
     connector_options: dict | None = None
     image_token_id: int = IMAGE_TOKEN_ID

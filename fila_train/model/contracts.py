@@ -29,6 +29,7 @@ T = TypeVar("T")
 # The model's default parts (FilaConfig's defaults; here so that the light preflight reads the same ones).
 DEFAULT_VISION_ENCODER = "clip"
 DEFAULT_CONNECTOR = "mlp2x_gelu"
+DEFAULT_VISION_FEATURE_LAYER = -2  # LLaVA's: the penultimate ViT layer
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,21 @@ ARTIFACT_NAME = "connector.safetensors"
 SIGNATURE_KEY = "fila_signature"
 
 
-def connector_signature(vision_encoder: str, connector_type: str, vision_hidden: int, llm_hidden: int) -> dict[str, str]:
+def connector_signature(vision_encoder: str, connector_type: str, vision_hidden: int, llm_hidden: int,
+                        vision_feature_layer: int) -> dict[str, str]:
     return {"vision_encoder": vision_encoder, "connector_type": connector_type,
-            "vision_hidden": str(vision_hidden), "llm_hidden": str(llm_hidden)}
+            "vision_hidden": str(vision_hidden), "llm_hidden": str(llm_hidden),
+            "vision_feature_layer": str(vision_feature_layer)}  # the ViT layer whose features it learnt
 
 
 def signature_mismatches(signature: dict[str, str], expected: dict[str, str]) -> list[str]:
     """What keeps the artifact of ``signature`` from starting the model of ``expected`` (a connector_signature),
     as "key <artifact's> (this run: <model's>)". Its "starts" lists the encoders it can start (written since
-    the crop-only anyres encoder; older files start their own encoder only)."""
+    the crop-only anyres encoder; older files start their own encoder only). A key an older file lacks
+    (vision_feature_layer) is not checked."""
     starts = (signature.get("starts") or signature.get("vision_encoder", "")).split(",")
     return [f"{key} {signature.get(key, '?')} (this run: {value})" for key, value in expected.items()
-            if (value not in starts if key == "vision_encoder" else signature.get(key) != value)]
+            if (value not in starts if key == "vision_encoder" else key in signature and signature[key] != value)]
 
 
 def read_signature(path: str | Path) -> dict[str, str]:

@@ -30,7 +30,7 @@ def _aligned_parameters(model, without: set[str] = frozenset()) -> dict:
 def _signature(model) -> dict[str, str]:
     config = model.config
     return connector_signature(config.vision_encoder, config.connector_type, config.vision_config.hidden_size,
-                               config.text_config.hidden_size)
+                               config.text_config.hidden_size, config.vision_feature_layer)
 
 
 def _sub_parts(vision_encoder: str) -> set[str]:

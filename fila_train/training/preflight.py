@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..data.mixture import MixtureError, load_mixture
 from ..model.contracts import (  # names only: no torch
-    CONNECTORS, DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, VISION_ENCODERS)
+    CONNECTORS, DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, DEFAULT_VISION_FEATURE_LAYER, VISION_ENCODERS)
 from ..model.llava_layout import PROJECTOR_DEPTHS, release_layout, release_projector_type
 from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
@@ -35,7 +35,8 @@ class PreflightError(ConfigError):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("model_name_or_path", "vision_tower", "vision_encoder", "connector_type", "conversation_template",
+    for flag in ("model_name_or_path", "vision_tower", "vision_encoder", "connector_type", "vision_feature_layer",
+                 "conversation_template",
                  "convnext_checkpoint", "pretrained_connector", "data_path", "image_folder", "data_root",
                  "deepspeed", "max_grad_norm", "resume_from_checkpoint", "output_dir"):
         # HfArgumentParser takes the dashed spelling too (--output-dir).
@@ -207,11 +208,13 @@ def check_pretrained_connector(args: argparse.Namespace, model: dict | None, tow
         expected = connector_signature(model.get("vision_encoder", DEFAULT_VISION_ENCODER),
                                        model.get("connector_type", DEFAULT_CONNECTOR),
                                        hidden_size(model.get("vision_config") or {}),
-                                       hidden_size(model.get("text_config") or {}))
+                                       hidden_size(model.get("text_config") or {}),
+                                       model.get("vision_feature_layer", DEFAULT_VISION_FEATURE_LAYER))
     elif model is not None and tower is not None:
         expected = connector_signature(args.vision_encoder or DEFAULT_VISION_ENCODER,
                                        args.connector_type or DEFAULT_CONNECTOR,
-                                       hidden_size(tower.get("vision_config") or tower), text_hidden_size(model))
+                                       hidden_size(tower.get("vision_config") or tower), text_hidden_size(model),
+                                       args.vision_feature_layer or DEFAULT_VISION_FEATURE_LAYER)
     else:
         return  # a hub model: its sizes are known once it is loaded (load_connector_artifact checks again)
     mismatches = signature_mismatches(signature, expected)
