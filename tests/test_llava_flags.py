@@ -86,6 +86,31 @@ def test_every_alias_used_is_named_once():
     assert not any(item.lstrip("-").partition("=")[0] in LLAVA_FLAGS for item in argv)
 
 
+# LLaVA's own system prompts (haotian-liu/LLaVA llava/conversation.py conv_vicuna_v1 and conv_llava_v1;
+# LLaVA-VL/LLaVA-NeXT conv_llava_llama_3), as literals: the reference a --version must render.
+LLAVA_SYSTEM_PROMPTS = {
+    "v1": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the user's questions.",
+    "llava_v1": "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                "helpful, detailed, and polite answers to the human's questions.",
+    "llava_llama_3": "You are a helpful language and vision assistant. You are able to understand the visual "
+                     "content that the user provides, and assist the user with a variety of tasks using natural "
+                     "language.",
+}
+
+
+@pytest.mark.parametrize("version", sorted(LLAVA_SYSTEM_PROMPTS))
+def test_each_llava_version_renders_llavas_own_system_prompt(version):
+    """Before, --version llava_v1 became vicuna_v1 ("curious user" for LLaVA's "curious human") and
+    llava_llama_3 kept only the first sentence of LLaVA-NeXT's system prompt: a fine-tune continuing LLaVA's
+    weights saw another prompt, unsaid."""
+    from fila_train.processing.chat_templates import get_template
+
+    model_args, _, _ = parse_args(BASE + ["--version", version])
+    rendered = get_template(model_args.conversation_template).render([{"role": "user", "content": "Hi"}]).text
+    assert LLAVA_SYSTEM_PROMPTS[version] in rendered, rendered
+
+
 def test_tune_mm_mlp_adapter_tunes_the_selected_models_connector_side():
     """For FILA and MMFuser the "mm_mlp_adapter" is everything stage 1 aligns: CVFM and the fuser too."""
     argv, _ = translate_llava_flags(["--vision_encoder", "fila_hybrid", "--connector_type", "mmfuser",

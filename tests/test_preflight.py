@@ -58,7 +58,7 @@ def cases(assets, tmp_path, artifact):
     (tmp_path / "mixture.yaml").write_text(f"sources:\n  - name: docs\n    annotations: {tmp_path}/nowhere.jsonl\n")
     return {
         "template": ({"conversation_template": "vicuna"}, ["--conversation_template 'vicuna' is not one of",
-                                                           "chatml, llama3, plain, vicuna_v1"]),
+                                                           "chatml, llama3, llava_v1, plain, vicuna_v1"]),
         "encoder": ({"vision_encoder": "fila"}, ["--vision_encoder 'fila' is not one of: anyres, clip, fila_hybrid"]),
         "connector": ({"connector_type": "mlp"}, ["--connector_type 'mlp' is not one of", "mlp2x_gelu"]),
         "model": ({"model_name_or_path": str(tmp_path / "no_llm")}, ["--model_name_or_path", "no_llm: no such folder"]),
@@ -149,7 +149,7 @@ def test_fila_train_train_prints_one_line_before_deepspeed_or_any_weights(tiny_a
                          text=True, timeout=120)
     assert run.stdout.strip() == "exit 1 []", run.stdout + run.stderr
     assert run.stderr.splitlines() == ["fila-train train: error: --conversation_template 'vicuna' is not one of: "
-                                       "chatml, llama3, plain, vicuna_v1"]
+                                       "chatml, llama3, llava_v1, plain, vicuna_v1"]
 
 
 def test_a_flag_error_after_the_preflight_is_one_line_too(tiny_assets, tmp_path, capsys):

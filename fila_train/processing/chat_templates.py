@@ -96,16 +96,9 @@ class PlainTemplate(ConversationTemplate):
     )
 
 
-@TEMPLATES.register("vicuna_v1")
-class VicunaTemplate(ConversationTemplate):
-    """LLaVA's conv_vicuna_v1: "<s>SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>"."""
-
-    name = "vicuna_v1"
-    default_system = ("A chat between a curious user and an artificial intelligence assistant. "
-                      "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-    end_of_turn = "</s>"
-    control_tokens = ("<s>", "</s>")
-    jinja = (
+def vicuna_jinja(default_system: str) -> str:
+    """"<s>SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>" (LLaVA's SeparatorStyle.TWO)."""
+    return (
         CONTENT_MACRO + system_split(default_system) +
         "{{- '<s>' + system + ' ' -}}"
         "{%- for message in loop_messages -%}"
@@ -118,12 +111,36 @@ class VicunaTemplate(ConversationTemplate):
     )
 
 
+@TEMPLATES.register("vicuna_v1")
+class VicunaTemplate(ConversationTemplate):
+    """LLaVA's conv_vicuna_v1 (its --version v1, LLaVA-1.5's): a curious "user"."""
+
+    name = "vicuna_v1"
+    default_system = ("A chat between a curious user and an artificial intelligence assistant. "
+                      "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+    end_of_turn = "</s>"
+    control_tokens = ("<s>", "</s>")
+    jinja = vicuna_jinja(default_system)
+
+
+@TEMPLATES.register("llava_v1")
+class LlavaV1Template(VicunaTemplate):
+    """LLaVA's conv_llava_v1 (its --version llava_v1): vicuna_v1's format, a curious "human" in the system prompt."""
+
+    name = "llava_v1"
+    default_system = ("A chat between a curious human and an artificial intelligence assistant. "
+                      "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+    jinja = vicuna_jinja(default_system)
+
+
 @TEMPLATES.register("llama3")
 class Llama3Template(ConversationTemplate):
-    """Llama-3-Instruct's format (LLaVA-NeXT's llava_llama_3), with contents kept as they are (no trim)."""
+    """Llama-3-Instruct's format with LLaVA-NeXT's llava_llama_3 system prompt, contents kept as they are (no trim)."""
 
     name = "llama3"
-    default_system = "You are a helpful language and vision assistant."
+    default_system = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                      "content that the user provides, and assist the user with a variety of tasks using natural "
+                      "language.")
     end_of_turn = "<|eot_id|>"
     control_tokens = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
     jinja = (

@@ -29,7 +29,7 @@ class LlavaFlag:
 
 LLAVA_FLAGS: dict[str, LlavaFlag] = {
     "version": LlavaFlag("conversation_template", {
-        "plain": "plain", "v1": "vicuna_v1", "vicuna_v1": "vicuna_v1", "llava_v1": "vicuna_v1",
+        "plain": "plain", "v1": "vicuna_v1", "vicuna_v1": "vicuna_v1", "llava_v1": "llava_v1",
         "llava_llama_3": "llama3"}, "that conversation version has no template here; --conversation_template "
                                     "takes plain, vicuna_v1, llama3 or chatml"),
     "mm_projector_type": LlavaFlag("connector_type", {"linear": "linear", "mlp2x_gelu": "mlp2x_gelu"},
