@@ -94,6 +94,21 @@ def test_a_prompt_with_more_placeholders_than_images_is_refused(tokenizer_folder
         processor(text="<image> hi")
 
 
+@pytest.mark.parametrize("kwargs", [{"truncation": True, "max_length": 4}, {"padding": "max_length", "max_length": 64},
+                                    {"pad_to_multiple_of": 8}, {"padding_side": "right"}])
+def test_tokenizer_options_the_processor_does_not_apply_are_refused(tokenizer_folder, kwargs):
+    """Before, truncation, max-length padding and the padding side were accepted and ignored: the ids came back
+    whole and left-padded, unsaid. The options it does apply (return_tensors, padding to the longest) stand."""
+    from transformers import AutoTokenizer
+
+    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config("vicuna_v1"))
+    prompts = ["USER: a long prompt of several words ASSISTANT:", "USER: hi ASSISTANT:"]
+    with pytest.raises(ValueError, match=f"FilaProcessor does not apply ({'|'.join(kwargs)})="):
+        processor(text=prompts, return_tensors="pt", **kwargs)
+    padded = processor(text=prompts, return_tensors="pt", padding=True, truncation=False, add_special_tokens=False)
+    assert padded["input_ids"].shape[0] == 2 and padded["attention_mask"][1, 0] == 0  # left-padded
+
+
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_messages_with_content_parts_render_as_their_string_form(tokenizer_folder, template):
     """The llava-hf / OpenAI message format (content as a list of parts) for every role, as servers send it."""

@@ -68,6 +68,7 @@ class FilaProcessor(ProcessorMixin):
         """Prompts with ``<image>`` placeholders (one per image, in order) -> ``input_ids`` with each
         placeholder expanded to the image's token count, ``attention_mask`` and the collated ``images``.
         Several prompts are left-padded (where generation continues)."""
+        check_call_options(kwargs)
         texts = [text] if isinstance(text, str) else list(text or [])
         flat = flatten_images(images)
         processed = self.image_processor(flat) if flat else []
@@ -91,6 +92,25 @@ class FilaProcessor(ProcessorMixin):
         if processed:
             data["images"] = encoder.collate(processed)
         return FilaBatch(data=data)
+
+
+# Tokenizer options __call__ does not apply, and why: given, they would be dropped unsaid.
+NOT_APPLIED = {
+    "truncation": "prompts are never cut (a cut could split an image's tokens or lose the question)",
+    "max_length": "prompts are never cut or padded to a length",
+    "pad_to_multiple_of": "prompts are padded to the longest only",
+    "padding_side": "several prompts are left-padded, where generation continues",
+}
+
+
+def check_call_options(kwargs: dict) -> None:
+    for name, why in NOT_APPLIED.items():
+        value = kwargs.get(name)
+        if value not in (None, False) and not (name == "padding_side" and value == "left"):
+            raise ConfigError(f"FilaProcessor does not apply {name}={value!r}: {why}")
+    padding = getattr(kwargs.get("padding"), "value", kwargs.get("padding"))  # a PaddingStrategy too
+    if padding not in (None, False, True, "longest", "do_not_pad"):
+        raise ConfigError(f"FilaProcessor does not apply padding={padding!r}: prompts are padded to the longest only")
 
 
 class FilaBatch(BatchFeature):
