@@ -161,6 +161,23 @@ def test_latest_takes_the_newest_complete_checkpoint_and_names_the_rest(tmp_path
         resolve_resume("auto", empty)
 
 
+def test_transformers_true_means_latest_and_a_finished_runs_folder_is_named_as_such(tmp_path):
+    """transformers' --resume_from_checkpoint True (LLaVA's train.py resumes with True) means the newest checkpoint
+    of --output_dir; before, it was read as a folder named "True", "incomplete: missing the folder itself". A
+    finished run's folder (its final save, no checkpoint-N) was "missing checkpoint_manifest.json (its save did not
+    finish)"."""
+    checkpoint(tmp_path / "checkpoint-2", {"a": b"1"})
+    assert resolve_resume("True", tmp_path) == resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-2")
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    for name in ("config.json", "model.safetensors", "train_summary.json"):
+        (finished / name).write_text("{}")
+    with pytest.raises(CheckpointError, match=f"{finished} is a finished run's final save, not a checkpoint: it "
+                                              f"holds no optimizer or schedule to resume; start a new run from its "
+                                              f"weights \\(--model_name_or_path {finished}\\)"):
+        resolve_resume(str(finished), tmp_path)
+
+
 def test_checkpoints_written_before_manifests_still_resume(tmp_path):
     """A checkpoint-N under its final name with its trainer state (written last) but no manifest comes
     from an older fila_train or plain transformers; one without the state was cut short."""

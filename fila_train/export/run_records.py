@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..utils.run_summary import run_summary
+from ..utils.checkpoint_folders import TRAINER_STATE
+from ..utils.run_summary import TRAIN_SUMMARY, run_summary
 from .errors import ExportError
 
-TRAIN_SUMMARY = "train_summary.json"  # written by fila-train train at the end of a run
-TRAINER_STATE = "trainer_state.json"  # HF Trainer, in every checkpoint-N folder
 # In the run's output folder, written when it starts: its data mixture (fila_train.training.datasets.PLAN_FILE)
 # and its arguments (fila_train.training.train.RUN_ARGS_FILE). Named here: export imports no training code.
 DATA_PLAN = "data_plan.json"

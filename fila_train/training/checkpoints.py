@@ -19,11 +19,14 @@ from pathlib import Path
 from ..utils.checkpoint_folders import (MANIFEST, PREFIX_CHECKPOINT_DIR, STAGING_DIR, TRAINER_STATE, describe_incomplete,
                                         missing_parts, step_of)
 from ..utils.files import write_json_atomic
+from ..utils.run_summary import TRAIN_SUMMARY
 from ..utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 RESUME_LATEST = ("latest", "auto")  # "auto" starts from scratch when there is no checkpoint yet
+# transformers' booleans (LLaVA's train.py resumes with True): True is the newest checkpoint, False none.
+TRANSFORMERS_BOOLEANS = {"True": "latest", "true": "latest", "False": None, "false": None}
 
 
 def checkpoint_name(step: int) -> str:
@@ -116,6 +119,11 @@ def where_to_resume(run_dir: str | Path) -> str:
     return f"the newest complete checkpoint is {chosen}: --resume_from_checkpoint latest continues from it"
 
 
+def resume_value(value: str | None) -> str | None:
+    """--resume_from_checkpoint with transformers' True / False read as they mean there."""
+    return TRANSFORMERS_BOOLEANS.get(value, value) if value is not None else None
+
+
 def refuse_start_over(output_dir: str | Path) -> None:
     """A run without --resume_from_checkpoint would start from step 0 in a folder that holds an earlier run's
     checkpoints, and rotate them out at its first saves (the scripts keep one): a crashed run's only checkpoint
@@ -131,7 +139,8 @@ def refuse_start_over(output_dir: str | Path) -> None:
 def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
     """``--resume_from_checkpoint`` as a checked folder: ``latest`` / ``auto`` pick the newest complete
     checkpoint in ``output_dir`` (``auto`` starts from scratch when none was ever published); a path must
-    be complete."""
+    be complete; a finished run's final save is not a checkpoint."""
+    value = resume_value(value)
     if value is None:
         return None
     output_dir = Path(output_dir)
@@ -155,6 +164,10 @@ def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
     if folder.is_dir() and checkpoints_by_step(folder):
         raise CheckpointError(f"--resume_from_checkpoint {value} is a run folder, not a checkpoint: give one of its "
                               f"checkpoint-N folders, or 'latest' with --output_dir {value}")
+    if (folder / TRAIN_SUMMARY).is_file() and not (folder / TRAINER_STATE).is_file():
+        raise CheckpointError(f"--resume_from_checkpoint {value} is a finished run's final save, not a checkpoint: it "
+                              f"holds no optimizer or schedule to resume; start a new run from its weights "
+                              f"(--model_name_or_path {value})")
     missing = missing_parts(folder)
     if missing:
         run_dir = folder.parent.parent if folder.parent.name == STAGING_DIR else folder.parent

@@ -22,12 +22,12 @@ from ..utils.distributed import all_ranks, is_main_process, rank, world_size
 from ..utils.files import give_files_open_mode, write_json_atomic
 from ..utils.logs import console_logging
 from ..utils.quiet import known_noise_silenced
-from ..utils.run_summary import run_summary
+from ..utils.run_summary import TRAIN_SUMMARY, run_summary
 from ..utils.errors import ConfigError, FilaError, Interrupted
 from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .before_weights import check_before_weights
 from .build_locks import reporting_build_locks
-from .checkpoints import refuse_start_over, resolve_resume, where_to_resume
+from .checkpoints import refuse_start_over, resolve_resume, resume_value, where_to_resume
 from .resume_checks import BatchLayout, check_resume_data, check_resume_layout, check_resume_settings, run_settings
 from .datasets import build_train_dataset, data_order, total_skip_counts, write_data_plan
 from .deepspeed_config import partitions_optimizer_state
@@ -104,7 +104,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             logger.info(note)
         # Before DeepSpeed starts: a refused run must not be killed inside its op build (a killed build leaves
         # a lock file behind that every later run waits on).
-        if args.resume_from_checkpoint is None:
+        if resume_value(args.resume_from_checkpoint) is None:
             refuse_start_over(args.output_dir)
         args.resume_from_checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)
         if args.resume_from_checkpoint is not None:
@@ -218,8 +218,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Tra
     if flops is not None:
         summary["vision_tflops_per_image"] = {"canvas": list(flops.canvas), "views": flops.views, **flops.parts}
     if is_main_process():
-        write_json_atomic(Path(args.output_dir) / "train_summary.json", summary)
-        logger.info("wrote %s", Path(args.output_dir) / "train_summary.json")
+        write_json_atomic(Path(args.output_dir) / TRAIN_SUMMARY, summary)
+        logger.info("wrote %s", Path(args.output_dir) / TRAIN_SUMMARY)
         logger.info("\n%s\n%s", format_parameter_table(model), format_summary(summary))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

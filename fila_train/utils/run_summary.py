@@ -2,6 +2,8 @@
 back from a checkpoint's trainer_state.json (export needs no training code)."""
 from __future__ import annotations
 
+TRAIN_SUMMARY = "train_summary.json"  # written by fila-train train beside its final save
+
 
 def loss_history(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry]
