@@ -62,3 +62,17 @@ def test_a_bad_training_flag_is_one_line_when_the_flags_are_parsed(flags, line, 
                                    ["--eval_strategy", "no"], ["--part_lr", "connector=0"]])
 def test_good_training_flags_parse(flags):
     parse_args(BASE + flags)
+
+
+def test_a_min_lr_floor_with_part_rates_of_their_own_is_refused_for_the_fraction_form():
+    """transformers turns --lr_scheduler_kwargs min_lr into a fraction of --learning_rate and gives every parameter
+    group that fraction of its own rate. Before, a connector at 1e-3 under --learning_rate 1e-2 and min_lr 5e-4
+    fell to 1.1e-4 by the end, below the floor asked for, unsaid."""
+    schedule = ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 5e-4}',
+                "--learning_rate", "1e-2", "--tune_parts", "connector,llm"]
+    with pytest.raises(ConfigError, match=r"min_lr 0.0005 is a fraction of --learning_rate 0.01 for every part "
+                                          r"in transformers, so connector \(at 0.001\) would end at another floor: "
+                                          r"give min_lr_rate"):
+        parse_args(BASE + schedule + ["--connector_lr", "1e-3"])
+    parse_args(BASE + schedule)  # one rate for all: the floor is the one asked for
+    parse_args(BASE + schedule[:2] + ["--lr_scheduler_kwargs", '{"min_lr_rate": 0.05}', "--connector_lr", "1e-3"])

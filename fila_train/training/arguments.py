@@ -130,6 +130,7 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ConfigError(f"--tune_parts: unknown part(s) {unknown}; known parts: {list(known_parts())}")
         self.part_learning_rates()  # a bad --part_lr or part rate fails at parse time
         self._check_steps()
+        self._check_schedule()
         check_report_to(self.report_to)
         self._check_speed_options()
         if self.deepspeed:
@@ -155,6 +156,18 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ConfigError(f"--num_train_epochs {self.num_train_epochs} with --max_steps {self.max_steps} trains no "
                               f"step: give --num_train_epochs above 0 (EPOCHS in the scripts) or --max_steps above 0 "
                               f"(MAX_STEPS)")
+
+    def _check_schedule(self) -> None:
+        """transformers makes a min_lr floor a fraction of --learning_rate and gives every parameter group that
+        fraction of its own rate: a part with a rate of its own would end at another floor than the one asked."""
+        floor = (self.lr_scheduler_kwargs or {}).get("min_lr")
+        own = {part: rate for part, rate in self.part_learning_rates().items()
+               if part in self.parts() and rate != self.learning_rate}
+        if floor is not None and own:
+            parts = ", ".join(f"{part} (at {rate:g})" for part, rate in own.items())
+            raise ConfigError(f"--lr_scheduler_kwargs min_lr {floor:g} is a fraction of --learning_rate "
+                              f"{self.learning_rate:g} for every part in transformers, so {parts} would end at another "
+                              f"floor: give min_lr_rate (the fraction of each part's own rate the schedule ends at)")
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:
