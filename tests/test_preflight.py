@@ -58,7 +58,7 @@ def cases(assets, tmp_path, artifact):
     (tmp_path / "mixture.yaml").write_text(f"sources:\n  - name: docs\n    annotations: {tmp_path}/nowhere.jsonl\n")
     return {
         "template": ({"conversation_template": "vicuna"}, ["--conversation_template 'vicuna' is not one of",
-                                                           "chatml, llama3, llava_v1, plain, vicuna_v1"]),
+                                                           "chatml, llama3, llava_llama_3, llava_v1, plain, vicuna_v1"]),
         "encoder": ({"vision_encoder": "fila"}, ["--vision_encoder 'fila' is not one of: anyres, clip, fila_hybrid"]),
         "connector": ({"connector_type": "mlp"}, ["--connector_type 'mlp' is not one of", "mlp2x_gelu"]),
         "model": ({"model_name_or_path": str(tmp_path / "no_llm")}, ["--model_name_or_path", "no_llm: no such folder"]),
@@ -149,7 +149,7 @@ def test_fila_train_train_prints_one_line_before_deepspeed_or_any_weights(tiny_a
                          text=True, timeout=120)
     assert run.stdout.strip() == "exit 1 []", run.stdout + run.stderr
     assert run.stderr.splitlines() == ["fila-train train: error: --conversation_template 'vicuna' is not one of: "
-                                       "chatml, llama3, llava_v1, plain, vicuna_v1"]
+                                       "chatml, llama3, llava_llama_3, llava_v1, plain, vicuna_v1"]
 
 
 def test_a_flag_error_after_the_preflight_is_one_line_too(tiny_assets, tmp_path, capsys):
@@ -318,14 +318,17 @@ def test_flags_that_would_change_a_saved_models_parts_are_one_line_before_any_we
     assert refused_run(tiny_assets, tmp_path, capsys, changes) == (
         f"{saved} is a saved fila model, which loads with the parts it was saved with: --connector_type linear (it "
         f"has mlp2x_gelu), --vision_feature_layer -1 (it has {config.vision_feature_layer}) would be ignored; leave "
-        f"them out or give its values, or build a new model from its LLM and vision tower")
-    # An option of the saved encoder: the same rule (a saved FILA model's CVFM gate is scalar).
+        f"them out or give its values (the scripts: VISION_ENCODER, CONNECTOR and the option variables), or build a "
+        f"new model from its LLM and vision tower")
+    # An option of the saved encoder: the same rule (a saved FILA model's CVFM gate is scalar). Its ConvNeXt
+    # checkpoint is saved as None (the weights are in the model): the scripts always pass one, and it passes.
     build_tiny_model(tiny_assets, hybrid=True, fuser=False).config.save_pretrained(saved)
     capsys.readouterr()
-    changes = {"model_name_or_path": str(saved), "vision_encoder": "fila_hybrid",
-               "vision_option": "cvfm.gate=channel", "tune_parts": "connector,cvfm,llm"}
-    assert "--vision_option cvfm.gate=channel (it has scalar) would be ignored" in refused_run(
-        tiny_assets, tmp_path, capsys, changes)
+    changes = {"model_name_or_path": str(saved), "vision_encoder": "fila_hybrid", "vision_option": "cvfm.gate=channel",
+               "convnext_checkpoint": str(tiny_assets.convnext), "tune_parts": "connector,cvfm,llm"}
+    line = refused_run(tiny_assets, tmp_path, capsys, changes)
+    assert "would be ignored" in line and "--vision_option cvfm.gate=channel (it has scalar)" in line, line
+    assert "convnext" not in line.partition(" would be ignored")[0].partition("loads with the parts")[2], line
 
 
 def test_a_template_the_tokenizer_cannot_write_is_one_line_before_any_weights_load(tiny_assets, tmp_path, capsys):

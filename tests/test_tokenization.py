@@ -16,7 +16,7 @@ from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.demo.tokenizer import CHAT_SPECIAL_TOKENS, build_demo_tokenizer
 from fila_train.model.configuration import IMAGE_TOKEN_ID
 
-TEMPLATE_NAMES = ("plain", "vicuna_v1", "llava_v1", "llama3", "chatml")
+TEMPLATE_NAMES = ("plain", "vicuna_v1", "llava_v1", "llama3", "llava_llama_3", "chatml")
 # vicuna_v1 trains " answer</s>": the space after "ASSISTANT:" belongs to the first answer token,
 # exactly as when the whole string is tokenized at once (and as the model generates it).
 TRAINED_PREFIX = {"vicuna_v1": " ", "llava_v1": " "}

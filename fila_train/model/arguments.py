@@ -81,7 +81,7 @@ class ModelArguments:
     pretrained_connector: str | None = field(
         default=None, metadata={"help": "stage-1 connector artifact (connector.safetensors) to start from"})
     conversation_template: str = field(default=FilaConfig.conversation_template, metadata={
-        "help": "plain, vicuna_v1, llava_v1, llama3, chatml"})
+        "help": "plain, vicuna_v1, llava_v1, llama3, llava_llama_3, chatml"})
     attn_implementation: str = field(default=DEFAULT_ATTENTION, metadata={"help": "sdpa, eager or flash_attention_2"})
     # LoRA / QLoRA on the LLM (PEFT): with --lora_r > 0, tune part "llm" trains the adapters only.
     lora_r: int = field(default=0, metadata={"help": "LoRA rank of the LLM adapters; 0 = no LoRA (full tuning)"})

@@ -133,17 +133,9 @@ class LlavaV1Template(VicunaTemplate):
     jinja = vicuna_jinja(default_system)
 
 
-@TEMPLATES.register("llama3")
-class Llama3Template(ConversationTemplate):
-    """Llama-3-Instruct's format with LLaVA-NeXT's llava_llama_3 system prompt, contents kept as they are (no trim)."""
-
-    name = "llama3"
-    default_system = ("You are a helpful language and vision assistant. You are able to understand the visual "
-                      "content that the user provides, and assist the user with a variety of tasks using natural "
-                      "language.")
-    end_of_turn = "<|eot_id|>"
-    control_tokens = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-    jinja = (
+def llama3_jinja(default_system: str) -> str:
+    """Llama-3-Instruct's format, contents kept as they are (no trim)."""
+    return (
         CONTENT_MACRO + system_split(default_system) +
         "{{- '<|begin_of_text|>' -}}"
         "{%- if system -%}{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system + '<|eot_id|>' -}}"
@@ -156,6 +148,28 @@ class Llama3Template(ConversationTemplate):
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
     )
+
+
+@TEMPLATES.register("llama3")
+class Llama3Template(ConversationTemplate):
+    """Llama-3-Instruct's format with a short vision-assistant system prompt."""
+
+    name = "llama3"
+    default_system = "You are a helpful language and vision assistant."
+    end_of_turn = "<|eot_id|>"
+    control_tokens = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    jinja = llama3_jinja(default_system)
+
+
+@TEMPLATES.register("llava_llama_3")
+class LlavaLlama3Template(Llama3Template):
+    """LLaVA-NeXT's conv_llava_llama_3 (its --version llava_llama_3): llama3's format, LLaVA-NeXT's system prompt."""
+
+    name = "llava_llama_3"
+    default_system = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                      "content that the user provides, and assist the user with a variety of tasks using natural "
+                      "language.")
+    jinja = llama3_jinja(default_system)
 
 
 @TEMPLATES.register("chatml")

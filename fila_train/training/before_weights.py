@@ -12,6 +12,7 @@ from ..processing.chat_templates import get_template
 from ..processing.saved_tokenizer import check_saved_alike
 from ..processing.tokenization import ConversationTokenizer
 from ..utils.errors import ConfigError
+from ..model.arguments import OPTION_SHORTHANDS
 from .arguments import ModelArguments, TrainingArguments
 from .image_budget import check_images_fit
 from .parts import check_parts_exist, check_rates_train
@@ -58,22 +59,31 @@ def check_saved_model_flags(model_args: ModelArguments, given: frozenset[str]) -
                 config.vision_options),
                ("connector", model_args.connector_type == config.connector_type, model_args.connector_options(),
                 config.connector_options))
-    ignored += [f"--{part}_option {name}={value} (it has {saved_value})"
+    ignored += [f"{option_flag(part, name)}={value} (it has {saved_value})"
                 for part, same_part, asked, saved in options if same_part and asked
                 for name, (value, saved_value) in differing_options(asked, saved or {}).items()]
     if ignored:
         raise ConfigError(f"{path} is a saved fila model, which loads with the parts it was saved with: "
-                          f"{', '.join(ignored)} would be ignored; leave them out or give its values, or build a new "
-                          f"model from its LLM and vision tower")
+                          f"{', '.join(ignored)} would be ignored; leave them out or give its values (the scripts: "
+                          f"VISION_ENCODER, CONNECTOR and the option variables), or build a new model from its LLM "
+                          f"and vision tower")
+
+
+def option_flag(part: str, name: str) -> str:
+    """The flag that sets option ``name`` (dotted) of the vision side or the connector: its shorthand, if any."""
+    shorthand = next((flag for flag, (_, key) in OPTION_SHORTHANDS.items() if key == name), None)
+    return f"--{shorthand}" if shorthand else f"--{part}_option {name}"
 
 
 def differing_options(asked: dict, saved: dict, prefix: str = "") -> dict[str, tuple]:
-    """Dotted name -> (asked, saved value) of the options ``asked`` (partial, nested) that differ from ``saved``."""
+    """Dotted name -> (asked, saved value) of the options ``asked`` (partial, nested) that differ from ``saved``.
+    An option the saved config holds as None is not compared: the saved model does not use it (its ConvNeXt
+    checkpoint is None once the weights are in the model, and the scripts always pass one)."""
     found: dict[str, tuple] = {}
     for key, value in asked.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             found |= differing_options(value, saved.get(key) or {}, f"{name}.")
-        elif json.loads(json.dumps(value)) != json.loads(json.dumps(saved.get(key))):  # tuples as lists
+        elif saved.get(key) is not None and json.loads(json.dumps(value)) != json.loads(json.dumps(saved[key])):
             found[name] = (value, saved.get(key))
     return found

@@ -9,6 +9,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from ..model.contracts import CONNECTORS, DEFAULT_CONNECTOR, DEFAULT_VISION_ENCODER, VISION_ENCODERS
+from ..processing.chat_templates import TEMPLATES
 from ..utils.errors import ConfigError
 
 TRUE, FALSE = "True", "False"
@@ -30,8 +31,8 @@ class LlavaFlag:
 LLAVA_FLAGS: dict[str, LlavaFlag] = {
     "version": LlavaFlag("conversation_template", {
         "plain": "plain", "v1": "vicuna_v1", "vicuna_v1": "vicuna_v1", "llava_v1": "llava_v1",
-        "llava_llama_3": "llama3"}, "that conversation version has no template here; --conversation_template "
-                                    "takes plain, vicuna_v1, llama3 or chatml"),
+        "llava_llama_3": "llava_llama_3"}, "that conversation version has no template here; --conversation_template "
+                                    f"takes {', '.join(TEMPLATES.names())}"),
     "mm_projector_type": LlavaFlag("connector_type", {"linear": "linear", "mlp2x_gelu": "mlp2x_gelu"},
                                    "that projector is not implemented; --connector_type takes linear, mlp2x_gelu "
                                    "or mmfuser"),
