@@ -234,7 +234,8 @@ def test_a_resume_on_other_data_in_another_order_is_one_line_before_training(sta
     records = len(tiny_assets.stage1_data.read_text().splitlines())
     trained, now = error.split("; this run's data is ")
     assert trained.endswith(f"{checkpoint} was trained on 8 samples (stage1_captions_first8: 8 of 8 records; plan "
-                            f"seed 0, selection {trained.split('selection ')[1][:8]}), sampler seed 7, ungrouped"), error
+                            f"seed 0, selection {trained.split('selection ')[1][:8]}, records "
+                            f"{trained.split(', records ')[1][:8]}), sampler seed 7, ungrouped"), error
     assert now.startswith(f"{records} samples (stage1_captions: {records} of {records} records; plan seed 0"), error
     assert "), sampler seed 8, ungrouped: skipping to the checkpoint's step in another order" in now, error
     assert error.endswith("or pass --ignore_data_skip to start the checkpoint's epoch of this data from its beginning"), error
