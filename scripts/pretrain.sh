@@ -49,7 +49,7 @@ TRAIN_ARGS=(
   --conversation_template plain
   --data_path "$DATA_PATH" ${IMAGE_FOLDER:+--image_folder "$IMAGE_FOLDER"} --on_bad_sample "$ON_BAD_SAMPLE"
   --output_dir "$OUTPUT_DIR"
-  --tune_parts "$TUNE_PARTS" "${RATE_ARGS[@]}" --deepspeed "$ZERO_CONFIG"
+  --tune_parts "$TUNE_PARTS" ${RATE_ARGS[@]+"${RATE_ARGS[@]}"} --deepspeed "$ZERO_CONFIG"
   --learning_rate "$LEARNING_RATE" --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine
   --num_train_epochs "$EPOCHS" --max_steps "$MAX_STEPS" --model_max_length "$MAX_LENGTH"
   --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1

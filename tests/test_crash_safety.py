@@ -176,6 +176,16 @@ def test_transformers_true_means_latest_and_a_finished_runs_folder_is_named_as_s
                                               f"holds no optimizer or schedule to resume; start a new run from its "
                                               f"weights \\(--model_name_or_path {finished}\\)"):
         resolve_resume(str(finished), tmp_path)
+    # A rerun into a folder with checkpoints: "resume it" for a stopped run, "another folder" for a finished one.
+    from fila_train.training.checkpoints import refuse_start_over
+
+    with pytest.raises(CheckpointError, match="holds checkpoint-2 of an earlier run, .*--resume_from_checkpoint latest"):
+        refuse_start_over(tmp_path)
+    (tmp_path / "train_summary.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"holds a finished run \(train_summary.json\) and its checkpoint-2, "
+                                              r"which this run would rotate out as it saves: give another --output_dir"):
+        refuse_start_over(tmp_path)
+    refuse_start_over(finished)  # a final save without checkpoint-N folders: the rerun overwrites it, as LLaVA's
 
 
 def test_checkpoints_written_before_manifests_still_resume(tmp_path):
@@ -277,6 +287,20 @@ def test_a_resume_onto_its_file_reordered_or_replaced_is_refused(tmp_path, token
         with pytest.raises(CheckpointError, match=r"was trained on 40 samples .*records [0-9a-f]{8}\), sampler seed 42, ungrouped; this run's .*"
                                                    r"the same records in the same order in each file"):
             check_resume_data(folder, [order_of(changed, tmp_path / name)])
+
+
+def test_the_resume_settings_rules(tmp_path):
+    """test_distributed.py shows the refusal end to end; here, what counts: only what the checkpoint recorded."""
+    from fila_train.training.resume_checks import check_resume_settings
+
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    write_manifest(folder, 4, {"settings": {"max_steps": 6, "tune_parts": ["connector"]}})
+    check_resume_settings(folder, {"settings": {"max_steps": 6, "tune_parts": ["connector"], "added_later": 1}})
+    with pytest.raises(CheckpointError, match=r"--max_steps: 6 there, 8 here\): a resume continues"):
+        check_resume_settings(folder, {"settings": {"max_steps": 8, "tune_parts": ["connector"]}})
+    write_manifest(folder, 4, {})  # written before settings were recorded
+    check_resume_settings(folder, {"settings": {"max_steps": 8}})
 
 
 def test_latest_prefers_the_most_recently_published_over_a_higher_abandoned_step(tmp_path):

@@ -591,9 +591,13 @@ def test_kept_answers_are_whole_batches_of_the_same_model_settings_and_questions
     assert AnswerLog(tmp_path, key, questions, 3).kept == ["a0", "a1", "a2"]  # another batch size: whole batches
     assert AnswerLog(tmp_path, {**key, "max_new_tokens": 8}, questions, 2).kept == []  # other settings
     assert AnswerLog(tmp_path, key, ["q0", "q1", "changed", "q3", "q4"], 2).kept == ["a0", "a1"]
+    assert AnswerLog(tmp_path, key, questions[:4], 2).kept == []  # fewer questions: other last batch
     path = tmp_path / ANSWER_LOG_FILE
     path.write_text(path.read_text()[:-5])  # the last line cut by the stop
     assert AnswerLog(tmp_path, key, questions, 1).kept == ["a0", "a1", "a2"]
+    with AnswerLog(tmp_path / "other", key, questions, 2) as log:
+        log.append(["line\u2028separator", "a1"])  # json.dumps(ensure_ascii=False) leaves U+2028 as it is
+    assert AnswerLog(tmp_path / "other", key, questions, 2).kept == ["line\u2028separator", "a1"]
 
 
 @pytest.mark.parametrize("lines, flags, message", [

@@ -105,7 +105,8 @@ def test_tokenizer_options_the_processor_does_not_apply_are_refused(tokenizer_fo
     prompts = ["USER: a long prompt of several words ASSISTANT:", "USER: hi ASSISTANT:"]
     with pytest.raises(ValueError, match=f"FilaProcessor does not apply ({'|'.join(kwargs)})="):
         processor(text=prompts, return_tensors="pt", **kwargs)
-    padded = processor(text=prompts, return_tensors="pt", padding=True, truncation=False, add_special_tokens=False)
+    padded = processor(text=prompts, return_tensors="pt", padding=True, truncation="do_not_truncate",
+                       add_special_tokens=False)
     assert padded["input_ids"].shape[0] == 2 and padded["attention_mask"][1, 0] == 0  # left-padded
 
 

@@ -70,9 +70,9 @@ def test_a_min_lr_floor_with_part_rates_of_their_own_is_refused_for_the_fraction
     fell to 1.1e-4 by the end, below the floor asked for, unsaid."""
     schedule = ["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 5e-4}',
                 "--learning_rate", "1e-2", "--tune_parts", "connector,llm"]
-    with pytest.raises(ConfigError, match=r"min_lr 0.0005 is a fraction of --learning_rate 0.01 for every part "
-                                          r"in transformers, so connector \(at 0.001\) would end at another floor: "
-                                          r"give min_lr_rate"):
+    with pytest.raises(ConfigError, match=r"min_lr 0.0005: transformers ends every part at the fraction 0.05 of its "
+                                          r"own rate \(min_lr / --learning_rate 0.01\), so connector \(at 0.001\) "
+                                          r"would end at 5e-05, not at 0.0005: give min_lr_rate"):
         parse_args(BASE + schedule + ["--connector_lr", "1e-3"])
     parse_args(BASE + schedule)  # one rate for all: the floor is the one asked for
     parse_args(BASE + schedule[:2] + ["--lr_scheduler_kwargs", '{"min_lr_rate": 0.05}', "--connector_lr", "1e-3"])

@@ -57,7 +57,8 @@ class AnswerLog:
     def __init__(self, output: Path, key: dict, questions: list[str], batch_size: int):
         """``questions``: each question's fingerprint, in order."""
         self.path = Path(output) / ANSWER_LOG_FILE
-        self.key = key
+        # The question count too: a last, short batch is only that batch in a run of as many questions.
+        self.key = {**key, "questions": len(questions)}
         self.questions = questions
         self.kept = whole_batches(self._read(), batch_size, len(questions))
         self.handle: IO[str] | None = None
@@ -65,15 +66,16 @@ class AnswerLog:
 
     def _read(self) -> list[str]:
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            # "\n" only: an answer may hold U+2028 and the like, which splitlines() would cut at
+            lines = self.path.read_text(encoding="utf-8").split("\n")
         except (FileNotFoundError, UnicodeDecodeError):
             return []
-        if not lines or not self._matches(lines[0]):
+        if len(lines) < 2 or not self._matches(lines[0]):
             return []
         answers: list[str] = []
-        for line, question in zip(lines[1:], self.questions):
+        for line, question in zip(lines[1:-1], self.questions):  # the last piece: after the last "\n"
             try:  # a line cut by the stop, or a changed question, ends what is kept
-                record = json.loads(line) if line.endswith("\n") else {}
+                record = json.loads(line)
             except ValueError:
                 record = {}
             if record.get("question") != question or not isinstance(record.get("answer"), str):

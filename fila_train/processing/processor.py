@@ -104,9 +104,10 @@ NOT_APPLIED = {
 
 
 def check_call_options(kwargs: dict) -> None:
+    applied = {"truncation": (None, False, "do_not_truncate"), "padding_side": (None, "left")}
     for name, why in NOT_APPLIED.items():
-        value = kwargs.get(name)
-        if value not in (None, False) and not (name == "padding_side" and value == "left"):
+        value = getattr(kwargs.get(name), "value", kwargs.get(name))  # a TruncationStrategy too
+        if value is not None and value not in applied.get(name, (None,)):
             raise ConfigError(f"FilaProcessor does not apply {name}={value!r}: {why}")
     padding = getattr(kwargs.get("padding"), "value", kwargs.get("padding"))  # a PaddingStrategy too
     if padding not in (None, False, True, "longest", "do_not_pad"):

@@ -164,10 +164,11 @@ class TrainingArguments(transformers.TrainingArguments):
         own = {part: rate for part, rate in self.part_learning_rates().items()
                if part in self.parts() and rate != self.learning_rate}
         if floor is not None and own:
-            parts = ", ".join(f"{part} (at {rate:g})" for part, rate in own.items())
-            raise ConfigError(f"--lr_scheduler_kwargs min_lr {floor:g} is a fraction of --learning_rate "
-                              f"{self.learning_rate:g} for every part in transformers, so {parts} would end at another "
-                              f"floor: give min_lr_rate (the fraction of each part's own rate the schedule ends at)")
+            fraction = floor / self.learning_rate if self.learning_rate else 0.0
+            parts = ", ".join(f"{part} (at {rate:g}) would end at {rate * fraction:g}" for part, rate in own.items())
+            raise ConfigError(f"--lr_scheduler_kwargs min_lr {floor:g}: transformers ends every part at the fraction "
+                              f"{fraction:g} of its own rate (min_lr / --learning_rate {self.learning_rate:g}), so "
+                              f"{parts}, not at {floor:g}: give min_lr_rate (that fraction) to say what is meant")
 
     def _check_speed_options(self) -> None:
         if self.gradient_checkpointing_parts is not None:

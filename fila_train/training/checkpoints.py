@@ -129,6 +129,10 @@ def refuse_start_over(output_dir: str | Path) -> None:
     checkpoints, and rotate them out at its first saves (the scripts keep one): a crashed run's only checkpoint
     would be lost to rerunning the same command."""
     earlier = [folder.name for folder in reversed(checkpoints_by_step(Path(output_dir))) if folder.parent == Path(output_dir)]
+    if earlier and (Path(output_dir) / TRAIN_SUMMARY).is_file():
+        raise CheckpointError(
+            f"--output_dir {output_dir} holds a finished run ({TRAIN_SUMMARY}) and its {', '.join(earlier)}, which this "
+            f"run would rotate out as it saves: give another --output_dir (or remove them to train there again)")
     if earlier:
         raise CheckpointError(
             f"--output_dir {output_dir} holds {', '.join(earlier)} of an earlier run, which this run would start "

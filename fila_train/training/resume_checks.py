@@ -136,7 +136,8 @@ def check_resume_settings(checkpoint: Path, settings: dict) -> None:
     saved, current = manifest.get("settings"), settings["settings"]
     if not isinstance(saved, dict):
         return
-    changed = [name for name in sorted(set(saved) | set(current)) if saved.get(name) != current.get(name)]
+    # Only what the checkpoint recorded: a setting added by a later version is not checked against it.
+    changed = [name for name in sorted(saved) if saved[name] != current.get(name)]
     if changed:
         differences = "; ".join(f"{SETTING_FLAGS.get(name, '--' + name)}: {saved.get(name)} there, "
                                 f"{current.get(name)} here" for name in changed)

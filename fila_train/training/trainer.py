@@ -68,6 +68,10 @@ class FilaTrainer(Trainer):
         """``run_settings``: resume_checks.run_settings of the run, recorded in each checkpoint's manifest."""
         super().__init__(*args, **kwargs)
         self.run_settings = run_settings or {}
+        # The data as the run started on it, read once: a file regenerated meanwhile must not be recorded as the
+        # run's, and no file is read between a save's barriers. A dataset of one's own: its order is unknown.
+        self._data_order = (data_order(self.train_dataset, self.args).manifest_fields()
+                            if isinstance(self.train_dataset, MixtureDataset) else {})
         if self.pop_callback(ProgressCallback) is not None:  # present unless --disable_tqdm
             self.add_callback(ReadableProgress)
         self._tokens_since_log = 0
@@ -280,11 +284,8 @@ class FilaTrainer(Trainer):
 
     def resume_facts(self) -> dict:
         """What a run resumed from this run's checkpoints must share with it (resume_checks.py)."""
-        facts = (BatchLayout(world_size(), self._train_batch_size, self.args.gradient_accumulation_steps)
-                 .manifest_fields() | self.run_settings | {"save_only_model": self.args.save_only_model})
-        if not isinstance(self.train_dataset, MixtureDataset):  # a dataset of one's own: its order is unknown
-            return facts
-        return facts | data_order(self.train_dataset, self.args).manifest_fields()
+        return (BatchLayout(world_size(), self._train_batch_size, self.args.gradient_accumulation_steps)
+                .manifest_fields() | self.run_settings | {"save_only_model": self.args.save_only_model} | self._data_order)
 
     @property
     def tokens_seen(self) -> int:
