@@ -267,6 +267,8 @@ def test_a_resume_onto_its_file_reordered_or_replaced_is_refused(tmp_path, token
     from fila_train.model.configuration import IMAGE_TOKEN_ID
     from fila_train.processing.chat_templates import get_template
     from fila_train.processing.tokenization import ConversationTokenizer
+    from fila_train.training.datasets import data_order
+    from fila_train.training.train import parse_args
     from test_dataset import PROCESSOR, record
 
     conversations = ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID)
@@ -276,15 +278,17 @@ def test_a_resume_onto_its_file_reordered_or_replaced_is_refused(tmp_path, token
         (folder / "data.jsonl").write_text("".join(lines))
         dataset = MixtureDataset(single_source(folder / "data.jsonl", None), conversations, PROCESSOR,
                                  DatasetOptions(256))
-        return DataOrder.of(dataset.plan, 42, None, dataset.records_fingerprint())
+        return data_order(dataset, parse_args(["--model_name_or_path", "llm", "--data_path", "d.jsonl", "--seed",
+                                               "42", "--output_dir", str(folder / "out")])[2])
 
-    lines = [json.dumps(record(f"doc-{i}", answer=f"Answer {i}.")) + "\n" for i in range(40)]
+    # More records than the 64 indices looked at: a shuffle moves records onto them.
+    lines = [json.dumps(record(f"doc-{i}", answer=f"Answer {i}.")) + "\n" for i in range(200)]
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()
     write_manifest(folder, 4, order_of(lines, tmp_path / "first").manifest_fields())
     check_resume_data(folder, [order_of(lines, tmp_path / "moved")])  # the same file elsewhere
-    for name, changed in (("shuffled", lines[20:] + lines[:20]), ("replaced", lines[:39] + [lines[0]])):
-        with pytest.raises(CheckpointError, match=r"was trained on 40 samples .*records [0-9a-f]{8}\), sampler seed 42, ungrouped; this run's .*"
+    for name, changed in (("shuffled", lines[100:] + lines[:100]), ("replaced", lines[:199] + [lines[0]])):
+        with pytest.raises(CheckpointError, match=r"was trained on 200 samples .*records [0-9a-f]{8}\), sampler seed 42, ungrouped; this run's .*"
                                                    r"the same records in the same order in each file"):
             check_resume_data(folder, [order_of(changed, tmp_path / name)])
 

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 ARTIFACT_NAME = "connector.safetensors"
 SIGNATURE_KEY = "fila_signature"
+ADDED_KEYS = ("vision_feature_layer",)  # keys later versions write: an older file without them is not checked on them
 
 
 def connector_signature(vision_encoder: str, connector_type: str, vision_hidden: int, llm_hidden: int,
@@ -24,11 +25,11 @@ def connector_signature(vision_encoder: str, connector_type: str, vision_hidden:
 def signature_mismatches(signature: dict[str, str], expected: dict[str, str]) -> list[str]:
     """What keeps the artifact of ``signature`` from starting the model of ``expected`` (a connector_signature),
     as "key <artifact's> (this run: <model's>)". Its "starts" lists the encoders it can start (written since
-    the crop-only anyres encoder; older files start their own encoder only). A key an older file lacks
-    (vision_feature_layer) is not checked."""
+    the crop-only anyres encoder; older files start their own encoder only)."""
     starts = (signature.get("starts") or signature.get("vision_encoder", "")).split(",")
     return [f"{key} {signature.get(key, '?')} (this run: {value})" for key, value in expected.items()
-            if (value not in starts if key == "vision_encoder" else key in signature and signature[key] != value)]
+            if (value not in starts if key == "vision_encoder"
+                else (key in signature or key not in ADDED_KEYS) and signature.get(key) != value)]
 
 
 def read_signature(path: str | Path) -> dict[str, str]:
