@@ -226,6 +226,42 @@ def test_dvqa(tmp_path):
            ("Are the values in the chart presented in a logarithmic scale?", "no")),
     ]
     assert path.is_file()
+    # The file name says the split (its entries do not): before, val questions became training data, exit 0.
+    val = write_json(tmp_path / "val" / "qa" / "val_easy_qa.json", json.loads(path.read_text()))
+    assert main(["dvqa", "--input", str(val), "--output", str(tmp_path / "x.jsonl")]) == 1
+    assert convert(tmp_path, "dvqa", "--input", str(val), "--split", "val_easy")[0]["id"] == "dvqa_120000013"
+
+
+def test_a_question_repeated_in_an_image_group_is_a_duplicate_id(tmp_path, capsys):
+    """Grouped by image, only a record's id (its first question's) was checked: a repeated question id went into
+    the record twice, exit 0, "skipped: 0"."""
+    folder = tmp_path / "spdocvqa"
+    docvqa_file(folder, [docvqa_entry(1, "What is the date?", "xnbl0037_1", ["1/8/93"]),
+                         docvqa_entry(4, "Who wrote it?", "xnbl0037_1", ["P. Carter"]),
+                         docvqa_entry(1, "What is the date?", "xnbl0037_1", ["1/8/93"])])
+    output = tmp_path / "grouped.jsonl"
+    assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image"]) == 1
+    assert "data[2]: question id '1' was already read from" in capsys.readouterr().err and not output.exists()
+    assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image",
+                 "--on_bad_sample", "skip"]) == 0
+    assert "1 x duplicate id" in capsys.readouterr().out
+    [record] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(record["conversations"]) == 4  # two questions, once each
+
+
+def test_an_input_that_is_the_output_or_given_twice_is_refused(tmp_path, capsys):
+    """Before, converting into the input folder and running again read the earlier output as input (8 records
+    from 4), and an input given twice was read twice, exit 0."""
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    (folder / "mix.jsonl").write_text(json.dumps(llava_record("a", "x.png", "<image>\nQ?", "A.")) + "\n")
+    output = folder / "converted.jsonl"
+    assert main(["llava", "--input", str(folder), "--output", str(output)]) == 0
+    assert main(["llava", "--input", str(folder), "--output", str(output)]) == 1
+    assert f"--input {folder} holds the --output file {output}" in capsys.readouterr().err
+    assert main(["llava", "--input", str(folder / "mix.jsonl"), str(folder / "mix.jsonl"), "--output",
+                 str(tmp_path / "twice.jsonl")]) == 1
+    assert f"{folder / 'mix.jsonl'} is given twice" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- OCR-VQA

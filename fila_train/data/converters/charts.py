@@ -73,6 +73,8 @@ class DVQA(Converter):
     file_patterns = ("{split}_qa.json", "qa/{split}_qa.json")
 
     def records(self, path: Path, args: argparse.Namespace) -> Iterator[tuple[str, Any]]:
+        # The entries do not name their split; the release's file names do (val_easy_qa.json).
+        self.check_split(path, path.stem.removesuffix("_qa"), "its file name", args)
         for index, raw in enumerate(json_list(path, self.name)):
             yield f"{path}[{index}]", raw
 

@@ -58,15 +58,37 @@ class BadSamples:
 
 
 def input_files(converter: Converter, inputs: list[Path], args: argparse.Namespace) -> list[Path]:
+    """Each input file once, and never the output: a folder given as input may hold an earlier run's output,
+    which would be read as data again."""
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            files += converter.annotation_files(path, args)
+            found = converter.annotation_files(path, args)
         elif path.is_file():
-            files.append(path)
+            found = [path]
         else:
             raise SourceFileError(f"--input {path}: no such file or folder")
+        for file in found:
+            if file.resolve() == Path(args.output).resolve():
+                raise SourceFileError(f"--input {path} holds the --output file {args.output}: write the output "
+                                      f"elsewhere, or it is read as input by the next run")
+            if file.resolve() in {known.resolve() for known in files}:
+                raise SourceFileError(f"--input: {file} is given twice; its records would be written twice")
+            files.append(file)
     return files
+
+
+def unique_samples(located: Iterable[tuple[str, Any]], bad: BadSamples) -> Iterator[tuple[str, Any]]:
+    """Each source id once. Grouped by image, only a record's id (its first question's) meets the record check:
+    a repeated question would be asked twice inside one record."""
+    first_seen: dict[str, str] = {}
+    for where, sample in located:
+        if sample.id in first_seen:
+            bad(SourceRecordError(where, "duplicate id", f"question id {sample.id!r} was already read from "
+                                                         f"{first_seen[sample.id]}"))
+            continue
+        first_seen[sample.id] = where
+        yield where, sample
 
 
 def located_samples(converter: Converter, files: list[Path], args: argparse.Namespace,
@@ -155,6 +177,8 @@ def run(converter: Converter, args: argparse.Namespace) -> Summary:
     bad = BadSamples(args.on_bad_sample, summary)
     summary.files = input_files(converter, args.input, args)
     located = located_samples(converter, summary.files, args, summary, bad)
+    if converter.unique_ids and getattr(args, "group_by_image", False):
+        located = unique_samples(located, bad)
     records = checked_records(converter.to_records(located, args), converter, args, summary, bad)
     write_jsonl_atomic(args.output, records)  # a temporary file renamed at the end: an error leaves nothing
     return summary
