@@ -553,3 +553,15 @@ def test_a_split_that_contradicts_the_files_own_contents_is_an_error(tmp_path, c
     assert main([source, "--input", str(path), *flags, "--output", str(output)]) == 1
     err = capsys.readouterr().err
     assert says in err and not output.exists()
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys):
+    """Before, an --output that is a folder was a traceback ending in IsADirectoryError, after the conversion."""
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    (folder / "mix.jsonl").write_text(json.dumps(llava_record("a", "x.png", "<image>\nQ?", "A.")) + "\n")
+    (tmp_path / "a_folder").mkdir()
+    assert main(["llava", "--input", str(folder), "--output", str(tmp_path / "a_folder")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fila-train data convert llava: error: ") and "Traceback" not in error, error
+    assert len(error.splitlines()) == 2 and "nothing was written to" in error

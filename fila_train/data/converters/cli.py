@@ -75,6 +75,10 @@ def main(argv: list[str]) -> int:
         print(f"{PROG} {args.source}: error: {error}{hint}\nnothing was written to {args.output}",
               file=sys.stderr)
         return 1
+    except OSError as error:  # an output that is a folder, an input folder holding a folder by a file's name, ...
+        print(f"{PROG} {args.source}: error: {error.filename or args.output}: {error.strerror or error}\n"
+              f"nothing was written to {args.output}", file=sys.stderr)
+        return 1
     print(summary.report())
     return 0
 
