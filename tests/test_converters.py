@@ -500,7 +500,7 @@ def test_validation_splits_become_benchmark_files_with_every_reference_answer(tm
     textvqa = write_json(tmp_path / "TextVQA_0.5.1_val.json", {
         "dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
             textvqa_entry(34602, "003a8ae2ef43b901", "what is the brand of this camera?",
-                          ["nous les gosses"] + ["dakota"] * 9, set_name="val")]})
+                          ["nous les gosses"] + ["dakota"] * 8 + [""], set_name="val")]})
     write_json(tmp_path / "ChartQA Dataset" / "val" / "val_human.json", [
         {"imgname": "3345.png", "query": "What's the value of the lowest bar?", "label": "23"}])
     write_json(tmp_path / "ChartQA Dataset" / "val" / "val_augmented.json", [
@@ -514,7 +514,8 @@ def test_validation_splits_become_benchmark_files_with_every_reference_answer(tm
              "answers": ["52%", "52"]}]),
         "textvqa": ([str(textvqa)], "vqa", [
             {"id": "textvqa_34602", "image": "train_images/003a8ae2ef43b901.jpg",
-             "question": "what is the brand of this camera?", "answers": ["nous les gosses"] + ["dakota"] * 9}]),
+             # An annotator's empty answer stays: the VQA metric scores against all 10 (before: 9, refused by eval).
+             "question": "what is the brand of this camera?", "answers": ["nous les gosses"] + ["dakota"] * 8 + [""]}]),
         "chartqa": ([str(tmp_path / "ChartQA Dataset")], "relaxed", [
             {"id": "chartqa_val_human_0", "image": "png/3345.png", "question": "What's the value of the lowest bar?",
              "answers": ["23"]},

@@ -95,18 +95,18 @@ def identifier(raw: Any, field: str, where: str) -> str:
     return str(value).strip()
 
 
-def answer_list(raw: Any, field: str, where: str) -> list[str]:
-    """The non-empty answers of a list field, in annotator order (empty strings dropped)."""
+def answer_list(raw: Any, field: str, where: str, keep_empty: bool = False) -> list[str]:
+    """The answers of a list field, in annotator order, empty strings dropped unless ``keep_empty`` (a metric
+    that scores against every annotator, as VQA's, needs them all); at least one is not empty."""
     values = require(raw, field, where)
     if not isinstance(values, list):
         raise SourceRecordError(where, f"field {field!r} is not a list",
                           f"field {field!r} must be a list of answers, got {type(values).__name__}")
     answers = [as_text(value, f"{field}[{i}]", where, numbers=True, allow_empty=True)
                for i, value in enumerate(values)]
-    answers = [answer for answer in answers if answer]
-    if not answers:
+    if not any(answers):
         raise SourceRecordError(where, f"empty field {field!r}", f"field {field!r} holds no non-empty answer")
-    return answers
+    return answers if keep_empty else [answer for answer in answers if answer]
 
 
 def most_common(answers: list[str]) -> str:

@@ -41,10 +41,11 @@ class TextVQA(TextVQAImages):
 
     def convert(self, raw: Any, where: str, args: argparse.Namespace) -> Iterator[Sample]:
         where = with_id(where, raw, "question_id")
-        answers = answer_list(raw, "answers", where)
+        answers = answer_list(raw, "answers", where, keep_empty=True)  # the VQA metric scores against all 10
         yield Sample(id=identifier(raw, "question_id", where),
                      image=self.image_path(raw, identifier(raw, "image_id", where)),
-                     question=text(raw, "question", where), answer=most_common(answers), answers=tuple(answers))
+                     question=text(raw, "question", where), answer=most_common([a for a in answers if a]),
+                     answers=tuple(answers))
 
 
 @register
