@@ -566,3 +566,21 @@ def test_file_system_errors_are_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("fila-train data convert llava: error: ") and "Traceback" not in error, error
     assert len(error.splitlines()) == 2 and "nothing was written to" in error
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--image_prefix", "/abs"], "argument --image_prefix: absolute image path '/abs' is not allowed"),
+    (["--image_prefix", "../up"], "argument --image_prefix: image path '../up' escapes the image folder"),
+    (["--image_root", "no_such_folder"], "argument --image_root: no_such_folder: no such folder"),
+])
+def test_a_bad_image_flag_is_one_flag_error_before_any_record(tmp_path, capsys, flags, says):
+    """Before, each record was refused for it ("4 x invalid record"), and under skip an empty file was written,
+    exit 0."""
+    from fila_train.cli import main as fila_train_main
+
+    path = docvqa_release(tmp_path / "spdocvqa")
+    assert fila_train_main(["data", "convert", "docvqa", "--input", str(path), "--output", str(tmp_path / "o.jsonl"),
+                            "--on_bad_sample", "skip", *flags]) == 1
+    error = capsys.readouterr().err
+    assert says in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "o.jsonl").exists()

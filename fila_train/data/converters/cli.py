@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ...utils.argument_parser import StrictParser
+from ..images import ImageLoadError, check_relative_image_path
 from .base import CONVERTERS, Converter
 from .fields import SourceRecordError
 from .pipeline import CONVERSION_ERRORS, run
@@ -21,15 +22,29 @@ def positive_int(value: str) -> int:
     return number
 
 
+def image_prefix(value: str) -> str:
+    """A prefix every record's image path gets: checked once here, not refused record by record."""
+    try:
+        return check_relative_image_path(value) if value else value
+    except ImageLoadError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def existing_folder(value: str) -> Path:
+    if not Path(value).is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such folder")
+    return Path(value)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, converter: Converter) -> None:
     parser.add_argument("--input", type=Path, nargs="+", required=True,
                         help="annotation file(s), or a folder holding the release's annotation files")
     parser.add_argument("--output", type=Path, required=True,
                         help="JSONL to write (written to a temporary file, then renamed)")
-    parser.add_argument("--image_prefix", default="",
+    parser.add_argument("--image_prefix", type=image_prefix, default="",
                         help="prefix joined to every image path so it is relative to the mixture's "
                              "image root (e.g. docvqa/train)")
-    parser.add_argument("--image_root", type=Path, default=None,
+    parser.add_argument("--image_root", type=existing_folder, default=None,
                         help="if given, every image (after --image_prefix) must exist under this folder")
     parser.add_argument("--limit", type=positive_int, default=None,
                         help="convert at most this many samples (questions, captions or LLaVA records)")
