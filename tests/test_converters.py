@@ -545,10 +545,14 @@ def test_validation_splits_become_benchmark_files_with_every_reference_answer(tm
      "this is the 'train' split (its file name), but --split is 'val'"),
     (lambda folder: write_json(folder / "val_v1.0_withQT.json", {"dataset_split": "val", "data": []}),
      ["--split", "val", "--group_by_image"], "--group_by_image does not apply to --split val"),
+    # A test split has no answers: before, "data[0]: missing field 'answers'" (with skip: an empty file, exit 0).
+    (lambda folder: write_json(folder / "test_v1.0.json", {"dataset_split": "test", "data": [
+        {"questionId": 1, "question": "q?", "image": "documents/a.png"}]}), ["--on_bad_sample", "skip"],
+     "this is the 'test' split (field 'dataset_split'), which has no answers to convert"),
 ])
 def test_a_split_that_contradicts_the_files_own_contents_is_an_error(tmp_path, capsys, make, flags, says):
     path = make(tmp_path / "release")
-    source = {"val_v1.0_withQT.json": "docvqa", "train_v1.0_withQT.json": "docvqa",
+    source = {"val_v1.0_withQT.json": "docvqa", "train_v1.0_withQT.json": "docvqa", "test_v1.0.json": "docvqa",
               "TextVQA_0.5.1_train.json": "textvqa", "train_human.json": "chartqa"}[path.name]
     output = tmp_path / "out.jsonl"
     assert main([source, "--input", str(path), *flags, "--output", str(output)]) == 1

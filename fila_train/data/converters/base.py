@@ -67,6 +67,9 @@ class Converter:
     def check_split(self, path: Path, declared: Any, how: str, args: argparse.Namespace) -> None:
         """A file that is another split than --split asks for is an error, not a silent conversion."""
         split = getattr(args, "split", None)
+        if split is not None and declared == "test" and "test" not in self.splits:
+            raise SourceFileError(f"{path}: this is the 'test' split ({how}), which has no answers to convert: "
+                                  f"pass the {split} file")
         if split is not None and declared in self.splits and declared != split:
             raise SourceFileError(f"{path}: this is the {declared!r} split ({how}), but --split is {split!r}: "
                                   f"pass the {split} file, or --split {declared}")
