@@ -249,6 +249,23 @@ def test_a_question_repeated_in_an_image_group_is_a_duplicate_id(tmp_path, capsy
     assert len(record["conversations"]) == 4  # two questions, once each
 
 
+def test_grouped_by_image_a_bad_question_is_skipped_and_named_alone(tmp_path, capsys):
+    """Before, one bad question dropped its image's good ones with it, counted as one skip, and the error named the
+    group's first question."""
+    folder = tmp_path / "spdocvqa"
+    docvqa_file(folder, [docvqa_entry(1, "What is the date?", "xnbl0037_1", ["1/8/93"]),
+                         docvqa_entry(2, "see <image> here", "xnbl0037_1", ["x"]),
+                         docvqa_entry(3, "Who wrote it?", "xnbl0037_1", ["P. Carter"])])
+    output = tmp_path / "grouped.jsonl"
+    assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image"]) == 1
+    assert "data[1]" in capsys.readouterr().err
+    assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image",
+                 "--on_bad_sample", "skip"]) == 0
+    assert "skipped: 1" in capsys.readouterr().out
+    [record] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [turn["value"] for turn in record["conversations"][1::2]] == ["1/8/93", "P. Carter"]
+
+
 def test_an_input_that_is_the_output_or_given_twice_is_refused(tmp_path, capsys):
     """Before, converting into the input folder and running again read the earlier output as input (8 records
     from 4), and an input given twice was read twice, exit 0."""

@@ -16,6 +16,7 @@ from ..images import ImageLoadError, check_relative_image_path
 from ..validation import RecordError, check_record
 from .base import Converter
 from .fields import SourceRecordError, SkipSample, SourceFileError, summary_reason
+from .prompts import qa_record
 
 
 @dataclass
@@ -78,14 +79,21 @@ def input_files(converter: Converter, inputs: list[Path], args: argparse.Namespa
     return files
 
 
-def unique_samples(located: Iterable[tuple[str, Any]], bad: BadSamples) -> Iterator[tuple[str, Any]]:
-    """Each source id once. Grouped by image, only a record's id (its first question's) meets the record check:
-    a repeated question would be asked twice inside one record."""
+def groupable_samples(located: Iterable[tuple[str, Any]], source: str, bad: BadSamples) -> Iterator[tuple[str, Any]]:
+    """Before grouping by image, each question alone: checked as a one-question record, so that a bad one is named
+    and skipped by itself, not with its image's other questions; and each source id once, since only a grouped
+    record's id (its first question's) meets the record check."""
     first_seen: dict[str, str] = {}
     for where, sample in located:
         if sample.id in first_seen:
             bad(SourceRecordError(where, "duplicate id", f"question id {sample.id!r} was already read from "
                                                          f"{first_seen[sample.id]}"))
+            continue
+        try:
+            check_record(qa_record(f"{source}_{sample.id}", [sample], ""), where)
+        except RecordError as error:
+            detail = str(error).removeprefix(f"{where}: ")
+            bad(SourceRecordError(where, f"invalid record: {summary_reason(detail)}", detail))
             continue
         first_seen[sample.id] = where
         yield where, sample
@@ -178,7 +186,7 @@ def run(converter: Converter, args: argparse.Namespace) -> Summary:
     summary.files = input_files(converter, args.input, args)
     located = located_samples(converter, summary.files, args, summary, bad)
     if converter.unique_ids and getattr(args, "group_by_image", False):
-        located = unique_samples(located, bad)
+        located = groupable_samples(located, converter.name, bad)
     records = checked_records(converter.to_records(located, args), converter, args, summary, bad)
     write_jsonl_atomic(args.output, records)  # a temporary file renamed at the end: an error leaves nothing
     return summary
