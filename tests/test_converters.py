@@ -232,36 +232,25 @@ def test_dvqa(tmp_path):
     assert convert(tmp_path, "dvqa", "--input", str(val), "--split", "val_easy")[0]["id"] == "dvqa_120000013"
 
 
-def test_a_question_repeated_in_an_image_group_is_a_duplicate_id(tmp_path, capsys):
-    """Grouped by image, only a record's id (its first question's) was checked: a repeated question id went into
-    the record twice, exit 0, "skipped: 0"."""
+@pytest.mark.parametrize("second, third, error, report", [
+    # Only a grouped record's id (its first question's) was checked: the repeat went into the record twice.
+    ((4, "Who wrote it?", ["P. Carter"]), (1, "What is the date?", ["1/8/93"]),
+     "data[2]: question id '1' was already read from", "1 x duplicate id"),
+    # One bad question dropped its image's good ones with it, and the error named the group's first question.
+    ((2, "see <image> here", ["x"]), (3, "Who wrote it?", ["P. Carter"]), "data[1]", "skipped: 1"),
+], ids=["repeated_id", "bad_question"])
+def test_grouped_by_image_each_question_is_checked_and_skipped_alone(tmp_path, capsys, second, third, error, report):
+    """Before: exit 0 with the repeat asked twice in one record; a bad question took its image's others with it."""
     folder = tmp_path / "spdocvqa"
     docvqa_file(folder, [docvqa_entry(1, "What is the date?", "xnbl0037_1", ["1/8/93"]),
-                         docvqa_entry(4, "Who wrote it?", "xnbl0037_1", ["P. Carter"]),
-                         docvqa_entry(1, "What is the date?", "xnbl0037_1", ["1/8/93"])])
+                         docvqa_entry(*second[:2], "xnbl0037_1", second[2]),
+                         docvqa_entry(*third[:2], "xnbl0037_1", third[2])])
     output = tmp_path / "grouped.jsonl"
     assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image"]) == 1
-    assert "data[2]: question id '1' was already read from" in capsys.readouterr().err and not output.exists()
+    assert error in capsys.readouterr().err and not output.exists()
     assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image",
                  "--on_bad_sample", "skip"]) == 0
-    assert "1 x duplicate id" in capsys.readouterr().out
-    [record] = [json.loads(line) for line in output.read_text().splitlines()]
-    assert len(record["conversations"]) == 4  # two questions, once each
-
-
-def test_grouped_by_image_a_bad_question_is_skipped_and_named_alone(tmp_path, capsys):
-    """Before, one bad question dropped its image's good ones with it, counted as one skip, and the error named the
-    group's first question."""
-    folder = tmp_path / "spdocvqa"
-    docvqa_file(folder, [docvqa_entry(1, "What is the date?", "xnbl0037_1", ["1/8/93"]),
-                         docvqa_entry(2, "see <image> here", "xnbl0037_1", ["x"]),
-                         docvqa_entry(3, "Who wrote it?", "xnbl0037_1", ["P. Carter"])])
-    output = tmp_path / "grouped.jsonl"
-    assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image"]) == 1
-    assert "data[1]" in capsys.readouterr().err
-    assert main(["docvqa", "--input", str(folder), "--output", str(output), "--group_by_image",
-                 "--on_bad_sample", "skip"]) == 0
-    assert "skipped: 1" in capsys.readouterr().out
+    assert report in capsys.readouterr().out
     [record] = [json.loads(line) for line in output.read_text().splitlines()]
     assert [turn["value"] for turn in record["conversations"][1::2]] == ["1/8/93", "P. Carter"]
 
