@@ -94,24 +94,23 @@ class FilaProcessor(ProcessorMixin):
         return FilaBatch(data=data)
 
 
-# Tokenizer options __call__ does not apply, and why: given, they would be dropped unsaid.
-NOT_APPLIED = {
-    "truncation": "prompts are never cut (a cut could split an image's tokens or lose the question)",
-    "max_length": "prompts are never cut or padded to a length",
-    "pad_to_multiple_of": "prompts are padded to the longest only",
-    "padding_side": "several prompts are left-padded, where generation continues",
+# Tokenizer options: the values __call__ accepts (what it does anyway), and why it refuses the others, which it
+# would otherwise drop unsaid.
+CALL_OPTIONS = {
+    "truncation": ((None, False, "do_not_truncate"),
+                   "prompts are never cut (a cut could split an image's tokens or lose the question)"),
+    "max_length": ((None,), "prompts are never cut or padded to a length"),
+    "pad_to_multiple_of": ((None,), "prompts are padded to the longest only"),
+    "padding_side": ((None, "left"), "several prompts are left-padded, where generation continues"),
+    "padding": ((None, False, True, "longest", "do_not_pad"), "prompts are padded to the longest only"),
 }
 
 
 def check_call_options(kwargs: dict) -> None:
-    applied = {"truncation": (None, False, "do_not_truncate"), "padding_side": (None, "left")}
-    for name, why in NOT_APPLIED.items():
-        value = getattr(kwargs.get(name), "value", kwargs.get(name))  # a TruncationStrategy too
-        if value is not None and value not in applied.get(name, (None,)):
+    for name, (accepted, why) in CALL_OPTIONS.items():
+        value = getattr(kwargs.get(name), "value", kwargs.get(name))  # a TruncationStrategy / PaddingStrategy too
+        if value not in accepted:
             raise ConfigError(f"FilaProcessor does not apply {name}={value!r}: {why}")
-    padding = getattr(kwargs.get("padding"), "value", kwargs.get("padding"))  # a PaddingStrategy too
-    if padding not in (None, False, True, "longest", "do_not_pad"):
-        raise ConfigError(f"FilaProcessor does not apply padding={padding!r}: prompts are padded to the longest only")
 
 
 class FilaBatch(BatchFeature):
