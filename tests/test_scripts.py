@@ -331,3 +331,32 @@ def test_an_extra_flag_that_overrides_the_computed_batch_is_one_line(script, ext
                           f"computes (global batch = per device x processes x accumulation): set {variable} "
                           f"instead\n")
     assert DRY_RUN_PREFIX not in run.stdout
+
+
+@pytest.mark.parametrize("script, env, unused", [
+    ("scripts/finetune.sh", {"VISION_ENCODER": "clip", "CVFM_LAYERS": "1,2", "ANYRES_CANVASES": "336x672",
+                             "CONVNEXT_LR": "1e-5", "FUSER_QUERY_LAYER": "-2"},
+     "CONVNEXT_LR CVFM_LAYERS ANYRES_CANVASES FUSER_QUERY_LAYER"),
+    ("scripts/pretrain.sh", {"VISION_ENCODER": "anyres", "ANYRES_CANVASES": "336x672", "CVFM_LR": "1e-2",
+                             "CONVNEXT_CHECKPOINT": "convnext.safetensors", "FUSER_LR": "1e-4"},
+     "CONVNEXT_CHECKPOINT CVFM_LR FUSER_LR"),
+])
+def test_a_variable_for_a_part_the_model_lacks_is_named_not_silently_dropped(script, env, unused) -> None:
+    """Before, `VISION_ENCODER=clip CVFM_LAYERS=1,2 bash scripts/finetune.sh` launched the plain LLaVA model with
+    no word about CVFM_LAYERS (a typo in VISION_ENCODER's value reads the same way)."""
+    run = dry_run(script, env)
+    assert run.returncode == 0, run.stderr
+    encoder = env["VISION_ENCODER"]
+    assert f"[fila-train] note: VISION_ENCODER={encoder} CONNECTOR=mlp2x_gelu has no part for {unused}; not " \
+           f"passed\n" in run.stderr
+    args = train_args(run.command())
+    assert not [word for word in args if word.startswith(("--cvfm", "--convnext", "--fuser"))], args
+    assert any(word.startswith("--anyres_canvases") for word in args) == (encoder == "anyres")
+
+
+def test_variables_for_the_models_own_parts_pass_without_a_note() -> None:
+    run = dry_run("scripts/finetune.sh", {"CONNECTOR": "mmfuser", "CVFM_LAYERS": "1,2", "FUSER_QUERY_LAYER": "-2",
+                                          "CVFM_LR": "1e-2", "FUSER_LR": "1e-4", "ANYRES_CANVASES": "336x672"})
+    assert "note:" not in run.stderr
+    args = train_args(run.command())
+    assert {"--cvfm_layers=1,2", "--fuser_query_layer=-2", "--cvfm_lr=1e-2", "--fuser_lr=1e-4"} <= set(args), args

@@ -50,6 +50,26 @@ if [ "$CONNECTOR" = mmfuser ]; then
   optional_flag fuser_query_layer "${FUSER_QUERY_LAYER:-}"
   EXTRA_PARTS+=",fuser"
 fi
+# Variables for parts this model lacks are not passed; said in one line, so a typo in VISION_ENCODER or CONNECTOR
+# (or a variable left from another run) does not silently train another model than the one asked for.
+UNUSED_VARIABLES=()
+unused_unless() {  # unused_unless HAS_PART NAME...: where the model lacks the part (HAS_PART 0), each NAME set
+  local name
+  if [ "$1" = 1 ]; then return; fi
+  for name in "${@:2}"; do if [ -n "${!name:-}" ]; then UNUSED_VARIABLES+=("$name"); fi; done
+}
+HAS_CONVNEXT=0; HAS_ANYRES=0; HAS_FUSER=0
+if [ "$VISION_ENCODER" = fila_hybrid ]; then HAS_CONVNEXT=1; HAS_ANYRES=1; fi
+if [ "$VISION_ENCODER" = anyres ]; then HAS_ANYRES=1; fi
+if [ "$CONNECTOR" = mmfuser ]; then HAS_FUSER=1; fi
+unused_unless $HAS_CONVNEXT CONVNEXT_CHECKPOINT CONVNEXT_MODEL CONVNEXT_DIMS CONVNEXT_DEPTHS CONVNEXT_LR \
+  CVFM_LAYERS CVFM_ALIGN CVFM_FUSION CVFM_LR
+unused_unless $HAS_ANYRES ANYRES_CANVASES
+unused_unless $HAS_FUSER FUSER_KEY_LAYERS FUSER_QUERY_LAYER FUSER_LR
+if [ "${#UNUSED_VARIABLES[@]}" -gt 0 ]; then
+  echo "[fila-train] note: VISION_ENCODER=$VISION_ENCODER CONNECTOR=$CONNECTOR has no part for" \
+       "${UNUSED_VARIABLES[*]}; not passed" >&2
+fi
 # Word splitting is wanted: one KEY=VALUE per word.
 # shellcheck disable=SC2206
 if [ -n "${VISION_OPTIONS:-}" ]; then MODEL_ARGS+=(--vision_option $VISION_OPTIONS); fi
