@@ -197,3 +197,41 @@ def test_a_saved_models_template_replaced_by_the_runs_says_so(tiny_assets, tmp_p
     assert (f"--conversation_template vicuna_v1 replaces {saved}'s chatml: the run trains and saves the model with "
             f"vicuna_v1 (pass --conversation_template chatml to keep it)") in capfd.readouterr().err
     assert FilaConfig.from_pretrained(tmp_path / "run").conversation_template == "vicuna_v1"
+
+
+def test_a_resumed_run_continues_the_wandb_run_of_its_checkpoint(tiny_assets, tmp_path, monkeypatch):
+    """Before, a resumed run opened a second wandb run (another id), so its curves were two runs. Now each
+    checkpoint records the wandb run that wrote it, and a resume continues that run (WANDB_RUN_ID, resume
+    "allow"), unless the user gave an id. Real processes, one rank each, as a job and its requeue."""
+    import os
+    import subprocess
+    import sys
+
+    from distributed_utils import first_records
+    from fila_train.demo.tiny_models import as_cli
+    from fila_train.training.checkpoints import read_manifest
+
+    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    output_dir = tmp_path / "run"
+    flags = tiny_assets.model_flags(hybrid=False, fuser=False) | {
+        "data_path": str(first_records(tiny_assets.stage1_data, tmp_path)), "image_folder": str(tiny_assets.image_folder),
+        "conversation_template": "plain", "tune_parts": "connector", "per_device_train_batch_size": "2",
+        "max_steps": "2", "logging_steps": "1", "model_max_length": "512", "save_strategy": "steps",
+        "save_steps": "1", "report_to": "wandb", "output_dir": str(output_dir), "seed": "5"}
+
+    def train(extra: dict) -> subprocess.CompletedProcess:
+        run = subprocess.run([sys.executable, "-m", "fila_train.cli", "train", *as_cli(flags | extra)],
+                             env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run
+
+    train({})
+    run_ids = {path.name.rsplit("-", 1)[1] for path in (output_dir / "wandb").glob("offline-run-*")}
+    assert len(run_ids) == 1
+    (run_id,) = run_ids
+    assert read_manifest(output_dir / "checkpoint-1")["wandb_run_id"] == run_id
+    resumed = train({"resume_from_checkpoint": str(output_dir / "checkpoint-1")})
+    assert f"wandb: continuing run {run_id}, which wrote {output_dir / 'checkpoint-1'}" in resumed.stderr
+    assert {path.name.rsplit("-", 1)[1] for path in (output_dir / "wandb").glob("offline-run-*")} == {run_id}
+    assert len(list((output_dir / "wandb").glob("offline-run-*"))) == 2

@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .checkpoints import read_manifest
 from .parts import format_table
 
 logger = logging.getLogger(__name__)
@@ -35,10 +37,16 @@ def _wandb_key_configured() -> bool:
         return False
 
 
-def configure_wandb(report_to: list[str], output_dir: str) -> None:
-    """Without an API key wandb online fails (or hangs ~100 s without network): go offline, say so."""
+def configure_wandb(report_to: list[str], output_dir: str, resume_from: str | None = None) -> None:
+    """Without an API key wandb online fails (or hangs ~100 s without network): go offline, say so. A resumed run
+    continues the wandb run its checkpoint was written by, so its curves are one run, not two halves."""
     if "wandb" not in report_to:
         return
+    saved_id = read_manifest(Path(resume_from)).get(WANDB_RUN_ID_FIELD) if resume_from else None
+    if saved_id and "WANDB_RUN_ID" not in os.environ:  # the user's own id wins
+        os.environ["WANDB_RUN_ID"] = saved_id
+        os.environ.setdefault("WANDB_RESUME", "allow")
+        logger.info("wandb: continuing run %s, which wrote %s", saved_id, resume_from)
     os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)  # transformers' default is "huggingface"
     os.environ.setdefault("WANDB_DIR", output_dir)
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -46,6 +54,16 @@ def configure_wandb(report_to: list[str], output_dir: str) -> None:
         os.environ["WANDB_MODE"] = "offline"
         logger.warning("wandb: no API key configured, logging OFFLINE to %s (sync later with "
                        "`wandb sync`)", os.environ["WANDB_DIR"])
+
+
+WANDB_RUN_ID_FIELD = "wandb_run_id"
+
+
+def wandb_run_fields() -> dict:
+    """The open wandb run's id for a checkpoint's manifest (the main process's, under --report_to wandb)."""
+    wandb = sys.modules.get("wandb")  # imported only where the run reports to wandb
+    run = getattr(wandb, "run", None)
+    return {} if run is None else {WANDB_RUN_ID_FIELD: run.id}
 
 
 def format_summary(summary: dict) -> str:

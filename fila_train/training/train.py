@@ -137,7 +137,7 @@ def adopt_run_template(config, model_args: ModelArguments) -> None:
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    configure_wandb(args.report_to, args.output_dir)
+    configure_wandb(args.report_to, args.output_dir, args.resume_from_checkpoint)
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     # Seeded before the build: a new connector / CVFM / fuser gets the same initial weights on every
     # rank and in every run with the same --seed (the Trainer seeds only after the model exists).

@@ -26,6 +26,7 @@ from .connector_artifact import save_connector_artifact
 from .curves import CURVES_FILE, PART_LR_PREFIX, write_curves
 from .parts import optimizer_groups
 from .progress import ReadableProgress
+from .reporting import wandb_run_fields
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class FilaTrainer(Trainer):
         barrier()  # every rank's files are written
         if self.args.should_save:
             give_files_open_mode(staged)  # save_pretrained's safetensors shards come out 0600
-            write_manifest(staged, self.state.global_step, self.resume_facts())
+            write_manifest(staged, self.state.global_step, self.resume_facts() | wandb_run_fields())
             publish(staged, run_dir / name)
             best = self.state.best_model_checkpoint
             if best is not None and Path(best).parent == staging_root(run_dir):
