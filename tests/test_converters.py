@@ -434,6 +434,11 @@ def test_missing_field_names_file_record_and_field(tmp_path, capsys):
     ("textvqa", {"data": [textvqa_entry(7, "abc", "what is written <image> here?", ["x"] * 10)]},
      "data[0] (record 'textvqa_7'): 2 '<image>' placeholder(s)"),
     ("chartqa", [{"imgname": "a.png", "query": "q?", "label": ""}], "[0]: empty field 'label'"),
+    # JSON NaN: before, the answer "nan" was written, exit 0
+    ("chartqa", [{"imgname": "a.png", "query": "q?", "label": float("nan")}],
+     "[0]: field 'label' must be a finite number, got nan"),
+    ("ocrvqa", {"1": {"imageURL": "u.jpg", "questions": ["a?"], "answers": [float("inf")], "split": 1}},
+     "field 'answers[0]' must be a finite number, got inf"),
     ("dvqa", [{"question_id": 1, "image": "a.png", "question": "q?", "answer": "x"}] * 2,
      "[1] (record 'dvqa_1'): record id 'dvqa_1' was already made from"),
     ("stvqa", {"data": [{"question_id": 1, "question": "q?", "answers": "yes", "file_path": "a/b.jpg"}]},
