@@ -349,6 +349,13 @@ def test_ai2d_letters_text_abc_labels_and_splits(tmp_path, capsys):
     train_split = convert(tmp_path, "ai2d", "--input", str(root / "questions"), "--split", "train",
                           "--test_ids", str(root / "ai2d_test_ids.csv"))
     assert [record["id"] for record in train_split] == ["ai2d_0.png-1"]
+    # A split file that names images with their extension, or is empty: before, nothing matched and every test
+    # question went into the train split, exit 0.
+    (root / "ai2d_test_ids.csv").write_text("1.png\r\n")
+    assert [record["id"] for record in convert(tmp_path, "ai2d", "--input", str(root))] == ["ai2d_0.png-1"]
+    (root / "ai2d_test_ids.csv").write_text("\n")
+    assert main(["ai2d", "--input", str(root), "--output", str(tmp_path / "o.jsonl")]) == 1
+    assert f"{root / 'ai2d_test_ids.csv'}: no image ids" in capsys.readouterr().err
 
 
 def test_ai2d_defaults_to_the_train_split_so_benchmark_questions_stay_out(tmp_path, capsys):

@@ -73,7 +73,7 @@ class AI2D(Converter):
                 raise SourceFileError(f"--split {args.split} needs {TEST_IDS_FILE} (not found at {csv}): the "
                                       f"official AI2D split file, downloaded apart from the release; pass "
                                       f"--test_ids, or --split all for every question (test ones included)")
-            self._test_ids = {line.strip() for line in csv.read_text().splitlines() if line.strip()}
+            self._test_ids = read_test_ids(csv)
         return (image.split(".")[0] in self._test_ids) == (args.split == "test")
 
     def records(self, path: Path, args: argparse.Namespace) -> Iterator[tuple[str, Any]]:
@@ -112,3 +112,13 @@ class AI2D(Converter):
         answer = string.ascii_uppercase[correct] if args.answer_style == "letter" else options[correct]
         yield Sample(id=identifier(entry, "questionId", where), image=image,
                      question=f"{as_text(question, 'question', where)}\n{lettered}", answer=answer)
+
+
+def read_test_ids(csv: Path) -> set[str]:
+    """The image ids of the split file, one per line. Ids are compared without a file extension: a copy that
+    lists "1234.png" must not match nothing, which would put every test question into training."""
+    ids = {line.split(",")[0].strip().split(".")[0] for line in csv.read_text().splitlines()}
+    ids.discard("")
+    if not ids:
+        raise SourceFileError(f"{csv}: no image ids; the AI2D split file lists one test image id per line")
+    return ids
