@@ -515,6 +515,9 @@ def test_validation_splits_become_benchmark_files_with_every_reference_answer(tm
         "dataset_name": "infographicVQA", "dataset_split": "val", "dataset_version": "1.0", "data": [
             {"questionId": 65718, "question": "What percent of users are women?", "image_local_name": "10002.jpeg",
              "answers": ["52%", "52"], "answer_type": ["single span"]}]})
+    # The earlier val file beside it (the same questions without their types): before, the folder read both, and
+    # every question was "already made from" the other file.
+    write_json(tmp_path / "infographicsVQA_val_v1.0.json", json.loads(infovqa.read_text()))
     textvqa = write_json(tmp_path / "TextVQA_0.5.1_val.json", {
         "dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": [
             textvqa_entry(34602, "003a8ae2ef43b901", "what is the brand of this camera?",
@@ -527,7 +530,7 @@ def test_validation_splits_become_benchmark_files_with_every_reference_answer(tm
         "docvqa": ([str(docvqa.parent)], "anls", [
             {"id": "docvqa_49153", "image": "documents/pybv0228_81.png",
              "question": "What is the ‘actual’ value per 1000, during the year 1975?", "answers": ["0.28", "0.28"]}]),
-        "infographicvqa": ([str(infovqa)], "anls", [
+        "infographicvqa": ([str(infovqa.parent)], "anls", [
             {"id": "infographicvqa_65718", "image": "10002.jpeg", "question": "What percent of users are women?",
              "answers": ["52%", "52"]}]),
         "textvqa": ([str(textvqa)], "vqa", [

@@ -64,7 +64,8 @@ class InfographicVQA(QuestionListConverter):
     splits = ("train", "val")
     bench_splits = ("val",)
     default_split = "train"
-    file_patterns = ("infographicsVQA_{split}_v1.0*.json",)
+    # One file per split: a folder may also hold the earlier file without question types, with the same questions.
+    file_patterns = ("infographicsVQA_{split}_v1.0_withQT.json", "infographicsVQA_{split}_v1.0.json")
     id_field, image_field, choose_answer = "questionId", "image_local_name", first
 
 
