@@ -1,10 +1,13 @@
 """``fila-train``: one console command, one subcommand per job."""
 from __future__ import annotations
 
+import atexit
 import importlib
 import sys
+from contextlib import nullcontext
 
-from .utils.errors import FilaError, debugging, reported_interrupt
+from .utils.errors import (FilaError, debugging, end_by_sigint_after_an_interrupt, reported_interrupt,
+                           reported_termination)
 from .utils.processes import die_with_launcher
 from .utils.quiet import known_noise_silenced
 
@@ -20,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fila_train.demo.cli:main", "build the synthetic demo dataset and tiny models (used by scripts/demo.sh)"),
     "ablate": ("fila_train.ablation.cli:main", "FILA's ablation: anyres vs FILA's fusions on the fragmentation probe"),
 }
+
+# Single-process commands whose clean-ups must run on SIGTERM too. Training keeps SIGTERM's default: its launcher
+# stops the workers with it and reports the stop (training/launch.py), and bench / ablate / demo wait on runs.
+CLEAN_UP_ON_SIGTERM = frozenset({"data", "export", "generate", "eval"})
 
 
 def usage() -> str:
@@ -37,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fila-train: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    atexit.register(end_by_sigint_after_an_interrupt)  # first, so that it runs last
     die_with_launcher()  # before the slow imports: a launcher killed meanwhile is noticed at once
     module_name, _, function = COMMANDS[command][0].partition(":")
     try:  # Ctrl-C is one line from the start, the imports included (20 s before training begins)
-        with reported_interrupt(f"fila-train {command}"), known_noise_silenced():  # some noise comes from importing
+        with (reported_interrupt(f"fila-train {command}"), known_noise_silenced(),  # some noise comes from importing
+              reported_termination(f"fila-train {command}") if command in CLEAN_UP_ON_SIGTERM else nullcontext()):
             return getattr(importlib.import_module(module_name), function)(rest)
     except FilaError as error:  # the user's to fix, and its message says how; anything else keeps its traceback
         if debugging():  # asked for the traceback: Python prints it and exits with 1

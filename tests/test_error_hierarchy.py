@@ -19,8 +19,8 @@ from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.utils.errors import ConfigError, DataRecordError, FilaError
 
 # Exceptions that are not errors: a converter's deliberate leave-out, the exit after an error was printed, and
-# Ctrl-C (a KeyboardInterrupt, so that nothing catching Exception can swallow it).
-NOT_ERRORS = {"SkipSample", "ReportedExit", "Interrupted"}
+# Ctrl-C and SIGTERM (a KeyboardInterrupt, and a BaseException, so that nothing catching Exception can swallow them).
+NOT_ERRORS = {"SkipSample", "ReportedExit", "Interrupted", "Terminated"}
 
 
 def exception_classes() -> list[type]:

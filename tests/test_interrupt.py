@@ -288,3 +288,31 @@ def test_a_launch_started_with_ctrl_c_ignored_runs_on_through_it(tmp_path):
     go.touch()
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 0 and finished.exists(), stderr[-3000:]
+
+
+@pytest.mark.parametrize("signum, line", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_a_conversion_stopped_midway_is_one_line_ends_by_its_signal_and_leaves_no_file(tmp_path, signum, line):
+    """Before, Ctrl-C during a conversion (once its imports were done) exited with code 1, so a calling script went
+    on: importing torch._dynamo (transformers' tokenizers do) turns Python's end by SIGINT into exit code 1. SIGTERM
+    ended it at once, and its hidden temporary output stayed beside the output."""
+    import json
+
+    entries = [{"questionId": i, "question": f"What is written in box {i}?", "image": f"documents/p{i % 97}.png",
+                "answers": ["a value"], "data_split": "train"} for i in range(200_000)]
+    source = tmp_path / "train_v1.0_withQT.json"
+    source.write_text(json.dumps({"dataset_name": "SP-DocVQA", "dataset_split": "train", "data": entries}))
+    output = tmp_path / "out" / "docvqa.jsonl"
+    # Ctrl-C reaches a script and its command (the terminal's process group); a SIGTERM, the command itself.
+    in_a_script = IN_A_SCRIPT if signum == signal.SIGINT else []
+    process = subprocess.Popen([*in_a_script, sys.executable, "-m", "fila_train.cli", "data", "convert", "docvqa",
+                                "--input", str(source), "--output", str(output)],
+                               cwd=REPO, stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminals_job)
+    # Stopped while records are written into the temporary output.
+    while not (output.parent.is_dir() and any(path.stat().st_size for path in output.parent.iterdir())):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    os.killpg(process.pid, signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == -signum and NEXT_COMMAND_RAN not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1] == f"fila-train data: {line}", stderr[-3000:]
+    assert list(output.parent.iterdir()) == []

@@ -255,6 +255,17 @@ def leave_as_interrupted() -> NoReturn:
     raise stop
 
 
+def end_by_sigint_after_an_interrupt() -> None:
+    """For atexit, registered before any library's, so it runs after theirs: Python ends a process whose
+    KeyboardInterrupt went unhandled by SIGINT, but once torch._dynamo is imported (transformers' tokenizers import
+    it) the process exits with code 1 instead, and a calling script goes on to its next command."""
+    if type(getattr(sys, "last_value", None)) is KeyboardInterrupt:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 @contextmanager
 def reported_interrupt(command: str) -> Iterator[None]:
     """Ctrl-C as one line per node, then the process ends by SIGINT (see the module doc)."""
@@ -281,6 +292,42 @@ def reported_interrupt(command: str) -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
     if interrupted:
         leave_as_interrupted()
+
+
+class Terminated(BaseException):
+    """SIGTERM raised where the process is, so that its clean-ups run (a half-written output is removed)."""
+
+
+@contextmanager
+def reported_termination(command: str) -> Iterator[None]:
+    """SIGTERM (a job's time limit, ``timeout``, ``kill``) as one line once the command's clean-ups ran, then the
+    end by SIGTERM, as its sender expects. Before, SIGTERM's default action left a converter's temporary output
+    behind. Only where that default is in place: a process that set or ignores SIGTERM keeps its own."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    owner = os.getpid()
+
+    def terminate(signum, frame) -> None:
+        if os.getpid() != owner:  # a forked child that kept the handler: SIGTERM's default for it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-ups
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except Terminated:
+        print(f"{command}: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextmanager
