@@ -27,6 +27,7 @@ from fila_train.inference.generation import (
 )
 from fila_train.inference.loading import load_model
 from fila_train.processing.processor import left_padded
+from fila_train.utils.errors import ConfigError
 from fila_train.model.builder import load_tokenizer
 
 ENCODERS = ("clip", "fila_hybrid")
@@ -203,8 +204,9 @@ def test_sampling_options(loaded):
         set_seed(seed)
         return generate_ids(loaded, prompts, GenerationOptions(max_new_tokens=STEPS, **options))
 
-    # Sampling settings mean nothing without --do_sample.
-    assert sampled(0, temperature=100.0, top_k=5, top_p=0.5) == greedy
+    # Sampling settings mean nothing without --do_sample: refused, not ignored.
+    with pytest.raises(ConfigError, match="act only with --do_sample"):
+        GenerationOptions(max_new_tokens=STEPS, temperature=100.0, top_k=5, top_p=0.5)
     # With it, keeping only the likeliest token (top_k 1, or a top_p below its probability) is greedy.
     assert sampled(0, do_sample=True, temperature=100.0, top_k=1) == greedy
     assert sampled(0, do_sample=True, temperature=100.0, top_p=1e-6) == greedy
@@ -226,6 +228,30 @@ def test_generate_cli_sampling_follows_the_seed(saved_model, loaded, capsys):
     assert main(["generate", "--model", str(saved_model), "--prompt", TEXT_PROMPTS[0], *flags, "--seed", "11",
                  "--max_new_tokens", str(STEPS), "--dtype", "float32"]) == 0
     assert capsys.readouterr().out.strip() == expected
+
+
+@pytest.mark.parametrize("flags, message", [
+    # LLaVA's cli samples whenever --temperature > 0: here it was greedy, silently, exit 0.
+    (["--temperature", "0.2"], "--temperature, --top_p and --top_k act only with --do_sample"),
+    (["--top_p", "0.9"], "--temperature, --top_p and --top_k act only with --do_sample"),
+    # transformers' ValueError tracebacks, once the model had loaded.
+    (["--do_sample", "--temperature", "0"], "--temperature must be positive"),
+    (["--max_new_tokens", "0"], "--max_new_tokens must be positive"),
+    # Above 1 transformers leaves nucleus sampling out, silently.
+    (["--do_sample", "--top_p", "1.5"], "--top_p must be in [0, 1]"),
+], ids=["temperature_without_do_sample", "top_p_without_do_sample", "zero_temperature", "no_new_tokens",
+        "top_p_above_1"])
+def test_generation_flags_that_would_be_ignored_or_fail_are_one_line_before_the_model_loads(saved_model, capsys,
+                                                                                          monkeypatch, flags, message):
+    from fila_train.cli import main
+    from fila_train.inference import loading
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the generation flags were checked")
+
+    monkeypatch.setattr(loading, "load_saved_model", never)
+    assert main(["generate", "--model", str(saved_model), "--prompt", "What?", *flags]) == 1
+    assert message in one_line_error(capsys, "generate")
 
 
 TINY_CLIP = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -40,7 +40,7 @@ def generation_options(gen_kwargs: dict) -> GenerationOptions:
         raise ValueError(f"fila: num_beams {gen_kwargs['num_beams']} is not supported (greedy or sampling)")
     sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
     return GenerationOptions(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), do_sample=sample,
-                             temperature=float(gen_kwargs.get("temperature") or 1.0) if sample else 1.0,
+                             temperature=float(gen_kwargs["temperature"]) if sample else None,
                              top_p=gen_kwargs.get("top_p") if sample else None,
                              top_k=gen_kwargs.get("top_k") if sample else None)
 

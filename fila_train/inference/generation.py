@@ -55,12 +55,32 @@ def prompt_ids(loaded: InferenceModel, question: str, image_tokens: int | None) 
 class GenerationOptions:
     max_new_tokens: int = field(default=128, metadata={"help": "most tokens to generate per answer"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (with --do_sample)"})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature (with --do_sample; "
+                                                                       "default 1.0)"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (with --do_sample)"})
     top_k: int | None = field(default=None, metadata={"help": "sample among the k likeliest (with --do_sample)"})
 
+    def __post_init__(self) -> None:
+        """Checked when the flags are parsed: transformers would raise only after the model loads, or ignore them."""
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max_new_tokens must be positive, got {self.max_new_tokens}")
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        given = [f"--{name} {value}" for name, value in sampling.items() if value is not None]
+        if given and not self.do_sample:  # LLaVA's scripts sample whenever --temperature > 0; greedy here
+            raise ConfigError(f"{', '.join(given)}: --temperature, --top_p and --top_k act only with --do_sample "
+                              f"(without it decoding is greedy and they would be ignored); add --do_sample or "
+                              f"leave them out")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"--temperature must be positive, got {self.temperature} (for greedy decoding, leave "
+                              f"out --do_sample)")
+        if self.top_p is not None and not 0 <= self.top_p <= 1:  # above 1 transformers drops it, silently
+            raise ConfigError(f"--top_p must be in [0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ConfigError(f"--top_k must be 0 (off) or positive, got {self.top_k}")
+
     def config(self, loaded: InferenceModel) -> GenerationConfig:
-        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else {}
+        sampling = {"temperature": self.temperature if self.temperature is not None else 1.0,
+                    "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else {}
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, use_cache=True,
                                 eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.pad_token_id,
                                 stop_strings=loaded.prompter.stop_strings() or None, **sampling)
