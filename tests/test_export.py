@@ -320,6 +320,28 @@ def test_llava_export_matches_our_logits(baseline_folder, assets, tmp_path):
     torch.testing.assert_close(got[..., :-1], expected, rtol=0, atol=1e-5)
 
 
+def test_the_llava_folder_is_read_back_with_the_template_its_model_trained_with(baseline_folder, assets, tmp_path):
+    """A model trained with --conversation_template llava_v1 (LLaVA-1.5's --version), exported --format llava:
+    generate, eval and lmms-eval read the llava folder as a LLaVA release, and prompted it with vicuna_v1's
+    system prompt ("a curious user", not "human"), silently; its chat template says which one it trained with."""
+    from fila_train.data.images import load_rgb_image
+    from fila_train.inference.generation import build_prompt
+    from fila_train.inference.loading import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline_folder, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "conversation_template": "llava_v1"}))
+    out = export(run, tmp_path / "export", "--dtype", "float32", "--format", "llava")
+    image = load_rgb_image(min(assets.image_folder.iterdir()))
+    prompts = []
+    for loaded in (load_model(out, "float32", "cpu"), load_model(out / "llava", "float32", "cpu")):
+        assert loaded.prompter.template.name == "llava_v1"
+        image_id = loaded.model.config.image_token_id  # -200 in ours, the <image> token's id in the llava folder
+        prompts.append([None if i == image_id else i for i in build_prompt(loaded, "What is this?", image).input_ids])
+    assert prompts[0] == prompts[1]
+
+
 LLAVA_ERA_TRANSFORMERS = ("4.49.*", "4.57.*")  # what LLaVA-era stacks and many vLLM releases pin
 
 

@@ -1,6 +1,7 @@
 """Load a saved model folder for inference: the model, its tokenizer, image processor and template."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,12 @@ import torch
 from safetensors import SafetensorError
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from ..processing.chat_templates import TEMPLATES, get_template
 from ..processing.processor import FilaProcessor, load_processor
 from ..processing.tokenization import ConversationTokenizer
-from ..model import FilaForConditionalGeneration
+from ..model import FilaConfig, FilaForConditionalGeneration
 from ..model.builder import build_model, is_fila_checkpoint, load_saved_model, load_tokenizer
-from ..model.llava_layout import folder_layout, release_config, release_projector_type
+from ..model.llava_layout import folder_layout, local_file, release_config, release_projector_type
 from ..utils.checkpoint_folders import checkpoint_subfolders, incomplete_checkpoint
 from ..utils.dtypes import DTYPES
 from ..utils.errors import CheckpointError, ConfigError, FilaError
@@ -96,6 +98,23 @@ class InferenceModel:
         return pad if pad is not None else self.stop_token_ids[0]
 
 
+def release_template(path: str) -> str:
+    """A LLaVA release's conversation template: ours when its chat template is one of ours (a `fila-train export
+    --format llava` folder carries the one its model trained with), else LLaVA-1.5's own (vicuna_v1)."""
+    # The first of these files that holds a chat template is the one transformers uses.
+    for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
+        file = local_file(path, name)
+        try:
+            text = None if file is None else (
+                file.read_text() if name.endswith(".jinja") else json.loads(file.read_text()).get("chat_template"))
+        except (OSError, ValueError, AttributeError):  # unreadable, or not a JSON object
+            continue
+        if isinstance(text, str):
+            return next((template for template in TEMPLATES.names() if get_template(template).jinja == text),
+                        FilaConfig.conversation_template)
+    return FilaConfig.conversation_template
+
+
 def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device | None = None) -> InferenceModel:
     """One ``from_pretrained`` of a saved model folder (``save_pretrained`` + its tokenizer)."""
     path = str(path)
@@ -118,7 +137,8 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     try:
         if release is not None:  # a llava-hf or original LLaVA-1.5 folder, read as LLaVA-1.5 (clip + projector)
             model = build_model(path, dtype=resolve_dtype(dtype, device),
-                                connector_type=release_projector_type(release_config(path)))
+                                connector_type=release_projector_type(release_config(path)),
+                                conversation_template=release_template(path))
             processor = FilaProcessor.for_model(load_tokenizer(path, model, LLAVA_MAX_LENGTH), model.config)
         else:
             model = load_saved_model(path, dtype=resolve_dtype(dtype, device))
