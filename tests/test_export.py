@@ -342,6 +342,29 @@ def test_the_llava_folder_is_read_back_with_the_template_its_model_trained_with(
     assert prompts[0] == prompts[1]
 
 
+def test_the_llava_folder_generates_a_batch_as_it_generates_each_prompt(baseline_folder, assets, tmp_path):
+    """transformers' batched generation with the llava folder's own processor: its tokenizer padded on the right (as
+    training saved it), so a shorter prompt's answer continued after its padding: another answer than alone, with
+    only a logged warning."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    out = export(baseline_folder, tmp_path / "export", "--dtype", "float32", "--format", "llava")
+    processor = AutoProcessor.from_pretrained(out / "llava")
+    llava = LlavaForConditionalGeneration.from_pretrained(out / "llava", dtype=torch.float32).eval()
+    images = [Image.open(path).convert("RGB") for path in sorted(assets.image_folder.iterdir())[:2]]
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                                           add_generation_prompt=True)
+             for q in ("What is the title of this document?", "Date?")]  # of different lengths
+
+    def answers(prompts: list[str], pictures: list) -> list[list[int]]:
+        inputs = processor(text=prompts, images=pictures, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            tokens = llava.generate(**inputs, max_new_tokens=STEPS, do_sample=False)
+        return tokens[:, inputs["input_ids"].shape[1]:].tolist()
+
+    assert answers(texts, images) == [answers([text], [image])[0] for text, image in zip(texts, images)]
+
+
 LLAVA_ERA_TRANSFORMERS = ("4.49.*", "4.57.*")  # what LLaVA-era stacks and many vLLM releases pin
 
 

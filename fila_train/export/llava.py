@@ -207,6 +207,9 @@ def write_llava(model: FilaForConditionalGeneration, processor: FilaProcessor, f
     """``folder``: a LlavaForConditionalGeneration with ``model``'s weights, its processor and tokenizer."""
     config = model.config
     llava_tokenizer, image_token_id = tokenizer_with_image_token(processor.tokenizer)
+    # The folder is for serving: transformers pads batched prompts on the tokenizer's side, and generation goes on
+    # from the last position, which right padding (training's) fills with padding for every shorter prompt.
+    llava_tokenizer.padding_side = "left"
     vocab_rows = max(config.text_config.vocab_size, image_token_id + 1)
     with init_empty_weights(include_buffers=False):
         llava = LlavaForConditionalGeneration(llava_config(config, image_token_id, vocab_rows))
