@@ -647,6 +647,26 @@ def test_eval_cli_errors_are_one_line(tmp_path, capsys, lines, flags, message):
     assert re.search(message, one_line_error(capsys, "eval"))
 
 
+def test_an_eval_output_that_cannot_be_a_folder_is_one_line_before_the_model_loads(saved_model, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """--output naming a file (or a folder under one): before, NotADirectoryError's traceback once the model had
+    loaded and every prompt had been checked."""
+    from fila_train.cli import main
+    from fila_train.inference import loading
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --output was checked")
+
+    monkeypatch.setattr(loading, "load_saved_model", never)
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"id": 1, "question": "q?", "answers": ["a"]}])
+    (tmp_path / "results.txt").write_text("")
+    for output in (tmp_path / "results.txt", tmp_path / "results.txt" / "run1"):
+        assert main(["eval", "--model", str(saved_model), "--bench", str(bench), "--metric", "exact",
+                     "--output", str(output)]) == 1
+        assert one_line_error(capsys, "eval").endswith(f"--output {output}: {tmp_path / 'results.txt'} is a file, "
+                                                       f"not a folder")
+
+
 def test_eval_cli_refuses_bad_numbers_in_one_line(tmp_path, capsys):
     from fila_train.cli import main
 

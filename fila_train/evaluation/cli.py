@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Every record of every file is checked before the model is loaded: a bad line fails in seconds, not hours.
         benches = {bench: read_bench(bench, metric, image_folder, args.limit) for bench in args.bench}
+        for bench in benches:  # likewise: answers are kept there from the first batch on
+            check_output_folder(args.output_dir(model_options.model, bench))
         loaded = model_options.load()
         for bench, questions in benches.items():
             logger.info("evaluating %s on %d questions of %s (metric %s, batch %d)", model_options.model,
@@ -80,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fila-train eval: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_output_folder(output: Path) -> None:
+    """``output`` exists as a folder or can be made one: its nearest existing ancestor is a folder."""
+    existing = next(path for path in (output, *output.parents) if path.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--output {output}: {existing} is a file, not a folder")
 
 
 def report(bench: str, questions, predictions: list[str], metric, model: str, output: Path) -> None:
