@@ -189,6 +189,32 @@ def test_generate_and_eval_read_a_llava_hf_folder(llava, tiny_assets, tmp_path, 
     assert "on 1 questions" in capsys.readouterr().out
 
 
+def test_eval_reads_a_llava_release_by_its_hub_id(llava, tiny_assets, tmp_path):
+    """A release named as the README names one (`llava-hf/llava-1.5-7b-hf`), from the offline hub cache (its real
+    layout, made here): generate answered, but eval ended in FileNotFoundError's traceback once the model had loaded
+    and the prompts were checked (its answer log listed the files of a local folder named like the hub id)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from distributed_utils import REPO
+
+    repo = tmp_path / "hub" / "models--llava-hf--tiny-llava"
+    shutil.copytree(llava[0], repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text((tiny_assets.stage2_data.parent / "eval_questions.jsonl").read_text().splitlines()[0] + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    run = subprocess.run([sys.executable, "-m", "fila_train.cli", "eval", "--model", "llava-hf/tiny-llava", "--bench",
+                          str(bench), "--image_folder", str(tiny_assets.image_folder), "--metric", "anls",
+                          "--max_new_tokens", "4", "--dtype", "float32", "--device", "cpu", "--output",
+                          str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "score.json").read_text())["count"] == 1
+
+
 def test_a_llava_hf_folder_starts_a_zero3_run(llava, tiny_assets, tmp_path):
     """Under ZeRO-3 the release's parts load partitioned (as any LLM does) and the projector is copied into the
     partitioned connector: with the connector frozen, the saved one is the release's, bit for bit."""

@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import IO
 
+from ..inference.loading import ModelLoadError
+from ..model.llava_layout import local_file
 from ..utils.files import replace_atomically
 from .bench import BenchQuestion
 
@@ -43,10 +45,22 @@ def question_fingerprint(item: BenchQuestion, image_folder: Path | None) -> str:
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
 
 
+def model_files_folder(model: str | Path) -> Path:
+    """The folder of the model's files: ``model`` itself, or for a hub id (a LLaVA release) its snapshot in the hub
+    cache, which a new revision replaces."""
+    if Path(model).is_dir():
+        return Path(model)
+    config = local_file(str(model), "config.json")  # the loader found it there
+    if config is None:
+        raise ModelLoadError(f"{model}: neither a model folder nor a hub model in the cache")
+    return config.parent
+
+
 def answers_key(model_folder: Path, model_setup: str, settings: dict) -> dict:
     """What every answer depends on; ``model_setup`` is the dtype and device the model runs in."""
     # This file itself changes between the two runs when the output is the model folder
-    model_files = sorted(path for path in Path(model_folder).iterdir() if path.is_file() and path.name != ANSWER_LOG_FILE)
+    model_files = sorted(path for path in model_files_folder(model_folder).iterdir()
+                         if path.is_file() and path.name != ANSWER_LOG_FILE)
     return {"format": FORMAT, "model": str(Path(model_folder).resolve()), "model_files": files_fingerprint(model_files),
             "model_setup": model_setup, **settings}
 
