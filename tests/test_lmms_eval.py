@@ -115,3 +115,27 @@ def test_lmms_eval_scores_a_local_task_as_fila_train_eval_does(tiny_assets, tmp_
     answered = {sample["doc_id"]: sample["filtered_resps"] for sample in samples}
     answered = {doc: answer[0] if isinstance(answer, list) else answer for doc, answer in answered.items()}
     assert [answered[index] for index in range(len(questions))] == predictions  # the same answers, one by one
+
+
+def test_an_answer_of_several_paragraphs_is_not_cut_at_lmms_evals_default_stop(tiny_assets, tmp_path, monkeypatch):
+    """A task that names no `until` gets lmms-eval's few-shot delimiter "\\n\\n" as its stop (MM-Vet and others):
+    before, every answer was cut to its first paragraph, which neither `fila-train eval` nor lmms-eval's llava
+    adapters do (Qwen2.5-VL's drops "\\n\\n" too); a task's own stop still cuts."""
+    from lmms_eval.api.instance import Instance
+
+    from fila_train.evaluation import lmms_eval_model
+
+    model = build_tiny_model(tiny_assets, hybrid=False, fuser=False)
+    model.save_pretrained(tmp_path / "model")
+    load_tokenizer(str(tiny_assets.llm), model, 512).save_pretrained(tmp_path / "model")
+    fila = lmms_eval_model.FilaLmms(str(tmp_path / "model"), dtype="float32", device="cpu")
+    answer = "1. A table of costs.\n\n2. A chart of sales. ASSISTANT: more"
+    # The answer a model gives: a tiny random one writes no paragraphs.
+    monkeypatch.setattr(lmms_eval_model, "generate_answers", lambda loaded, prompts, options: [answer] * len(prompts))
+
+    def request(index: int, until: list[str]) -> Instance:
+        return Instance("generate_until", ("Describe the image.", {"until": until, "max_new_tokens": 4}, None, index,
+                                           "task", "test"), index, {"task": "task", "doc_id": index, "repeats": 1})
+
+    assert fila.generate_until([request(0, ["\n\n"]), request(1, ["ASSISTANT:"])]) == [
+        answer, "1. A table of costs.\n\n2. A chart of sales."]

@@ -27,12 +27,19 @@ def manifest() -> ModelManifest:
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.FilaLmms")
 
 
+# lmms-eval's stop for a task that names none: its few-shot delimiter, made for base models continuing few-shot
+# text. A chat model's answer ends at its end-of-turn token, and cut there a multi-paragraph answer (a detailed
+# description, MM-Vet's) keeps only its first paragraph: lmms-eval's llava adapters apply no stop, its Qwen2.5-VL one
+# drops this one.
+FEWSHOT_DELIMITER = "\n\n"
+
+
 def cut_at_stops(text: str, stops: list[str]) -> str:
-    """lmms-eval's ``until``: the answer up to the first stop string."""
+    """lmms-eval's ``until``: the answer up to the first stop string (stripped again, as generate's answers are)."""
     for stop in stops:
-        if stop:
+        if stop and stop != FEWSHOT_DELIMITER:
             text = text.split(stop, 1)[0]
-    return text
+    return text.strip()
 
 
 def generation_options(gen_kwargs: dict) -> GenerationOptions:
