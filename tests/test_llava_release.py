@@ -206,11 +206,20 @@ def test_eval_reads_a_llava_release_by_its_hub_id(llava, tiny_assets, tmp_path):
     (repo / "refs" / "main").write_text("abc123")
     bench = tmp_path / "bench.jsonl"
     bench.write_text((tiny_assets.stage2_data.parent / "eval_questions.jsonl").read_text().splitlines()[0] + "\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    run = subprocess.run([sys.executable, "-m", "fila_train.cli", "eval", "--model", "llava-hf/tiny-llava", "--bench",
-                          str(bench), "--image_folder", str(tiny_assets.image_folder), "--metric", "anls",
-                          "--max_new_tokens", "4", "--dtype", "float32", "--device", "cpu", "--output",
-                          str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "fila_train.cli", "eval", "--model", "llava-hf/tiny-llava", "--bench", str(bench),
+               "--image_folder", str(tiny_assets.image_folder), "--metric", "anls", "--max_new_tokens", "4",
+               "--dtype", "float32", "--device", "cpu"]
+    # The default output, MODEL/eval, made ./llava-hf/tiny-llava/eval: a local folder named like the hub id, which
+    # every later load from there took for the model ("not a saved fila model folder").
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+        "fila-train eval: error: --model llava-hf/tiny-llava is a hub model, not a local folder to write its results "
+        "into: give --output"), run.stderr[-2000:]
+    assert not (tmp_path / "llava-hf").exists()
+    run = subprocess.run([*command, "--output", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "score.json").read_text())["count"] == 1
 

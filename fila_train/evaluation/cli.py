@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..data.annotations import AnnotationError
 from ..inference.loading import ModelLoadError, ModelOptions
+from ..model.llava_layout import local_file
 from ..utils.argument_parser import StrictArgumentParser
 from ..utils.errors import ConfigError
 from ..utils.scores import format_score
@@ -37,7 +38,8 @@ class EvalArguments:
         "choices": METRICS.names()})
     image_folder: str | None = field(default=None, metadata={"help": "folder the records' image paths are relative to"})
     output: str | None = field(default=None, metadata={
-        "help": "output folder (default: MODEL/eval/<bench name>); with several --bench files, their parent"})
+        "help": "output folder (default: MODEL/eval/<bench name>; needed for a hub model); with several --bench "
+                "files, their parent"})
     batch_size: int = field(default=8, metadata={"help": "questions per generation batch"})
     max_new_tokens: int = field(default=128, metadata={"help": "most tokens per answer"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N questions"})
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Every record of every file is checked before the model is loaded: a bad line fails in seconds, not hours.
         benches = {bench: read_bench(bench, metric, image_folder, args.limit) for bench in args.bench}
+        if args.output is None:
+            check_default_output(model_options.model)
         for bench in benches:  # likewise: answers are kept there from the first batch on
             check_output_folder(args.output_dir(model_options.model, bench))
         loaded = model_options.load()
@@ -82,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fila-train eval: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_default_output(model: str) -> None:
+    """The default output, MODEL/eval, is a folder of the model's. A hub model (a LLaVA release by its id) has none:
+    the default would make a local folder named like the id, which every later load from there takes for the model."""
+    if not Path(model).exists() and local_file(model, "config.json") is not None:
+        raise ConfigError(f"--model {model} is a hub model, not a local folder to write its results into: give --output")
 
 
 def check_output_folder(output: Path) -> None:
