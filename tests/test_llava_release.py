@@ -221,7 +221,8 @@ def test_eval_reads_a_llava_release_by_its_hub_id(llava, tiny_assets, tmp_path):
     run = subprocess.run([*command, "--output", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads((tmp_path / "out" / "score.json").read_text())["count"] == 1
+    score = json.loads((tmp_path / "out" / "score.json").read_text())
+    assert score["count"] == 1 and score["model"] == "llava-hf/tiny-llava"  # before: a local path that is not there
 
 
 def test_a_llava_hf_folder_starts_a_zero3_run(llava, tiny_assets, tmp_path):

@@ -109,7 +109,9 @@ def report(bench: str, questions, predictions: list[str], metric, model: str, ou
         print(f"answered {len(questions)} questions of {bench}, not scored (no answers in the file); "
               f"LLaVA's answer file: {answers}")
         return
-    result = score(metric, questions, predictions, str(Path(bench).resolve()), str(Path(model).resolve()))
+    # A hub model by its id: resolved, it would name a local folder that is not there.
+    model_name = str(Path(model).resolve()) if Path(model).exists() else model
+    result = score(metric, questions, predictions, str(Path(bench).resolve()), model_name)
     write_results(result, output)
     print(f"{format_score(metric.name, result.summary['score'])} on {result.summary['count']} questions "
           f"of {bench} (written to {output})")
