@@ -207,6 +207,8 @@ def test_sampling_options(loaded):
     # Sampling settings mean nothing without --do_sample: refused, not ignored.
     with pytest.raises(ConfigError, match="act only with --do_sample"):
         GenerationOptions(max_new_tokens=STEPS, temperature=100.0, top_k=5, top_p=0.5)
+    # --temperature 0, LLaVA's scripts' way to ask for greedy decoding, is greedy.
+    assert sampled(0, temperature=0) == greedy
     # With it, keeping only the likeliest token (top_k 1, or a top_p below its probability) is greedy.
     assert sampled(0, do_sample=True, temperature=100.0, top_k=1) == greedy
     assert sampled(0, do_sample=True, temperature=100.0, top_p=1e-6) == greedy

@@ -65,12 +65,14 @@ class GenerationOptions:
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max_new_tokens must be positive, got {self.max_new_tokens}")
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        given = [f"--{name} {value}" for name, value in sampling.items() if value is not None]
+        # --temperature 0 is how LLaVA's eval scripts ask for greedy decoding: it is what runs without --do_sample.
+        given = [f"--{name} {value}" for name, value in sampling.items()
+                 if value is not None and not (name == "temperature" and value == 0 and not self.do_sample)]
         if given and not self.do_sample:  # LLaVA's scripts sample whenever --temperature > 0; greedy here
             raise ConfigError(f"{', '.join(given)}: --temperature, --top_p and --top_k act only with --do_sample "
                               f"(without it decoding is greedy and they would be ignored); add --do_sample or "
                               f"leave them out")
-        if self.temperature is not None and not self.temperature > 0:
+        if self.do_sample and self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature} (for greedy decoding, leave "
                               f"out --do_sample)")
         if self.top_p is not None and not 0 <= self.top_p <= 1:  # above 1 transformers drops it, silently
