@@ -390,3 +390,22 @@ def test_skips_are_logged_a_few_times_then_only_counted(folder: Path, image_root
                                   "level)"), warnings_[-1]
     assert len([r for r in caplog.records if r.levelname == "DEBUG" and "skipped sample" in r.getMessage()]) == \
         dataset.skip_counts["missing_image"] - 5
+
+
+def test_a_bad_record_in_data_with_no_text_only_record_is_replaced_under_modality_grouping(folder: Path,
+                                                                                           image_root: Path,
+                                                                                           tokenizer) -> None:
+    """LLaVA's captions (every record has an image), one image missing, --on_bad_sample skip
+    --group_by_modality_length. The unusable record (length 0) was batched and replaced as text-only, a side with no
+    record at all: the run stopped when it was drawn, saying "every record without an image was skipped"."""
+    from fila_train.data.sampler import ModalityLengthGroupedSampler
+
+    good = [json.dumps(record(f"good-{k}", images="ok.png")) for k in range(7)]
+    dataset = dataset_for(folder, image_root, tokenizer, [*good, BAD_LINES["missing_image"][0]], "skip")
+    dataset.modality_lengths = dataset.lengths(None)
+    assert dataset.modality_lengths.tolist()[-1] == 0
+    batch, world = 2, 2
+    order = ModalityLengthGroupedSampler(dataset.modality_lengths, batch, world, seed=0).order()
+    samples = [dataset[index] for index in order]
+    assert all(sample["images"] for sample in samples)  # every batch holds image samples only
+    assert dataset.skip_counts == {"missing_image": 1}

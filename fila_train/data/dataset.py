@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from ..utils.errors import ConfigError, DataRecordError
 from .annotations import AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
+from .sampler import image_side
 from ..processing.tokenization import ConversationTokenizer
 from .validation import RecordError, check_record
 
@@ -87,8 +88,9 @@ class ReplacesUnusableSamples(Dataset):
         self.skip_counts: Counter[str] = Counter()  # distinct unusable records met in this process, by kind
         self.unusable: dict[str, str] = {}  # record_key -> kind
         # Signed lengths (+ image, - text-only, 0 unusable) when batches are grouped by modality:
-        # a replacement is then drawn from the same side as the position it replaces.
-        self.modality_lengths: np.ndarray | None = None
+        # a replacement is then drawn from the same side (sampler.image_side) as the position it replaces.
+        self._modality_lengths: np.ndarray | None = None
+        self._image_side: np.ndarray | None = None
 
     def build(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -96,6 +98,15 @@ class ReplacesUnusableSamples(Dataset):
     def record_key(self, index: int) -> str:
         """The record at ``index``, the same for every position that holds it (a mixture repeats records)."""
         raise NotImplementedError
+
+    @property
+    def modality_lengths(self) -> np.ndarray | None:
+        return self._modality_lengths
+
+    @modality_lengths.setter
+    def modality_lengths(self, lengths: np.ndarray | None) -> None:
+        self._modality_lengths = lengths
+        self._image_side = None if lengths is None else image_side(lengths)
 
     @property
     def dropped_overlong(self) -> int:
@@ -127,8 +138,8 @@ class ReplacesUnusableSamples(Dataset):
             raise SampleError(f"{self.describe()}: every sample exceeds model_max_length "
                               f"{self.options.max_length}", "overlong")
         side, why = "", ""
-        if self.modality_lengths is not None:  # the other side may be fine: say which one ran out
-            side = " with an image" if self.modality_lengths[index] > 0 else " without an image"
+        if self._image_side is not None:  # the other side may be fine: say which one ran out
+            side = " with an image" if self._image_side[index] else " without an image"
             why = ("; batches are grouped by modality (--group_by_modality_length), so a skipped sample is "
                    "replaced only from its own side")
         raise SampleError(f"no usable sample{side} in {self.describe()}: every record{side} was skipped "
@@ -154,9 +165,9 @@ class ReplacesUnusableSamples(Dataset):
         return None
 
     def _same_modality(self, index: int, position: int) -> bool:
-        if self.modality_lengths is None:
+        if self._image_side is None:
             return True
-        return bool(self.modality_lengths[index] > 0) == bool(self.modality_lengths[position] > 0)
+        return bool(self._image_side[index]) == bool(self._image_side[position])
 
     def describe(self) -> str:
         return type(self).__name__

@@ -13,6 +13,17 @@ from torch.utils.data import Sampler
 STEPS_PER_GROUP = 50  # steps whose samples are sorted together: wider groups, narrower batches
 
 
+def image_side(lengths: np.ndarray) -> np.ndarray:
+    """Which positions are batched with the image samples, from signed lengths (+ image, - text-only, 0 unusable).
+
+    An unusable record (0) is replaced by a usable one of its batch's side when drawn, so it goes with the
+    text-only samples only where there are some: in data where every record has an image (LLaVA's captions) that
+    side was empty, and the first missing image stopped a skipping run. The sampler and the dataset's
+    replacements both decide by this, so they agree."""
+    lengths = np.asarray(lengths)
+    return lengths > 0 if (lengths < 0).any() else lengths >= 0
+
+
 def _even_chunks(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list[list[int]]:
     """Split ``indices`` (longest first) into ``parts`` equal-size chunks of similar total length."""
     if len(indices) % parts:
@@ -52,7 +63,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 
     def __init__(self, lengths: np.ndarray, batch_size: int, world_size: int, seed: int = 0):
         self.lengths = np.abs(np.asarray(lengths, dtype=np.int64))
-        self.has_image = np.asarray(lengths) > 0
+        self.has_image = image_side(lengths)
         self.batch_size = batch_size
         self.world_size = world_size
         self.seed = seed
