@@ -234,6 +234,8 @@ def test_sample_without_an_answer_is_an_error(tmp_path: Path, tokenizer, image_f
 class _NothingTrained:
     """A conversation tokenizer whose samples have no trained position."""
 
+    template = get_template("vicuna_v1")
+
     def encode(self, conversations, image_token_counts=None, add_generation_prompt=False) -> TokenizedSample:
         return TokenizedSample([5, 6, 7], [IGNORE_INDEX] * 3)
 
@@ -259,6 +261,23 @@ def test_a_sample_whose_only_trained_label_is_its_first_token_is_an_error(tmp_pa
     assert len(sample.input_ids) == 1 and sample.labels == sample.input_ids  # the caption's one token, at 0
     dataset = ConversationDataset(path, image_folder, conversations, PROCESSOR, DatasetOptions(64))
     assert_sample_error(dataset, 0, f"{path}:1", "'dot'", "no token is trained")
+
+
+def test_a_multi_turn_record_under_the_plain_template_is_an_error(tmp_path: Path, tokenizer,
+                                                                  image_folder: Path) -> None:
+    """plain (stage 1) drops the prompt's text. A multi-turn instruction record (stage-2 data given to stage 1)
+    trained its later answers with no question before them ("<image>Red.\\nSquare.\\n") with exit 0; LLaVA's
+    preprocess_plain asserts one exchange. A caption record still trains."""
+    chat = {"id": "chat-3", "image": "red.png", "conversations": [
+        {"from": "human", "value": "<image>\\nWhat color is it?"}, {"from": "gpt", "value": "Red."},
+        {"from": "human", "value": "What shape is it?"}, {"from": "gpt", "value": "A square."}]}
+    dataset = make_dataset(tmp_path, tokenizer, [record("caption", images="red.png"), chat], image_folder,
+                           template="plain")
+    assert dataset[0]["id"] == "caption"
+    assert_sample_error(dataset, 1, "data.jsonl:2", "'chat-3'", "plain", "2 human/gpt exchanges")
+    with pytest.raises(SampleError) as error:  # the record's own error: skippable with --on_bad_sample skip
+        dataset.build(1)
+    assert error.value.kind == "invalid_record"
 
 
 def test_placeholder_and_image_count_mismatch_is_a_sample_error(tmp_path: Path, tokenizer,

@@ -23,7 +23,7 @@ from .annotations import AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
 from .sampler import image_side
 from ..processing.tokenization import ConversationTokenizer
-from .validation import RecordError, check_record
+from .validation import RecordError, check_one_exchange, check_record
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,8 @@ class ConversationDataset(ReplacesUnusableSamples):
         where = f"{self.annotations.location(index)} (id {record.get('id', '?')!r})"
         try:
             paths = check_record(record, where, allow_absolute_images=self.allow_absolute_paths)
+            if not self.tokenizer.template.reads_human_text:
+                check_one_exchange(record, where, self.tokenizer.template.name)
         except RecordError as error:
             raise SampleError(str(error), "invalid_record") from None
         if paths and self.image_folder is None:

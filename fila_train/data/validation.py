@@ -9,7 +9,7 @@ from typing import Any
 
 from ..utils.errors import DataRecordError
 from .images import ImageLoadError, check_relative_image_path
-from ..processing.conversations import (ConversationError, check_ends_with_answer, check_image_count,
+from ..processing.conversations import (ASSISTANT, ConversationError, check_ends_with_answer, check_image_count,
                            parse_turns_indexed)
 
 
@@ -53,3 +53,19 @@ def check_record(record: Any, where: str, *, allow_absolute_images: bool = False
         except ImageLoadError as error:
             raise RecordError(f"{where}: field 'image': {error}") from None
     return paths
+
+
+def check_one_exchange(record: dict, where: str, template: str) -> None:
+    """Under a template that drops the prompt's text (plain: stage 1's captions), one question and its answer.
+
+    Each answer is trained on the images alone: a multi-turn instruction record (stage-2 data given to stage 1)
+    trained its later answers with no question before them, exit 0. LLaVA's preprocess_plain asserts one exchange.
+    Called after check_record (the turns are valid).
+    """
+    _, turns, _ = parse_turns_indexed(record["conversations"])
+    exchanges = sum(1 for role, _ in turns if role == ASSISTANT)
+    if exchanges != 1:
+        raise RecordError(f"{where}: field 'conversations' holds {exchanges} human/gpt exchanges, but template "
+                          f"{template!r} drops the prompt's text (stage-1 captions), so every answer after the first "
+                          f"would be trained without its question; give it one question and one answer, or train "
+                          f"this data with a template that reads prompts")
