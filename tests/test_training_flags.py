@@ -48,6 +48,15 @@ def test_an_explicit_warmup_steps_wins_over_warmup_ratio_and_says_so(flags, warm
     (["--evaluation_strategy", "epoch"], "--eval_strategy epoch: fila-train train has no evaluation set"),
     (["--report_to", "wandbb"], "--report_to wandbb: not an integration transformers knows; choose from azure_ml, "),
     (["--report_to", "tensorboard"], "--report_to tensorboard: its package is not installed here; install it"),
+    # Before, transformers built every sample (decoding every image) on every rank before the first step and
+    # grouped by len(sample["images"]), the processor's first input name: the image count, not the tokens.
+    (["--train_sampling_strategy", "group_by_length"], "--train_sampling_strategy group_by_length: transformers "
+                                                       "would group by each sample's number of images"),
+    (["--train_sampling_strategy", "batch_rebalance"], "--train_sampling_strategy batch_rebalance: transformers "
+                                                       "would group by each sample's number of images"),
+    # Before, --group_by_modality_length won and the other sampler was dropped without a word.
+    (["--group_by_modality_length", "True", "--train_sampling_strategy", "sequential"],
+     "--train_sampling_strategy sequential: --group_by_modality_length decides the order"),
 ])
 def test_a_bad_training_flag_is_one_line_when_the_flags_are_parsed(flags, line, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # an environment without it (find_spec: not found)
@@ -59,7 +68,8 @@ def test_a_bad_training_flag_is_one_line_when_the_flags_are_parsed(flags, line, 
 
 @pytest.mark.parametrize("flags", [["--num_train_epochs", "0", "--max_steps", "3"], ["--learning_rate", "0"],
                                    ["--report_to", "wandb"], ["--report_to", "none"], ["--report_to", "all"],
-                                   ["--eval_strategy", "no"], ["--part_lr", "connector=0"]])
+                                   ["--eval_strategy", "no"], ["--part_lr", "connector=0"],
+                                   ["--train_sampling_strategy", "sequential"], ["--group_by_modality_length", "True"]])
 def test_good_training_flags_parse(flags):
     parse_args(BASE + flags)
 

@@ -133,6 +133,7 @@ class TrainingArguments(transformers.TrainingArguments):
         self._check_schedule()
         check_report_to(self.report_to)
         self._check_speed_options()
+        self._check_sampling()
         if self.deepspeed:
             self._check_deepspeed_config()
 
@@ -183,6 +184,19 @@ class TrainingArguments(transformers.TrainingArguments):
             # HF's flag patches by the top-level model type, which Liger does not know for the
             # composite: it would silently patch nothing.
             raise ConfigError("--use_liger_kernel cannot patch the fila composite; use --use_liger (patches the LLM)")
+
+    def _check_sampling(self) -> None:
+        strategy = self.train_sampling_strategy
+        if strategy in ("group_by_length", "batch_rebalance"):
+            # transformers measures a sample by len(sample[processor.model_input_names[0]]), which for our
+            # processor is "images"; and it builds every sample, every image decoded, on every rank first.
+            raise ConfigError(f"--train_sampling_strategy {strategy}: transformers would group by each sample's "
+                              f"number of images (the processor's first input), not its tokens, after building every "
+                              f"sample on every rank; use --group_by_modality_length True (token lengths measured "
+                              f"once and cached, image and text-only samples batched apart)")
+        if self.group_by_modality_length and strategy != "random":
+            raise ConfigError(f"--train_sampling_strategy {strategy}: --group_by_modality_length decides the order, "
+                              f"so this sampler would be ignored; give one of them")
 
     def sampler_seed(self) -> int:
         """The seed of the sample order: --data_seed, else --seed (as HF seeds its sampler)."""
