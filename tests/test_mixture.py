@@ -249,6 +249,27 @@ def test_a_skipping_runs_length_cache_does_not_let_a_bad_record_through_under_er
     assert (source_lengths(source("skip"), tmp_path / "cache") == skipping).all()  # still its cache
 
 
+def test_the_length_cache_is_not_read_by_a_run_that_refuses_absolute_paths(tmp_path: Path, tokenizer) -> None:
+    """A source's allow_absolute_paths turned off, nothing else changed: the run (--on_bad_sample error) read the
+    lengths cached by the run that allowed them, its up-front check passed the record with an absolute image path,
+    and the run met it mid-epoch."""
+    from fila_train.data.dataset import ConversationDataset, SampleError
+
+    write_source(tmp_path, "docs", 3)
+    lines = (tmp_path / "docs" / "train.jsonl").read_text().splitlines()
+    absolute = record("abs", images=str(tmp_path / "docs" / "images" / "0.png"))
+    (tmp_path / "docs" / "train.jsonl").write_text("\n".join([*lines, json.dumps(absolute)]) + "\n")
+
+    def source(allow: bool) -> ConversationDataset:
+        return ConversationDataset(tmp_path / "docs" / "train.jsonl", tmp_path / "docs" / "images",
+                                   ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID),
+                                   PROCESSOR, DatasetOptions(max_length=2048), allow_absolute_paths=allow)
+
+    assert (source_lengths(source(True), tmp_path / "cache") > 0).all()
+    with pytest.raises(SampleError, match=r"train.jsonl:4 .*absolute image path"):
+        source_lengths(source(False), tmp_path / "cache")
+
+
 def test_source_overrides_canvases_and_template(mixture_dir: Path, tokenizer) -> None:
     spec = MIX.replace("    repeat: 2.5\n", "    repeat: 2.5\n    max_tiles: 2\n    template: plain\n")
     write_spec(mixture_dir / "over.yaml", spec)
