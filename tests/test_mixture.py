@@ -376,3 +376,53 @@ def test_worker_processes_measure_what_this_process_measures(tmp_path: Path, tok
     assert one_line(worker_error.value) == one_line(serial_error.value)
     assert "train.jsonl:4" in one_line(worker_error.value) and "field 'image'" in one_line(worker_error.value)
     assert "sub 3.png" in one_line(worker_error.value)
+
+
+def over_long_run(tmp_path: Path, tokenizer, on_overlong: str, long_answers: int):
+    """A two-source mixture through the run's dataset build (training/datasets.py), --model_max_length 200:
+    'short' fits; ``long_answers`` of the 4 records of 'pages' do not."""
+    from fila_train.processing.image_processing import FilaImageProcessor
+    from fila_train.processing.processor import FilaProcessor
+    from fila_train.training.arguments import DataArguments
+    from fila_train.training.datasets import build_train_dataset
+    from fila_train.training.train import parse_args
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "ok.png")
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(record(f"s{k}", images="ok.png")) + "\n" for k in range(4)))
+    (tmp_path / "pages.jsonl").write_text("".join(
+        json.dumps(record(f"p{k}", images="ok.png", answer="word " * (80 if k < long_answers else 1))) + "\n"
+        for k in range(4)))
+    write_spec(tmp_path / "mix.yaml", "sources:\n  - {name: short, annotations: short.jsonl, image_root: images}\n"
+                                      "  - {name: pages, annotations: pages.jsonl, image_root: images}\n")
+    data_args = DataArguments(data_path=str(tmp_path / "mix.yaml"), on_overlong=on_overlong,
+                              length_cache_dir=str(tmp_path / "cache"))
+    args = parse_args(["--model_name_or_path", "llm", "--vision_tower", "clip", "--data_path", "mix.yaml",
+                       "--output_dir", str(tmp_path / "out"), "--model_max_length", "200"])[2]
+    processor = FilaProcessor(FilaImageProcessor(image_size=28, patch_size=14), tokenizer)
+    return build_train_dataset(data_args, args, processor)
+
+
+@pytest.mark.parametrize("on_overlong, long_answers, message", [
+    # Before: the up-front pass measured the record and let it through; the run stopped when it was drawn.
+    ("error", 1, r"pages.jsonl:1 \(id 'p0'\): \d+ tokens after image expansion exceed model_max_length 200 "
+                 r"\(1 of the run's 8 samples do\)"),
+    # Before: the plan said pages 50%, the run trained 0% of it (each draw replaced by a 'short' one), exit 0.
+    ("drop", 4, r"source 'pages': all 4 of its samples exceed model_max_length 200 after image expansion \(the "
+                r"shortest \d+ tokens\), so --on_overlong drop would replace every one"),
+])
+def test_over_long_samples_found_before_the_first_step_stop_the_run_there(tmp_path: Path, tokenizer, on_overlong: str,
+                                                                          long_answers: int, message: str) -> None:
+    from fila_train.utils.errors import DataError
+
+    with pytest.raises(DataError, match=message):
+        over_long_run(tmp_path, tokenizer, on_overlong, long_answers)
+
+
+def test_over_long_samples_dropped_are_counted_by_source_before_the_first_step(tmp_path: Path, tokenizer,
+                                                                              caplog) -> None:
+    with caplog.at_level("WARNING", logger="fila_train.training.datasets"):
+        dataset = over_long_run(tmp_path, tokenizer, "drop", 3)
+    assert len(dataset) == 8
+    warned = [r.getMessage() for r in caplog.records if "model_max_length" in r.getMessage()]
+    assert len(warned) == 1 and "pages: 3 of 4 (75%)" in warned[0] and "short" not in warned[0], warned

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.dataset import DatasetOptions
 from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
-from ..utils.distributed import all_ranks
+from ..utils.distributed import all_ranks, is_main_process
 from ..utils.errors import DataError, DataRecordError, message_of
 from ..utils.files import write_json_atomic
 from ..processing.processor import FilaProcessor
@@ -34,6 +34,7 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
         # Every record measured before the first step, its image files found (their headers read where the token
         # count needs the size): a bad record stops the run now, not hours into the epoch as in LLaVA.
         lengths = measured_on_each_node(dataset, data_args.length_cache_dir, args.local_process_index == 0)
+        check_over_long(dataset, lengths)
         if args.group_by_modality_length:
             dataset.modality_lengths = lengths
             images = int((lengths > 0).sum())
@@ -56,6 +57,39 @@ def measured_on_each_node(dataset: MixtureDataset, cache_dir: str | None, local_
     if failures:
         raise DataError(failures[0])
     return lengths if local_main else dataset.lengths(cache_dir)
+
+
+def check_over_long(dataset: MixtureDataset, lengths: np.ndarray) -> None:
+    """What the measured lengths already say of over-long samples, before the first step rather than when drawn:
+    under --on_overlong error the first one stops the run; under drop a source that would lose every sample stops
+    it (its share of the plan would silently go to the others), and the others' losses are counted by source."""
+    limit = dataset.options.max_length
+    over = np.abs(lengths) > limit
+    if not over.any():
+        return
+    plan = dataset.plan
+    if dataset.options.on_overlong == "error":
+        first = int(np.flatnonzero(over)[0])
+        source = dataset.sources[int(plan.source_of[first])]
+        _, where, _ = source.checked_record(int(plan.record_of[first]))
+        raise DataError(f"{where}: {abs(int(lengths[first]))} tokens after image expansion exceed model_max_length "
+                        f"{limit} ({int(over.sum())} of the run's {len(dataset)} samples do); raise "
+                        f"--model_max_length, or --on_overlong drop to replace them by other samples")
+    lost = []
+    for index, source in enumerate(plan.sources):
+        mine = plan.source_of == index
+        count = int(over[mine].sum())
+        if count and count == int(mine.sum()):
+            raise DataError(f"{dataset.describe()}: source {source.name!r}: all {count} of its samples exceed "
+                            f"model_max_length {limit} after image expansion (the shortest "
+                            f"{int(np.abs(lengths[mine]).min())} tokens), so --on_overlong drop would replace every "
+                            f"one and the run would train none of it; raise --model_max_length, lower the source's "
+                            f"max_tiles, or remove it")
+        if count:
+            lost.append(f"{source.name}: {count} of {int(mine.sum())} ({100 * count / int(mine.sum()):.0f}%)")
+    if is_main_process():
+        logger.warning("samples over model_max_length %d, each replaced by another sample when drawn "
+                       "(--on_overlong drop), by source: %s", limit, "; ".join(lost))
 
 
 def write_data_plan(dataset: MixtureDataset, output_dir: str | Path) -> None:
