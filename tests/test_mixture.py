@@ -426,3 +426,34 @@ def test_over_long_samples_dropped_are_counted_by_source_before_the_first_step(t
     assert len(dataset) == 8
     warned = [r.getMessage() for r in caplog.records if "model_max_length" in r.getMessage()]
     assert len(warned) == 1 and "pages: 3 of 4 (75%)" in warned[0] and "short" not in warned[0], warned
+
+
+def test_a_source_whose_every_record_is_unusable_stops_a_skipping_run_before_the_first_step(tmp_path: Path,
+                                                                                           tokenizer) -> None:
+    """--on_bad_sample skip --group_by_modality_length, one source's image_root wrong: the up-front pass found all
+    its records unusable and warned; the run then trained none of its plan share (each draw replaced by the other
+    source), exit 0. A few bad records are skipped as asked; a whole source is a mistake in the spec."""
+    from fila_train.processing.image_processing import FilaImageProcessor
+    from fila_train.processing.processor import FilaProcessor
+    from fila_train.training.arguments import DataArguments
+    from fila_train.training.datasets import build_train_dataset
+    from fila_train.training.train import parse_args
+    from fila_train.utils.errors import DataError
+
+    write_source(tmp_path / "data", "docs", 4)
+    write_source(tmp_path / "data", "charts", 3)
+    write_spec(tmp_path / "mix.yaml", "root: data\nsources:\n"
+                                      "  - {name: docs, annotations: docs/train.jsonl, image_root: docs/images}\n"
+                                      "  - {name: charts, annotations: charts/train.jsonl, image_root: charts/imgs}\n")
+    data_args = DataArguments(data_path=str(tmp_path / "mix.yaml"), on_bad_sample="skip",
+                              length_cache_dir=str(tmp_path / "cache"))
+    args = parse_args(["--model_name_or_path", "llm", "--vision_tower", "clip", "--data_path", "mix.yaml",
+                       "--output_dir", str(tmp_path / "out"), "--group_by_modality_length", "True"])[2]
+    processor = FilaProcessor(FilaImageProcessor(image_size=28, patch_size=14), tokenizer)
+    with pytest.raises(DataError, match=r"source 'charts': all 3 of its samples are unusable records, so "
+                                        r"--on_bad_sample skip would replace every one .*; the first: .*"
+                                        r"charts/train.jsonl:1 .*image file not found: .*charts/imgs/0.png"):
+        build_train_dataset(data_args, args, processor)
+    (tmp_path / "data" / "charts" / "images").rename(tmp_path / "data" / "charts" / "imgs")
+    (tmp_path / "data" / "charts" / "imgs" / "1.png").unlink()  # one bad record: skipped, as asked
+    assert len(build_train_dataset(data_args, args, processor)) == 7

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.dataset import DatasetOptions
+from ..data.dataset import DatasetOptions, SampleError
+from ..data.lengths import measure_record
 from ..data.mixed_dataset import MixtureDataset
 from ..data.mixture import load_mixture, single_source
 from ..utils.distributed import all_ranks, is_main_process
@@ -34,6 +35,7 @@ def build_train_dataset(data_args: DataArguments, args: TrainingArguments, proce
         # Every record measured before the first step, its image files found (their headers read where the token
         # count needs the size): a bad record stops the run now, not hours into the epoch as in LLaVA.
         lengths = measured_on_each_node(dataset, data_args.length_cache_dir, args.local_process_index == 0)
+        check_whole_sources_usable(dataset, lengths)
         check_over_long(dataset, lengths)
         if args.group_by_modality_length:
             dataset.modality_lengths = lengths
@@ -57,6 +59,24 @@ def measured_on_each_node(dataset: MixtureDataset, cache_dir: str | None, local_
     if failures:
         raise DataError(failures[0])
     return lengths if local_main else dataset.lengths(cache_dir)
+
+
+def check_whole_sources_usable(dataset: MixtureDataset, lengths: np.ndarray) -> None:
+    """Under --on_bad_sample skip, a source whose every record is unusable (length 0: a wrong image_root, another
+    format) would be replaced by the other sources at every draw and trained 0%, exit 0: a mistake in the spec,
+    not the few bad records skipping is for (as resolve_plan refuses a source that adds nothing)."""
+    plan = dataset.plan
+    for index, source in enumerate(plan.sources):
+        mine = np.flatnonzero(plan.source_of == index)
+        if len(mine) and not lengths[mine].any():
+            try:  # the first record's own error says what is wrong with them
+                measure_record(dataset.sources[index], int(plan.record_of[mine[0]]))
+                continue  # usable now: the zeros were cached by a skipping run before the data was mended
+            except SampleError as error:
+                first = str(error)
+            raise DataError(f"{dataset.describe()}: source {source.name!r}: all {len(mine)} of its samples are "
+                            f"unusable records, so --on_bad_sample skip would replace every one and the run would "
+                            f"train none of it; the first: {first}")
 
 
 def check_over_long(dataset: MixtureDataset, lengths: np.ndarray) -> None:
