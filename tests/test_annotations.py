@@ -280,3 +280,19 @@ def test_a_record_python_cannot_read_is_one_record_s_error(tmp_path: Path, recor
     assert len(annotations) == 2 and annotations[0] == {"id": 1}
     with pytest.raises(AnnotationError, match=re.escape(annotations.location(1)) + ": JSON Python cannot read"):
         annotations[1]
+
+
+def test_a_file_rewritten_after_it_was_indexed_is_named_as_changed_not_its_records_as_malformed(tmp_path: Path) -> None:
+    """The converter run again while a run trains (the records reordered): the byte spans found at the start point
+    into other text. Before, each read was "a.jsonl:1: malformed JSON" about a line that is fine (under
+    --on_bad_sample skip: every record skipped as malformed), or, where the lengths matched, another record."""
+    from fila_train.data.annotations import AnnotationChangedError
+
+    records = [{"id": f"r{k}", "conversations": [{"from": "human", "value": "q" * (k + 1)},
+                                                {"from": "gpt", "value": "a"}]} for k in range(4)]
+    path = write_jsonl(tmp_path / "a.jsonl", records)
+    annotation = AnnotationFile(path)
+    assert annotation[1]["id"] == "r1"
+    write_jsonl(path, records[::-1])
+    with pytest.raises(AnnotationChangedError, match=r"a.jsonl changed since the run indexed its records"):
+        annotation[1]

@@ -409,3 +409,17 @@ def test_a_bad_record_in_data_with_no_text_only_record_is_replaced_under_modalit
     samples = [dataset[index] for index in order]
     assert all(sample["images"] for sample in samples)  # every batch holds image samples only
     assert dataset.skip_counts == {"missing_image": 1}
+
+
+def test_an_annotation_file_rewritten_during_the_run_is_not_skipped_record_by_record(folder: Path, image_root: Path,
+                                                                                    tokenizer) -> None:
+    """Under --on_bad_sample skip, every record of a file rewritten after indexing was skipped as malformed_json
+    (then "no usable sample"): the file changed, no record is bad."""
+    from fila_train.data.annotations import AnnotationChangedError
+
+    lines = [json.dumps(record(f"good-{k}", images="ok.png", answer="A red square." * (k + 1))) for k in range(3)]
+    dataset = dataset_for(folder, image_root, tokenizer, lines, "skip")
+    (folder / "data.jsonl").write_text("\n".join(lines[::-1]) + "\n")
+    with pytest.raises(AnnotationChangedError, match="data.jsonl changed since the run indexed its records"):
+        dataset[0]
+    assert not dataset.skip_counts

@@ -9,6 +9,7 @@ import codecs
 import hashlib
 import json
 import mmap
+import os
 import re
 from pathlib import Path
 
@@ -30,6 +31,15 @@ _MAX_WINDOW_BYTES = 1 << 26
 
 class AnnotationError(DataError):
     """A malformed annotation file or record; the message names file and record."""
+
+
+class AnnotationChangedError(AnnotationError):
+    """The file is not the one whose records were indexed: no record of it can be read (none is to blame)."""
+
+
+def file_identity(stat_result: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a file is rewritten in place or replaced (as the length cache keys a file)."""
+    return stat_result.st_size, stat_result.st_mtime_ns, stat_result.st_ino
 
 
 def _jsonl_spans(data: bytes | mmap.mmap, offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,10 +181,12 @@ class AnnotationFile:
         self.is_json_list = False
         self.lines: np.ndarray | None = None  # JSONL: line number of every record
         self.spans = np.zeros((0, 2), dtype=np.int64)
-        if self.path.stat().st_size == 0:
+        self.identity = file_identity(self.path.stat())
+        if self.identity[0] == 0:
             return
         with open(self.path, "rb") as handle, \
                 mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            self.identity = file_identity(os.fstat(handle.fileno()))
             first = _first_content_byte(data)
             if first < 0:
                 return
@@ -197,6 +209,12 @@ class AnnotationFile:
     def raw(self, index: int) -> bytes:
         start, end = (int(v) for v in self.spans[index])
         with open(self.path, "rb") as handle:
+            # Rewritten since it was indexed (a converter run again during training): the spans point into other
+            # text, and each read was a "malformed JSON" about a line that is fine, or another record.
+            if file_identity(os.fstat(handle.fileno())) != self.identity:
+                raise AnnotationChangedError(
+                    f"{self.path} changed since the run indexed its records (size, modification time or inode): "
+                    f"they are no longer where they were; restart the run on the new file (a resume checks it)")
             handle.seek(start)
             return handle.read(end - start)
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..utils.errors import ConfigError, DataRecordError
-from .annotations import AnnotationError, AnnotationSet
+from .annotations import AnnotationChangedError, AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
 from .sampler import image_side
 from ..processing.tokenization import ConversationTokenizer
@@ -202,6 +202,8 @@ class ConversationDataset(ReplacesUnusableSamples):
         """Record ``index``, where it is (file:line (id ...)), and its resolved image paths."""
         try:
             record = self.annotations[index]
+        except AnnotationChangedError:
+            raise  # the file's fault, not the record's: never skipped as one
         except AnnotationError as error:
             raise SampleError(str(error), "malformed_json") from None
         where = f"{self.annotations.location(index)} (id {record.get('id', '?')!r})"
