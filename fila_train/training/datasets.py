@@ -99,10 +99,12 @@ def check_over_long(dataset: MixtureDataset, lengths: np.ndarray) -> None:
     for index, source in enumerate(plan.sources):
         mine = plan.source_of == index
         count = int(over[mine].sum())
-        if count and count == int(mine.sum()):
-            raise DataError(f"{dataset.describe()}: source {source.name!r}: all {count} of its samples exceed "
+        usable = int((lengths[mine] != 0).sum())  # unusable records (0, under skip) are replaced anyway
+        if count and count == usable:
+            which = "samples" if usable == int(mine.sum()) else "usable samples"
+            raise DataError(f"{dataset.describe()}: source {source.name!r}: all {count} of its {which} exceed "
                             f"model_max_length {limit} after image expansion (the shortest "
-                            f"{int(np.abs(lengths[mine]).min())} tokens), so --on_overlong drop would replace every "
+                            f"{int(np.abs(lengths[mine & over]).min())} tokens), so --on_overlong drop would replace every "
                             f"one and the run would train none of it; raise --model_max_length, lower the source's "
                             f"max_tiles, or remove it")
         if count:
