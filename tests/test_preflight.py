@@ -193,6 +193,24 @@ def refused_run(assets, tmp_path, capsys, changes: dict[str, str]) -> str:
     return stderr.removeprefix("fila-train train: error: ").rstrip("\n")
 
 
+def test_a_length_past_the_llms_context_is_one_line_before_any_weights_load(tiny_assets, tmp_path, capsys):
+    """The tiny LLM holds 2048 positions (max_position_embeddings, no RoPE scaling). --model_max_length 4096 trained
+    every sample past 2048 on positions the LLM never learned, without a word (RoPE computes any position); the
+    bench refuses the same --seq_len. A config with RoPE scaling, or a length within the context, passes."""
+    llm = weightless_llm(tiny_assets, tmp_path)
+    assert refused_run(tiny_assets, tmp_path, capsys, {"model_name_or_path": str(llm), "model_max_length": "4096"}) \
+        == (f"--model_max_length 4096 exceeds the context of the LLM {llm}: 2048 positions (max_position_embeddings, "
+            f"no RoPE scaling), so every sample past 2048 tokens would train positions it never learned; lower "
+            f"--model_max_length to 2048, or give the LLM a rope_scaling in its config.json")
+    from fila_train.training.llm_context import check_within_context
+
+    check_within_context({"max_position_embeddings": 2048}, 2048, "llm")
+    check_within_context({"max_position_embeddings": 2048, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+                         4096, "llm")
+    check_within_context({"text_config": {"max_position_embeddings": 4096}}, 4096, "fila")  # a saved fila model
+    check_within_context({"n_positions": 1024}, 4096, "gpt2")  # no max_position_embeddings: nothing to compare
+
+
 def test_a_length_that_leaves_no_room_after_an_image_is_one_line_before_any_weights_load(tiny_assets, tmp_path,
                                                                                          capsys):
     """FILA's 672x672 canvas makes an image 2880 tokens: under LLaVA-1.5's 2048 every record whose image took it

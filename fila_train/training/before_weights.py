@@ -8,6 +8,7 @@ from ..model.builder import (built_parts, image_token_counts, is_fila_checkpoint
                              refuse_remote_code)
 from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
 from ..model.liger import liger_patchers
+from ..model.llava_layout import release_config
 from ..processing.chat_templates import get_template
 from ..processing.saved_tokenizer import check_saved_alike
 from ..processing.tokenization import ConversationTokenizer
@@ -15,6 +16,7 @@ from ..utils.errors import ConfigError
 from ..model.arguments import OPTION_SHORTHANDS
 from .arguments import ModelArguments, TrainingArguments
 from .image_budget import check_images_fit
+from .llm_context import check_within_context
 from .parts import check_parts_exist, check_rates_train
 
 
@@ -38,6 +40,8 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments,
     conversations = ConversationTokenizer(pretrained_tokenizer(model_args.model_name_or_path),
                                           get_template(model_args.conversation_template), IMAGE_TOKEN_ID)
     check_saved_alike(conversations)
+    check_within_context(release_config(model_args.model_name_or_path), args.model_max_length,
+                         model_args.model_name_or_path)
     check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
                                         vision_encoder=model_args.vision_encoder,
                                         vision_options=model_args.vision_options()), args.model_max_length)
