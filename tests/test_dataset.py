@@ -259,8 +259,10 @@ def test_a_sample_whose_only_trained_label_is_its_first_token_is_an_error(tmp_pa
     conversations = ConversationTokenizer(tokenizer, get_template("plain"), IMAGE_TOKEN_ID)
     sample = conversations.encode(json.loads(path.read_text())["conversations"])
     assert len(sample.input_ids) == 1 and sample.labels == sample.input_ids  # the caption's one token, at 0
+    assert sample.num_trained == 0
+    # The dataset refuses the record earlier: under plain a record without an image trains from nothing.
     dataset = ConversationDataset(path, image_folder, conversations, PROCESSOR, DatasetOptions(64))
-    assert_sample_error(dataset, 0, f"{path}:1", "'dot'", "no token is trained")
+    assert_sample_error(dataset, 0, f"{path}:1", "'dot'", "no field 'image'", "trained from nothing")
 
 
 def test_a_multi_turn_record_under_the_plain_template_is_an_error(tmp_path: Path, tokenizer,
@@ -278,6 +280,9 @@ def test_a_multi_turn_record_under_the_plain_template_is_an_error(tmp_path: Path
     with pytest.raises(SampleError) as error:  # the record's own error: skippable with --on_bad_sample skip
         dataset.build(1)
     assert error.value.kind == "invalid_record"
+    # A text-only record: its answer was trained from nothing (LLaVA's preprocess_plain asserts an image).
+    text_only = make_dataset(tmp_path, tokenizer, [record("text")], image_folder, template="plain", name="text.jsonl")
+    assert_sample_error(text_only, 0, "text.jsonl:1", "'text'", "no field 'image'", "trained from nothing")
 
 
 def test_placeholder_and_image_count_mismatch_is_a_sample_error(tmp_path: Path, tokenizer,

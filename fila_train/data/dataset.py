@@ -23,7 +23,7 @@ from .annotations import AnnotationChangedError, AnnotationError, AnnotationSet
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb_image, resolve_image_path
 from .sampler import image_side
 from ..processing.tokenization import ConversationTokenizer
-from .validation import RecordError, check_one_exchange, check_record
+from .validation import RecordError, check_caption_record, check_record
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class ConversationDataset(ReplacesUnusableSamples):
         try:
             paths = check_record(record, where, allow_absolute_images=self.allow_absolute_paths)
             if not self.tokenizer.template.reads_human_text:
-                check_one_exchange(record, where, self.tokenizer.template.name)
+                check_caption_record(record, where, self.tokenizer.template.name, len(paths))
         except RecordError as error:
             raise SampleError(str(error), "invalid_record") from None
         if paths and self.image_folder is None:

@@ -55,13 +55,13 @@ def check_record(record: Any, where: str, *, allow_absolute_images: bool = False
     return paths
 
 
-def check_one_exchange(record: dict, where: str, template: str) -> None:
-    """Under a template that drops the prompt's text (plain: stage 1's captions), one question and its answer.
+def check_caption_record(record: dict, where: str, template: str, images: int) -> None:
+    """Under a template that drops the prompt's text (plain: stage 1's captions), one question and its answer,
+    about an image: each answer is trained on the images alone (LLaVA's preprocess_plain asserts both).
 
-    Each answer is trained on the images alone: a multi-turn instruction record (stage-2 data given to stage 1)
-    trained its later answers with no question before them, exit 0. LLaVA's preprocess_plain asserts one exchange.
-    Called after check_record (the turns are valid).
-    """
+    A multi-turn instruction record (stage-2 data given to stage 1) trained its later answers with no question
+    before them, and a text-only record its answer from nothing, exit 0. Called after check_record (the turns are
+    valid; ``images``: how many it names)."""
     _, turns, _ = parse_turns_indexed(record["conversations"])
     exchanges = sum(1 for role, _ in turns if role == ASSISTANT)
     if exchanges != 1:
@@ -69,3 +69,7 @@ def check_one_exchange(record: dict, where: str, template: str) -> None:
                           f"{template!r} drops the prompt's text (stage-1 captions), so every answer after the first "
                           f"would be trained without its question; give it one question and one answer, or train "
                           f"this data with a template that reads prompts")
+    if not images:
+        raise RecordError(f"{where}: no field 'image', but template {template!r} drops the prompt's text (stage-1 "
+                          f"captions), so its answer would be trained from nothing; give it an image, or train this "
+                          f"data with a template that reads prompts")
