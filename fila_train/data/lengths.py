@@ -87,7 +87,7 @@ def cache_key(source: ConversationDataset) -> str:
         "max_image_pixels": source.options.max_image_pixels,
         "allow_absolute_paths": source.allow_absolute_paths,  # decides whether a record is usable
         # 2: missing images are unusable for every encoder; 3: whole-prompt tokenization; 4: cut surrogates and
-        # invisible answers are unusable; 5: multi-turn records under plain are unusable
+        # invisible answers are unusable; 5: multi-turn or image-less records under plain are unusable
         "version": 5,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
