@@ -139,3 +139,25 @@ def test_an_answer_of_several_paragraphs_is_not_cut_at_lmms_evals_default_stop(t
 
     assert fila.generate_until([request(0, ["\n\n"]), request(1, ["ASSISTANT:"])]) == [
         answer, "1. A table of costs.\n\n2. A chart of sales."]
+
+
+def test_generation_settings_of_a_task_follow_lmms_evals_llava_adapter():
+    """What lmms-eval's own llava adapter (models/simple/llava.py) does with a task's generation settings, read from
+    its source (importing it needs LLaVA's package). Before, a task that names no max_new_tokens got 128 new tokens
+    where the adapter gives 1024, cutting long answers (MM-Vet's, LLaVA-Bench's descriptions) silently, and a task's
+    temperature > 0 without do_sample decoded greedily where the adapter samples."""
+    import re
+
+    import lmms_eval
+
+    from fila_train.evaluation.lmms_eval_model import generation_options
+
+    source = (Path(lmms_eval.__file__).parent / "models" / "simple" / "llava.py").read_text()
+    (default,) = re.findall(r'gen_kwargs\["max_new_tokens"\] = (\d+)', source)
+    assert 'do_sample=True if gen_kwargs["temperature"] > 0 else False' in source  # do_sample itself is not read
+    assert generation_options({}).max_new_tokens == int(default)
+    assert generation_options({"max_new_tokens": 16}).max_new_tokens == 16
+    warm = generation_options({"temperature": 0.2, "do_sample": False, "top_p": 0.9})
+    assert warm.do_sample and warm.temperature == 0.2 and warm.top_p == 0.9
+    assert not generation_options({"temperature": 0, "do_sample": True}).do_sample
+    assert not generation_options({"do_sample": True}).do_sample  # the adapter's default temperature is 0

@@ -42,11 +42,17 @@ def cut_at_stops(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
+# A task's settings are read as lmms-eval's llava adapters read them, so scores compare with theirs: 1024 new tokens
+# where a task names none (128 cut long answers), and sampling exactly when its temperature is above 0.
+DEFAULT_MAX_NEW_TOKENS = 1024
+
+
 def generation_options(gen_kwargs: dict) -> GenerationOptions:
     if int(gen_kwargs.get("num_beams") or 1) > 1:
         raise ValueError(f"fila: num_beams {gen_kwargs['num_beams']} is not supported (greedy or sampling)")
-    sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
-    return GenerationOptions(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), do_sample=sample,
+    sample = float(gen_kwargs.get("temperature") or 0) > 0
+    return GenerationOptions(max_new_tokens=int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+                             do_sample=sample,
                              temperature=float(gen_kwargs["temperature"]) if sample else None,
                              top_p=gen_kwargs.get("top_p") if sample else None,
                              top_k=gen_kwargs.get("top_k") if sample else None)
