@@ -16,6 +16,7 @@ from distributed_utils import REPO, build_tiny_model
 from fila_train.model.builder import load_tokenizer
 
 pytest.importorskip("lmms_eval", reason="the eval extra (lmms-eval) is part of the dev environment")
+from lmms_eval.api.instance import Instance  # noqa: E402 (after the skip)
 
 TASK = "fila_local_docs"
 UTILS = '''
@@ -117,18 +118,24 @@ def test_lmms_eval_scores_a_local_task_as_fila_train_eval_does(tiny_assets, tmp_
     assert [answered[index] for index in range(len(questions))] == predictions  # the same answers, one by one
 
 
-def test_an_answer_of_several_paragraphs_is_not_cut_at_lmms_evals_default_stop(tiny_assets, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def fila(tiny_assets, tmp_path_factory):
+    """lmms-eval's model object for a saved tiny model (LLaVA-1.5 layout)."""
+    from fila_train.evaluation import lmms_eval_model
+
+    folder = tmp_path_factory.mktemp("lmms_model")
+    model = build_tiny_model(tiny_assets, hybrid=False, fuser=False)
+    model.save_pretrained(folder)
+    load_tokenizer(str(tiny_assets.llm), model, 512).save_pretrained(folder)
+    return lmms_eval_model.FilaLmms(str(folder), dtype="float32", device="cpu")
+
+
+def test_an_answer_of_several_paragraphs_is_not_cut_at_lmms_evals_default_stop(fila, monkeypatch):
     """A task that names no `until` gets lmms-eval's few-shot delimiter "\\n\\n" as its stop (MM-Vet and others):
     before, every answer was cut to its first paragraph, which neither `fila-train eval` nor lmms-eval's llava
     adapters do (Qwen2.5-VL's drops "\\n\\n" too); a task's own stop still cuts."""
-    from lmms_eval.api.instance import Instance
-
     from fila_train.evaluation import lmms_eval_model
 
-    model = build_tiny_model(tiny_assets, hybrid=False, fuser=False)
-    model.save_pretrained(tmp_path / "model")
-    load_tokenizer(str(tiny_assets.llm), model, 512).save_pretrained(tmp_path / "model")
-    fila = lmms_eval_model.FilaLmms(str(tmp_path / "model"), dtype="float32", device="cpu")
     answer = "1. A table of costs.\n\n2. A chart of sales. ASSISTANT: more"
     # The answer a model gives: a tiny random one writes no paragraphs.
     monkeypatch.setattr(lmms_eval_model, "generate_answers", lambda loaded, prompts, options: [answer] * len(prompts))
@@ -139,6 +146,15 @@ def test_an_answer_of_several_paragraphs_is_not_cut_at_lmms_evals_default_stop(t
 
     assert fila.generate_until([request(0, ["\n\n"]), request(1, ["ASSISTANT:"])]) == [
         answer, "1. A table of costs.\n\n2. A chart of sales."]
+
+
+def test_a_prompt_error_names_the_task_and_the_document(fila):
+    """A context with an image placeholder but no visual: before, lmms-eval printed a PromptError that named
+    neither the task nor the document."""
+    placeholder = Instance("generate_until", ("<image>\nDescribe it.", {"until": []}, None, 7, "task", "test"), 2,
+                           {"task": "task", "doc_id": 7, "repeats": 1})
+    with pytest.raises(ValueError, match="^task task doc 7: the prompt contains 1 '<image>' placeholder"):
+        fila.generate_until([placeholder])
 
 
 def test_generation_settings_of_a_task_follow_lmms_evals_llava_adapter():

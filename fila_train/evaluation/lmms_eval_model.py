@@ -16,7 +16,7 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..inference.generation import GenerationOptions, build_prompt, generate_answers
+from ..inference.generation import GenerationOptions, Prompt, PromptError, build_prompt, generate_answers
 from ..inference.loading import load_model
 
 MODEL_ID = "fila"
@@ -86,6 +86,13 @@ class FilaLmms(lmms):
                              f"take one image per question")
         return visuals[0].convert("RGB") if visuals else None
 
+    def _prompt(self, request: Instance) -> Prompt:
+        context, _, _, doc_id, task, _ = request.args
+        try:
+            return build_prompt(self.loaded, context, self._visual(request))
+        except PromptError as error:  # lmms-eval prints the traceback: it must say which question
+            raise ValueError(f"task {task} doc {doc_id}: {error}") from None
+
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Batches of ``batch_size`` requests with the same generation settings, answers in request order."""
         answers: list[str | None] = [None] * len(requests)
@@ -100,7 +107,7 @@ class FilaLmms(lmms):
                 options = generation_options(gen_kwargs)
                 for start in range(0, len(indices), self.batch_size):
                     batch = indices[start:start + self.batch_size]
-                    prompts = [build_prompt(self.loaded, requests[i].args[0], self._visual(requests[i])) for i in batch]
+                    prompts = [self._prompt(requests[i]) for i in batch]
                     for i, text in zip(batch, generate_answers(self.loaded, prompts, options)):
                         answers[i] = cut_at_stops(text, stops)
                     progress.update(len(batch))
