@@ -8,8 +8,6 @@ from contextlib import nullcontext
 
 from .utils.errors import (FilaError, debugging, end_by_sigint_after_an_interrupt, reported_interrupt,
                            reported_termination)
-from .utils.processes import die_with_launcher
-from .utils.quiet import known_noise_silenced
 
 # Subcommand -> ("module:function", one-line help). Modules are imported only when their
 # command runs, so `fila-train generate` does not pay for DeepSpeed and friends.
@@ -44,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fila-train: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    atexit.register(end_by_sigint_after_an_interrupt)  # first, so that it runs last
+    # First, so that it runs last: before the imports below, which register clean-ups of their own (multiprocessing
+    # removes its workers' temp folder at exit, logging flushes its files) that must still run after Ctrl-C.
+    atexit.register(end_by_sigint_after_an_interrupt)
+    from .utils.processes import die_with_launcher
+    from .utils.quiet import known_noise_silenced
+
     die_with_launcher()  # before the slow imports: a launcher killed meanwhile is noticed at once
     module_name, _, function = COMMANDS[command][0].partition(":")
     try:  # Ctrl-C is one line from the start, the imports included (20 s before training begins)

@@ -316,3 +316,23 @@ def test_a_conversion_stopped_midway_is_one_line_ends_by_its_signal_and_leaves_n
     assert process.returncode == -signum and NEXT_COMMAND_RAN not in stderr, stderr[-3000:]
     assert stderr.splitlines()[-1] == f"fila-train data: {line}", stderr[-3000:]
     assert list(output.parent.iterdir()) == []
+
+
+def test_ctrl_c_still_runs_the_exit_clean_ups_registered_before_the_command_ran(tmp_path):
+    """The end by SIGINT after Ctrl-C (an atexit callback) must run after every other clean-up. It was registered
+    once fila_train.cli had imported multiprocessing (utils/processes.py), so multiprocessing's own exit clean-up
+    came after it and never ran: a training rank's worker temp folder (share_temp_folder_with_workers: "this
+    process removes it at exit") stayed in /tmp after every Ctrl-C."""
+    (tmp_path / "probe_command.py").write_text(
+        "import multiprocessing.util\n\n\ndef main(argv):\n"
+        "    print(multiprocessing.util.get_temp_dir(), flush=True)\n    raise KeyboardInterrupt\n")
+    script = ("import sys\nfrom fila_train import cli\n"
+              "cli.COMMANDS['probe'] = ('probe_command:main', 'a command stopped by Ctrl-C')\n"
+              "sys.exit(cli.main(['probe']))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120, preexec_fn=as_a_terminals_job)
+    assert run.returncode == -signal.SIGINT and run.stderr.splitlines()[-1] == "fila-train probe: interrupted", \
+        run.stderr[-3000:]
+    temp_folder = Path(run.stdout.strip())
+    assert temp_folder.name.startswith("pymp-") and not temp_folder.exists()
