@@ -609,3 +609,13 @@ def test_a_bad_image_flag_is_one_flag_error_before_any_record(tmp_path, capsys, 
     error = capsys.readouterr().err
     assert says in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_an_integer_answer_past_floats_range_is_written_as_its_digits(tmp_path):
+    """The finite-number check (NaN / Infinity answers) converted every number answer to a float first: an integer
+    answer past the float range (JSON holds any integer, Python's json reads it) was an OverflowError's traceback
+    where before it was written as its digits."""
+    data = tmp_path / "train_human.json"
+    write_json(data, [{"imgname": "a.png", "query": "How many?", "label": 10 ** 400}])
+    assert [record["conversations"][1]["value"] for record in convert(tmp_path, "chartqa", "--input", str(data))] \
+        == [str(10 ** 400)]

@@ -74,7 +74,9 @@ def as_text(value: Any, field: str, where: str, numbers: bool = False, allow_emp
     """``value`` as a stripped string; empty only when allowed."""
     # Numbers are accepted where a release stores some answers as JSON numbers (chart values).
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):  # Python's json reads NaN / Infinity, which no chart answer is
+        # Python's json reads NaN / Infinity, which no chart answer is. Only a float is tested: an int past the
+        # float range (JSON holds any integer) has no float to convert to
+        if isinstance(value, float) and not math.isfinite(value):
             raise SourceRecordError(where, f"field {field!r} is not a finite number",
                                     f"field {field!r} must be a finite number, got {value!r}")
         value = str(value)
