@@ -628,6 +628,24 @@ def test_kept_answers_are_whole_batches_of_the_same_model_settings_and_questions
     assert AnswerLog(tmp_path / "other", key, questions, 2).kept == ["line\u2028separator", "a1"]
 
 
+def test_the_answers_of_a_hub_model_are_kept_whatever_the_working_folder(tmp_path, monkeypatch):
+    """A LLaVA release by its hub id: the answer log's key named the model by the id resolved against the working
+    folder (a local folder that is not there), so an eval stopped part-way and run again from another folder with
+    the same --output answered every question again ("a rerun after a stop starts where it stopped")."""
+    from fila_train.evaluation import answer_log
+
+    snapshot = tmp_path / "hub" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    monkeypatch.setattr(answer_log, "local_file", lambda model, name: snapshot / name)
+    keys = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        keys.append(answer_log.answers_key("llava-hf/tiny-llava", "float32 on cpu", {"max_new_tokens": 4}))
+    assert keys[0] == keys[1] and keys[0]["model"] == "llava-hf/tiny-llava"
+
+
 @pytest.mark.parametrize("lines, flags, message", [
     ([{"id": 1, "question": "q?", "answers": ["a"]}, {"id": 2, "question": "q?"}], [],
      r"bench.jsonl:2: field 'answers' must be"),

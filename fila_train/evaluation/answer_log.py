@@ -56,12 +56,18 @@ def model_files_folder(model: str | Path) -> Path:
     return config.parent
 
 
+def model_name(model: str | Path) -> str:
+    """How results name the model: a local folder by its absolute path, a hub model (a LLaVA release) by its id,
+    which resolved against the working folder would name a local folder that is not there."""
+    return str(Path(model).resolve()) if Path(model).exists() else str(model)
+
+
 def answers_key(model_folder: Path, model_setup: str, settings: dict) -> dict:
     """What every answer depends on; ``model_setup`` is the dtype and device the model runs in."""
     # This file itself changes between the two runs when the output is the model folder
     model_files = sorted(path for path in model_files_folder(model_folder).iterdir()
                          if path.is_file() and path.name != ANSWER_LOG_FILE)
-    return {"format": FORMAT, "model": str(Path(model_folder).resolve()), "model_files": files_fingerprint(model_files),
+    return {"format": FORMAT, "model": model_name(model_folder), "model_files": files_fingerprint(model_files),
             "model_setup": model_setup, **settings}
 
 

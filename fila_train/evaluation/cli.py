@@ -21,7 +21,7 @@ from ..model.llava_layout import local_file
 from ..utils.argument_parser import StrictArgumentParser
 from ..utils.errors import ConfigError
 from ..utils.scores import format_score
-from .answer_log import ANSWER_LOG_FILE
+from .answer_log import ANSWER_LOG_FILE, model_name
 from .bench import BenchError, read_bench
 from .evaluate import SHORT_ANSWER_PROMPT, predict, score, write_answers, write_results
 from .metrics import METRICS, get_metric
@@ -109,9 +109,7 @@ def report(bench: str, questions, predictions: list[str], metric, model: str, ou
         print(f"answered {len(questions)} questions of {bench}, not scored (no answers in the file); "
               f"LLaVA's answer file: {answers}")
         return
-    # A hub model by its id: resolved, it would name a local folder that is not there.
-    model_name = str(Path(model).resolve()) if Path(model).exists() else model
-    result = score(metric, questions, predictions, str(Path(bench).resolve()), model_name)
+    result = score(metric, questions, predictions, str(Path(bench).resolve()), model_name(model))
     write_results(result, output)
     print(f"{format_score(metric.name, result.summary['score'])} on {result.summary['count']} questions "
           f"of {bench} (written to {output})")
