@@ -455,5 +455,10 @@ def test_a_source_whose_every_record_is_unusable_stops_a_skipping_run_before_the
                                         r"charts/train.jsonl:1 .*image file not found: .*charts/imgs/0.png"):
         build_train_dataset(data_args, args, processor)
     (tmp_path / "data" / "charts" / "images").rename(tmp_path / "data" / "charts" / "imgs")
-    (tmp_path / "data" / "charts" / "imgs" / "1.png").unlink()  # one bad record: skipped, as asked
-    assert len(build_train_dataset(data_args, args, processor)) == 7
+    (tmp_path / "data" / "charts" / "imgs" / "1.png").unlink()
+    # The zeros cached by the refused run (the cache's key holds no image file) do not stop the mended source.
+    assert build_train_dataset(data_args, args, processor).modality_lengths[4:].tolist() == [0, 0, 0]
+    # Measured afresh, its one bad record is skipped, as asked.
+    data_args.length_cache_dir = str(tmp_path / "fresh_cache")
+    charts = build_train_dataset(data_args, args, processor).modality_lengths[4:]
+    assert charts[1] == 0 and (charts[[0, 2]] > 0).all()
