@@ -47,7 +47,8 @@ def clear_staging(folder: Path) -> None:
 
 
 def write_manifest(folder: Path, step: int, run_facts: dict) -> None:
-    """Every file and its size, with ``run_facts`` (what a resume must agree with: resume_checks.py)."""
+    """Every file and its size, with ``run_facts`` (what a resume must agree with: resume_checks.py; and the wandb
+    run it continues: reporting.py)."""
     files = {str(path.relative_to(folder)): path.stat().st_size
              for path in sorted(folder.rglob("*")) if path.is_file()}
     write_json_atomic(folder / MANIFEST, {"step": step, **run_facts, "published_ns": time.time_ns(), "files": files})

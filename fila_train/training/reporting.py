@@ -14,6 +14,7 @@ from .parts import format_table
 logger = logging.getLogger(__name__)
 
 WANDB_PROJECT = "fila-train"
+WANDB_RUN_ID_FIELD = "wandb_run_id"  # in each checkpoint's manifest: the wandb run a resume continues
 
 
 def _netrc_file() -> Path:
@@ -54,9 +55,6 @@ def configure_wandb(report_to: list[str], output_dir: str, resume_from: str | No
         os.environ["WANDB_MODE"] = "offline"
         logger.warning("wandb: no API key configured, logging OFFLINE to %s (sync later with "
                        "`wandb sync`)", os.environ["WANDB_DIR"])
-
-
-WANDB_RUN_ID_FIELD = "wandb_run_id"
 
 
 def wandb_run_fields() -> dict:
