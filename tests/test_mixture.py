@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -381,12 +382,6 @@ def test_worker_processes_measure_what_this_process_measures(tmp_path: Path, tok
 def over_long_run(tmp_path: Path, tokenizer, on_overlong: str, long_answers: int):
     """A two-source mixture through the run's dataset build (training/datasets.py), --model_max_length 200:
     'short' fits; ``long_answers`` of the 4 records of 'pages' do not."""
-    from fila_train.processing.image_processing import FilaImageProcessor
-    from fila_train.processing.processor import FilaProcessor
-    from fila_train.training.arguments import DataArguments
-    from fila_train.training.datasets import build_train_dataset
-    from fila_train.training.train import parse_args
-
     (tmp_path / "images").mkdir()
     Image.new("RGB", (40, 30)).save(tmp_path / "images" / "ok.png")
     (tmp_path / "short.jsonl").write_text("".join(json.dumps(record(f"s{k}", images="ok.png")) + "\n" for k in range(4)))
@@ -395,10 +390,21 @@ def over_long_run(tmp_path: Path, tokenizer, on_overlong: str, long_answers: int
         for k in range(4)))
     write_spec(tmp_path / "mix.yaml", "sources:\n  - {name: short, annotations: short.jsonl, image_root: images}\n"
                                       "  - {name: pages, annotations: pages.jsonl, image_root: images}\n")
-    data_args = DataArguments(data_path=str(tmp_path / "mix.yaml"), on_overlong=on_overlong,
-                              length_cache_dir=str(tmp_path / "cache"))
+    return build_run_dataset(tmp_path, tokenizer, {"on_overlong": on_overlong}, ["--model_max_length", "200"])
+
+
+def build_run_dataset(tmp_path: Path, tokenizer, data_options: dict, flags: list[str]):
+    """The run's dataset build (training/datasets.py) of ``tmp_path``/mix.yaml, its lengths cached in ``cache``."""
+    from fila_train.processing.image_processing import FilaImageProcessor
+    from fila_train.processing.processor import FilaProcessor
+    from fila_train.training.arguments import DataArguments
+    from fila_train.training.datasets import build_train_dataset
+    from fila_train.training.train import parse_args
+
+    data_args = DataArguments(data_path=str(tmp_path / "mix.yaml"), length_cache_dir=str(tmp_path / "cache"),
+                              **data_options)
     args = parse_args(["--model_name_or_path", "llm", "--vision_tower", "clip", "--data_path", "mix.yaml",
-                       "--output_dir", str(tmp_path / "out"), "--model_max_length", "200"])[2]
+                       "--output_dir", str(tmp_path / "out"), *flags])[2]
     processor = FilaProcessor(FilaImageProcessor(image_size=28, patch_size=14), tokenizer)
     return build_train_dataset(data_args, args, processor)
 
@@ -421,7 +427,7 @@ def test_over_long_samples_found_before_the_first_step_stop_the_run_there(tmp_pa
 
 def test_over_long_samples_dropped_are_counted_by_source_before_the_first_step(tmp_path: Path, tokenizer,
                                                                               caplog) -> None:
-    with caplog.at_level("WARNING", logger="fila_train.training.datasets"):
+    with caplog.at_level("WARNING", logger="fila_train.training.data_checks"):
         dataset = over_long_run(tmp_path, tokenizer, "drop", 3)
     assert len(dataset) == 8
     warned = [r.getMessage() for r in caplog.records if "model_max_length" in r.getMessage()]
@@ -433,11 +439,6 @@ def test_a_source_whose_every_record_is_unusable_stops_a_skipping_run_before_the
     """--on_bad_sample skip --group_by_modality_length, one source's image_root wrong: the up-front pass found all
     its records unusable and warned; the run then trained none of its plan share (each draw replaced by the other
     source), exit 0. A few bad records are skipped as asked; a whole source is a mistake in the spec."""
-    from fila_train.processing.image_processing import FilaImageProcessor
-    from fila_train.processing.processor import FilaProcessor
-    from fila_train.training.arguments import DataArguments
-    from fila_train.training.datasets import build_train_dataset
-    from fila_train.training.train import parse_args
     from fila_train.utils.errors import DataError
 
     write_source(tmp_path / "data", "docs", 4)
@@ -445,20 +446,18 @@ def test_a_source_whose_every_record_is_unusable_stops_a_skipping_run_before_the
     write_spec(tmp_path / "mix.yaml", "root: data\nsources:\n"
                                       "  - {name: docs, annotations: docs/train.jsonl, image_root: docs/images}\n"
                                       "  - {name: charts, annotations: charts/train.jsonl, image_root: charts/imgs}\n")
-    data_args = DataArguments(data_path=str(tmp_path / "mix.yaml"), on_bad_sample="skip",
-                              length_cache_dir=str(tmp_path / "cache"))
-    args = parse_args(["--model_name_or_path", "llm", "--vision_tower", "clip", "--data_path", "mix.yaml",
-                       "--output_dir", str(tmp_path / "out"), "--group_by_modality_length", "True"])[2]
-    processor = FilaProcessor(FilaImageProcessor(image_size=28, patch_size=14), tokenizer)
+    def build():
+        return build_run_dataset(tmp_path, tokenizer, {"on_bad_sample": "skip"}, ["--group_by_modality_length", "True"])
+
     with pytest.raises(DataError, match=r"source 'charts': all 3 of its samples are unusable records, so "
                                         r"--on_bad_sample skip would replace every one .*; the first: .*"
                                         r"charts/train.jsonl:1 .*image file not found: .*charts/imgs/0.png"):
-        build_train_dataset(data_args, args, processor)
+        build()
     (tmp_path / "data" / "charts" / "images").rename(tmp_path / "data" / "charts" / "imgs")
     (tmp_path / "data" / "charts" / "imgs" / "1.png").unlink()
     # The zeros cached by the refused run (the cache's key holds no image file) do not stop the mended source.
-    assert build_train_dataset(data_args, args, processor).modality_lengths[4:].tolist() == [0, 0, 0]
+    assert build().modality_lengths[4:].tolist() == [0, 0, 0]
     # Measured afresh, its one bad record is skipped, as asked.
-    data_args.length_cache_dir = str(tmp_path / "fresh_cache")
-    charts = build_train_dataset(data_args, args, processor).modality_lengths[4:]
+    shutil.rmtree(tmp_path / "cache")
+    charts = build().modality_lengths[4:]
     assert charts[1] == 0 and (charts[[0, 2]] > 0).all()
