@@ -159,13 +159,33 @@ def source_lengths(source: ConversationDataset, cache_dir: str | Path | None = D
     if cache_dir is None:
         return compute_lengths(source)
     path = Path(cache_dir) / f"{source.name}-{cache_key(source)}.npy"
-    if path.is_file():
-        lengths = np.load(path, allow_pickle=False)
-        # A skipping run's cache holds its unusable records as 0: under "error" they are measured again, so a bad
-        # record still stops the run before it trains.
-        if len(lengths) == len(source) and (source.options.on_bad_sample == "skip" or lengths.all()):
-            return lengths
-    lengths = compute_lengths(source)
+    cached = np.load(path, allow_pickle=False) if path.is_file() else None
+    if cached is not None and len(cached) == len(source) and cached.all():
+        return cached
+    # A skipping run's cache holds its unusable records as 0. Under "error" every record is measured again, so a
+    # bad record still stops the run before it trains. Under skip those alone are (the key holds no image file):
+    # one mended since (its image put back) was grouped with the text-only samples and hid from the over-long
+    # check, in every later run.
+    if cached is not None and len(cached) == len(source) and source.options.on_bad_sample == "skip":
+        lengths = remeasured_unusable(source, cached)
+        if lengths is cached:
+            return cached
+    else:
+        lengths = compute_lengths(source)
     replace_atomically(path, lambda temporary: save_npy(temporary, lengths))  # readable as the umask allows
     logger.info("source %s: cached %d record lengths in %s", source.name, len(lengths), path)
     return lengths
+
+
+def remeasured_unusable(source: ConversationDataset, lengths: np.ndarray) -> np.ndarray:
+    """``lengths`` with its unusable records (0) measured again; the same array where none has changed."""
+    unusable = np.flatnonzero(lengths == 0)
+    again = RecordLengths(source)
+    now = np.array([again[int(index)] for index in unusable], dtype=lengths.dtype)
+    if not now.any():
+        return lengths
+    mended = lengths.copy()
+    mended[unusable] = now
+    logger.info("source %s: %d of its %d unusable record(s) are usable now", source.name, int((now != 0).sum()),
+                len(unusable))
+    return mended

@@ -25,7 +25,7 @@ def check_whole_sources_usable(dataset: MixtureDataset, lengths: np.ndarray) -> 
         if len(mine) and not lengths[mine].any():
             try:  # the first record's own error says what is wrong with them
                 measure_record(dataset.sources[index], int(plan.record_of[mine[0]]))
-                continue  # usable now: the zeros were cached by a skipping run before the data was mended
+                continue  # usable now: mended since it was measured
             except SampleError as error:
                 first = str(error)
             raise DataError(f"{dataset.describe()}: source {source.name!r}: all {len(mine)} of its samples are "
