@@ -385,3 +385,10 @@ def resume_reference_args(assets: FilaAssets, mixture: Path, steps: int, save_st
         "length_cache_dir": str(mixture.parent / "lengths"), "report_to": "none",
         "log_level_replica": "info"}  # rank 1 logs what it does: it must write nothing
     return as_cli(flags)
+
+
+def written_later(path: Path) -> None:
+    """Date ``path``'s last write a second later: a test's rewrite can fall in the same tick of the file system's
+    clock as the first write (a few ms; a second on some), as a rewrite hours into a run does not."""
+    status = path.stat()
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))

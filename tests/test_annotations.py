@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from distributed_utils import written_later
 from fila_train.data import annotations as annotations_module
 from fila_train.data.annotations import AnnotationError, AnnotationFile
 
@@ -294,5 +295,6 @@ def test_a_file_rewritten_after_it_was_indexed_is_named_as_changed_not_its_recor
     annotation = AnnotationFile(path)
     assert annotation[1]["id"] == "r1"
     write_jsonl(path, records[::-1])
+    written_later(path)
     with pytest.raises(AnnotationChangedError, match=r"a.jsonl changed since the run indexed its records"):
         annotation[1]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from distributed_utils import written_later
 from fila_train.data.collator import ConversationCollator
 from fila_train.data.dataset import DatasetOptions, SampleError
 from fila_train.data.images import (DEFAULT_MAX_PIXELS, ImageTooLargeError, UnreadableImageError, image_size,
@@ -420,6 +421,7 @@ def test_an_annotation_file_rewritten_during_the_run_is_not_skipped_record_by_re
     lines = [json.dumps(record(f"good-{k}", images="ok.png", answer="A red square." * (k + 1))) for k in range(3)]
     dataset = dataset_for(folder, image_root, tokenizer, lines, "skip")
     (folder / "data.jsonl").write_text("\n".join(lines[::-1]) + "\n")
+    written_later(folder / "data.jsonl")
     with pytest.raises(AnnotationChangedError, match="data.jsonl changed since the run indexed its records"):
         dataset[0]
     assert not dataset.skip_counts

@@ -37,9 +37,10 @@ class AnnotationChangedError(AnnotationError):
     """The file is not the one whose records were indexed: no record of it can be read (none is to blame)."""
 
 
-def file_identity(stat_result: os.stat_result) -> tuple[int, int, int]:
-    """What changes when a file is rewritten in place or replaced (as the length cache keys a file)."""
-    return stat_result.st_size, stat_result.st_mtime_ns, stat_result.st_ino
+def file_identity(stat_result: os.stat_result) -> tuple[int, int]:
+    """What changes when a file is rewritten in place or replaced. Not its inode: some network and FUSE file
+    systems number a file anew on each open, which would stop every run on them at its first read."""
+    return stat_result.st_size, stat_result.st_mtime_ns
 
 
 def _jsonl_spans(data: bytes | mmap.mmap, offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +214,7 @@ class AnnotationFile:
             # text, and each read was a "malformed JSON" about a line that is fine, or another record.
             if file_identity(os.fstat(handle.fileno())) != self.identity:
                 raise AnnotationChangedError(
-                    f"{self.path} changed since the run indexed its records (size, modification time or inode): "
+                    f"{self.path} changed since the run indexed its records (size or modification time): "
                     f"they are no longer where they were; restart the run on the new file (a resume checks it)")
             handle.seek(start)
             return handle.read(end - start)
