@@ -441,3 +441,26 @@ def test_the_zero_linking_unused_maps_to_the_loss_stays_zero_in_fp16():
     assert linked.dtype == torch.float16 and torch.equal(linked, hidden)
     linked.sum().backward()
     assert torch.equal(stage_map.grad, torch.zeros_like(stage_map))  # reached, with nothing added
+
+
+# ---------------------------------------------------------------- 7. the feature layer
+
+
+@pytest.mark.parametrize("layer", [6, 30, -7])
+def test_a_feature_layer_the_vit_lacks_is_one_line_naming_the_flag(tower: CLIPVisionModel, layer: int) -> None:
+    """The 5-layer tower has hidden states 0..5 (-6..-1). Before, the hybrid encoder took the layer modulo 6 (6 and
+    30 gave the embeddings, -7 the last layer) with exit 0, and the CLIP and anyres encoders failed with an
+    IndexError traceback at their first forward, after every weight had loaded."""
+    from fila_train.model.vision.anyres_encoder import AnyresEncoderConfig, AnyresVisionEncoder
+    from fila_train.utils.errors import ConfigError
+
+    message = rf"--vision_feature_layer {layer} is out of range for a ViT with 5 layers \(valid -6\.\.5"
+    builds = {"clip": lambda: ClipVisionEncoder(tower.config, layer, tower=tower),
+              "anyres": lambda: AnyresVisionEncoder(tower.config, AnyresEncoderConfig(tiny_hybrid_config().anyres),
+                                                    layer, tower=tower),
+              "fila_hybrid": lambda: HybridVisionEncoder(tower.config, tiny_hybrid_config(), layer, tower=tower)}
+    for name, build in builds.items():
+        with pytest.raises(ConfigError, match=message):
+            build()
+    for valid in (5, -6, 0):  # the last layer, the embeddings: still allowed
+        ClipVisionEncoder(tower.config, valid, tower=tower)

@@ -99,6 +99,9 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
     # The connector's options too: the default MMFuser layers do not exist in the tiny 6-layer ViT.
     with pytest.raises(ConfigError, match=r"MMFuser option key_layers=\(-22, -17, -12, -7\)"):
         build_model(not_an_llm, str(tiny_assets.clip), connector_type="mmfuser")
+    # And the feature layer (the tiny ViT has 6 layers): before, an IndexError at the first forward.
+    with pytest.raises(ConfigError, match=r"--vision_feature_layer -8 is out of range for a ViT with 6 layers"):
+        build_model(not_an_llm, str(tiny_assets.clip), vision_feature_layer=-8)
     random = {**small, "convnext": {**small["convnext"], "random_init": True},
               "anyres": {"canvases": [[56, 56], [28, 56]]}, "cvfm": {"vit_layers": [1, 2, 3, 4]}}
     model = build_model(str(tiny_assets.llm), str(tiny_assets.clip), vision_encoder="fila_hybrid",

@@ -16,6 +16,7 @@ from .llava_release import load_llava_release, load_projector
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
 from .options import stored_options
+from .vision.clip_encoder import check_feature_layer
 from .vision.registry import build_image_processor
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
+    if folder_layout(model_name_or_path) is None:  # a LLaVA release brings its own feature layer
+        check_feature_layer(vision_feature_layer, vision_config.num_hidden_layers)
     refuse_remote_code(model_name_or_path)
     with rng_kept():  # the new connector / CVFM / fuser are drawn after it
         language_model, tower, vision_feature_layer, release = load_pretrained_parts(

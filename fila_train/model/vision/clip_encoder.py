@@ -97,6 +97,15 @@ class ClipImageProcessor:
         return {"pixel_values": torch.cat([p["pixel_values"] for p in processed], dim=0)}
 
 
+def check_feature_layer(layer: int, num_layers: int) -> None:
+    """``layer`` names one of the ViT's ``num_layers + 1`` hidden states (0 = embeddings, -1 = last layer).
+    Python indexing would wrap or fail only at the first forward, after every weight has loaded."""
+    states = num_layers + 1
+    if not -states <= layer < states:
+        raise ConfigError(f"--vision_feature_layer {layer} is out of range for a ViT with {num_layers} layers "
+                          f"(valid {-states}..{states - 1}: 0 = embeddings, -1 = last layer)")
+
+
 class ClipTowerMixin:
     """What every encoder built around a CLIP tower (``self.clip``) exposes to the model."""
 
@@ -106,6 +115,7 @@ class ClipTowerMixin:
                       tile_size: int | None = None) -> None:
         """The given tower or a fresh one from ``vision_config``; an anyres tile must be the ViT's input size."""
         self.feature_layer = feature_layer
+        check_feature_layer(feature_layer, (tower.config if tower is not None else vision_config).num_hidden_layers)
         self.clip = tower if tower is not None else CLIPVisionModel._from_config(vision_config)
         if tile_size is not None and tile_size != self.clip.config.image_size:
             raise ConfigError(f"anyres tile_size {tile_size} != ViT image_size {self.clip.config.image_size}")
