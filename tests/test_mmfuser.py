@@ -233,3 +233,27 @@ def test_gradients_reach_all_parameters() -> None:
             attn.attention_weights.weight.normal_(std=0.01)
     for name, g in _grads(fuser).items():
         assert g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("options, message", [
+    # Before: accepted, and the fuser was an identity for ever (no sampling point, nothing to attend to), exit 0.
+    ({"num_points": 0}, "MMFuser option num_points=0 (--connector_option num_points): must be >= 1"),
+    # Before: a ValueError traceback (torch.cat of no keys) at the first forward, after the weights loaded.
+    ({"key_layers": []}, "MMFuser option key_layers=() (--fuser_key_layers): must name at least one layer"),
+    # Before: a ZeroDivisionError traceback while building the model.
+    ({"num_heads": 0}, "MMFuser option num_heads=0 (--connector_option num_heads): must be >= 1"),
+    ({"layer_norm_eps": 0.0}, "MMFuser option layer_norm_eps=0.0 (--connector_option layer_norm_eps): must be > 0"),
+    # Before: refused only while building the model, after the LLM and ViT had loaded.
+    ({"num_heads": 3}, "MMFuser option num_heads=3 (--connector_option num_heads): the ViT width 32 is not "
+                       "divisible by it"),
+])
+def test_option_values_the_fuser_cannot_use_are_one_line_before_any_weights_load(options, message) -> None:
+    from transformers import CLIPVisionConfig
+
+    from fila_train.model.connector.mmfuser_connector import check_fresh_options
+    from fila_train.utils.errors import ConfigError
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4)
+    with pytest.raises(ConfigError) as error:
+        check_fresh_options(vision, {"key_layers": [-6, -5], "num_heads": 4, **options})
+    assert message in str(error.value) and "\n" not in str(error.value)

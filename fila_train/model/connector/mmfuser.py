@@ -18,6 +18,15 @@ from torch import Tensor, nn
 
 from fila_train.model.connector.deformable_attention import MultiScaleDeformableAttention
 from fila_train.model.options import stored_options
+from fila_train.utils.errors import ConfigError
+
+# Where an option comes from on the command line, for error messages (a shorthand, else --connector_option).
+OPTION_FLAGS = {"query_layer": "--fuser_query_layer", "key_layers": "--fuser_key_layers"}
+
+
+def option_error(option: str, value: Any, problem: str) -> ConfigError:
+    flag = OPTION_FLAGS.get(option, f"--connector_option {option}")
+    return ConfigError(f"MMFuser option {option}={value} ({flag}): {problem}")
 
 
 @dataclass
@@ -29,6 +38,24 @@ class MMFuserConfig:
     num_heads: int = 16
     num_points: int = 4
     layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        # Checked here, so a fresh build fails before any weights load (check_fresh_options) and a saved config on
+        # reading: no sampling point would leave the fuser an identity for ever, no key layer fail at the first
+        # forward, no head a ZeroDivisionError while building it.
+        self.key_layers = tuple(int(layer) for layer in self.key_layers)
+        if not self.key_layers:
+            raise option_error("key_layers", self.key_layers, "must name at least one layer")
+        for option in ("num_heads", "num_points"):
+            if getattr(self, option) < 1:
+                raise option_error(option, getattr(self, option), "must be >= 1")
+        if not self.layer_norm_eps > 0:
+            raise option_error("layer_norm_eps", self.layer_norm_eps, "must be > 0")
+
+    def check_width(self, dim: int) -> None:
+        """The heads split the ViT width ``dim`` evenly (the deformable attention's head_dim)."""
+        if dim % self.num_heads:
+            raise option_error("num_heads", self.num_heads, f"the ViT width {dim} is not divisible by it")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

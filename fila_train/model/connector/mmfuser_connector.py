@@ -11,12 +11,9 @@ from transformers import CLIPVisionConfig
 
 from ...utils.errors import ConfigError
 from ..vision.base import VisionOutput
-from .mmfuser import MMFuser, MMFuserConfig
+from .mmfuser import OPTION_FLAGS, MMFuser, MMFuserConfig
 from ..contracts import ConnectorContract, SubPart
 from .projectors import Connector, mlp
-
-# Where each layer index comes from on the command line, for error messages.
-OPTION_FLAGS = {"query_layer": "--fuser_query_layer", "key_layers": "--fuser_key_layers"}
 
 
 def check_layer_indices(config: MMFuserConfig, num_layers: int) -> None:
@@ -57,6 +54,7 @@ def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -
     """The complete options, checked against the ViT's depth before any weights load."""
     config = MMFuserConfig.from_dict(options or {})
     check_layer_indices(config, vision_config.num_hidden_layers)
+    config.check_width(vision_config.hidden_size)
     return config.to_dict()
 
 
