@@ -130,3 +130,13 @@ def test_the_scripts_pass_any_option_and_a_small_random_convnext():
         "convnext": {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "random_init": True},
         "cvfm": {"vit_layers": [1, 2, 3, 4], "gate": "channel"}, "anyres": {"global_view": "canvas"}}
     assert model_args.connector_options() == {"num_heads": 4, "key_layers": [-4, -3]}
+
+
+def test_a_feature_layer_the_connector_never_reads_is_refused():
+    """MMFuser reads --fuser_query_layer and --fuser_key_layers, never the feature layer: before, --vision_feature_layer
+    -3 with --connector_type mmfuser was accepted and changed nothing (the same logits as -2), exit 0."""
+    with pytest.raises(ConfigError, match=r"--vision_feature_layer -3 has no effect with --connector_type mmfuser, "
+                                          r"which reads .*--fuser_query_layer"):
+        ModelArguments(model_name_or_path="llm", connector_type="mmfuser", vision_feature_layer=-3)
+    ModelArguments(model_name_or_path="llm", connector_type="mmfuser", fuser_query_layer=-3)  # the way to say it
+    ModelArguments(model_name_or_path="llm", connector_type="linear", vision_feature_layer=-3)

@@ -108,6 +108,11 @@ class ModelArguments:
                 owner = "--vision_encoder" if parts[0] in VISION_ENCODERS else "--connector_type"
                 current = self.vision_encoder if parts[0] in VISION_ENCODERS else self.connector_type
                 raise ConfigError(f"--{name} only apply to {owner} {' or '.join(parts)}, not {current}")
+        layer_flags = CONNECTORS.get(self.connector_type).layer_flags
+        if layer_flags and self.vision_feature_layer != FilaConfig.vision_feature_layer:
+            raise ConfigError(f"--vision_feature_layer {self.vision_feature_layer} has no effect with --connector_type "
+                              f"{self.connector_type}, which reads the ViT layers of {' and '.join(layer_flags)}: "
+                              "set those instead")
         self.vision_options()  # unknown keys and unparsable values fail at parse time
         self.connector_options()
         check_attention(self.attn_implementation)

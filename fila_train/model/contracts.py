@@ -79,6 +79,9 @@ class ConnectorContract(PartContract):
     build: Callable[..., Any] = None
     # (CLIPVisionConfig, options dict or None) -> complete options, validated before any weights load.
     check_fresh_options: Callable[..., Any] = lambda vision_config, options: options
+    # The flags that choose the ViT layers it reads, when not --vision_feature_layer (VisionOutput.features): a
+    # multi-layer connector reads hidden states by its own options, and the feature layer would change nothing.
+    layer_flags: tuple[str, ...] = ()
 
 
 class ContractRegistry(Generic[T]):

@@ -64,5 +64,6 @@ MMFUSER_CONNECTOR = ConnectorContract(
     sub_parts=(SubPart("fuser", "fuser."),),
     # Zero offset weights + directional bias, zero attention weights, xavier value/output, zero gammas.
     self_initialised=(MMFuser,),
+    layer_flags=tuple(OPTION_FLAGS.values()),
     build=lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)),
     check_fresh_options=check_fresh_options)
