@@ -464,3 +464,17 @@ def test_a_feature_layer_the_vit_lacks_is_one_line_naming_the_flag(tower: CLIPVi
             build()
     for valid in (5, -6, 0):  # the last layer, the embeddings: still allowed
         ClipVisionEncoder(tower.config, valid, tower=tower)
+
+
+@pytest.mark.parametrize("dims, depths", [((8, 16, 32), (1, 1, 1)), ((8, 16, 32, 64), (1, 1, 1)),
+                                          ((8, 16, 32, 64, 128), (1, 1, 1, 1, 1)), ((8, 16, 0, 64), (1, 1, 1, 1))])
+def test_a_convnext_shape_fila_cannot_fuse_is_one_line_naming_the_flags(dims, depths) -> None:
+    """CVFM fuses one ConvNeXt stage per interaction point and the processor scales the canvas by the total stride 32
+    of 4 stages. Before, 3 dims (or 3 depths) were an IndexError traceback inside timm while the model was built,
+    after the LLM had loaded; 5 were silently cut to 4 stages by timm, then refused as '5 vit_layers for 4 ConvNeXt
+    stages', though the user had given 5 of each."""
+    from fila_train.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--convnext_dims/--convnext_depths") as error:
+        ConvNeXtBranchConfig(dims=dims, depths=depths)
+    assert "\n" not in str(error.value)

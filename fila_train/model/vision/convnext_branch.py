@@ -27,6 +27,7 @@ TRUNK_PREFIXES = ("visual.trunk.", "trunk.", "")
 # ConvNeXt carries nothing across a tile border, the one thing FILA needs it for (docs/ablation.md). 1 is what
 # ConvNeXt V2 uses (it has no layer scale); loaded checkpoints keep their own.
 RANDOM_LAYER_SCALE = 1.0
+STAGES = 4  # strides 4, 8, 16, 32
 
 
 @dataclass
@@ -53,6 +54,12 @@ class ConvNeXtBranchConfig:
                 setattr(self, name, tuple(value))
         if (self.dims is None) != (self.depths is None):
             raise ConfigError("ConvNeXtBranchConfig: give both dims and depths, or neither")
+        # CVFM fuses one stage per interaction point, and the processor scales the canvas by the total stride
+        # (ConvNeXtBranch.total_stride) of exactly this many stages; timm would cut extra ones silently.
+        if self.dims is not None and (len(self.dims) != STAGES or len(self.depths) != STAGES
+                                      or min(self.dims) < 1 or min(self.depths) < 0):
+            raise ConfigError(f"ConvNeXtBranchConfig dims={self.dims} depths={self.depths} (--convnext_dims/"
+                              f"--convnext_depths): need {STAGES} stages, each with a width >= 1 and a depth >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
