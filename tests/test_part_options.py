@@ -104,6 +104,13 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
         build_model(not_an_llm, str(tiny_assets.clip), vision_feature_layer=-8)
     random = {**small, "convnext": {**small["convnext"], "random_init": True},
               "anyres": {"canvases": [[56, 56], [28, 56]]}, "cvfm": {"vit_layers": [1, 2, 3, 4]}}
+    # A tile that is not the ViT's input size (28): before, refused only while building the encoder, after the LLM
+    # and the ViT had loaded (and the pre-weights token counts were those of 56-pixel tiles).
+    for encoder in ("anyres", "fila_hybrid"):
+        with pytest.raises(ConfigError, match=r"anyres.tile_size=56: the tiles are the ViT's input, 28x28 for this "
+                                              r"tower"):
+            build_model(not_an_llm, str(tiny_assets.clip), vision_encoder=encoder,
+                        vision_options={**random, "anyres": {"tile_size": 56, "canvases": [[112, 112]]}})
     model = build_model(str(tiny_assets.llm), str(tiny_assets.clip), vision_encoder="fila_hybrid",
                         vision_options=random)
     assert model.config.vision_options["convnext"]["random_init"] is True

@@ -316,6 +316,9 @@ def hybrid_config_for(vision_config: CLIPVisionConfig, options: dict | None) -> 
     options = dict(options or {})
     anyres = dict(options.get("anyres", {}))
     tile = anyres.setdefault("tile_size", vision_config.image_size)
+    if tile != vision_config.image_size:  # else refused only when the encoder is built, after the weights load
+        raise ConfigError(f"--vision_option anyres.tile_size={tile}: the tiles are the ViT's input, "
+                          f"{vision_config.image_size}x{vision_config.image_size} for this tower; leave it out")
     default = AnyresConfig()
     anyres.setdefault("canvases", [(w * tile // default.tile_size, h * tile // default.tile_size)
                                    for w, h in default.canvases])
