@@ -244,3 +244,12 @@ def test_a_llava_hf_folder_starts_a_zero3_run(llava, tiny_assets, tmp_path):
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as handle:
         assert torch.equal(handle.get_tensor("connector.projector.0.weight"), projector.linear_1.weight)
         assert torch.equal(handle.get_tensor("connector.projector.2.bias"), projector.linear_2.bias)
+
+
+def test_another_feature_layer_than_the_releases_is_refused_before_any_weights_load(llava, original):
+    """The release's projector learnt the features of its own layer (-2). Before, --vision_feature_layer -1 was
+    replaced by it without a word: the model and its saved config said -2, exit 0."""
+    for folder, key in ((llava[0], "vision_feature_layer"), (original, "mm_vision_select_layer")):
+        with pytest.raises(ConfigError, match=rf"--vision_feature_layer -1: {folder} is a LLaVA release whose "
+                                              rf"projector was trained on layer -2 \(its config.json's {key}\)"):
+            build_model(str(folder), vision_feature_layer=-1)

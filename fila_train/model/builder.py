@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, 
 from ..utils.errors import CheckpointError, ConfigError
 from .configuration import DEFAULT_ATTENTION, FilaConfig
 from .contracts import CONNECTORS, VISION_ENCODERS
-from .llava_layout import folder_layout, release_config
+from .llava_layout import folder_layout, release_config, release_feature_layer
 from .llava_release import load_llava_release, load_projector
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
@@ -162,8 +162,10 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                           vision_options)
     connector_options = CONNECTORS.get(connector_type).check_fresh_options(vision_config, connector_options)
-    if folder_layout(model_name_or_path) is None:  # a LLaVA release brings its own feature layer
+    if folder_layout(model_name_or_path) is None:
         check_feature_layer(vision_feature_layer, vision_config.num_hidden_layers)
+    else:
+        check_release_feature_layer(model_name_or_path, vision_feature_layer)
     refuse_remote_code(model_name_or_path)
     with rng_kept():  # the new connector / CVFM / fuser are drawn after it
         language_model, tower, vision_feature_layer, release = load_pretrained_parts(
@@ -185,6 +187,15 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
         model.connector.to(dtype)
         return model
     return model.to(dtype)
+
+
+def check_release_feature_layer(path: str, vision_feature_layer: int) -> None:
+    """A LLaVA release brings its projector, trained on its own feature layer, which the model then uses: another
+    one asked for (not the default, which cannot be told from one given) would be silently replaced by it."""
+    layer, key = release_feature_layer(release_config(path))
+    if vision_feature_layer not in (layer, FilaConfig.vision_feature_layer):
+        raise ConfigError(f"--vision_feature_layer {vision_feature_layer}: {path} is a LLaVA release whose projector "
+                          f"was trained on layer {layer} (its config.json's {key}); leave the flag out")
 
 
 def starts_a_fresh_connector(model_name_or_path: str) -> bool:

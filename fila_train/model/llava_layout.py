@@ -47,3 +47,10 @@ def folder_layout(path: str) -> str | None:
 def release_projector_type(config: dict) -> str:
     """The projector a release's config names (llava-hf's is always Linear-GELU-Linear)."""
     return config.get("mm_projector_type", "mlp2x_gelu")
+
+
+def release_feature_layer(config: dict) -> tuple[int, str]:
+    """The ViT layer a release's projector was trained on, and the config.json key that says it (absent: -2, the
+    default of LlavaConfig and of LLaVA-1.5's training scripts)."""
+    key = "vision_feature_layer" if release_layout(config) == LLAVA_HF else "mm_vision_select_layer"
+    return config.get(key, -2), key
