@@ -99,6 +99,12 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
     # The connector's options too: the default MMFuser layers do not exist in the tiny 6-layer ViT.
     with pytest.raises(ConfigError, match=r"MMFuser option key_layers=\(-22, -17, -12, -7\)"):
         build_model(not_an_llm, str(tiny_assets.clip), connector_type="mmfuser")
+    # CVFM's default layers (2, 6, 12, 20: ViT-L's) on the 6-layer ViT: before, refused only while building the
+    # encoder, after the LLM and the ViT had loaded.
+    with pytest.raises(ConfigError, match=r"--cvfm_layers \(cvfm.vit_layers\) \(2, 6, 12, 20\) exceed the ViT's 6 "
+                                          r"layers"):
+        build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid",
+                    vision_options={**small, "convnext": {**small["convnext"], "random_init": True}})
     # And the feature layer (the tiny ViT has 6 layers): before, an IndexError at the first forward.
     with pytest.raises(ConfigError, match=r"--vision_feature_layer -8 is out of range for a ViT with 6 layers"):
         build_model(not_an_llm, str(tiny_assets.clip), vision_feature_layer=-8)

@@ -160,8 +160,7 @@ class HybridVisionEncoder(ClipTowerMixin, nn.Module):
         # Both branches read the same CLIP-normalised pixels from the processor.
         self.convnext.check_normalization(CLIP_MEAN, CLIP_STD)
         num_layers = vision_config.num_hidden_layers
-        if config.cvfm.vit_layers[-1] > num_layers:
-            raise ConfigError(f"vit_layers {config.cvfm.vit_layers} exceed the ViT's {num_layers} layers")
+        check_vit_layers(config.cvfm, num_layers)
         self.cvfm = build_cvfm(config.cvfm, vision_config.hidden_size, self.convnext.stage_channels,
                                self.grid_side, vision_config.num_attention_heads)
         if config.cvfm.vit_layers[-1] > feature_layer % (num_layers + 1):
@@ -325,6 +324,12 @@ def hybrid_config_for(vision_config: CLIPVisionConfig, options: dict | None) -> 
     return HybridEncoderConfig.from_dict({**options, "anyres": anyres})
 
 
+def check_vit_layers(cvfm: CVFMConfig, num_layers: int) -> None:
+    if cvfm.vit_layers[-1] > num_layers:
+        raise ConfigError(f"--cvfm_layers (cvfm.vit_layers) {cvfm.vit_layers} exceed the ViT's {num_layers} layers; "
+                          "the defaults are ViT-L's (24 layers), so a smaller tower needs its own")
+
+
 def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -> dict:
     """The complete options of a fresh build from flags, validated before any weights load."""
     config = hybrid_config_for(vision_config, options)
@@ -332,6 +337,7 @@ def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -
     if convnext.checkpoint is None and not convnext.random_init:
         raise ConfigError("fila_hybrid needs ConvNeXt weights: --vision_option convnext.checkpoint=FILE|FOLDER|HUB_ID "
                           "(--convnext_checkpoint), or convnext.random_init=true for random ones on purpose")
+    check_vit_layers(config.cvfm, vision_config.num_hidden_layers)  # else only when built, after the weights load
     return config.to_dict()
 
 
