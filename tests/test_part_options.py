@@ -93,6 +93,11 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
     small = {"convnext": {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1]}}
     with pytest.raises(ConfigError, match="fila_hybrid needs ConvNeXt weights: .*convnext.random_init=true"):
         build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options=small)
+    # Both: before, the checkpoint loaded and random_init=true was silently ignored.
+    with pytest.raises(ConfigError, match="convnext.random_init=true and convnext.checkpoint=.* contradict each other"):
+        build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options={
+            "convnext": {**small["convnext"], "random_init": True, "checkpoint": str(tiny_assets.convnext)},
+            "cvfm": {"vit_layers": [1, 2, 3, 4]}})
     bad_gate = {**small, "convnext": {**small["convnext"], "random_init": True}, "cvfm": {"gate": "sideways"}}
     with pytest.raises(ConfigError, match="CVFMConfig.gate='sideways'"):
         build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options=bad_gate)

@@ -11,7 +11,7 @@
 # VISION_OPTIONS / CONNECTOR_OPTIONS: any option of the part's options dataclass, space-separated KEY=VALUE
 #   (e.g. VISION_OPTIONS="cvfm.gate=channel anyres.global_view=canvas convnext.trainable=true").
 # CONVNEXT_CHECKPOINT defaults to the FILA recipe's LAION ConvNeXt-L, except with CONVNEXT_DIMS (a small
-#   ConvNeXt of its own architecture): then give a checkpoint, or VISION_OPTIONS=convnext.random_init=true.
+#   ConvNeXt of its own architecture) or VISION_OPTIONS=convnext.random_init=true (random weights on purpose).
 VISION_ENCODER=${VISION_ENCODER:-fila_hybrid}
 CONNECTOR=${CONNECTOR:-mlp2x_gelu}
 # The longest sample (MAX_LENGTH, tokens): LLaVA-1.5's 2048 holds one 576-token CLIP view and its text. FILA's
@@ -25,7 +25,8 @@ optional_flag() {  # optional_flag NAME VALUE: add --NAME=VALUE when VALUE is se
 }
 
 if [ "$VISION_ENCODER" = fila_hybrid ]; then
-  if [ -z "${CONVNEXT_DIMS:-}" ]; then
+  # Random weights asked for (convnext.random_init=true) take no default checkpoint: both would be refused.
+  if [ -z "${CONVNEXT_DIMS:-}" ] && [[ " ${VISION_OPTIONS:-} " != *" convnext.random_init=true "* ]]; then
     CONVNEXT_CHECKPOINT=${CONVNEXT_CHECKPOINT:-laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup}
   fi
   optional_flag convnext_checkpoint "${CONVNEXT_CHECKPOINT:-}"

@@ -337,6 +337,9 @@ def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -
     if convnext.checkpoint is None and not convnext.random_init:
         raise ConfigError("fila_hybrid needs ConvNeXt weights: --vision_option convnext.checkpoint=FILE|FOLDER|HUB_ID "
                           "(--convnext_checkpoint), or convnext.random_init=true for random ones on purpose")
+    if convnext.checkpoint is not None and convnext.random_init:  # the checkpoint would load, unsaid
+        raise ConfigError(f"convnext.random_init=true and convnext.checkpoint={convnext.checkpoint} contradict each "
+                          "other: give one (--vision_option / --convnext_checkpoint)")
     check_vit_layers(config.cvfm, vision_config.num_hidden_layers)  # else only when built, after the weights load
     return config.to_dict()
 
