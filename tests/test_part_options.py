@@ -158,3 +158,23 @@ def test_a_feature_layer_the_connector_never_reads_is_refused():
         ModelArguments(model_name_or_path="llm", connector_type="mmfuser", vision_feature_layer=-3)
     ModelArguments(model_name_or_path="llm", connector_type="mmfuser", fuser_query_layer=-3)  # the way to say it
     ModelArguments(model_name_or_path="llm", connector_type="linear", vision_feature_layer=-3)
+
+
+def test_a_vision_tower_normalised_otherwise_than_openai_clip_is_refused_before_any_weights_load(tiny_assets,
+                                                                                                 tmp_path):
+    """Every encoder normalises pixels with the OpenAI CLIP constants (and FILA's ConvNeXt is checked against them).
+    Before, a tower whose preprocessor_config.json says otherwise (mean 0.5, std 0.5) was fed OpenAI-normalised
+    pixels, exit 0."""
+    import shutil
+
+    from transformers import CLIPImageProcessor
+
+    tower = tmp_path / "tower"
+    shutil.copytree(tiny_assets.clip, tower)
+    CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tower)
+    with pytest.raises(ConfigError, match=r"preprocessor_config.json normalises with mean \(0.5, 0.5, 0.5\) std "
+                                          r"\(0.5, 0.5, 0.5\), but fila-train's image processors use OpenAI CLIP's"):
+        build_model(str(tmp_path / "no-llm-here"), str(tower))
+    CLIPImageProcessor().save_pretrained(tower)  # OpenAI CLIP's own constants: accepted
+    with pytest.raises(OSError):  # then it goes on to load the LLM, which is not there
+        build_model(str(tmp_path / "no-llm-here"), str(tower))

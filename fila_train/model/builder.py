@@ -16,7 +16,7 @@ from .llava_release import load_llava_release, load_projector
 from .lora import LoraSettings, add_lora, is_quantized, load_quantized_llm
 from .modeling import FilaForConditionalGeneration
 from .options import stored_options
-from .vision.clip_encoder import check_feature_layer
+from .vision.clip_encoder import check_feature_layer, check_tower_normalization
 from .vision.registry import build_image_processor
 
 logger = logging.getLogger(__name__)
@@ -211,6 +211,7 @@ def fresh_vision_settings(model_name_or_path: str, vision_tower: str | None, vis
         raise ConfigError(f"{model_name_or_path} is an LLM, so --vision_tower is required")
     vision_config = release_vision_config(model_name_or_path, vision_tower) if layout else \
         CLIPVisionConfig.from_pretrained(vision_tower)
+    check_tower_normalization(release_tower(model_name_or_path, vision_tower) if layout else vision_tower)
     return vision_config, VISION_ENCODERS.get(vision_encoder).check_fresh_options(vision_config, vision_options)
 
 
@@ -236,6 +237,12 @@ def image_token_counts(model_name_or_path: str, vision_tower: str | None = None,
         vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                               vision_options)
     return build_image_processor(vision_encoder, vision_config, vision_options).image_token_counts()
+
+
+def release_tower(path: str, vision_tower: str | None) -> str:
+    """Where a LLaVA release's CLIP tower comes from: llava-hf holds it, original LLaVA names it (or --vision_tower)."""
+    raw = release_config(path)
+    return path if "vision_config" in raw else vision_tower or raw["mm_vision_tower"]
 
 
 def release_vision_config(path: str, vision_tower: str | None) -> CLIPVisionConfig:

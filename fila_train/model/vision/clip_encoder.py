@@ -20,6 +20,25 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def check_tower_normalization(tower: str) -> None:
+    """A tower folder's (or hub id's) preprocessor_config.json, if it has one, normalises as the OpenAI CLIP
+    constants every image processor here uses: a tower trained with others would silently see wrong pixels."""
+    import json
+
+    from ..llava_layout import local_file
+
+    file = local_file(tower, "preprocessor_config.json")
+    raw = json.loads(file.read_text()) if file is not None else {}
+    mean, std = raw.get("image_mean"), raw.get("image_std")
+    if mean is None or std is None:
+        return
+    ours, theirs = tuple(CLIP_MEAN) + tuple(CLIP_STD), tuple(mean) + tuple(std)
+    if len(ours) != len(theirs) or any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)):
+        raise ConfigError(f"{tower}/preprocessor_config.json normalises with mean {tuple(mean)} std {tuple(std)}, "
+                          f"but fila-train's image processors use OpenAI CLIP's (mean {CLIP_MEAN} std {CLIP_STD}): "
+                          "use a tower trained with those")
+
+
 def padding_fill(mean: tuple[float, float, float]) -> tuple[int, int, int]:
     """The pad colour: the mean colour truncated to 8 bits, exactly as LLaVA-1.5 and transformers'
     LlavaImageProcessor compute it, so exported LLaVA folders see identical pixels."""
