@@ -478,3 +478,17 @@ def test_a_convnext_shape_fila_cannot_fuse_is_one_line_naming_the_flags(dims, de
     with pytest.raises(ConfigError, match=r"--convnext_dims/--convnext_depths") as error:
         ConvNeXtBranchConfig(dims=dims, depths=depths)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("align", ALIGN_MODES)
+def test_every_align_mode_runs_in_bf16_on_the_cpu(tower: CLIPVisionModel, align: str) -> None:
+    """A bf16 model (--bf16, or inference in bf16) on the CPU. Before, align=interpolate failed at the first forward
+    with NotImplementedError: torch's antialiased bilinear resize has no bf16/fp16 CPU kernel."""
+    encoder = make_encoder(copy.deepcopy(tower), align=align)
+    set_gates(encoder, 0.5)
+    batch, _ = mixed_batch(encoder.image_processor())
+    with torch.no_grad():
+        reference = encoder(batch).features
+        features = encoder.to(torch.bfloat16)(batch).features
+    assert features.dtype == torch.bfloat16
+    torch.testing.assert_close(features.float(), reference, rtol=0, atol=0.1)  # bf16 rounding through 4 blocks

@@ -101,7 +101,9 @@ class WindowAligner(nn.Module):
             return windows
         if self.mode == "avg_pool":
             return F.avg_pool2d(windows, self.factor)
-        return F.interpolate(windows, size=(self.grid, self.grid), mode="bilinear", align_corners=False, antialias=True)
+        # In float32: the antialiased resize has no bf16/fp16 CPU kernel (a bf16 model would fail on the CPU).
+        return F.interpolate(windows.float(), size=(self.grid, self.grid), mode="bilinear", align_corners=False,
+                             antialias=True).to(windows.dtype)
 
     def forward(self, stage_maps: list[torch.Tensor], grids: list[tuple[int, int]]) -> torch.Tensor:
         """Per-image maps and (rows, cols) -> [sum of views, g*g, C] in image order, then view order."""
