@@ -178,3 +178,16 @@ def test_a_vision_tower_normalised_otherwise_than_openai_clip_is_refused_before_
     CLIPImageProcessor().save_pretrained(tower)  # OpenAI CLIP's own constants: accepted
     with pytest.raises(OSError):  # then it goes on to load the LLM, which is not there
         build_model(str(tmp_path / "no-llm-here"), str(tower))
+
+
+@pytest.mark.parametrize("flags", [
+    {"cvfm_fusion": "add", "vision_option": ["cvfm.fusion=concat"]},  # a shorthand and the same key
+    {"vision_option": ["cvfm.gate=channel", "cvfm.gate=scalar"]},  # the same key twice
+])
+def test_one_option_given_two_values_is_refused(flags):
+    """Before, the later value won without a word: --cvfm_fusion add ran the concat fusion, exit 0."""
+    with pytest.raises(ConfigError, match=r"cvfm\.(fusion|gate) is given twice, as '?(add|channel)'? and "
+                                          r"'?(concat|scalar)'?: give it once"):
+        ModelArguments(model_name_or_path="llm", vision_encoder="fila_hybrid", **flags)
+    ModelArguments(model_name_or_path="llm", vision_encoder="fila_hybrid",  # the same value twice is no conflict
+                   vision_option=["cvfm.gate=channel", "cvfm.gate=channel"])

@@ -91,9 +91,13 @@ def set_option(options: dict, cls: type, assignment: str, flag: str) -> None:
     if annotation is None or dataclasses.is_dataclass(annotation):
         raise unknown_key(flag, key, cls)
     try:
-        target[name] = parse_value(text, annotation)
+        value = parse_value(text, annotation)
     except ValueError as error:
         raise ConfigError(f"{flag} {assignment!r}: {error}") from None
+    if name in target and target[name] != value:  # else the later one would silently win
+        raise ConfigError(f"{flag} {assignment!r}: {key.strip()} is given twice, as {target[name]!r} and {value!r}: "
+                          "give it once")
+    target[name] = value
 
 
 def unknown_key(flag: str, key: str, cls: type) -> ConfigError:

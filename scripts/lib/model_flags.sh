@@ -25,8 +25,10 @@ optional_flag() {  # optional_flag NAME VALUE: add --NAME=VALUE when VALUE is se
 }
 
 if [ "$VISION_ENCODER" = fila_hybrid ]; then
-  # Random weights asked for (convnext.random_init=true) take no default checkpoint: both would be refused.
-  if [ -z "${CONVNEXT_DIMS:-}" ] && [[ " ${VISION_OPTIONS:-} " != *" convnext.random_init=true "* ]]; then
+  # Random weights (convnext.random_init=true) or a checkpoint given in VISION_OPTIONS take no default checkpoint:
+  # either with it would be refused (contradicting options; one key given twice).
+  if [ -z "${CONVNEXT_DIMS:-}" ] && [[ " ${VISION_OPTIONS:-} " != *" convnext.random_init=true "* ]] \
+      && [[ " ${VISION_OPTIONS:-} " != *" convnext.checkpoint="* ]]; then
     CONVNEXT_CHECKPOINT=${CONVNEXT_CHECKPOINT:-laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup}
   fi
   optional_flag convnext_checkpoint "${CONVNEXT_CHECKPOINT:-}"
