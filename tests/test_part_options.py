@@ -104,6 +104,13 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
     # The connector's options too: the default MMFuser layers do not exist in the tiny 6-layer ViT.
     with pytest.raises(ConfigError, match=r"MMFuser option key_layers=\(-22, -17, -12, -7\)"):
         build_model(not_an_llm, str(tiny_assets.clip), connector_type="mmfuser")
+    # A typo or a model without a ConvNeXt trunk: before, a RuntimeError traceback listing all 144 OpenCLIP models
+    # (or the trunk's ConfigError) while building the encoder, after the LLM had loaded.
+    for name in ("convnext_large_d_32", "ViT-L-14"):
+        with pytest.raises(ConfigError, match=rf"--convnext_model {name} \(convnext.model_name\) is not one of "
+                                              r"OpenCLIP's ConvNeXt models: .*convnext_large_d_320"):
+            build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options={
+                "convnext": {"model_name": name, "random_init": True}, "cvfm": {"vit_layers": [1, 2, 3, 4]}})
     # CVFM's default layers (2, 6, 12, 20: ViT-L's) on the 6-layer ViT: before, refused only while building the
     # encoder, after the LLM and the ViT had loaded.
     with pytest.raises(ConfigError, match=r"--cvfm_layers \(cvfm.vit_layers\) \(2, 6, 12, 20\) exceed the ViT's 6 "

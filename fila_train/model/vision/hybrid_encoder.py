@@ -341,6 +341,13 @@ def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -
         raise ConfigError(f"convnext.random_init=true and convnext.checkpoint={convnext.checkpoint} contradict each "
                           "other: give one (--vision_option / --convnext_checkpoint)")
     check_vit_layers(config.cvfm, vision_config.num_hidden_layers)  # else only when built, after the weights load
+    if convnext.dims is None:  # else a typo is open_clip's traceback listing every model, after the weights load
+        import open_clip
+
+        known = [name for name in open_clip.list_models() if name.startswith("convnext")]
+        if convnext.model_name not in known:
+            raise ConfigError(f"--convnext_model {convnext.model_name} (convnext.model_name) is not one of OpenCLIP's "
+                              f"ConvNeXt models: {', '.join(known)}")
     return config.to_dict()
 
 
