@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from fila_train.model.vision.anyres import AnyresConfig, select_canvas
-from fila_train.model.vision.clip_encoder import CLIP_MEAN, ClipVisionEncoder, to_normalized_tensor
+from fila_train.model.vision.clip_encoder import CLIP_MEAN, CLIP_STD, ClipVisionEncoder, to_normalized_tensor
 from fila_train.model.vision.convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
 from fila_train.model.vision.cvfm import ALIGN_MODES, FUSION_MODES, GATE_MODES, CVFMConfig
 from fila_train.model.vision.hybrid_encoder import HybridEncoderConfig, HybridImageProcessor, HybridVisionEncoder
@@ -377,6 +377,10 @@ def test_normalisation_mismatch_raises(tower: CLIPVisionModel, tmp_path: Path) -
     config = tiny_hybrid_config()
     config.convnext.checkpoint = str(folder)
     with pytest.raises(ValueError, match="normalisation"):
+        HybridVisionEncoder(tower.config, config, tower=tower)
+    # convnext.mean/std that contradict the folder's own: before, the options won and the check above passed, exit 0.
+    config.convnext.mean, config.convnext.std = CLIP_MEAN, CLIP_STD
+    with pytest.raises(ValueError, match=r"convnext.mean/std .* contradict .*open_clip_config.json \(mean \(0.485"):
         HybridVisionEncoder(tower.config, config, tower=tower)
 
 

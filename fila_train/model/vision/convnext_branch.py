@@ -80,6 +80,10 @@ def check_normalization(mean, std, expected_mean=CLIP_MEAN, expected_std=CLIP_ST
         )
 
 
+def _same(a: tuple, b: tuple, atol: float = 1e-6) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= atol for x, y in zip(a, b))
+
+
 def _build_trunk(config: ConvNeXtBranchConfig) -> tuple[nn.Module, tuple | None, tuple | None]:
     """(trunk, mean, std) with random weights; mean/std are the model's own, or None if it has none."""
     if config.dims is not None:
@@ -164,7 +168,14 @@ class ConvNeXtBranch(nn.Module):
             checkpoint = Path(config.checkpoint)
             state = read_state_dict(_weights_path(checkpoint))
             self.trunk.load_state_dict(extract_trunk_state(state, set(self.trunk.state_dict())), strict=True)
-            mean, std = read_folder_normalization(checkpoint) or (mean, std)
+            folder = read_folder_normalization(checkpoint)
+            if folder is not None:
+                # The folder says what its weights were trained with: options must not talk the check past it.
+                given = (config.mean or folder[0], config.std or folder[1])
+                if not _same(given[0] + given[1], folder[0] + folder[1]):
+                    raise ConfigError(f"convnext.mean/std {given[0]} {given[1]} contradict {checkpoint}'s "
+                                      f"{CONFIG_FILE} (mean {folder[0]} std {folder[1]}): leave them out")
+                mean, std = folder
         self.mean = tuple(config.mean or mean or CLIP_MEAN)
         self.std = tuple(config.std or std or CLIP_STD)
         self.stage_channels: tuple[int, ...] = tuple(info["num_chs"] for info in self.trunk.feature_info)
