@@ -111,6 +111,12 @@ def test_values_the_dataclass_refuses_and_a_fila_hybrid_without_weights_fail_bef
                                               r"OpenCLIP's ConvNeXt models: .*convnext_large_d_320"):
             build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options={
                 "convnext": {"model_name": name, "random_init": True}, "cvfm": {"vit_layers": [1, 2, 3, 4]}})
+    # A named architecture and dims/depths of a small one: before, the name was silently ignored.
+    with pytest.raises(ConfigError, match=r"--convnext_model convnext_base and --convnext_dims/--convnext_depths "
+                                          r"name two ConvNeXts: give one"):
+        build_model(not_an_llm, str(tiny_assets.clip), vision_encoder="fila_hybrid", vision_options={
+            "convnext": {**small["convnext"], "model_name": "convnext_base", "random_init": True},
+            "cvfm": {"vit_layers": [1, 2, 3, 4]}})
     # CVFM's default layers (2, 6, 12, 20: ViT-L's) on the 6-layer ViT: before, refused only while building the
     # encoder, after the LLM and the ViT had loaded.
     with pytest.raises(ConfigError, match=r"--cvfm_layers \(cvfm.vit_layers\) \(2, 6, 12, 20\) exceed the ViT's 6 "

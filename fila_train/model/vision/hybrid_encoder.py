@@ -341,6 +341,9 @@ def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -
         raise ConfigError(f"convnext.random_init=true and convnext.checkpoint={convnext.checkpoint} contradict each "
                           "other: give one (--vision_option / --convnext_checkpoint)")
     check_vit_layers(config.cvfm, vision_config.num_hidden_layers)  # else only when built, after the weights load
+    if convnext.dims is not None and "model_name" in (options or {}).get("convnext", {}):  # dims win, unsaid
+        raise ConfigError(f"--convnext_model {convnext.model_name} and --convnext_dims/--convnext_depths name two "
+                          "ConvNeXts: give one")
     if convnext.dims is None:  # else a typo is open_clip's traceback listing every model, after the weights load
         import open_clip
 
