@@ -211,7 +211,9 @@ def test_a_resumed_run_continues_the_wandb_run_of_its_checkpoint(tiny_assets, tm
     from fila_train.demo.tiny_models import as_cli
     from fila_train.training.checkpoints import read_manifest
 
-    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR"):
+    # WANDB_SERVICE: a wandb run earlier in this test session (the ablation's) left its service's address, which the
+    # two runs would share, as a job and its requeue do not ("run ID ... is in use").
+    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_SERVICE"):
         monkeypatch.delenv(name, raising=False)
     output_dir = tmp_path / "run"
     flags = tiny_assets.model_flags(hybrid=False, fuser=False) | {
