@@ -18,13 +18,20 @@ free_port() { python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1'
 echo "== preparing synthetic data and tiny models in $DEMO"
 fila-train demo prepare --output "$DEMO"
 paths() { python -c "import json,sys; print(json.load(open('$DEMO/paths.json'))[sys.argv[1]])" "$1"; }
+VISION_ENCODER=${VISION_ENCODER:-fila_hybrid}
+CONNECTOR=${CONNECTOR:-mlp2x_gelu}
 COMMON=(MODEL="$(paths llm)" VISION_TOWER="$(paths vision_tower)" IMAGE_FOLDER="$(paths image_folder)"
         REPORT_TO=${REPORT_TO:-wandb} DATALOADER_WORKERS=0 NPROC_PER_NODE=2 LOGGING_STEPS=1 SAVE_STEPS=1000
-        VISION_ENCODER=${VISION_ENCODER:-fila_hybrid} CONNECTOR=${CONNECTOR:-mlp2x_gelu}
-        CONVNEXT_CHECKPOINT="$(paths convnext_checkpoint)" CONVNEXT_DIMS="$(paths convnext_dims)"
-        CONVNEXT_DEPTHS="$(paths convnext_depths)" ANYRES_CANVASES="$(paths anyres_canvases)"
-        CVFM_LAYERS="$(paths cvfm_layers)" FUSER_KEY_LAYERS="$(paths fuser_key_layers)"
-        FUSER_QUERY_LAYER="$(paths fuser_query_layer)")
+        VISION_ENCODER="$VISION_ENCODER" CONNECTOR="$CONNECTOR")
+# The tiny models' variables for the parts this model has (the scripts name any other as unused).
+if [ "$VISION_ENCODER" = fila_hybrid ]; then
+  COMMON+=(CONVNEXT_CHECKPOINT="$(paths convnext_checkpoint)" CONVNEXT_DIMS="$(paths convnext_dims)"
+           CONVNEXT_DEPTHS="$(paths convnext_depths)" CVFM_LAYERS="$(paths cvfm_layers)")
+fi
+if [ "$VISION_ENCODER" != clip ]; then COMMON+=(ANYRES_CANVASES="$(paths anyres_canvases)"); fi
+if [ "$CONNECTOR" = mmfuser ]; then
+  COMMON+=(FUSER_KEY_LAYERS="$(paths fuser_key_layers)" FUSER_QUERY_LAYER="$(paths fuser_query_layer)")
+fi
 
 echo "== stage 1: align the connector (+ CVFM / fuser) on captions (ZeRO-2)"
 env "${COMMON[@]}" DATA_PATH="$(paths stage1_data)" OUTPUT_DIR="$DEMO/stage1" \
