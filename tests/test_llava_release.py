@@ -253,3 +253,28 @@ def test_another_feature_layer_than_the_releases_is_refused_before_any_weights_l
         with pytest.raises(ConfigError, match=rf"--vision_feature_layer -1: {folder} is a LLaVA release whose "
                                               rf"projector was trained on layer -2 \(its config.json's {key}\)"):
             build_model(str(folder), vision_feature_layer=-1)
+
+
+def test_a_feature_layer_given_equal_to_the_default_is_checked_against_the_release_too(llava, tiny_assets, tmp_path):
+    """A release trained on layer -1: an explicit --vision_feature_layer -2 (the default's value) was let through and
+    silently replaced by -1, since the model code cannot tell it from the default; a training run knows which flags
+    it was given, and refuses it before any weights load."""
+    import shutil
+
+    from fila_train.training.before_weights import check_before_weights
+    from fila_train.training.llava_flags import given_flags
+    from fila_train.training.train import parse_args
+
+    release = tmp_path / "llava-hf-layer-1"
+    shutil.copytree(llava[0], release)
+    config = json.loads((release / "config.json").read_text())
+    (release / "config.json").write_text(json.dumps(config | {"vision_feature_layer": -1}))
+    argv = ["--model_name_or_path", str(release), "--data_path", str(tiny_assets.stage2_data),
+            "--output_dir", str(tmp_path / "run"), "--tune_parts", "llm", "--model_max_length", "512"]
+    model_args, _, args = parse_args(argv)
+    check_before_weights(model_args, args, frozenset(given_flags(argv)))  # not given: the release's layer is used
+    model_args, _, args = parse_args([*argv, "--vision_feature_layer", "-2"])
+    with pytest.raises(ConfigError, match=rf"--vision_feature_layer -2: {release} is a LLaVA release whose projector "
+                                          rf"was trained on layer -1 \(its config.json's vision_feature_layer\)"):
+        check_before_weights(model_args, args, frozenset(given_flags([*argv, "--vision_feature_layer", "-2"])))
+

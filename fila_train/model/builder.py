@@ -189,11 +189,12 @@ def build_model(model_name_or_path: str, vision_tower: str | None = None, *,
     return model.to(dtype)
 
 
-def check_release_feature_layer(path: str, vision_feature_layer: int) -> None:
+def check_release_feature_layer(path: str, vision_feature_layer: int, given: bool = False) -> None:
     """A LLaVA release brings its projector, trained on its own feature layer, which the model then uses: another
-    one asked for (not the default, which cannot be told from one given) would be silently replaced by it."""
+    one asked for would be silently replaced by it. The default is compared only where the flag was ``given``
+    (a training run knows; here it cannot be told from the default)."""
     layer, key = release_feature_layer(release_config(path))
-    if vision_feature_layer not in (layer, FilaConfig.vision_feature_layer):
+    if vision_feature_layer != layer and (given or vision_feature_layer != FilaConfig.vision_feature_layer):
         raise ConfigError(f"--vision_feature_layer {vision_feature_layer}: {path} is a LLaVA release whose projector "
                           f"was trained on layer {layer} (its config.json's {key}); leave the flag out")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..model.builder import (built_parts, image_token_counts, is_fila_checkpoint, pretrained_tokenizer,
-                             refuse_remote_code)
+from ..model.builder import (built_parts, check_release_feature_layer, image_token_counts, is_fila_checkpoint,
+                             pretrained_tokenizer, refuse_remote_code)
+from ..model.llava_layout import folder_layout
 from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
 from ..model.liger import liger_patchers
 from ..model.llava_layout import release_config
@@ -34,6 +35,9 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments,
                       *built_parts(model_args.model_name_or_path, model_args.vision_encoder, model_args.connector_type))
     check_rates_train(args.parts(), {part: flag for part, (_, flag) in args.part_rates().items()})
     check_saved_model_flags(model_args, given)
+    if folder_layout(model_args.model_name_or_path) is not None:  # a LLaVA release, with its projector's layer
+        check_release_feature_layer(model_args.model_name_or_path, model_args.vision_feature_layer,
+                                    "vision_feature_layer" in given)
     if args.use_liger:
         liger_patchers()
     # The template's control tokens: the tokenizer alone says whether it can write them.
