@@ -6,10 +6,9 @@ import json
 
 from ..model.builder import (built_parts, check_release_feature_layer, image_token_counts, is_fila_checkpoint,
                              pretrained_tokenizer, refuse_remote_code)
-from ..model.llava_layout import folder_layout
 from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
 from ..model.liger import liger_patchers
-from ..model.llava_layout import release_config
+from ..model.llava_layout import folder_layout, release_config
 from ..processing.chat_templates import get_template
 from ..processing.saved_tokenizer import check_saved_alike
 from ..processing.tokenization import ConversationTokenizer
