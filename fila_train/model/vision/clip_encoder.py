@@ -20,6 +20,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def same_normalization(mean, std, other_mean, other_std, atol: float = 1e-6) -> bool:
+    """Two (mean, std) pairs that normalise pixels alike, to float precision."""
+    ours, theirs = tuple(mean) + tuple(std), tuple(other_mean) + tuple(other_std)
+    return len(ours) == len(theirs) and all(abs(a - b) <= atol for a, b in zip(ours, theirs))
+
+
 def check_tower_normalization(tower: str) -> None:
     """A tower folder's (or hub id's) preprocessor_config.json, if it has one, normalises as the OpenAI CLIP
     constants every image processor here uses: a tower trained with others would silently see wrong pixels."""
@@ -32,8 +38,7 @@ def check_tower_normalization(tower: str) -> None:
     mean, std = raw.get("image_mean"), raw.get("image_std")
     if mean is None or std is None:
         return
-    ours, theirs = tuple(CLIP_MEAN) + tuple(CLIP_STD), tuple(mean) + tuple(std)
-    if len(ours) != len(theirs) or any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)):
+    if not same_normalization(mean, std, CLIP_MEAN, CLIP_STD):
         raise ConfigError(f"{tower}/preprocessor_config.json normalises with mean {tuple(mean)} std {tuple(std)}, "
                           f"but fila-train's image processors use OpenAI CLIP's (mean {CLIP_MEAN} std {CLIP_STD}): "
                           "use a tower trained with those")

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...utils.errors import CheckpointError, ConfigError
 from ..options import stored_options
-from .clip_encoder import CLIP_MEAN, CLIP_STD
+from .clip_encoder import CLIP_MEAN, CLIP_STD, same_normalization
 
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # OpenCLIP's HF-hub layout
 CONFIG_FILE = "open_clip_config.json"
@@ -71,17 +71,12 @@ class ConvNeXtBranchConfig:
 
 def check_normalization(mean, std, expected_mean=CLIP_MEAN, expected_std=CLIP_STD, atol: float = 1e-6) -> None:
     """Raise ValueError unless (mean, std) equal the constants the images are normalised with."""
-    ours, theirs = tuple(mean) + tuple(std), tuple(expected_mean) + tuple(expected_std)
-    if len(ours) != len(theirs) or any(abs(a - b) > atol for a, b in zip(ours, theirs)):
+    if not same_normalization(mean, std, expected_mean, expected_std, atol):
         raise ConfigError(
             f"ConvNeXt normalisation mean={tuple(mean)} std={tuple(std)} differs from the ViT's "
             f"mean={tuple(expected_mean)} std={tuple(expected_std)}: both branches read the same normalised "
             "pixels, so the ConvNeXt must be a checkpoint trained with the OpenAI CLIP constants"
         )
-
-
-def _same(a: tuple, b: tuple, atol: float = 1e-6) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= atol for x, y in zip(a, b))
 
 
 def _build_trunk(config: ConvNeXtBranchConfig) -> tuple[nn.Module, tuple | None, tuple | None]:
@@ -172,7 +167,7 @@ class ConvNeXtBranch(nn.Module):
             if folder is not None:
                 # The folder says what its weights were trained with: options must not talk the check past it.
                 given = (config.mean or folder[0], config.std or folder[1])
-                if not _same(given[0] + given[1], folder[0] + folder[1]):
+                if not same_normalization(*given, *folder):
                     raise ConfigError(f"convnext.mean/std {given[0]} {given[1]} contradict {checkpoint}'s "
                                       f"{CONFIG_FILE} (mean {folder[0]} std {folder[1]}): leave them out")
                 mean, std = folder
