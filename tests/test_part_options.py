@@ -193,6 +193,44 @@ def test_a_vision_tower_normalised_otherwise_than_openai_clip_is_refused_before_
         build_model(str(tmp_path / "no-llm-here"), str(tower))
 
 
+def test_a_convnext_checkpoint_normalised_otherwise_is_refused_before_any_weights_load(tiny_assets, tmp_path,
+                                                                                       monkeypatch):
+    """The ConvNeXt checkpoint folder's open_clip_config.json says what its weights were trained with. Before, an
+    ImageNet-normalised one, and convnext.mean/std contradicting the folder, were refused only while building the
+    encoder, after the LLM had loaded (minutes for a 7B under ZeRO-3)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "imagenet-convnext"
+    shutil.copytree(tiny_assets.convnext, folder)
+    meta = json.loads((folder / "open_clip_config.json").read_text())
+    meta["preprocess_cfg"] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    (folder / "open_clip_config.json").write_text(json.dumps(meta))
+    convnext = {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "checkpoint": str(folder)}
+    build = lambda convnext: build_model(str(tmp_path / "no-llm-here"), str(tiny_assets.clip),  # noqa: E731
+                                         vision_encoder="fila_hybrid",
+                                         vision_options={"convnext": convnext, "cvfm": {"vit_layers": [1, 2, 3, 4]}})
+    with pytest.raises(ConfigError, match=r"ConvNeXt normalisation mean=\(0.485, 0.456, 0.406\) .* differs from "
+                                          r"the ViT's"):
+        build(convnext)
+    with pytest.raises(ConfigError, match=r"convnext.mean/std .* contradict .*open_clip_config.json \(mean "
+                                          r"\(0.485"):
+        build({**convnext, "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]})
+    # The scripts name a hub repo (its config alone is read, from the HF cache here, offline).
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--laion--imagenet-convnext"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    shutil.copytree(folder, repo / "snapshots" / "abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match=r"ConvNeXt normalisation mean=\(0.485, 0.456, 0.406\)"):
+        build({**convnext, "checkpoint": "laion/imagenet-convnext"})
+    for passes in (str(tiny_assets.convnext), "laion/not-in-the-cache"):  # the latter is reported by its load
+        with pytest.raises(OSError, match="no-llm-here"):  # the check passes; the build goes on to the missing LLM
+            build({**convnext, "checkpoint": passes})
+
+
 @pytest.mark.parametrize("flags", [
     {"cvfm_fusion": "add", "vision_option": ["cvfm.fusion=concat"]},  # a shorthand and the same key
     {"vision_option": ["cvfm.gate=channel", "cvfm.gate=scalar"]},  # the same key twice

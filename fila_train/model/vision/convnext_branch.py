@@ -142,6 +142,42 @@ def read_folder_normalization(checkpoint: Path) -> tuple[tuple, tuple] | None:
     return None
 
 
+def checked_folder_normalization(config: ConvNeXtBranchConfig, folder: Path) -> tuple[tuple, tuple] | None:
+    """The folder's own (mean, std), if it says: it says what its weights were trained with, so options that
+    contradict it are refused rather than let talk the normalisation check past it."""
+    found = read_folder_normalization(folder)
+    if found is not None:
+        given = (config.mean or found[0], config.std or found[1])
+        if not same_normalization(*given, *found):
+            raise ConfigError(f"convnext.mean/std {given[0]} {given[1]} contradict {folder}'s {CONFIG_FILE} "
+                              f"(mean {found[0]} std {found[1]}): leave them out")
+    return found
+
+
+def config_folder(checkpoint: str) -> Path | None:
+    """Where a checkpoint's open_clip_config.json would lie: a local path, or a hub repo's snapshot (the config
+    alone is fetched); None where the hub cannot say now, so loading the weights reports it."""
+    if Path(checkpoint).exists():
+        return Path(checkpoint)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    try:
+        return Path(hf_hub_download(checkpoint, CONFIG_FILE)).parent
+    except (EntryNotFoundError, HfHubHTTPError, ValueError):  # not cached offline, no such repo or file
+        return None
+
+
+def check_checkpoint_normalization(config: ConvNeXtBranchConfig) -> None:
+    """The branch's normalisation check (ConvNeXtBranch.check_normalization) from the options and the checkpoint's
+    config alone, before any weights load."""
+    folder = config_folder(config.checkpoint) if config.checkpoint else None
+    found = checked_folder_normalization(config, folder) if folder else None
+    mean, std = config.mean or (found and found[0]), config.std or (found and found[1])
+    if mean and std:  # else the OpenCLIP model's own, known once it is built
+        check_normalization(mean, std)
+
+
 class ConvNeXtBranch(nn.Module):
     """ConvNeXt trunk -> its 4 stage maps (strides 4, 8, 16, 32); frozen and grad-free by default."""
 
@@ -163,13 +199,8 @@ class ConvNeXtBranch(nn.Module):
             checkpoint = Path(config.checkpoint)
             state = read_state_dict(_weights_path(checkpoint))
             self.trunk.load_state_dict(extract_trunk_state(state, set(self.trunk.state_dict())), strict=True)
-            folder = read_folder_normalization(checkpoint)
+            folder = checked_folder_normalization(config, checkpoint)
             if folder is not None:
-                # The folder says what its weights were trained with: options must not talk the check past it.
-                given = (config.mean or folder[0], config.std or folder[1])
-                if not same_normalization(*given, *folder):
-                    raise ConfigError(f"convnext.mean/std {given[0]} {given[1]} contradict {checkpoint}'s "
-                                      f"{CONFIG_FILE} (mean {folder[0]} std {folder[1]}): leave them out")
                 mean, std = folder
         self.mean = tuple(config.mean or mean or CLIP_MEAN)
         self.std = tuple(config.std or std or CLIP_STD)

@@ -26,7 +26,7 @@ from ..zero_link import zero_from
 from .anyres import AnyresConfig, cut_tiles, fit_to_canvas, fitted_size, global_view, select_canvas, tile_grid
 from .base import VisionOutput
 from .clip_encoder import CLIP_MEAN, CLIP_STD, ClipTowerMixin, padding_fill, to_normalized_tensor
-from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig
+from .convnext_branch import ConvNeXtBranch, ConvNeXtBranchConfig, check_checkpoint_normalization
 from .cvfm import CVFMBlock, CVFMConfig, build_cvfm
 
 
@@ -341,6 +341,7 @@ def check_fresh_options(vision_config: CLIPVisionConfig, options: dict | None) -
         raise ConfigError(f"convnext.random_init=true and convnext.checkpoint={convnext.checkpoint} contradict each "
                           "other: give one (--vision_option / --convnext_checkpoint)")
     check_vit_layers(config.cvfm, vision_config.num_hidden_layers)  # else only when built, after the weights load
+    check_checkpoint_normalization(convnext)  # likewise
     if convnext.dims is not None and "model_name" in (options or {}).get("convnext", {}):  # dims win, unsaid
         raise ConfigError(f"--convnext_model {convnext.model_name} and --convnext_dims/--convnext_depths name two "
                           "ConvNeXts: give one")
