@@ -145,3 +145,31 @@ def test_a_saved_chat_template_that_differs_from_the_training_template_is_report
         FilaProcessor(FilaProcessor.for_model(tokenizer, tiny_config("chatml")).image_processor, tokenizer,
                       chat_template="{{ messages[0]['content'] }}", conversation_template="chatml")
     assert "differs from template 'chatml'" in caplog.text
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_tokenizer_settings_it_writes_back(monkeypatch, tmp_path):
+    """save_pretrained(push_to_hub=True) uploaded the folder from inside transformers' save, before the tokenizer's
+    legacy=True was written back: the hub copy then read back legacy=False, "</s>USER" one token fewer than
+    training. The hub is replaced by its two calls here; what would be uploaded is read as it is handed over."""
+    from huggingface_hub import HfApi
+    from transformers import LlamaTokenizer
+    from transformers.utils.hub import PushToHubMixin
+
+    from distributed_utils import LLAMA2_DIR
+
+    if not (LLAMA2_DIR / "tokenizer.model").is_file():
+        pytest.skip(f"no Llama-2 SentencePiece tokenizer at {LLAMA2_DIR}")
+    uploaded = {}
+
+    def upload(self, folder, repo_id, *args, **kwargs):
+        uploaded[repo_id] = json.loads((Path(folder) / "tokenizer_config.json").read_text())
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: type("Url", (), {"repo_id": repo_id}))
+    monkeypatch.setattr(PushToHubMixin, "_upload_modified_files", upload)
+    monkeypatch.setattr("transformers.utils.hub.create_and_tag_model_card",
+                        lambda *args, **kwargs: type("Card", (), {"save": lambda self, path: None})())
+    tokenizer = LlamaTokenizer.from_pretrained(str(LLAMA2_DIR), legacy=True)
+    processor = FilaProcessor.for_model(tokenizer, tiny_config("vicuna_v1"))
+    processor.save_pretrained(str(tmp_path / "local"), push_to_hub=True, repo_id="me/fila")
+    assert json.loads((tmp_path / "local" / "tokenizer_config.json").read_text())["legacy"] is True
+    assert uploaded["me/fila"]["legacy"] is True

@@ -25,6 +25,8 @@ from .saved_tokenizer import keep_tokenizer_settings
 from .tokenization import ConversationTokenizer, with_image_token
 
 PROCESSOR_FILE = "processor_config.json"
+# save_pretrained(push_to_hub=True)'s options that are PushToHubMixin.push_to_hub's.
+HUB_OPTIONS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 logger = logging.getLogger(__name__)
 
 
@@ -49,9 +51,14 @@ class FilaProcessor(ProcessorMixin):
         return cls(FilaImageProcessor.for_model_config(config), tokenizer,
                    conversation_template=config.conversation_template, image_token_index=config.image_token_id)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        saved = super().save_pretrained(save_directory, *args, **kwargs)
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        # transformers would push from inside its save, before the settings are written back: push_to_hub saves
+        # again through this method instead, settings included.
+        hub = {name: kwargs.pop(name) for name in HUB_OPTIONS if name in kwargs} if push_to_hub else {}
+        saved = super().save_pretrained(save_directory, **kwargs)
         keep_tokenizer_settings(self.tokenizer, save_directory)
+        if push_to_hub:
+            self.push_to_hub(hub.pop("repo_id", Path(save_directory).name), **hub)
         return saved
 
     @property
