@@ -51,11 +51,9 @@ class ModelArguments:
         "help": "registered connector: linear, mlp2x_gelu, mmfuser"})
     # Any field of the part's options dataclass (unset ones keep the dataclass default).
     vision_option: list[str] = field(default_factory=list, metadata={
-        "action": "extend",  # given twice, both count
         "help": "KEY=VALUE options of the vision encoder, e.g. cvfm.gate=channel anyres.global_view=canvas "
                 "convnext.trainable=true convnext.random_init=true (an unknown key lists the valid ones)"})
     connector_option: list[str] = field(default_factory=list, metadata={
-        "action": "extend",
         "help": "KEY=VALUE options of the connector, e.g. num_heads=8 key_layers=-6,-4"})
     # Shorthands (OPTION_SHORTHANDS) of --vision_option / --connector_option: their defaults are the options
     # dataclasses' (HybridEncoderConfig, MMFuserConfig), and stated nowhere else.

@@ -77,7 +77,6 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "comma-separated parts to train: vision, connector, llm, and the sub-parts of the registered "
                 "encoders and connectors (cvfm, fuser)"})
     part_lr: list[str] = field(default_factory=list, metadata={
-        "action": "extend",
         "help": "learning rates by part, e.g. cvfm=1e-4 fuser=2e-5 (any tunable part; default --learning_rate)"})
     # Shorthands of --part_lr, as LLaVA-style scripts spell them.
     connector_lr: float | None = field(default=None, metadata={"help": "learning rate of the connector"})

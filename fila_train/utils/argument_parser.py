@@ -15,11 +15,31 @@ from transformers import HfArgumentParser
 from .errors import ConfigError
 
 
+class StoreAddingUp(argparse._StoreAction):
+    """argparse's store, except that a flag of several values (nargs + or *) given several times adds them up:
+    `--bench a --bench b`, or an extra flag after a script's own. argparse keeps the last occurrence's values
+    only, dropping the earlier ones without a word. A default is replaced by the first occurrence, not extended."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        if self.nargs in ("+", "*") and option_string and current is not None and current is not self.default:
+            values = [*current, *values]
+        setattr(namespace, self.dest, values)
+
+
 class StrictParser(argparse.ArgumentParser):
-    """argparse without prefixes or leftovers; its sub-command parsers (add_subparsers) are strict too."""
+    """argparse without prefixes or leftovers, whose flags of several values add up when repeated; its sub-command
+    parsers (add_subparsers) are the same."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def register(self, registry_name, value, object):
+        # argparse's own __init__ registers its store action, which every flag without an action then uses (HF's
+        # dataclass parser adds its flags from within that __init__, so a later register would come too late).
+        if registry_name == "action" and value in (None, "store"):
+            object = StoreAddingUp
+        super().register(registry_name, value, object)
 
     def error(self, message: str):
         # argparse prints the usage of every flag (about 200 for training) before its one useful line.
