@@ -607,6 +607,36 @@ def test_an_eval_stopped_by_a_cut_image_goes_on_from_its_kept_answers(saved_mode
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "uninterrupted" / name).read_text()
 
 
+def test_an_eval_of_several_benches_stopped_in_a_later_one_keeps_the_earlier_benches_answers(
+        saved_model, tiny_assets, tmp_path, capsys, monkeypatch):
+    """eval --bench a --bench b stopped in b: a rerun answered all of a again, because a's kept answers were
+    removed as soon as a's results were written, though the command as a whole had not finished."""
+    from fila_train.cli import main
+    from fila_train.evaluation import evaluate
+
+    batches = []  # a spy: each batch is still answered by the real generate_answers
+    answer = evaluate.generate_answers
+    monkeypatch.setattr(evaluate, "generate_answers", lambda *args: batches.append(len(args[1])) or answer(*args))
+    questions = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
+                 .read_text().splitlines()][:4]
+    images = tmp_path / "images"
+    shutil.copytree(tiny_assets.image_folder, images)
+    whole = (images / questions[3]["image"]).read_bytes()
+    questions[3]["image"] = "cut.png"
+    (images / "cut.png").write_bytes(whole[:len(whole) // 2])  # its header is whole
+    benches = [write_jsonl(tmp_path / "a.jsonl", questions[:2]), write_jsonl(tmp_path / "b.jsonl", questions[2:])]
+    run = ["eval", "--bench", str(benches[0]), "--bench", str(benches[1]), "--metric", "anls", "--model",
+           str(saved_model), "--image_folder", str(images), "--batch_size", "2", "--max_new_tokens", str(STEPS),
+           "--dtype", "float32", "--output", str(tmp_path / "out")]
+    assert main(run) == 1
+    assert "b.jsonl:2: field 'image': unreadable image" in capsys.readouterr().err
+    assert batches == [2]
+    (images / "cut.png").write_bytes(whole)  # mended
+    assert main(run) == 0 and batches == [2, 2]  # before: [2, 2, 2], a answered again
+    assert (tmp_path / "out" / "a" / "predictions.jsonl").is_file()
+    assert not list((tmp_path / "out").glob("*/answers_so_far.jsonl"))  # removed once every bench is done
+
+
 def test_kept_answers_are_whole_batches_of_the_same_model_settings_and_questions(tmp_path):
     from fila_train.evaluation.answer_log import ANSWER_LOG_FILE, AnswerLog
 

@@ -6,7 +6,7 @@ the dtype and device, the prompt and generation settings), then one line per ans
 fingerprint (id, text, image file), written after each batch. A rerun keeps the answers of the whole batches
 whose questions are unchanged and starts at the next batch: those are the batches an uninterrupted run makes,
 so it gives the same answers. The image that stopped the run can be mended in between; a changed model or
-setting starts afresh. The file is removed once the results are written.
+setting starts afresh. The file is removed once the results of every bench of the command are written.
 """
 from __future__ import annotations
 

@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             predictions = predict(loaded, questions, image_folder, args.max_new_tokens, args.batch_size,
                                   SHORT_ANSWER_PROMPT if args.short_answer_prompt else None, output)
             report(bench, questions, predictions, metric, model_options.model, output)
-            (output / ANSWER_LOG_FILE).unlink(missing_ok=True)  # the results now hold every answer
+        # The results now hold every answer. Only now: a rerun after a stop in a later bench takes the earlier
+        # benches' answers from their logs.
+        for bench in benches:
+            (args.output_dir(model_options.model, bench) / ANSWER_LOG_FILE).unlink(missing_ok=True)
     except (BenchError, AnnotationError, ModelLoadError) as error:
         print(f"fila-train eval: error: {error}", file=sys.stderr)
         return 1
