@@ -213,6 +213,9 @@ MISCONFIGURATIONS = {
     "srun_rank_exported": (SRUN_STEP | {"NODE_RANK": "0"}, "NODE_RANK=0 but this is srun task 1"),
     "batch_not_divisible": (MULTI_NODE | {"GLOBAL_BATCH_SIZE": "12"},
                             "GLOBAL_BATCH_SIZE=12 is not a multiple of PER_DEVICE_BATCH_SIZE=2 x world size 4 = 8"),
+    # Before, any value but 1 meant "run": DRY_RUN=true ran the preflight and launched the training it was to preview.
+    "dry_run_not_0_or_1": ({"DRY_RUN": "true"}, "DRY_RUN must be 1 (print the launch command, run nothing) or 0, "
+                                                "got 'true'"),
 }
 
 

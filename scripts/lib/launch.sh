@@ -84,6 +84,8 @@ refuse_computed_flags() {  # refuse_computed_flags "$@": an extra flag must not 
 }
 
 refuse_computed_flags "$@"
+# Any other value would launch the training a user meant to preview (DRY_RUN=true read as "not 1").
+[[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || fail "DRY_RUN must be 1 (print the launch command, run nothing) or 0, got '$DRY_RUN'"
 
 # ---- process layout: checked before anything slow runs
 LAUNCHER=${LAUNCHER:-$([ -n "$HOSTFILE" ] && echo deepspeed || echo torchrun)}
