@@ -198,6 +198,35 @@ def test_sbatch_runs_the_stage_script_as_one_srun_task_per_node(tmp_path) -> Non
     assert "--ntasks-per-node=1" in run.stderr
 
 
+def gpu_node_python(tmp_path, local_gpus: int):
+    """A stand-in for this machine's python that answers the launcher's device probe as a CUDA node with
+    ``local_gpus`` visible GPUs would (a dry run runs nothing else)."""
+    shim = tmp_path / "python"
+    shim.write_text(f'#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo "1 {local_gpus} nccl"; exit 0; fi\n'
+                    f'exec {shlex.quote(sys.executable)} "$@"\n')
+    shim.chmod(0o755)
+    return str(shim)
+
+
+@pytest.mark.parametrize("env, include", [({}, "localhost:4,5,6,7"), ({"GPUS_PER_NODE": "2"}, "localhost:4,5")])
+def test_deepspeed_on_one_node_runs_on_the_visible_gpus(env, include, tmp_path) -> None:
+    """A job given GPUs 4-7 (CUDA_VISIBLE_DEVICES=4,5,6,7, as a scheduler sets it on a shared node). Before, the
+    launcher passed --num_gpus 4, and DeepSpeed's runner, given --num_gpus, drops CUDA_VISIBLE_DEVICES ("ignoring
+    it") and starts the ranks on GPUs 0-3: another job's."""
+    run = dry_run("scripts/pretrain.sh", {"LAUNCHER": "deepspeed", "CUDA_VISIBLE_DEVICES": "4,5,6,7",
+                                          "PYTHON": gpu_node_python(tmp_path, 4), "GLOBAL_BATCH_SIZE": "32"} | env)
+    command = run.command()
+    assert launcher_options(command) == {"--include": include, "--master_port": "29500", "--no_local_rank": ""}
+    assert "backend nccl" in run.stdout and "--bf16" in train_args(command)
+
+
+def test_deepspeed_on_one_node_refuses_gpus_named_by_uuid(tmp_path) -> None:
+    run = dry_run("scripts/pretrain.sh", {"LAUNCHER": "deepspeed", "CUDA_VISIBLE_DEVICES": "GPU-5d1c,GPU-77aa",
+                                          "PYTHON": gpu_node_python(tmp_path, 2)})
+    assert run.returncode == 1 and run.stderr.startswith("[fila-train] error: LAUNCHER=deepspeed"), run.stderr
+    assert len(run.stderr.splitlines()) == 1 and DRY_RUN_PREFIX not in run.stdout
+
+
 # ---------------------------------------------------------------- misconfigurations
 
 

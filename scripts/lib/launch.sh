@@ -194,6 +194,14 @@ case "$LAUNCHER" in
     if [ -n "$HOSTFILE" ]; then
       LAUNCH+=(--hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
       if [ -n "$MASTER_ADDR" ]; then LAUNCH+=(--master_addr "$MASTER_ADDR"); fi
+    elif [ "$HAS_GPU" = 1 ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+      # Given --num_gpus N, DeepSpeed's runner drops CUDA_VISIBLE_DEVICES and takes GPUs 0..N-1 (another job's on a
+      # shared node): name the first GPUS_PER_NODE visible ones instead, by the indices its --include takes.
+      IFS=, read -r -a VISIBLE <<< "$CUDA_VISIBLE_DEVICES"
+      for device in "${VISIBLE[@]:0:$GPUS_PER_NODE}"; do
+        [[ "$device" =~ ^[0-9]+$ ]] || fail "LAUNCHER=deepspeed picks GPUs by index, and CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES names '$device': give indices, or use LAUNCHER=torchrun"
+      done
+      LAUNCH+=(--include "localhost:$(IFS=,; echo "${VISIBLE[*]:0:$GPUS_PER_NODE}")" --master_port "$MASTER_PORT")
     else
       LAUNCH+=(--num_gpus "$GPUS_PER_NODE" --master_port "$MASTER_PORT")
     fi
