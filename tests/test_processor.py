@@ -173,3 +173,26 @@ def test_save_pretrained_with_push_to_hub_uploads_the_tokenizer_settings_it_writ
     processor.save_pretrained(str(tmp_path / "local"), push_to_hub=True, repo_id="me/fila")
     assert json.loads((tmp_path / "local" / "tokenizer_config.json").read_text())["legacy"] is True
     assert uploaded["me/fila"]["legacy"] is True
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "chatml"])
+def test_a_question_with_its_image_last_is_trained_and_served_with_the_image_first(tokenizer_folder, template):
+    """LLaVA (and LLaVA-NeXT) move a turn's one <image> to its front before training (preprocess_multimodal), and
+    LLaVA-665K holds image-last questions ("What is this photo about'?\\n<image>"). Before, they were trained
+    image-last, while generate, eval and lmms-eval put the image first; and a served message whose parts are
+    [text, image] (OpenAI's order) rendered image-last too."""
+    from transformers import AutoTokenizer
+
+    processor = FilaProcessor.for_model(AutoTokenizer.from_pretrained(tokenizer_folder), tiny_config(template))
+    first = [{"from": "human", "value": "<image>\nWhat is written here?"}, {"from": "gpt", "value": "42"}]
+    for value in ("What is written here?\n<image>", "What is written here? <image>", "What is <image> written here?"):
+        last = [{"from": "human", "value": value}, {"from": "gpt", "value": "42"}]
+        if "<image> written" in value:  # moved as LLaVA moves it: the text around it joins with nothing between
+            first[0]["value"] = "<image>\nWhat is  written here?"
+        assert processor.conversations.encode(last, [3]).input_ids == processor.conversations.encode(first, [3]).input_ids
+    served = [[{"type": "text", "text": "What is written here?"}, {"type": "image"}],
+              [{"type": "image"}, {"type": "text", "text": "What is written here?"}]]
+    assert len({processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
+                                              tokenize=False) for parts in served}) == 1
+    two = [{"from": "human", "value": "Compare <image> and <image>"}, {"from": "gpt", "value": "42"}]
+    assert "Compare <image> and <image>" in processor.conversations.render(two)[0].text  # several: as written

@@ -168,9 +168,19 @@ def tokenizers_by_family(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------
 # references
 # ------------------------------------------------------------------------------------------------
+def llava_multimodal(text: str) -> str:
+    """LLaVA-NeXT's preprocess_multimodal (llava/train/train.py), run on every turn before its prompt is built: a
+    turn's one <image> not at its start goes first. LLaVA-1.5's does the same for those turns."""
+    if text.count(IMAGE_PLACEHOLDER) == 1 and not text.startswith(IMAGE_PLACEHOLDER):
+        text = (IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
+    return text
+
+
 def llava_prompt(template: str, conversations: list[dict], bos: str) -> str | None:
-    """LLaVA's own formulas: preprocess_plain (image + caption + "\\n") and conv_vicuna_v1.get_prompt()."""
+    """LLaVA's own formulas: preprocess_plain (image + caption + "\\n") and conv_vicuna_v1.get_prompt(), after
+    preprocess_multimodal."""
     system, turns = parse_turns(conversations)
+    turns = [(role, llava_multimodal(text)) for role, text in turns]
     if template == "plain":
         return bos + "".join(IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER) if role == "human" else text + "\n"
                              for role, text in turns)

@@ -87,8 +87,9 @@ def cache_key(source: ConversationDataset) -> str:
         "max_image_pixels": source.options.max_image_pixels,
         "allow_absolute_paths": source.allow_absolute_paths,  # decides whether a record is usable
         # 2: missing images are unusable for every encoder; 3: whole-prompt tokenization; 4: cut surrogates and
-        # invisible answers are unusable; 5: multi-turn or image-less records under plain are unusable
-        "version": 5,
+        # invisible answers are unusable; 5: multi-turn or image-less records under plain are unusable; 6: a turn's
+        # one image goes first (LLaVA's preprocess_multimodal)
+        "version": 6,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 

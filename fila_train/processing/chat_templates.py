@@ -8,7 +8,7 @@ which labels are taken (see tokenization.py).
 
 A message's content is a string (``<image>`` placeholders inline, as in LLaVA records) or a list of
 ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts; an image part renders as ``<image>\\n``,
-where LLaVA-format data puts the image.
+where LLaVA-format data puts the image. A message's one image is moved to its front (CONTENT_MACRO).
 """
 from __future__ import annotations
 
@@ -22,13 +22,19 @@ IMAGE_PLACEHOLDER = "<image>"
 # Shared jinja pieces. `content` renders any message's content (string or parts); `system` /
 # `loop_messages` split off a
 # leading system message (the default system prompt is used when there is none).
+# A message's one image goes first, as LLaVA's and LLaVA-NeXT's preprocess_multimodal move it before training
+# ("Q\n<image>" -> "<image>\nQ"; LLaVA-665K holds such records) and as every serving path places it; a message
+# that starts with its image, or holds several, stays as written.
 CONTENT_MACRO = (
     "{%- macro content(value) -%}"
-    "{%- if value is string -%}{{- value -}}"
-    "{%- else -%}{%- for part in value -%}"
-    "{%- if part['type'] == 'image' -%}{{- '<image>\\n' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
+    "{%- if value is string -%}{%- set text = value -%}"
+    "{%- else -%}{%- set parts = namespace(text='') -%}{%- for part in value -%}"
+    "{%- if part['type'] == 'image' -%}{%- set parts.text = parts.text + '<image>\\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set parts.text = parts.text + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set text = parts.text -%}{%- endif -%}"
+    "{%- if text.count('<image>') == 1 and not text.startswith('<image>') -%}"
+    "{{- ('<image>\\n' + text.replace('<image>', '').strip()).strip() -}}"
+    "{%- else -%}{{- text -}}{%- endif -%}"
     "{%- endmacro -%}"
 )
 
