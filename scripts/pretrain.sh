@@ -38,6 +38,13 @@ if [ -n "${CONVNEXT_LR:-}" ]; then
   echo "pretrain.sh: CONVNEXT_LR is for stage 2 (finetune.sh): the stage-1 artifact carries the connector and CVFM, not the ConvNeXt" >&2
   exit 2
 fi
+STAGE_2_VARIABLES=()  # finetune.sh's: this stage trains the connector side with the plain template
+for name in TEMPLATE LORA_R GROUP_BY_MODALITY PRETRAINED_CONNECTOR; do
+  if [ -n "${!name:-}" ]; then STAGE_2_VARIABLES+=("$name"); fi
+done
+if [ "${#STAGE_2_VARIABLES[@]}" -gt 0 ]; then  # a note, not an error: a shell may hold them from a stage-2 run
+  echo "[fila-train] note: pretrain.sh does not use ${STAGE_2_VARIABLES[*]} (finetune.sh's, stage 2); not passed" >&2
+fi
 source scripts/lib/speed_flags.sh
 TUNE_PARTS=${TUNE_PARTS:-connector$EXTRA_PARTS}
 # MMFuser-13B's separate fuser rate, where the fuser trains (a rate for a frozen part stops the run)

@@ -245,6 +245,9 @@ MISCONFIGURATIONS = {
     # Before, any value but 1 meant "run": DRY_RUN=true ran the preflight and launched the training it was to preview.
     "dry_run_not_0_or_1": ({"DRY_RUN": "true"}, "DRY_RUN must be 1 (print the launch command, run nothing) or 0, "
                                                 "got 'true'"),
+    # Before, GPUS_PER_NODE silently won over NPROC_PER_NODE (its spelling for CPU processes).
+    "processes_per_node_twice": ({"GPUS_PER_NODE": "2", "NPROC_PER_NODE": "4"},
+                                 "GPUS_PER_NODE=2 and NPROC_PER_NODE=4 both give the processes per node: set one"),
 }
 
 
@@ -392,3 +395,15 @@ def test_variables_for_the_models_own_parts_pass_without_a_note() -> None:
     assert "note:" not in run.stderr
     args = train_args(run.command())
     assert {"--cvfm_layers=1,2", "--fuser_query_layer=-2", "--cvfm_lr=1e-2", "--fuser_lr=1e-4"} <= set(args), args
+
+
+def test_a_stage_2_variable_given_to_pretrain_sh_is_named_not_silently_dropped() -> None:
+    """pretrain.sh trains the connector side with the plain template: TEMPLATE, LORA_R, GROUP_BY_MODALITY and
+    PRETRAINED_CONNECTOR are finetune.sh's. Before, pretrain.sh dropped them without a word."""
+    run = dry_run("scripts/pretrain.sh", {"TEMPLATE": "llava_v1", "LORA_R": "8", "PRETRAINED_CONNECTOR": "c.bin"})
+    assert run.returncode == 0, run.stderr
+    assert "[fila-train] note: pretrain.sh does not use TEMPLATE LORA_R PRETRAINED_CONNECTOR (finetune.sh's, stage " \
+           "2); not passed\n" in run.stderr
+    args = train_args(run.command())
+    assert has_flag(args, "--conversation_template", "plain") and not [a for a in args if a.startswith("--lora")]
+    assert "note:" not in dry_run("scripts/pretrain.sh", {}).stderr

@@ -112,9 +112,6 @@ def _run_step(command: list[str], env: dict[str, str], log: Path, done: Path, wh
 
 def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe: dict[str, str], slot: int) -> None:
     common = {**models, **config.launch, **variant_env(plan.variant), "IMAGE_FOLDER": probe["image_folder"],
-              # Length grouping can sort the probe by its answers: with the demo-text tokenizer "0" made a
-              # sequence one token longer than "1", so grouped batches held one answer each (docs/ablation.md).
-              "GROUP_BY_MODALITY": "False",
               "REPORT_TO": config.report_to, "LOGGING_STEPS": "5",
               "WANDB_RUN_GROUP": config.name, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "fila-train-ablation"),
               # The scripts run this interpreter (its environment), whatever `python` is on PATH.
@@ -125,8 +122,11 @@ def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe
         env = common | _stage_env(recipe) | {"DATA_PATH": probe[f"stage{stage}"], "OUTPUT_DIR": str(plan.stage_dir(stage)),
                                              "MASTER_PORT": str(free_port(BASE_PORT + 10 * slot))}
         if stage == 2:
+            # Length grouping (stage 1 has none) can sort the probe by its answers: with the demo-text tokenizer
+            # "0" made a sequence one token longer than "1", so grouped batches held one answer each
+            # (docs/ablation.md).
             env |= {"PRETRAINED_CONNECTOR": str(plan.stage_dir(1) / "connector.safetensors"),
-                    "TEMPLATE": "vicuna_v1", "GRADIENT_CHECKPOINTING": "False"}
+                    "TEMPLATE": "vicuna_v1", "GRADIENT_CHECKPOINTING": "False", "GROUP_BY_MODALITY": "False"}
         _run_step(["bash", str(REPO / "scripts" / script), "--seed", str(plan.seed), "--warmup_ratio",
                    str(recipe.warmup_ratio), "--lr_scheduler_type", recipe.lr_scheduler,
                    "--max_grad_norm", str(recipe.max_grad_norm),

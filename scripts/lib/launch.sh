@@ -88,6 +88,8 @@ refuse_computed_flags "$@"
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || fail "DRY_RUN must be 1 (print the launch command, run nothing) or 0, got '$DRY_RUN'"
 
 # ---- process layout: checked before anything slow runs
+[ -z "${GPUS_PER_NODE:-}" ] || [ -z "${NPROC_PER_NODE:-}" ] || [ "$GPUS_PER_NODE" = "$NPROC_PER_NODE" ] ||
+  fail "GPUS_PER_NODE=$GPUS_PER_NODE and NPROC_PER_NODE=$NPROC_PER_NODE both give the processes per node: set one"
 LAUNCHER=${LAUNCHER:-$([ -n "$HOSTFILE" ] && echo deepspeed || echo torchrun)}
 [[ "$LAUNCHER" == deepspeed || "$LAUNCHER" == torchrun ]] || fail "LAUNCHER must be deepspeed or torchrun, got '$LAUNCHER'"
 LAYOUT_SOURCE=environment
