@@ -87,6 +87,23 @@ def test_mfu_and_peak_table() -> None:
         peak_tflops(None, "bf16", override=0)
 
 
+@pytest.mark.parametrize("setting, column", [("tf32", "tf32"), ("ieee", "fp32")])
+def test_the_peak_column_follows_tf32_set_through_torch_s_new_api(setting: str, column: str) -> None:
+    """transformers' --tf32 sets torch.backends.fp32_precision (torch >= 2.9); reading the legacy
+    ``matmul.allow_tf32`` after that raised RuntimeError ("mix of the legacy and new APIs"), so an fp32 run with
+    --tf32 True on a GPU stopped at the trainer's start. In a subprocess: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from fila_train.training.throughput.device import matmul_precision; "
+            f"torch.backends.fp32_precision = {setting!r}; "
+            "print(matmul_precision(torch.float32, torch.device('cuda')), "
+            "matmul_precision(torch.bfloat16, torch.device('cuda')), matmul_precision(torch.float32, torch.device('cpu')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [column, "bf16", "fp32"]
+
+
 def test_packed_batches_count_every_sample() -> None:
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
     assert sample_lengths({"position_ids": positions, "input_ids": torch.zeros(1, 9)}) == [3, 2, 4]

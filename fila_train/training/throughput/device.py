@@ -24,9 +24,15 @@ def matmul_precision(dtype: torch.dtype, device: torch.device) -> str:
     """Which peak column applies: bf16 (also fp16), tf32 (fp32 matmuls on tensor cores) or fp32."""
     if dtype in (torch.bfloat16, torch.float16):
         return "bf16"
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "fp32"
+    return "tf32" if device.type == "cuda" and cuda_matmul_tf32() else "fp32"
+
+
+def cuda_matmul_tf32() -> bool:
+    """Whether fp32 CUDA matmuls run on TF32 tensor cores. torch >= 2.9 keeps the setting in ``fp32_precision``
+    (what transformers' --tf32 sets), which follows the legacy ``allow_tf32`` too; reading the legacy flag after
+    the new API was used raises RuntimeError."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else torch.backends.cuda.matmul.allow_tf32
 
 
 def device_peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> float | None:
