@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,6 +249,29 @@ def test_the_vision_bench_builds_the_encoder_without_the_llm(tmp_path) -> None:
             [(key, value.shape) for key, value in whole.vision_tower.state_dict().items()]
         assert all(value.dtype == torch.bfloat16 for value in alone.state_dict().values())
         assert not any("language_model" in key or "embed_tokens" in key for key in alone.state_dict())
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resets the peak RSS through Linux's /proc")
+def test_each_measurement_reports_its_own_peak_memory(tmp_path) -> None:
+    """The GPU check runs every row in one process: a row's peak memory is its own, not the largest of the rows
+    before it. Before, the vision bench never reset the CUDA peak (its rows reported the 7B training rows' peak),
+    and on a CPU no row did (the process's peak RSS). Here: 1.5 GiB held and freed before each bench."""
+    import resource
+
+    from fila_train.bench.runner import BenchOptions, run_training_bench
+    from fila_train.bench.vision import run_vision_bench
+
+    def balloon() -> float:
+        held = torch.ones(3 * 2**27)  # 1.5 GiB, touched
+        del held
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (KiB on Linux)
+
+    peak = balloon()
+    vision = run_vision_bench("tiny-fila", "cpu", "fp32", (112, 112), 1, 0, tmp_path / "vision")
+    assert vision["peak_memory_gib"] < peak - 1.0
+    peak = balloon()
+    training = run_training_bench(BenchOptions("tiny-clip", steps=1, warmup=0), tmp_path / "training")
+    assert training["peak_memory_gib"] < peak - 1.0
 
 
 def train_logs(assets, output_dir, capsys, **extra: str) -> list[dict]:  # noqa: F811

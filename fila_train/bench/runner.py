@@ -28,7 +28,8 @@ from ..model.configuration import DEFAULT_ATTENTION
 from ..training.parts import apply_tune_parts, parameter_table
 from ..utils.errors import ConfigError
 from .configs import BENCH_CONFIGS, BenchConfig
-from ..training.throughput.device import device_name, device_peak_tflops, matmul_precision, peak_memory, synchronize
+from ..training.throughput.device import (device_name, device_peak_tflops, matmul_precision, peak_memory,
+                                          reset_peak_memory, synchronize)
 from ..training.throughput.flop_count import ModelFlopCounter
 from ..training.throughput.mfu import StepFlops, mfu
 from .synthetic import STAGE_TEMPLATES, BenchData, check_seq_len, fit_to_length, make_bench_data, write_records
@@ -158,8 +159,7 @@ def run_training_bench(options: BenchOptions, workdir: Path) -> dict[str, Any]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, fused=device.type == "cuda")
     model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     device_batches = [to_device(batch, device) for batch in batches]
     # Compiled as the HF Trainer compiles it (the whole composite); the warm-up steps absorb compilation.
     step_model = model if options.torch_compile_backend is None else torch.compile(

@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.images import load_rgb_image
-from ..training.throughput.device import device_name, peak_memory, synchronize
+from ..training.throughput.device import device_name, peak_memory, reset_peak_memory, synchronize
 from .configs import BENCH_CONFIGS
 from .runner import DTYPES, to_device
 from .synthetic import make_bench_data
@@ -25,6 +25,7 @@ def run_vision_bench(config_name: str, device: str, dtype: str, image_size: tupl
     config = BENCH_CONFIGS.get(config_name)
     target = torch.device(device)
     data = make_bench_data(workdir / "data", 1, image_size)
+    reset_peak_memory(target)  # from here: the encoder's weights and forward, not what ran before in this process
     encoder = config.build_vision(workdir / "models", data.tokenizer_dir, target, DTYPES[dtype]).eval()
     encoder.requires_grad_(False)
     convnext = getattr(encoder, "convnext", None)

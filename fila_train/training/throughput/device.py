@@ -48,6 +48,20 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return (peak if sys.platform == "darwin" else peak * 1024) / GIB, "peak RSS of the process"
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for ``peak_memory``: the CUDA allocator's, or the process's peak RSS where Linux allows
+    (``/proc/self/clear_refs``; it restarts from what the process holds now). The GPU check runs many
+    measurements in one process, and each must report its own peak, not the largest so far."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's since its start
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
