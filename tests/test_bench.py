@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,30 @@ def test_data_bench_reports_ours_and_the_reference(tmp_path, capsys) -> None:
     # The same tensors, up to the resampling noise of our reduced-size JPEG decode (PIL draft).
     assert result["mean_abs_difference"] < 1e-2 and result["max_abs_difference"] < 1
     assert result["samples_per_second"] > 0 and result["tokenization"]["text_tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["tiny-fila", "--channels_last"], "--channels_last"),
+    (["tiny-fila", "--num_images", "4"], "--num_images"),
+    (["tiny-fila", "--dry_run", "--batch_size", "4", "--packing"], "--batch_size, --packing"),
+    (["tiny-fila", "--vision_only", "--stage", "1", "--use_liger", "--peak_tflops", "9"], "--stage, --peak_tflops, --use_liger"),
+    (["tiny-fila", "--data", "--threads", "2", "--gradient_checkpointing"], "--gradient_checkpointing, --threads"),
+    (["tiny-fila", "--suite", "gpu_check", "--batch_size", "4", "--budget_s", "0"], "CONFIG, --batch_size"),
+])
+def test_an_option_the_chosen_measurement_does_not_use_is_refused(argv, refused, tmp_path) -> None:
+    """Before, each mode read its own options and silently dropped the rest: --channels_last on a training
+    bench, --batch_size or --packing on a dry run, --use_liger on the vision bench measured nothing they name."""
+    from fila_train.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"does not use {re.escape(refused)}"):
+        bench_main([*argv, "--output", str(tmp_path / "out")])
+
+
+def test_the_vision_bench_runs_on_the_threads_asked_for(tmp_path) -> None:
+    output = tmp_path / "vision.json"
+    assert bench_main(["tiny-clip", "--vision_only", "--threads", "1", "--steps", "1", "--warmup", "0",
+                       "--image_size", "112x112", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["torch_threads"] == 1
 
 
 def test_real_size_config_builds_on_meta_and_matches_the_anchors(tmp_path) -> None:

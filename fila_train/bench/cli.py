@@ -74,6 +74,33 @@ def build_parser() -> StrictParser:
     return parser
 
 
+# The options each measurement reads (besides --output and --workdir). Any other option given is refused: a flag
+# that measured nothing it names (--packing on a dry run, --channels_last on a training step) read as if it had.
+MODE_OPTIONS = {
+    "training": {"config", "stage", "batch_size", "seq_len", "dtype", "gradient_checkpointing", "device", "steps",
+                 "warmup", "image_size", "peak_tflops", "threads", "attn_implementation", "packing",
+                 "torch_compile_backend", "use_liger"},
+    "dry_run": {"config", "stage", "seq_len"},
+    "vision_only": {"config", "device", "dtype", "image_size", "steps", "warmup", "threads", "channels_last",
+                    "torch_compile_backend"},
+    "data": {"config", "stage", "image_size", "num_images", "repeats"},
+    "suite": {"device", "budget_s"},
+}
+ALWAYS = {"help", "list", "output", "workdir", "dry_run", "data", "vision_only", "suite"}
+
+
+def check_mode_options(parser: StrictParser, args: argparse.Namespace) -> None:
+    """A one-line error naming the options given that the chosen measurement does not use."""
+    mode = next((name for name in ("dry_run", "vision_only", "data", "suite") if getattr(args, name)), "training")
+    unused = [action for action in parser._actions if action.dest not in ALWAYS | MODE_OPTIONS[mode]
+              and getattr(args, action.dest) != action.default]
+    if unused:
+        names = ", ".join(action.option_strings[0] if action.option_strings else action.dest.upper()
+                          for action in unused)
+        which = "the training bench" if mode == "training" else f"--{mode}"
+        parser.error(f"{which} does not use {names}; leave {'it' if len(unused) == 1 else 'them'} out")
+
+
 def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
     from . import report
 
@@ -85,8 +112,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, str]:
     if args.vision_only:
         from .vision import run_vision_bench
 
-        result = run_vision_bench(args.config, args.device, args.dtype, args.image_size, args.steps, args.warmup,
-                                  workdir, channels_last=args.channels_last, compile_backend=args.torch_compile_backend)
+        with torch_threads(args.threads):
+            result = run_vision_bench(args.config, args.device, args.dtype, args.image_size, args.steps,
+                                      args.warmup, workdir, channels_last=args.channels_last,
+                                      compile_backend=args.torch_compile_backend)
         return result, report.format_vision(result)
     if args.data:
         from .data_bench import run_data_bench
@@ -113,6 +142,7 @@ def main(argv: list[str]) -> int:
         for name in BENCH_CONFIGS.names():
             print(f"{name:<14} {BENCH_CONFIGS.get(name).description}")
         return 0
+    check_mode_options(parser, args)
     if args.suite is not None:
         from .suite import run_suite
 

@@ -54,5 +54,6 @@ def run_vision_bench(config_name: str, device: str, dtype: str, image_size: tupl
     return {"config": config.name, "vision_encoder": config.vision_encoder, "device": device_name(target),
             "dtype": dtype, "image_size": list(image_size), "image_tokens": processor.num_image_tokens(processed),
             "channels_last": channels_last, "torch_compile_backend": compile_backend,
+            "torch_threads": torch.get_num_threads(),
             "ms_per_image": 1000 * median, "tflops_per_image": flops / 1e12,
             "tflops_per_second": flops / median / 1e12, "peak_memory_gib": memory, "steps": steps}
