@@ -105,6 +105,26 @@ def test_a_second_run_keeps_every_finished_step(ablation, caplog):
     assert before == {path: path.stat().st_mtime_ns for plan in plans for path in plan.folder.rglob("*.json")}
 
 
+def test_finished_runs_or_a_probe_of_another_recipe_are_refused(ablation):
+    """Before, a finished step was kept whatever the config now asked: stage 2 at other steps, another probe size
+    or seed, and the table compared the old runs with new ones (and reported the new recipe for all of them)."""
+    import dataclasses
+
+    from fila_train.ablation.report import write_report
+    from fila_train.ablation.runner import run_ablation
+
+    config, plans, _ = ablation
+    before = {path: path.stat().st_mtime_ns for plan in plans for path in plan.folder.rglob("*.json")}
+    longer = dataclasses.replace(config, stage2=dataclasses.replace(config.stage2, max_steps=3))
+    with pytest.raises(ConfigError, match=re.escape("anyres-seed0 stage2 (stage2.max_steps 2 -> 3)")):
+        run_ablation(longer)
+    with pytest.raises(ConfigError, match="another recipe"):
+        write_report(longer, plans)  # `fila-train ablate report` with the changed config
+    with pytest.raises(ConfigError, match=r"probe in .* other settings \(options.seed 0 -> 1\)"):
+        run_ablation(dataclasses.replace(config, probe=dataclasses.replace(config.probe, seed=1)))
+    assert before == {path: path.stat().st_mtime_ns for plan in plans for path in plan.folder.rglob("*.json")}
+
+
 def test_a_failed_step_names_its_log(ablation, tmp_path):
     from pathlib import Path
 

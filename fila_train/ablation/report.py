@@ -13,7 +13,7 @@ from ..data.probe import SPLITS
 from ..utils.errors import DataError
 from ..utils.files import write_json_atomic, write_text_atomic
 from .config import AblationConfig
-from .runner import RunPlan
+from .runner import RunPlan, check_finished_steps
 
 BASELINE, CANDIDATE = "anyres", "fila_concat"
 
@@ -31,6 +31,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def collect(config: AblationConfig, plans: list[RunPlan]) -> dict:
+    check_finished_steps(plans, config)  # the recipe reported below is the one every run was made with
     runs = []
     for plan in plans:
         stages = {stage: json.loads((plan.stage_dir(stage) / "train_summary.json").read_text()) for stage in (1, 2)}

@@ -14,11 +14,12 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data.probe import SPLITS, ProbeLayout, ProbeOptions, layout_for, make_probe, probe_language, probe_paths
 from ..utils.errors import ConfigError, FilaError
+from ..utils.files import write_json_atomic
 from .config import AblationConfig, StageRecipe, variant_env
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,14 @@ class RunPlan:
     def eval_dir(self, split: str) -> Path:
         return self.folder / "eval" / split  # fila-train eval's OUTPUT/<bench name>
 
+    def done(self, step: str) -> Path:
+        """The file a finished step leaves: the stages' train_summary.json, the last split's score."""
+        return self.eval_dir(SPLITS[-1]) / "score.json" if step == "eval" else \
+            self.stage_dir(int(step[-1])) / "train_summary.json"
+
+    def recipe_file(self, step: str) -> Path:
+        return self.folder / f"{step}.recipe.json"
+
 
 def prepare_models(config: AblationConfig, output: Path) -> dict[str, str]:
     """The scripts' model variables: the config's, or the tiny CPU models (made once under OUTPUT/models)."""
@@ -79,14 +88,70 @@ def prepare_models(config: AblationConfig, output: Path) -> dict[str, str]:
 
 def prepare_probe(config: AblationConfig, models: dict[str, str], output: Path) -> dict[str, str]:
     folder = output / "probe"
-    written = probe_paths(folder)
-    if written is not None:
-        return written
     if "VISION_TOWER" not in models:
         raise ConfigError("ablation config: models must name VISION_TOWER (the probe follows its tiles)")
     layout: ProbeLayout = layout_for(models["VISION_TOWER"], models.get("ANYRES_CANVASES"), config.probe.canvas)
+    options = ProbeOptions(config.probe.train, config.probe.held_out, config.probe.seed)
+    written = probe_paths(folder)
+    if written is not None:
+        # A probe made for other settings is not this config's: every run would train and score on it.
+        made = json.loads((folder / "probe.json").read_text())
+        wanted = {"layout": asdict(layout), "options": asdict(options)}
+        changed = _differences({key: made[key] for key in wanted}, wanted)
+        if changed:
+            raise ConfigError(f"ablation: the probe in {folder} was made with other settings ({changed}); give "
+                              f"another --output, or delete {folder} and the runs trained on it")
+        return written
     logger.info("probe: %dpx tiles, %dpx patches, %dx%d canvas", layout.tile, layout.patch, *layout.canvas)
-    return make_probe(folder, layout, ProbeOptions(config.probe.train, config.probe.held_out, config.probe.seed))
+    return make_probe(folder, layout, options)
+
+
+def step_recipes(plan: RunPlan, config: AblationConfig) -> dict[str, dict]:
+    """What each step's result depends on (variant, seed, models, probe, the stages up to it): recorded beside a
+    finished step, which is kept only for the same recipe. Launch settings (GPUs, ZeRO, ports) are not in it."""
+    run = {"variant": plan.variant, "seed": plan.seed, "models": dict(config.models), "probe": asdict(config.probe)}
+    stage1 = run | {"stage1": asdict(config.stage1)}
+    stage2 = stage1 | {"stage2": asdict(config.stage2)}
+    return {"stage1": stage1, "stage2": stage2, "eval": stage2}
+
+
+def _flat(value: dict, prefix: str = "") -> dict:
+    items = {}
+    for key, item in value.items():
+        items |= _flat(item, f"{prefix}{key}.") if isinstance(item, dict) else {f"{prefix}{key}": item}
+    return items
+
+
+def _differences(recorded: dict, wanted: dict) -> str:
+    """"key recorded -> wanted" for every key that differs, or ''."""
+    before, after = (_flat(json.loads(json.dumps(value))) for value in (recorded, wanted))  # as stored: lists
+    return ", ".join(f"{key} {before.get(key)} -> {after.get(key)}" for key in sorted(before.keys() | after.keys())
+                     if before.get(key) != after.get(key))
+
+
+def check_finished_steps(todo: list[RunPlan], config: AblationConfig) -> None:
+    """Refuse, before anything runs, finished steps made with another recipe: kept, they would be compared with
+    runs of this one as if alike. Steps finished before recipes were recorded are kept, with a warning."""
+    changed, unrecorded = [], []
+    for plan in todo:
+        for step, recipe in step_recipes(plan, config).items():
+            if not plan.done(step).is_file():
+                continue
+            if not plan.recipe_file(step).is_file():
+                unrecorded.append(f"{plan.label} {step}")
+                continue
+            difference = _differences(json.loads(plan.recipe_file(step).read_text()), recipe)
+            if difference:
+                changed.append(f"{plan.label} {step} ({difference})")
+                break  # the later steps of this run follow from this one
+    if unrecorded:
+        logger.warning("ablation: kept without a recorded recipe (finished by an earlier version): %s",
+                       ", ".join(unrecorded))
+    if changed:
+        more = f", and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"ablation: finished runs in {config.output} were made with another recipe: "
+                          f"{'; '.join(changed[:3])}{more}. Give another --output, or delete those runs' "
+                          f"folders to train them again")
 
 
 def _stage_env(recipe: StageRecipe) -> dict[str, str]:
@@ -98,8 +163,9 @@ def _stage_env(recipe: StageRecipe) -> dict[str, str]:
             "MAX_LENGTH": str(recipe.max_length), "SAVE_STEPS": "1000000000"}
 
 
-def _run_step(command: list[str], env: dict[str, str], log: Path, done: Path, what: str) -> None:
-    if done.is_file():
+def _run_step(command: list[str], env: dict[str, str], plan: RunPlan, step: str, recipe: dict, what: str) -> None:
+    done, log = plan.done(step), plan.folder / f"{step}.log"
+    if done.is_file():  # its recipe was checked before anything ran (check_finished_steps)
         logger.info("%s: done before, kept (%s)", what, done)
         return
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +173,7 @@ def _run_step(command: list[str], env: dict[str, str], log: Path, done: Path, wh
         result = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0 or not done.is_file():
         raise AblationRunError(f"{what} failed (exit {result.returncode}); see {log}")
+    write_json_atomic(plan.recipe_file(step), recipe)
     logger.info("%s: done", what)
 
 
@@ -118,6 +185,7 @@ def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe
               "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if config.threads_per_run:
         common["OMP_NUM_THREADS"] = str(config.threads_per_run)
+    recipes = step_recipes(plan, config)
     for stage, script, recipe in ((1, "pretrain.sh", config.stage1), (2, "finetune.sh", config.stage2)):
         env = common | _stage_env(recipe) | {"DATA_PATH": probe[f"stage{stage}"], "OUTPUT_DIR": str(plan.stage_dir(stage)),
                                              "MASTER_PORT": str(free_port(BASE_PORT + 10 * slot))}
@@ -131,14 +199,13 @@ def run_one(plan: RunPlan, config: AblationConfig, models: dict[str, str], probe
                    str(recipe.warmup_ratio), "--lr_scheduler_type", recipe.lr_scheduler,
                    "--max_grad_norm", str(recipe.max_grad_norm),
                    "--run_name", f"{plan.label}-stage{stage}"],
-                  env, plan.folder / f"stage{stage}.log", plan.stage_dir(stage) / "train_summary.json",
-                  f"{plan.label} stage {stage}")
+                  env, plan, f"stage{stage}", recipes[f"stage{stage}"], f"{plan.label} stage {stage}")
     # Both splits in one process: one model load (the bench files are named after their split).
     _run_step([sys.executable, "-m", "fila_train.cli", "eval", "--model", str(plan.stage_dir(2)),
                "--bench", *(probe[split] for split in SPLITS), "--image_folder", probe["image_folder"],
                "--metric", "exact", "--no_short_answer_prompt", "--max_new_tokens", "4",
                "--batch_size", str(config.eval_batch_size), "--output", str(plan.folder / "eval")],
-              common, plan.folder / "eval.log", plan.eval_dir(SPLITS[-1]) / "score.json", f"{plan.label} eval")
+              common, plan, "eval", recipes["eval"], f"{plan.label} eval")
 
 
 def plans(config: AblationConfig, output: Path) -> list[RunPlan]:
@@ -154,6 +221,7 @@ def run_ablation(config: AblationConfig) -> list[RunPlan]:
     models = prepare_models(config, output)
     probe = prepare_probe(config, models, output)
     todo = plans(config, output)
+    check_finished_steps(todo, config)
     logger.info("ablation %s: %d variants x %d seeds, %d at a time", config.name, len(config.variants),
                 len(config.seeds), config.parallel)
     slots: queue.Queue[int] = queue.Queue()
