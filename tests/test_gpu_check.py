@@ -103,3 +103,20 @@ def test_the_gpu_sizes_leave_room_for_text_in_every_configuration(tmp_path):
     for config in (GPU.llava, GPU.fila, GPU.anyres):
         # The dry run refuses what training refuses: no room for text, or a target past the LLM's context.
         assert dry_run(config, 2, GPU.seq_len, tmp_path)["tokens_per_sample"] == GPU.seq_len
+
+
+def test_a_correctness_check_that_fails_on_the_device_fails_the_row_and_the_run(tmp_path, monkeypatch):
+    """Before, a correctness row whose checks failed (the loss not falling, packed and padded losses apart) was
+    still 'ok', and the run ended '0 could not run', exit 0: only a False cell in the table said otherwise."""
+    from fila_train.bench import correctness
+    from fila_train.bench.suite import CPU, Suite, suite_outcome
+
+    monkeypatch.setitem(correctness.PACKING_TOLERANCE, "fp32", -1.0)  # no difference, even 0, is within it
+    suite = Suite(CPU, "cpu", tmp_path, write=lambda rows: None)
+    suite.record("correctness", "tiny FILA stage 2", lambda: correctness.run_correctness("cpu", "fp32", tmp_path))
+    (row,) = suite.rows
+    assert not row["ok"] and row["error"].startswith("failed: packed and padded losses differ by ")
+    assert row["loss_falls"] and row["train_loss_last"] < row["train_loss_first"]  # the numbers stay in the row
+    line, status = suite_outcome(suite.rows)
+    assert status == 1 and "0 could not run; CHECKS FAILED on the device" in line
+    assert suite_outcome([{**row, "ok": True, "failed_checks": []}]) == ("1 runs, 0 could not run", 0)

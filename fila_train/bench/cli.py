@@ -144,14 +144,13 @@ def main(argv: list[str]) -> int:
         return 0
     check_mode_options(parser, args)
     if args.suite is not None:
-        from .suite import run_suite
+        from .suite import run_suite, suite_outcome
 
         output = args.output or Path("playground/gpu_check")
         result = run_suite(args.device, output, " ".join(["fila-train bench", *argv]), args.budget_s)
-        failed = [row["name"] for row in result["rows"] if not row["ok"]]
-        print(f"wrote {output / 'gpu_check.json'} and {output / 'gpu_check.md'} ({len(result['rows'])} runs, "
-              f"{len(failed)} could not run{': ' + ', '.join(failed) if failed else ''})")
-        return 0
+        line, status = suite_outcome(result["rows"])
+        print(f"wrote {output / 'gpu_check.json'} and {output / 'gpu_check.md'} ({line})")
+        return status
     if args.config is None:
         parser.error(f"name a configuration: {', '.join(BENCH_CONFIGS.names())} (--list describes them)")
     BENCH_CONFIGS.get(args.config)  # an unknown name fails here, listing the known ones

@@ -51,7 +51,13 @@ def run_correctness(device: str, dtype: str, workdir: Path, config_name: str = "
     prompt = build_prompt(loaded, "What is the title of this document?", load_rgb_image(data.image_paths()[0]))
     (answer,) = generate_answers(loaded, [prompt], GenerationOptions(max_new_tokens=8))
     difference = abs(loss_padded - loss_packed)
-    return {"dtype": dtype, "loss_padded": loss_padded, "loss_packed": loss_packed,
-            "packing_matches_padding": difference <= PACKING_TOLERANCE[dtype], "packing_difference": difference,
-            "train_loss_first": losses[0], "train_loss_last": losses[-1],
-            "loss_falls": losses[-1] < 0.5 * losses[0], "generated": answer}
+    result = {"dtype": dtype, "loss_padded": loss_padded, "loss_packed": loss_packed,
+              "packing_matches_padding": difference <= PACKING_TOLERANCE[dtype], "packing_difference": difference,
+              "train_loss_first": losses[0], "train_loss_last": losses[-1],
+              "loss_falls": losses[-1] < 0.5 * losses[0], "generated": answer}
+    result["failed_checks"] = (
+        ([] if result["loss_falls"] else [f"the loss does not halve in {TRAIN_STEPS} steps "
+                                          f"({losses[0]:.3f} -> {losses[-1]:.3f})"])
+        + ([] if result["packing_matches_padding"] else [f"packed and padded losses differ by {difference:.2e} "
+                                                         f"(tolerance {PACKING_TOLERANCE[dtype]:.0e} in {dtype})"]))
+    return result

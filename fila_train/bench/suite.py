@@ -101,7 +101,11 @@ class Suite:
         start = time.perf_counter()
         try:
             result = run()
-            row = {"section": section, "name": name, "ok": True, **result}
+            # A measurement that ran but whose checks failed (correctness) is not ok: the error says which.
+            failed = result.get("failed_checks") or []
+            row = {"section": section, "name": name, "ok": not failed, **result}
+            if failed:
+                row["error"] = "failed: " + "; ".join(failed)
         except Exception as error:  # noqa: BLE001 - the row says what failed; the next row may still run
             row, result = {"section": section, "name": name, "ok": False, "error": _error_line(error)}, None
         finally:
@@ -254,3 +258,14 @@ def run_suite(device: str, output: Path, command: str, budget_seconds: float | N
         suite = Suite(sizes, device, Path(workdir), write)
         suite.run()
     return write(suite.rows)
+
+
+def suite_outcome(rows: list[dict]) -> tuple[str, int]:
+    """The line that ends a suite run, and its exit status: 1 where a check failed on the device (its speed numbers
+    then mean nothing); a row that could not run (a package or the GPU missing, out of memory) is reported only."""
+    failed = [f"{row['name']}: {row['error']}" for row in rows if row.get("failed_checks")]
+    not_run = [row["name"] for row in rows if not row["ok"] and not row.get("failed_checks")]
+    line = f"{len(rows)} runs, {len(not_run)} could not run{': ' + ', '.join(not_run) if not_run else ''}"
+    if failed:
+        line += f"; CHECKS FAILED on the device, so no speed number counts: {'; '.join(failed)}"
+    return line, 1 if failed else 0
