@@ -42,7 +42,7 @@ from fila_train.export.folder import PREVIOUS, STAGING, atomic_folder, sibling
 from fila_train.export.source import find_source
 from fila_train.model import FilaForConditionalGeneration
 from fila_train.model.builder import load_tokenizer
-from fila_train.model.lora import merge_lora
+from fila_train.model.lora import LoraSettings, add_lora, lora_layers, merge_lora
 from fila_train.processing.processor import load_processor
 
 STEPS = SHARED_STEPS
@@ -227,6 +227,26 @@ def test_sharded_bf16_export_round_trips(hybrid_folder, assets, tmp_path):
     card = (out / "README.md").read_text()
     assert "**bf16**" in card and "seed 3, 30 samples" in card
     assert "| docs | docs.jsonl | images | 24 | 20 | repeat 0.8 |" in card
+
+
+def test_an_fp32_export_merges_bf16_base_weights_and_fp32_adapters_without_rounding(assets, tmp_path):
+    """A bf16 ZeRO run keeps its frozen LLM weights in bf16 and its adapters as fp32 masters. PEFT's merge adds the
+    update in the base weight's dtype: an fp32 export held bf16-rounded sums, a third of the adapters' update lost
+    (logits off by 40% of what the adapters change). The merge is done in fp32 and rounded once, to --dtype."""
+    model = build_tiny_model(assets, hybrid=False, fuser=False)
+    add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(1)
+    layers = lora_layers(model)
+    for layer in layers.values():
+        base = layer.get_base_layer()
+        base.weight.data = base.weight.data.to(torch.bfloat16)
+        layer.lora_B["default"].weight.data.normal_(0, 0.02 * base.weight.float().abs().mean().item())
+    out = export(save_as_training_output(model, assets, tmp_path / "run"), tmp_path / "export", "--dtype", "fp32")
+    exported = load_file(out / "model-00001-of-00001.safetensors")
+    for name, layer in layers.items():
+        delta = layer.get_delta_weight("default")
+        error = exported[f"{name}.weight"] - (layer.get_base_layer().weight.float() + delta)
+        assert error.norm() <= 1e-5 * delta.norm(), name
 
 
 def test_importing_the_model_needs_no_training_code():

@@ -74,9 +74,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, options: Expor
     processor = load_folder_processor(folder, config)
     chain = read_stage_chain(folder)
     merged_lora = config.lora
-    model = rebuild_model(config, read_state_dict(source), source.describe())
-    model.generation_config = generation_config(processor)
     dtype = DTYPES[options.dtype]
+    model = rebuild_model(config, read_state_dict(source), source.describe(), dtype)
+    model.generation_config = generation_config(processor)
     with atomic_folder(output, options.overwrite) as staging:
         model.to(dtype)
         logger.info("writing %s weights (shards of at most %s)", options.dtype, options.max_shard_size)

@@ -92,8 +92,10 @@ def dequantize_qlora(config: FilaConfig, state_dict: dict[str, torch.Tensor], or
     return plain
 
 
-def rebuild_model(config: FilaConfig, state_dict: dict[str, torch.Tensor], origin: str) -> FilaForConditionalGeneration:
-    """The model ``config`` describes holding ``state_dict``, with any LoRA adapters merged, in eval mode."""
+def rebuild_model(config: FilaConfig, state_dict: dict[str, torch.Tensor], origin: str,
+                  dtype: torch.dtype | None = None) -> FilaForConditionalGeneration:
+    """The model ``config`` describes holding ``state_dict``, with any LoRA adapters merged (into weights of
+    ``dtype``, default the base weights' own), in eval mode."""
     if config.lora is not None and config.lora.get("bits", 16) != 16:
         state_dict = dequantize_qlora(config, state_dict, origin)
     with init_empty_weights(include_buffers=False):
@@ -105,7 +107,7 @@ def rebuild_model(config: FilaConfig, state_dict: dict[str, torch.Tensor], origi
         logger.info("merging the LoRA adapters (r=%s, alpha=%s) into the LLM weights",
                     model.config.lora.get("r"), model.config.lora.get("alpha"))
         try:
-            merge_lora(model)
+            merge_lora(model, dtype)
         except ValueError as error:
             raise ExportError(f"cannot merge the LoRA adapters of {origin}: {error}") from None
     # Training saves use_cache=False (it conflicts with gradient checkpointing); an export is for inference.

@@ -127,9 +127,13 @@ def is_lora_parameter(name: str) -> bool:
     return any(f".{layer}." in name for layer in LoraLayer.adapter_layer_names)
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Fold the adapters into the base weights (PEFT's merge), drop the wrappers so parameter names
-    are the plain ones again, and set ``config.lora = None``: the result is a plain FILA model."""
+    are the plain ones again, and set ``config.lora = None``: the result is a plain FILA model.
+
+    Each sum is computed in float32 and rounded once, to ``dtype`` (default: the base weight's own). PEFT adds
+    the update in the base weight's dtype: a bf16 base (ZeRO keeps frozen weights in the training dtype) with
+    fp32 adapters lost much of the update to bf16 rounding, even where the merged model was wanted in fp32."""
     if model.config.lora is None:
         raise ConfigError("merge_lora: the model has no LoRA adapters (config.lora is None)")
     if LoraSettings.from_dict(model.config.lora).bits != 16:
@@ -138,9 +142,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, layer in lora_layers(language_model).items():
         if any(hasattr(p, "ds_id") for p in layer.parameters()):
             raise ConfigError(f"merge_lora: {name} is ZeRO-3 partitioned; merge a consolidated model")
+        base = layer.get_base_layer()
+        merged_dtype = dtype or base.weight.dtype
+        layer.to(torch.float32)
         layer.merge(safe_merge=True, adapter_names=[ADAPTER])
         parent, _, child = name.rpartition(".")
-        setattr(language_model.get_submodule(parent), child, layer.get_base_layer())
+        setattr(language_model.get_submodule(parent), child, base.to(merged_dtype))
     if hasattr(language_model, "peft_config"):
         del language_model.peft_config
     model.config.lora = None
