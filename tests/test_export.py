@@ -569,6 +569,49 @@ def test_failed_write_leaves_no_folder_and_existing_output_is_kept(baseline_fold
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
+def test_an_output_that_cannot_be_made_is_one_line_before_any_weights_are_read(baseline_folder, tmp_path, capsys):
+    """An --output below a file: before, the export read and rebuilt the model first (a ZeRO consolidation takes
+    minutes on a real run), then ended in a FileExistsError traceback."""
+    from fila_train.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(baseline_folder, folder)
+    (folder / "model.safetensors").write_bytes(b"")  # not read: the output is checked before any weights
+    (tmp_path / "notes.txt").write_text("x")
+    output = tmp_path / "notes.txt" / "export"
+    assert main(["export", "--checkpoint", str(folder), "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert error.strip().splitlines()[-1] == (f"fila-train export: error: output {output}: {tmp_path / 'notes.txt'} "
+                                              f"is a file, not a folder")
+
+
+def test_a_write_that_fails_midway_is_one_line_and_keeps_the_previous_export(baseline_folder, tmp_path, capsys,
+                                                                             monkeypatch):
+    """A disk that fills up while the export writes (an OSError from a write, injected here after the shards):
+    before, a traceback. The previous export stays whole, and no half-written folder is left beside it."""
+    import errno
+
+    import fila_train.export.exporter as exporter
+    from fila_train.cli import main
+
+    out = export(baseline_folder, tmp_path / "export")
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(exporter, "write_json_atomic", disk_full)
+    assert main(["export", "--checkpoint", str(baseline_folder), "--output", str(out), "--overwrite"]) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    line = error.strip().splitlines()[-1]
+    assert line.startswith(f"fila-train export: error: could not write {out} (") and "No space left on device" in line
+    assert line.endswith(f"{out} is left as it was"), line
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
 @pytest.mark.parametrize("target", ["the_checkpoint", "its_run_folder"])
 def test_overwrite_never_replaces_the_checkpoint_it_exports(baseline_folder, tmp_path, target):
     """--overwrite into the checkpoint itself, or into the run folder that holds it (--checkpoint run/checkpoint-2

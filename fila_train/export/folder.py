@@ -57,6 +57,12 @@ def check_output(output: Path, overwrite: bool, source: Path | None = None) -> N
                           f"that checkpoint; choose another output folder")
     if output.exists() and not output.is_dir():
         raise ExportError(f"output {output} exists and is not a folder")
+    # The staging folder is made beside the output: its nearest existing ancestor must take new folders.
+    ancestor = next(path for path in output.absolute().parents if path.exists())
+    if not ancestor.is_dir():
+        raise ExportError(f"output {output}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportError(f"output {output}: no permission to create folders in {ancestor}")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"output folder {output} exists and is not empty (pass --overwrite to replace it)")
 
@@ -83,9 +89,16 @@ def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
             previous = sibling(output, PREVIOUS)
             os.rename(output, previous)
             os.rename(staging, output)
-            shutil.rmtree(previous)
+            try:  # the export is in place: a leftover is removed by the next export into output
+                shutil.rmtree(previous)
+            except OSError as error:
+                logger.warning("could not remove %s, the export %s replaced: %s", previous, output, error)
         else:
             os.rename(staging, output)
+    except OSError as error:  # e.g. the disk filled up: the user's to mend, not a bug
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = "is left as it was" if output.exists() else "was not created"
+        raise ExportError(f"could not write {output} ({error}); {output} {kept}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
