@@ -612,6 +612,22 @@ def test_a_write_that_fails_midway_is_one_line_and_keeps_the_previous_export(bas
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
+def test_overwrite_through_a_symlink_replaces_the_folder_it_names(baseline_folder, tmp_path):
+    """--output a link to the export folder (e.g. onto a scratch disk), --overwrite: before, the link itself was
+    renamed away and replaced by a real folder, the removal of the renamed link failed with an OSError traceback
+    (exit 1 after a complete export), and the link was left as a hidden sibling no later export removes."""
+    real = tmp_path / "scratch" / "export"
+    real.mkdir(parents=True)
+    (real / "old.txt").write_text("x")
+    link = tmp_path / "export"
+    link.symlink_to(real, target_is_directory=True)
+    export(baseline_folder, link, "--overwrite")
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert (real / INDEX).is_file() and not (real / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "scratch"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["export"]
+
+
 @pytest.mark.parametrize("target", ["the_checkpoint", "its_run_folder"])
 def test_overwrite_never_replaces_the_checkpoint_it_exports(baseline_folder, tmp_path, target):
     """--overwrite into the checkpoint itself, or into the run folder that holds it (--checkpoint run/checkpoint-2

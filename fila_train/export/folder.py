@@ -75,6 +75,8 @@ def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     ``output`` is an error unless ``overwrite``; then it is replaced only once the new folder is complete.
     """
     output = Path(output)
+    if output.is_symlink():  # the folder it names is replaced and the link kept (renamed, the link would be)
+        output = output.resolve()
     check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     # Before our own staging folder exists. One export per destination at a time: a second export
