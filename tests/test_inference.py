@@ -354,6 +354,39 @@ def test_a_model_folder_missing_weights_is_refused_not_filled_at_random(saved_mo
         build_model(str(tmp_path / "cut"))
 
 
+@pytest.mark.parametrize("damage", ["a_tensor_its_index_lists_is_not_in_its_shard", "a_tensor_of_another_shape"])
+def test_a_sharded_folder_missing_or_misshaping_a_tensor_is_one_line_naming_it(saved_model, tmp_path, capsys,
+                                                                              damage):
+    """An export's shard rewritten without one of the tensors its index lists, or with one of another shape:
+    before, transformers reported neither as missing or mismatched: the first left the weight on the meta
+    device (a NotImplementedError traceback when moved to the device), the second raised its own RuntimeError."""
+    from fila_train.cli import main
+    from fila_train.model import FilaForConditionalGeneration
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    FilaForConditionalGeneration.from_pretrained(saved_model).save_pretrained(folder, max_shard_size="100KB")
+    shutil.copy(saved_model / "tokenizer.json", folder)
+    shutil.copy(saved_model / "tokenizer_config.json", folder)
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    # The ConvNeXt's weights (flagged as initialised when built) were the ones left on the meta device.
+    name = next((key for key in sorted(weight_map) if key.startswith("vision_tower.convnext.")
+                 and damage != "a_tensor_of_another_shape"), "connector.projector.2.bias")
+    shard = folder / weight_map[name]
+    tensors = load_file(shard)
+    shape = list(tensors[name].shape)
+    if damage == "a_tensor_of_another_shape":
+        tensors[name] = torch.zeros(3)
+    else:
+        del tensors[name]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    assert main(["generate", "--model", str(folder), "--prompt", "What?", "--dtype", "float32"]) == 1
+    problem = (f"mismatched 1 ({name} [3] in the files, {shape} in the model)"
+               if damage == "a_tensor_of_another_shape" else f"missing 1 ({name})")
+    assert one_line_error(capsys, "generate").startswith(
+        f"fila-train generate: error: {folder}: the weights do not match its config.json's model ({problem}): "), damage
+
+
 def test_a_model_folder_with_its_own_tokenizer_code_runs_none_of_it(saved_model, tmp_path, capsys, monkeypatch):
     """A model folder (a download, a teammate's export) whose tokenizer_config.json names a class in a .py file
     beside it. Before, generate, eval and export asked "run the custom code? [y/N]" and a yes (piped in too) ran

@@ -122,8 +122,15 @@ def load_saved_model(path: str, **kwargs) -> FilaForConditionalGeneration:
     config.json naming another connector) or one they hold that the model has no place for is a CheckpointError
     naming them: from_pretrained initialises the first at random, drops the second, and goes on."""
     saved_config(path)
-    model, info = FilaForConditionalGeneration.from_pretrained(path, output_loading_info=True, **kwargs)
-    problems = {what: sorted(info.get(f"{what}_keys") or []) for what in ("missing", "unexpected", "mismatched")}
+    # Mismatched shapes reported (then refused below) rather than raised as transformers' own RuntimeError.
+    model, info = FilaForConditionalGeneration.from_pretrained(path, output_loading_info=True,
+                                                               ignore_mismatched_sizes=True, **kwargs)
+    problems = {what: sorted(info.get(f"{what}_keys") or []) for what in ("missing", "unexpected")}
+    problems["mismatched"] = [f"{key} {list(saved)} in the files, {list(expected)} in the model"
+                              for key, saved, expected in sorted(info.get("mismatched_keys") or [])]
+    # A tensor that the index lists but its shard lacks is not reported missing: it is left on the meta device.
+    left_empty = {name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta}
+    problems["missing"] = sorted(set(problems["missing"]) | left_empty)
     found = [f"{what} {len(keys)} ({', '.join(map(str, keys[:KEYS_NAMED]))}{', ...' * (len(keys) > KEYS_NAMED)})"
              for what, keys in problems.items() if keys]
     if found:
