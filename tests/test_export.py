@@ -537,6 +537,24 @@ def test_the_manifest_check_leaves_pruned_checkpoints_and_other_folders_alone(ru
                      "--source", "safetensors"]) == 0
 
 
+def test_a_checkpoint_whose_zero_folder_was_pruned_exports_its_safetensors_save(baseline_folder, tmp_path, caplog):
+    """rm -r checkpoint-N/global_stepN to save disk leaves DeepSpeed's 'latest' file naming it. The default --source
+    auto reads the DeepSpeed masters only where there is a ZeRO checkpoint: before, it was an error that the tag
+    named by 'latest' does not exist, which only --source safetensors got past."""
+    caplog.set_level(logging.INFO, logger="fila_train.export")
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    shutil.copytree(baseline_folder, checkpoint)
+    (checkpoint / "latest").write_text("global_step2")
+    assert find_source(checkpoint).kind == "safetensors"
+    out = export(checkpoint, tmp_path / "export")
+    assert f"reading weights from the safetensors save {checkpoint}" in caplog.text and (out / INDEX).is_file()
+    with pytest.raises(ExportError, match=f"{checkpoint} holds no weights to export: looked for a DeepSpeed"):
+        find_source(checkpoint, "deepspeed")
+    (checkpoint / "global_step1").mkdir()  # another tag is there: which one is meant is unclear
+    with pytest.raises(ExportError, match="names the DeepSpeed tag 'global_step2', but .* does not exist"):
+        find_source(checkpoint)
+
+
 def test_missing_and_unexpected_weights_are_named(baseline_folder, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

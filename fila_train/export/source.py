@@ -67,15 +67,16 @@ def has_safetensors(folder: Path) -> bool:
 def deepspeed_tag(folder: Path) -> str | None:
     """The ZeRO checkpoint tag (``global_stepN``) of ``folder``, or None if it holds no ZeRO checkpoint.
 
-    The tag is the one named by ``latest``; without that file, the only ``global_step*`` folder.
+    The tag is the one named by ``latest``; without that file, the only ``global_step*`` folder. ``latest`` without
+    any ``global_step*`` folder is a checkpoint pruned to save disk: it holds no ZeRO checkpoint.
     """
     candidates = sorted(p.name for p in folder.glob("global_step*") if p.is_dir())
     latest = folder / LATEST_FILE
-    if latest.is_file():
+    if latest.is_file() and candidates:
         tag = latest.read_text().strip()
         if not (folder / tag).is_dir():
             raise ExportError(f"{latest} names the DeepSpeed tag {tag!r}, but {folder / tag} does not exist "
-                              f"(found: {candidates or 'no global_step* folder'})")
+                              f"(found: {candidates})")
     elif len(candidates) == 1:
         tag = candidates[0]
     elif candidates:
