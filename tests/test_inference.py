@@ -603,24 +603,32 @@ def test_eval_finds_a_bad_prompt_before_it_answers_any_question(saved_model, tin
     assert batches == []  # before: [1, 1], two answers generated, then lost
 
 
-def test_an_eval_stopped_by_a_cut_image_goes_on_from_its_kept_answers(saved_model, tiny_assets, tmp_path, capsys,
-                                                                      monkeypatch):
-    """An image whose header is fine but whose body is cut is met only when its batch comes. Before, eval stopped
-    there and lost every answer before it; now they are kept, and once the image is mended the same command
-    answers only the rest, and writes what an uninterrupted run writes."""
-    from fila_train.cli import main
+def questions_with_a_cut_image(tiny_assets, tmp_path, monkeypatch, cut: int):
+    """(a spy on the batches answered, 4 eval questions, their image folder, the whole bytes of question ``cut``'s
+    image, which is cut in half there: its header is whole, so it is met only when its batch comes)."""
     from fila_train.evaluation import evaluate
 
-    batches = []  # a spy: each batch is still answered by the real generate_answers
+    batches = []  # each batch is still answered by the real generate_answers
     answer = evaluate.generate_answers
     monkeypatch.setattr(evaluate, "generate_answers", lambda *args: batches.append(len(args[1])) or answer(*args))
     questions = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
                  .read_text().splitlines()][:4]
     images = tmp_path / "images"
     shutil.copytree(tiny_assets.image_folder, images)
-    whole = (images / questions[2]["image"]).read_bytes()
-    questions[2]["image"] = "cut.png"
-    (images / "cut.png").write_bytes(whole[:len(whole) // 2])  # its header is whole
+    whole = (images / questions[cut]["image"]).read_bytes()
+    questions[cut]["image"] = "cut.png"
+    (images / "cut.png").write_bytes(whole[:len(whole) // 2])
+    return batches, questions, images, whole
+
+
+def test_an_eval_stopped_by_a_cut_image_goes_on_from_its_kept_answers(saved_model, tiny_assets, tmp_path, capsys,
+                                                                      monkeypatch):
+    """An image whose header is fine but whose body is cut is met only when its batch comes. Before, eval stopped
+    there and lost every answer before it; now they are kept, and once the image is mended the same command
+    answers only the rest, and writes what an uninterrupted run writes."""
+    from fila_train.cli import main
+
+    batches, questions, images, whole = questions_with_a_cut_image(tiny_assets, tmp_path, monkeypatch, cut=2)
     bench = write_jsonl(tmp_path / "bench.jsonl", questions)
 
     def run(output: str) -> int:
@@ -645,18 +653,8 @@ def test_an_eval_of_several_benches_stopped_in_a_later_one_keeps_the_earlier_ben
     """eval --bench a --bench b stopped in b: a rerun answered all of a again, because a's kept answers were
     removed as soon as a's results were written, though the command as a whole had not finished."""
     from fila_train.cli import main
-    from fila_train.evaluation import evaluate
 
-    batches = []  # a spy: each batch is still answered by the real generate_answers
-    answer = evaluate.generate_answers
-    monkeypatch.setattr(evaluate, "generate_answers", lambda *args: batches.append(len(args[1])) or answer(*args))
-    questions = [json.loads(line) for line in (tiny_assets.stage2_data.parent / "eval_questions.jsonl")
-                 .read_text().splitlines()][:4]
-    images = tmp_path / "images"
-    shutil.copytree(tiny_assets.image_folder, images)
-    whole = (images / questions[3]["image"]).read_bytes()
-    questions[3]["image"] = "cut.png"
-    (images / "cut.png").write_bytes(whole[:len(whole) // 2])  # its header is whole
+    batches, questions, images, whole = questions_with_a_cut_image(tiny_assets, tmp_path, monkeypatch, cut=3)
     benches = [write_jsonl(tmp_path / "a.jsonl", questions[:2]), write_jsonl(tmp_path / "b.jsonl", questions[2:])]
     run = ["eval", "--bench", str(benches[0]), "--bench", str(benches[1]), "--metric", "anls", "--model",
            str(saved_model), "--image_folder", str(images), "--batch_size", "2", "--max_new_tokens", str(STEPS),
