@@ -25,7 +25,7 @@ from distributed_utils import (  # noqa: F401  (runs is a fixture)
     runs,
     train_args,
 )
-from fila_train.utils.errors import REPORTED_EXIT_CODE
+from fila_train.utils.errors import REPORTED_EXIT_CODE, SILENT_EXIT_CODE
 from safetensors.torch import load_file
 
 
@@ -258,6 +258,31 @@ def test_a_missing_rank_is_one_line_after_ddp_timeout(stage1, tmp_path):
     assert f"not all 2 processes joined at 127.0.0.1:{port} within --ddp_timeout 5 s" in errors[0], errors[0]
     assert "1/2 clients joined" in errors[0]  # torch's own count
     assert "Traceback" not in run.stderr
+
+
+def test_ranks_started_with_different_batch_layouts_stop_before_anything_loads(stage1, tmp_path):
+    """Under torchrun each node's script works out --gradient_accumulation_steps from its own GPU count; nodes
+    with different counts started their ranks with different accumulations. Before, they trained anyway: each
+    stepped after its own number of micro-batches while the gradient reductions paired up, silently wrong."""
+    args, _ = stage1
+    port, processes = free_port(), []
+    for rank, accumulation in enumerate(("1", "2")):
+        env = rank_environment() | {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
+                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "fila_train.cli", "train", "--output_dir", str(tmp_path / "run"), *args,
+             "--gradient_accumulation_steps", accumulation], cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=240) for process in processes]
+    # A configuration error, the same on every rank: rank 0 prints it, rank 1 leaves it to rank 0.
+    assert [process.returncode for process in processes] == [REPORTED_EXIT_CODE, SILENT_EXIT_CODE], outputs
+    errors = [line for _, stderr in outputs for line in stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["fila-train train [rank 0]: error: the 2 processes were started with different batch layouts "
+                      "(rank 0: per-device batch 2 x accumulation 1; "
+                      "rank 1: per-device batch 2 x accumulation 2): each node's launcher must see the same "
+                      "processes per node and be given the same flags (the scripts: the same GPUS_PER_NODE on every "
+                      "node)"], outputs
+    assert not list((tmp_path / "run").rglob("*.json"))  # before: both trained on (and hung at the end here)
 
 
 def test_zero3_trains_as_zero2_when_one_rank_draws_only_text_and_the_other_two_canvases(tiny_assets, tmp_path):

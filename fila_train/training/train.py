@@ -34,6 +34,7 @@ from .deepspeed_config import partitions_optimizer_state
 from .llava_flags import given_flags, translate_llava_flags
 from .connector_artifact import load_connector_artifact, save_connector_artifact
 from .parts import apply_tune_parts, format_parameter_table, format_table
+from .rank_agreement import check_same_batch_layout
 from .reporting import configure_wandb, format_summary
 from .trainer import FilaTrainer
 
@@ -97,6 +98,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
           notes: tuple[str, ...] = (), given: frozenset[str] = frozenset()) -> dict:
     """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours); ``given``: the flags
     the command line named (a saved model's parts are checked against them)."""
+    check_same_batch_layout(args.per_device_train_batch_size, args.gradient_accumulation_steps)
     check_before_weights(model_args, args, given)
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
