@@ -169,6 +169,21 @@ def test_bad_spec_names_file_source_and_field(tmp_path: Path, body: str, message
     assert str(path) in str(error.value) and message in str(error.value), str(error.value)
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ("sources:\n  - {name: a, annotations: a.jsonl}\nsources:\n  - {name: b, annotations: b.jsonl}\n",
+     "line 3: field 'sources' appears twice"),
+    ("sources:\n  - name: a\n    annotations: a.jsonl\n    repeat: 2\n    repeat: 0.5\n",
+     "line 5: field 'repeat' appears twice"),
+], ids=["sources", "rule"])
+def test_a_field_given_twice_is_an_error(tmp_path: Path, body: str, message: str) -> None:
+    """YAML keeps the last of two equal keys: before, a second 'sources:' block silently dropped every source of
+    the first, and a source's second rule silently replaced its first."""
+    path = write_spec(tmp_path / "twice.yaml", body)
+    with pytest.raises(MixtureError) as error:
+        load_mixture(path)
+    assert str(path) in str(error.value) and message in str(error.value), str(error.value)
+
+
 def test_shipped_mixtures_parse() -> None:
     repo = Path(__file__).resolve().parents[1]
     for name in ("stage1_captions.yaml", "stage2_doc_ocr.yaml"):

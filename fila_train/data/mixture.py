@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import zlib
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,14 +179,32 @@ def _source(entry: Any, index: int, root: Path, where: str) -> SourceSpec:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping key given twice: YAML keeps the last one, so a second ``sources:`` block
+    dropped every source of the first, and a source's second rule replaced its first, without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader's own error names it
+            if key in seen:
+                raise MixtureError(f"line {key_node.start_mark.line + 1}: field {key!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_mixture(path: str | Path, data_root: str | Path | None = None) -> MixtureSpec:
     """Parse and check a mixture YAML; ``data_root`` overrides its ``root``."""
     path = Path(path)
     where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise MixtureError(f"mixture file not found: {path}") from None
+    except MixtureError as error:
+        raise MixtureError(f"{where}: {error}") from None
     except yaml.YAMLError as error:
         raise MixtureError(f"{where}: not valid YAML ({error})") from None
     if not isinstance(data, dict):
