@@ -161,6 +161,12 @@ def test_select_repeats_and_subsamples() -> None:
     ("sources:\n  - {name: a, annotations: a.jsonl, template: vicuna}", "unknown template 'vicuna'"),
     ("sources:\n  - {name: a, annotations: a.jsonl}\n  - {name: a, annotations: b.jsonl}", "more than once"),
     ("sources: [", "not valid YAML"),
+    # Before, these passed the checks and stopped the plan with a numpy/int() traceback (after the weights loaded).
+    ("sources:\n  - {name: a, annotations: a.jsonl, repeat: .nan}", "field 'repeat': must be a finite number"),
+    ("sources:\n  - {name: a, annotations: a.jsonl, repeat: .inf}", "field 'repeat': must be a finite number"),
+    ("total: 10\nsources:\n  - {name: a, annotations: a.jsonl, weight: .inf}", "field 'weight': must be a finite"),
+    ("seed: -1\nsources:\n  - {name: a, annotations: a.jsonl}", "field 'seed' must be an integer >= 0, got -1"),
+    ("root: [data]\nsources:\n  - {name: a, annotations: a.jsonl}", "field 'root' must be a path, got ['data']"),
 ])
 def test_bad_spec_names_file_source_and_field(tmp_path: Path, body: str, message: str) -> None:
     path = write_spec(tmp_path / "bad.yaml", body)

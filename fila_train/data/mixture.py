@@ -121,6 +121,8 @@ def _paths(value: Any, root: Path, where: str) -> tuple[Path, ...]:
 def _number(value: Any, where: str, kind: type, positive: bool = True) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise MixtureError(f"{where}: must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):  # YAML's .nan / .inf: no count comes of them
+        raise MixtureError(f"{where}: must be a finite number, got {value!r}")
     if (value <= 0 if positive else value < 0):
         raise MixtureError(f"{where}: must be {'> 0' if positive else '>= 0'}, got {value!r}")
     return kind(value)
@@ -212,7 +214,10 @@ def load_mixture(path: str | Path, data_root: str | Path | None = None) -> Mixtu
     unknown = sorted(set(data) - MIXTURE_KEYS)
     if unknown:
         raise MixtureError(f"{where}: unknown field(s) {unknown}; known: {sorted(MIXTURE_KEYS)}")
-    root = Path(data_root) if data_root is not None else path.parent / str(data.get("root", "."))
+    root = data.get("root", ".")
+    if not (isinstance(root, str) and root):
+        raise MixtureError(f"{where}: field 'root' must be a path, got {root!r}")
+    root = Path(data_root) if data_root is not None else path.parent / root
     sources = data.get("sources")
     if not isinstance(sources, list) or not sources:
         raise MixtureError(f"{where}: field 'sources' must be a non-empty list")
@@ -222,8 +227,8 @@ def load_mixture(path: str | Path, data_root: str | Path | None = None) -> Mixtu
     if duplicates:
         raise MixtureError(f"{where}: source name(s) {duplicates} appear more than once")
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MixtureError(f"{where}: field 'seed' must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # numpy's generators take no negative seed
+        raise MixtureError(f"{where}: field 'seed' must be an integer >= 0, got {seed!r}")
     total = data.get("total")
     weighted = [s.name for s in specs if s.weight is not None]
     if weighted and total is None:
