@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from fila_train.model.vision.anyres import AnyresConfig
 from fila_train.model.vision.hybrid_encoder import HybridImageProcessor
 from fila_train.processing.tokenization import ConversationTokenizer
 from fila_train.processing.chat_templates import get_template
+from fila_train.utils.errors import ConfigError
 from test_dataset import PROCESSOR, record, tokenizer  # noqa: F401  (tokenizer is a fixture)
 
 
@@ -480,3 +482,30 @@ def test_a_source_whose_every_record_is_unusable_stops_a_skipping_run_before_the
     charts = build().modality_lengths[4:]
     assert charts[1] == 0 and (charts[[0, 2]] > 0).all()  # its one bad record is skipped, as asked
     assert (build().modality_lengths[4:] == charts).all()  # and the cache holds what was measured
+
+
+def test_a_sources_own_template_and_canvases_are_checked_before_any_weights(tiny_assets, tmp_path: Path) -> None:
+    """A source's template the tokenizer cannot write, or canvases the model's encoder does not have, stopped the
+    run only when the dataset was built: after the model's weights had loaded (minutes for a 7B under ZeRO-3)."""
+    from transformers import LlamaTokenizer
+
+    from distributed_utils import LLAMA2_DIR
+    from fila_train.demo.tiny_models import save_tiny_llm
+    from fila_train.training.before_weights import check_before_weights
+    from fila_train.training.train import parse_args
+
+    if not (LLAMA2_DIR / "tokenizer.model").is_file():
+        pytest.skip(f"no Llama-2 SentencePiece tokenizer at {LLAMA2_DIR}")
+    llm = save_tiny_llm(tmp_path / "llm", LlamaTokenizer.from_pretrained(str(LLAMA2_DIR)), hidden_size=16,
+                        num_layers=1)
+    source = (f"sources:\n  - name: docs\n    annotations: {tiny_assets.stage2_data}\n"
+              f"    image_root: {tiny_assets.image_folder}\n")
+    for override, message in (("    template: llama3\n", "template 'llama3' needs the special token"),
+                              ("    canvases: [672x672]\n", "source 'docs' sets canvases/max_tiles, but the vision")):
+        spec = write_spec(tmp_path / "mix.yaml", source + override)
+        model_args, data_args, args = parse_args([
+            "--model_name_or_path", str(llm), "--vision_tower", str(tiny_assets.clip), "--data_path", str(spec),
+            "--conversation_template", "vicuna_v1", "--output_dir", str(tmp_path / "run"), "--tune_parts", "connector",
+            "--model_max_length", "512"])
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_before_weights(model_args, args, data_args=data_args)

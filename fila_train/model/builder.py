@@ -237,6 +237,13 @@ def image_token_counts(model_name_or_path: str, vision_tower: str | None = None,
                        vision_options: dict | None = None) -> dict[str, int]:
     """What one image becomes in the LLM input, by the shape it takes, in the model build_model gives these
     arguments: read from configs alone, before any weights load."""
+    return planned_image_processor(model_name_or_path, vision_tower, vision_encoder=vision_encoder,
+                                   vision_options=vision_options).image_token_counts()
+
+
+def planned_image_processor(model_name_or_path: str, vision_tower: str | None = None, *,
+                            vision_encoder: str = FilaConfig.vision_encoder, vision_options: dict | None = None):
+    """The encoder's image processor of the model build_model gives these arguments, from configs alone."""
     if is_fila_checkpoint(model_name_or_path):
         config = FilaConfig.from_pretrained(model_name_or_path)
         vision_config, vision_encoder, vision_options = config.vision_config, config.vision_encoder, \
@@ -244,7 +251,7 @@ def image_token_counts(model_name_or_path: str, vision_tower: str | None = None,
     else:
         vision_config, vision_options = fresh_vision_settings(model_name_or_path, vision_tower, vision_encoder,
                                                               vision_options)
-    return build_image_processor(vision_encoder, vision_config, vision_options).image_token_counts()
+    return build_image_processor(vision_encoder, vision_config, vision_options)
 
 
 def release_tower(path: str, vision_tower: str | None) -> str:

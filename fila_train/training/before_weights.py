@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..model.builder import (built_parts, check_release_feature_layer, image_token_counts, is_fila_checkpoint,
+from ..data.mixed_dataset import source_processor
+from ..data.mixture import MixtureSpec, load_mixture
+from ..model.builder import (built_parts, check_release_feature_layer, is_fila_checkpoint, planned_image_processor,
                              pretrained_tokenizer, refuse_remote_code)
 from ..model.configuration import IMAGE_TOKEN_ID, FilaConfig
 from ..model.liger import liger_patchers
@@ -14,14 +16,14 @@ from ..processing.saved_tokenizer import check_saved_alike
 from ..processing.tokenization import ConversationTokenizer
 from ..utils.errors import ConfigError
 from ..model.arguments import OPTION_SHORTHANDS
-from .arguments import ModelArguments, TrainingArguments
+from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .image_budget import check_images_fit
 from .llm_context import check_within_context
 from .parts import check_parts_exist, check_rates_train
 
 
 def check_before_weights(model_args: ModelArguments, args: TrainingArguments,
-                         given: frozenset[str] = frozenset()) -> None:
+                         given: frozenset[str] = frozenset(), data_args: DataArguments | None = None) -> None:
     if model_args.lora_r and "llm" not in args.parts():
         raise ConfigError(f"--lora_r trains LoRA adapters of the LLM, but --tune_parts {args.tune_parts!r} "
                           f"has no 'llm': add it (with LoRA, 'llm' trains the adapters only)")
@@ -45,9 +47,22 @@ def check_before_weights(model_args: ModelArguments, args: TrainingArguments,
     check_saved_alike(conversations)
     check_within_context(release_config(model_args.model_name_or_path), args.model_max_length,
                          model_args.model_name_or_path)
-    check_images_fit(image_token_counts(model_args.model_name_or_path, model_args.vision_tower,
-                                        vision_encoder=model_args.vision_encoder,
-                                        vision_options=model_args.vision_options()), args.model_max_length)
+    image_processor = planned_image_processor(model_args.model_name_or_path, model_args.vision_tower,
+                                              vision_encoder=model_args.vision_encoder,
+                                              vision_options=model_args.vision_options())
+    check_images_fit(image_processor.image_token_counts(), args.model_max_length)
+    if data_args is not None and data_args.is_mixture():
+        check_mixture_sources(load_mixture(data_args.data_path, data_args.data_root), conversations.tokenizer,
+                              image_processor)
+
+
+def check_mixture_sources(spec: MixtureSpec, tokenizer, image_processor) -> None:
+    """Each source's own template and canvases, as MixtureDataset will build them: before, a template the tokenizer
+    cannot write or canvases the encoder lacks stopped the run only once the model's weights had loaded."""
+    for source in spec.sources:
+        if source.template is not None:
+            ConversationTokenizer(tokenizer, get_template(source.template), IMAGE_TOKEN_ID)
+        source_processor(image_processor, source, spec.describe())
 
 
 SAVED_PARTS_FLAGS = ("vision_encoder", "connector_type", "vision_feature_layer")

@@ -99,7 +99,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     """One run; ``notes`` are logged at its start (which LLaVA flags became which of ours); ``given``: the flags
     the command line named (a saved model's parts are checked against them)."""
     check_same_batch_layout(args.per_device_train_batch_size, args.gradient_accumulation_steps)
-    check_before_weights(model_args, args, given)
+    check_before_weights(model_args, args, given, data_args)
     log_format = f"%(asctime)s [rank {rank()}] %(levelname)s %(name)s: %(message)s"  # multi-node logs stay readable
     with console_logging(process_log_level(args), log_format), known_noise_silenced():
         for note in notes:
