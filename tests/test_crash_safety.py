@@ -288,9 +288,43 @@ def test_a_resume_onto_its_file_reordered_or_replaced_is_refused(tmp_path, token
     write_manifest(folder, 4, order_of(lines, tmp_path / "first").manifest_fields())
     check_resume_data(folder, [order_of(lines, tmp_path / "moved")])  # the same file elsewhere
     for name, changed in (("shuffled", lines[100:] + lines[:100]), ("replaced", lines[:199] + [lines[0]])):
-        with pytest.raises(CheckpointError, match=r"was trained on 200 samples .*records [0-9a-f]{8}\), sampler seed 42, ungrouped; this run's .*"
+        with pytest.raises(CheckpointError, match=r"was trained on 200 samples .*records [0-9a-f]{8}\), sampler seed 42, ungrouped, random order; this run's .*"
                                                    r"the same records in the same order in each file"):
             check_resume_data(folder, [order_of(changed, tmp_path / name)])
+
+
+def test_a_resume_in_another_sampling_order_or_epoch_length_is_refused(tmp_path, tokenizer):
+    """--train_sampling_strategy sequential (in place of random) draws the checkpoint's epoch in another order, and
+    --dataloader_drop_last another number of steps an epoch, so the checkpoint's step lands elsewhere in the data.
+    Neither was recorded: such a resume went on, exit 0, training some records twice in the epoch and others never."""
+    from fila_train.data.dataset import DatasetOptions
+    from fila_train.data.mixed_dataset import MixtureDataset
+    from fila_train.data.mixture import single_source
+    from fila_train.model.configuration import IMAGE_TOKEN_ID
+    from fila_train.processing.chat_templates import get_template
+    from fila_train.processing.tokenization import ConversationTokenizer
+    from fila_train.training.datasets import data_order
+    from fila_train.training.train import parse_args
+    from test_dataset import PROCESSOR, record
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(record(f"doc-{i}")) + "\n" for i in range(10)))
+    dataset = MixtureDataset(single_source(tmp_path / "data.jsonl", None),
+                             ConversationTokenizer(tokenizer, get_template("vicuna_v1"), IMAGE_TOKEN_ID), PROCESSOR,
+                             DatasetOptions(256))
+
+    def order(*flags: str) -> DataOrder:
+        return data_order(dataset, parse_args(["--model_name_or_path", "llm", "--data_path", "d.jsonl",
+                                               "--output_dir", str(tmp_path / "out"), *flags])[2])
+
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    write_manifest(folder, 4, order().manifest_fields())
+    check_resume_data(folder, [order()])
+    for flags, here in ((["--train_sampling_strategy", "sequential"], "sequential order"),
+                        (["--dataloader_drop_last", "True"], "random order, last partial batch dropped")):
+        with pytest.raises(CheckpointError, match=rf"was trained on .*, ungrouped, random order; this run's data is "
+                                                  rf".*, ungrouped, {here}: "):
+            check_resume_data(folder, [order(*flags)])
 
 
 def test_the_resume_settings_rules(tmp_path):

@@ -235,9 +235,9 @@ def test_a_resume_on_other_data_in_another_order_is_one_line_before_training(sta
     trained, now = error.split("; this run's data is ")
     assert trained.endswith(f"{checkpoint} was trained on 8 samples (stage1_captions_first8: 8 of 8 records; plan "
                             f"seed 0, selection {trained.split('selection ')[1][:8]}, records "
-                            f"{trained.split(', records ')[1][:8]}), sampler seed 7, ungrouped"), error
+                            f"{trained.split(', records ')[1][:8]}), sampler seed 7, ungrouped, random order"), error
     assert now.startswith(f"{records} samples (stage1_captions: {records} of {records} records; plan seed 0"), error
-    assert "), sampler seed 8, ungrouped: skipping to the checkpoint's step in another order" in now, error
+    assert "), sampler seed 8, ungrouped, random order: skipping to the checkpoint's step in another order" in now, error
     assert error.endswith("or pass --ignore_data_skip to start the checkpoint's epoch of this data from its beginning"), error
     assert run_files() == before
 

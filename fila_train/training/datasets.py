@@ -70,7 +70,9 @@ def data_order(dataset: MixtureDataset, args: TrainingArguments) -> DataOrder:
     """What decides the records of each step of this run."""
     return DataOrder.of(dataset.plan, args.sampler_seed(),
                         dataset.modality_lengths if args.group_by_modality_length else None,
-                        dataset.records_fingerprint())
+                        dataset.records_fingerprint(),
+                        "grouped" if args.group_by_modality_length else str(args.train_sampling_strategy),
+                        bool(args.dataloader_drop_last))
 
 
 def total_skip_counts(local: set[tuple[str, str]]) -> dict[str, int]:

@@ -62,19 +62,24 @@ class DataOrder:
     sampler_seed: int
     lengths_digest: str | None  # None: not grouped by modality length
     records_digest: str | None = None  # MixtureDataset.records_fingerprint; None: not recorded (older checkpoints)
+    # How positions are drawn: --train_sampling_strategy ("grouped" with --group_by_modality_length), and whether
+    # --dataloader_drop_last shortens the epoch (so its steps). None: not recorded (older checkpoints).
+    sampling: str | None = None
+    drop_last: bool | None = None
 
     @classmethod
     def of(cls, plan, sampler_seed: int, grouping_lengths: np.ndarray | None,
-           records_digest: str | None = None) -> DataOrder:
-        """From a data.mixture.MixturePlan, the modality lengths when the sampler groups by them, and the records'
-        fingerprint."""
+           records_digest: str | None = None, sampling: str | None = None, drop_last: bool | None = None) -> DataOrder:
+        """From a data.mixture.MixturePlan, the modality lengths when the sampler groups by them, the records'
+        fingerprint, and the sampling strategy and drop_last."""
         return cls(tuple((s.name, s.records, s.sampled) for s in plan.sources), plan.seed,
                    digest(plan.source_of, plan.record_of), sampler_seed,
-                   None if grouping_lengths is None else digest(grouping_lengths), records_digest)
+                   None if grouping_lengths is None else digest(grouping_lengths), records_digest, sampling, drop_last)
 
     def differs_from(self, saved: DataOrder) -> bool:
         records = saved.records_digest is not None and self.records_digest != saved.records_digest
-        return records or (self.plan_digest, self.sampler_seed, self.lengths_digest) != (
+        sampling = saved.sampling is not None and (self.sampling, self.drop_last) != (saved.sampling, saved.drop_last)
+        return records or sampling or (self.plan_digest, self.sampler_seed, self.lengths_digest) != (
             saved.plan_digest, saved.sampler_seed, saved.lengths_digest)
 
     def __str__(self) -> str:
@@ -82,13 +87,16 @@ class DataOrder:
         grouping = ("ungrouped" if self.lengths_digest is None
                     else f"grouped by modality length (lengths {self.lengths_digest[:8]})")
         records = f", records {self.records_digest[:8]}" if self.records_digest else ""
+        sampling = f", {self.sampling} order" if self.sampling not in (None, "grouped") else ""
+        sampling += ", last partial batch dropped" if self.drop_last else ""
         return (f"{sum(sampled for *_, sampled in self.sources)} samples ({sources}; plan seed {self.plan_seed}, "
-                f"selection {self.plan_digest[:8]}{records}), sampler seed {self.sampler_seed}, {grouping}")
+                f"selection {self.plan_digest[:8]}{records}), sampler seed {self.sampler_seed}, {grouping}{sampling}")
 
     def manifest_fields(self) -> dict:
         return {"data_order": {"sources": [list(source) for source in self.sources], "plan_seed": self.plan_seed,
                                "plan_digest": self.plan_digest, "sampler_seed": self.sampler_seed,
-                               "lengths_digest": self.lengths_digest, "records_digest": self.records_digest}}
+                               "lengths_digest": self.lengths_digest, "records_digest": self.records_digest,
+                               "sampling": self.sampling, "drop_last": self.drop_last}}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> DataOrder | None:
@@ -97,7 +105,8 @@ class DataOrder:
             lengths = recorded["lengths_digest"]
             return cls(tuple((str(name), int(records), int(sampled)) for name, records, sampled in recorded["sources"]),
                        int(recorded["plan_seed"]), str(recorded["plan_digest"]), int(recorded["sampler_seed"]),
-                       None if lengths is None else str(lengths), recorded.get("records_digest"))
+                       None if lengths is None else str(lengths), recorded.get("records_digest"),
+                       recorded.get("sampling"), recorded.get("drop_last"))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -197,6 +206,7 @@ def check_resume_data(checkpoint: Path, orders: list[DataOrder]) -> None:
         raise CheckpointError(
             f"--resume_from_checkpoint {checkpoint} was trained on {saved}; this run's data{where} is {order}: "
             f"skipping to the checkpoint's step in another order would train some records twice and others never; "
-            f"resume with the same data (the same records in the same order in each file), --seed (--data_seed) and --group_by_modality_length (grouped: also the "
+            f"resume with the same data (the same records in the same order in each file), --seed (--data_seed), "
+            f"--train_sampling_strategy, --dataloader_drop_last and --group_by_modality_length (grouped: also the "
             f"same template, tokenizer and image settings, which decide the lengths), or pass --ignore_data_skip "
             f"to start the checkpoint's epoch of this data from its beginning")
