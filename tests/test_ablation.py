@@ -187,3 +187,11 @@ def test_a_second_ablation_on_this_machine_gets_other_master_ports():
         taken = held.getsockname()[1]
         port = free_port(taken)
     assert taken < port < taken + 10
+
+
+def test_an_ablation_config_key_given_twice_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys: a config with two 'stage2:' blocks ran the second alone, silently."""
+    config = tmp_path / "twice.yaml"
+    config.write_text("stage2:\n  max_steps: 2\nvariants: [anyres]\nstage2:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=rf"ablation config {config}: line 4: field 'stage2' appears twice"):
+        load_config(config)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..utils.errors import ConfigError
+from ..utils.yaml_files import load_yaml
 
 # Exact variant names -> the scripts' model variables (scripts/lib/model_flags.sh). "+mmfuser" after any of
 # them adds MMFuser as the connector.
@@ -133,7 +134,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = load_yaml(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"ablation config {path}: {error}") from None
         if not isinstance(data, dict):

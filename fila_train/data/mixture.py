@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import zlib
-from collections.abc import Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import yaml
 
 from ..utils.tables import format_table
+from ..utils.yaml_files import DuplicateKeyError, load_yaml
 from ..utils.errors import ConfigError
 
 Canvas = tuple[int, int]
@@ -181,31 +181,15 @@ def _source(entry: Any, index: int, root: Path, where: str) -> SourceSpec:
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a mapping key given twice: YAML keeps the last one, so a second ``sources:`` block
-    dropped every source of the first, and a source's second rule replaced its first, without a word."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, Hashable):
-                continue  # SafeLoader's own error names it
-            if key in seen:
-                raise MixtureError(f"line {key_node.start_mark.line + 1}: field {key!r} appears twice")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_mixture(path: str | Path, data_root: str | Path | None = None) -> MixtureSpec:
     """Parse and check a mixture YAML; ``data_root`` overrides its ``root``."""
     path = Path(path)
     where = str(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise MixtureError(f"mixture file not found: {path}") from None
-    except MixtureError as error:
+    except DuplicateKeyError as error:
         raise MixtureError(f"{where}: {error}") from None
     except yaml.YAMLError as error:
         raise MixtureError(f"{where}: not valid YAML ({error})") from None
