@@ -13,7 +13,7 @@ from ...utils.errors import ConfigError
 from ..vision.base import VisionOutput
 from .mmfuser import OPTION_FLAGS, MMFuser, MMFuserConfig
 from ..contracts import ConnectorContract, SubPart
-from .projectors import Connector, mlp
+from .projectors import MLP, Connector, mlp
 
 
 def check_layer_indices(config: MMFuserConfig, num_layers: int) -> None:
@@ -62,8 +62,9 @@ MMFUSER_CONNECTOR = ConnectorContract(
     name="mmfuser", options=MMFuserConfig,
     # The fuser (connector.fuser.*) has its own part and learning rate; the MLP is the plain connector's.
     sub_parts=(SubPart("fuser", "fuser."),),
-    # Zero offset weights + directional bias, zero attention weights, xavier value/output, zero gammas.
-    self_initialised=(MMFuser,),
+    # Zero offset weights + directional bias, zero attention weights, xavier value/output, zero gammas; the MLP
+    # as LLaVA's projector.
+    self_initialised=(MMFuser, MLP),
     layer_flags=tuple(OPTION_FLAGS.values()),
     build=lambda vision, llm_hidden, options: MMFuserConnector(vision, llm_hidden, MMFuserConfig.from_dict(options)),
     check_fresh_options=check_fresh_options)

@@ -23,12 +23,25 @@ class Connector(nn.Module):
         raise NotImplementedError
 
 
-def mlp(vision_hidden: int, llm_hidden: int, depth: int) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear layers with GELU between them, initialised as LLaVA's projector: PyTorch's own nn.Linear init.
+
+    LLaVA builds its projector after the LLM has loaded, so no transformers init touches it; the generic one
+    (normal(0, 0.02), zero bias) would start it elsewhere. A self-initialised module of the connector contracts.
+    """
+
+    def reset_parameters(self) -> None:
+        for module in self:
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+
+
+def mlp(vision_hidden: int, llm_hidden: int, depth: int) -> MLP:
     """``depth`` Linear layers with GELU between them (depth 1 = LLaVA's ``linear``)."""
     layers: list[nn.Module] = [nn.Linear(vision_hidden, llm_hidden)]
     for _ in range(depth - 1):
         layers += [nn.GELU(), nn.Linear(llm_hidden, llm_hidden)]
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class MLPProjector(Connector):
@@ -45,9 +58,11 @@ class MLPProjector(Connector):
 # A connector's build gets the ViT's config (width, depth: multi-layer connectors check their layer
 # indices against it), the LLM width and the connector's options dict from FilaConfig.
 LINEAR = ConnectorContract(
-    name="linear", build=lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 1))
+    name="linear", self_initialised=(MLP,),
+    build=lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 1))
 MLP2X_GELU = ConnectorContract(
-    name="mlp2x_gelu", build=lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 2))
+    name="mlp2x_gelu", self_initialised=(MLP,),
+    build=lambda vision, llm_hidden, options: MLPProjector(vision.hidden_size, llm_hidden, 2))
 
 
 def build_connector(name: str, vision_config: CLIPVisionConfig, llm_hidden: int,
