@@ -352,3 +352,44 @@ def test_new_lora_adapters_on_a_saved_model_start_alike_under_zero3_and_zero2(ti
     zero3 = run_with(zero=3)
     assert len(zero3) == 3 and all(math.isfinite(loss) and loss > 0 for loss in zero3), zero3
     torch.testing.assert_close(zero3, run_with(zero=2), rtol=1e-5, atol=0)
+
+
+def saved_fila_model(tiny_assets, folder, fuser: bool, drop: str | None = None, **extra: str) -> dict[str, torch.Tensor]:
+    """A saved FILA (+ MMFuser) model (``extra``: its flags) with every tensor moved off its initial value, so that
+    no init can pass for a load; without the tensors named ``drop...``. Returns the tensors its files hold."""
+    from distributed_utils import build_tiny_model
+    from safetensors.torch import save_file
+
+    build_tiny_model(tiny_assets, hybrid=True, fuser=fuser, extra=extra).save_pretrained(folder)
+    for tokenizer_file in tiny_assets.llm.glob("tokenizer*"):
+        shutil.copy(tokenizer_file, folder)
+    generator = torch.Generator().manual_seed(0)
+    weights = {name: tensor + 0.01 * torch.randn(tensor.shape, generator=generator)
+               for name, tensor in load_file(folder / "model.safetensors").items()
+               if drop is None or not name.startswith(drop)}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return weights
+
+
+def from_saved_args(tiny_assets, saved, fuser: bool) -> list[str]:
+    """One ZeRO-3 stage-2 step at learning rate 0 from a saved FILA (+ MMFuser) model: its output holds the weights
+    the run loaded."""
+    return train_args(tiny_assets, hybrid=True, fuser=fuser, stage=2, zero=3, steps=1) + [
+        "--model_name_or_path", str(saved), "--learning_rate", "0", "--report_to", "none",
+        "--tune_parts", "connector,cvfm,llm" + ",fuser" * fuser]
+
+
+def test_a_saved_fila_mmfuser_model_trains_on_under_zero3_from_every_weight_of_its_files(tiny_assets, tmp_path):
+    """from_pretrained under ZeRO-3 builds the model inside zero.Init, each module's parameters partitioned (empty
+    here) as soon as it is built. Before, the deformable attention's init wrote its offsets' bias into the empty
+    tensor, and a strided-conv CVFM aligner indexed it: a traceback from every rank, so stage 2 could not start
+    from a saved MMFuser model under ZeRO-3 (ZeRO-2 could)."""
+    from fila_train.model import FilaForConditionalGeneration
+
+    saved = tmp_path / "saved"
+    weights = saved_fila_model(tiny_assets, saved, fuser=True, vision_option="cvfm.align=strided_conv")
+    run = run_distributed(from_saved_args(tiny_assets, saved, fuser=True), tmp_path / "run")
+    trained = FilaForConditionalGeneration.from_pretrained(run.output_dir).state_dict()
+    assert sorted(trained) == sorted(weights)
+    assert [name for name, tensor in weights.items() if not torch.equal(trained[name], tensor)] == []
+

@@ -41,6 +41,12 @@ def all_ranks(value):
     return values
 
 
+def built_partitioned(module: torch.nn.Module) -> bool:
+    """Whether ZeRO-3's zero.Init built ``module`` (from_pretrained under ZeRO-3): each parameter is partitioned, an
+    empty placeholder here, as soon as its own module is built, and the files then fill it."""
+    return any(hasattr(parameter, "ds_id") for parameter in module.parameters())
+
+
 def gathered(parameters: list, modifier_rank: int | None = None):
     """Full values of ZeRO-3 partitioned parameters inside the block (a no-op otherwise)."""
     partitioned = [p for p in parameters if hasattr(p, "ds_id")]

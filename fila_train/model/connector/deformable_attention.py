@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...utils.distributed import built_partitioned
 from ...utils.errors import ConfigError
 
 SpatialShapes = Tensor | Sequence[tuple[int, int]]
@@ -51,7 +52,10 @@ class MultiScaleDeformableAttention(nn.Module):
         self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
-        self.reset_parameters()
+        # Not into ZeRO-3's empty placeholders (a saved model loading): the files fill them, and the model's
+        # _init_weights resets the module, gathered, where they lack it.
+        if not built_partitioned(self):
+            self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

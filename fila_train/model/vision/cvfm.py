@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ...utils.distributed import built_partitioned
 from ...utils.errors import ConfigError
 from ..options import stored_options
 
@@ -73,7 +74,8 @@ class WindowAligner(nn.Module):
         self.mode, self.factor, self.grid = mode, factor, grid
         if mode == "strided_conv":
             self.conv = nn.Conv2d(channels, channels, kernel_size=factor, stride=factor)
-            self.reset_parameters()
+            if not built_partitioned(self):  # as MultiScaleDeformableAttention's
+                self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.mode == "strided_conv":  # start as average pooling, so the modes agree at init
