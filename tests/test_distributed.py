@@ -393,3 +393,14 @@ def test_a_saved_fila_mmfuser_model_trains_on_under_zero3_from_every_weight_of_i
     assert sorted(trained) == sorted(weights)
     assert [name for name, tensor in weights.items() if not torch.equal(trained[name], tensor)] == []
 
+
+def test_a_saved_model_without_its_convnext_weights_is_refused_under_zero3_as_under_zero2(tiny_assets, tmp_path):
+    """The ConvNeXt branch is marked as loaded when it is built (a fresh build's weights come from its checkpoint,
+    which transformers' init must keep), and transformers leaves such weights out of the missing ones. Under
+    ZeRO-2 they stay on the meta device, which the load checks; under ZeRO-3 they held whatever zero.Init left
+    (its init functions disabled): the run went on from a ConvNeXt of uninitialised memory (here its loss was NaN)."""
+    saved = tmp_path / "saved"
+    saved_fila_model(tiny_assets, saved, fuser=False, drop="vision_tower.convnext.trunk.stages.1.")
+    error = refused_run(tmp_path / "run", 2, from_saved_args(tiny_assets, saved, fuser=False))
+    assert f"{saved}: the weights do not match its config.json's model (missing " in error, error
+    assert "vision_tower.convnext.trunk.stages.1.blocks.0.conv_dw.bias" in error

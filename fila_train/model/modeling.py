@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel, GenerationMixin, PreTrainedModel
 
+from ..utils.distributed import built_partitioned
 from .checkpointing import set_part_checkpointing
 from .configuration import FilaConfig
 from .connector import build_connector
@@ -109,8 +110,11 @@ class FilaForConditionalGeneration(FilaPreTrainedModel, GenerationMixin):
             config.connector_options = stored
         if config.lora is not None:  # the adapters are architecture: a saved LoRA model rebuilds them
             add_lora(self, LoraSettings.from_dict(config.lora))
-        for module in self.modules():  # a fresh build keeps their init, as it keeps the pretrained ViT and LLM
-            if isinstance(module, constructor_initialised):
+        # A fresh build keeps their init, as it keeps the pretrained ViT and LLM. Not when ZeRO-3's zero.Init built
+        # them (a saved model loading): transformers would leave a weight its files lack out of the missing ones,
+        # to hold uninitialised memory.
+        for module in self.modules():
+            if isinstance(module, constructor_initialised) and not built_partitioned(module):
                 mark_as_loaded(module)
         self.post_init()
 
