@@ -108,9 +108,10 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> None:
     if settings.bits != 16:
         load_own_quantization_checked(model.language_model)
     for name, parameter in model.named_parameters():
-        if is_lora_parameter(name):
-            # PEFT's init (kaiming A, zero B: the adapter starts as a no-op) must survive post_init;
-            # the flag makes transformers' init skip them, as for loaded weights.
+        # PEFT's init (kaiming A, zero B: the adapter starts as a no-op) must survive post_init; the flag makes
+        # transformers' init skip them, as for loaded weights. Not when ZeRO-3's zero.Init built them (a saved model
+        # loading): transformers would leave one its files lack out of the missing weights.
+        if is_lora_parameter(name) and not hasattr(parameter, "ds_id"):
             parameter._is_hf_initialized = True
     model.config.lora = settings.to_dict()
 
