@@ -354,7 +354,8 @@ def test_new_lora_adapters_on_a_saved_model_start_alike_under_zero3_and_zero2(ti
     torch.testing.assert_close(zero3, run_with(zero=2), rtol=1e-5, atol=0)
 
 
-def saved_fila_model(tiny_assets, folder, fuser: bool, drop: str | None = None, **extra: str) -> dict[str, torch.Tensor]:
+def saved_fila_model(tiny_assets, folder, fuser: bool, drop: str | None = None,
+                     **extra: str) -> dict[str, torch.Tensor]:
     """A saved FILA (+ MMFuser) model (``extra``: its flags) with every tensor moved off its initial value, so that
     no init can pass for a load; without the tensors named ``drop...``. Returns the tensors its files hold."""
     from distributed_utils import build_tiny_model

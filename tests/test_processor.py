@@ -189,7 +189,8 @@ def test_a_question_with_its_image_last_is_trained_and_served_with_the_image_fir
         last = [{"from": "human", "value": value}, {"from": "gpt", "value": "42"}]
         if "<image> written" in value:  # moved as LLaVA moves it: the text around it joins with nothing between
             first[0]["value"] = "<image>\nWhat is  written here?"
-        assert processor.conversations.encode(last, [3]).input_ids == processor.conversations.encode(first, [3]).input_ids
+        encode = processor.conversations.encode
+        assert encode(last, [3]).input_ids == encode(first, [3]).input_ids
     served = [[{"type": "text", "text": "What is written here?"}, {"type": "image"}],
               [{"type": "image"}, {"type": "text", "text": "What is written here?"}]]
     assert len({processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
