@@ -8,9 +8,12 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping key given twice; the message names its line and key."""
+
+class DuplicateKeyError(ConfigError, yaml.YAMLError):
+    """A mapping key given twice; the message names its line and key (the caller adds the file). A YAMLError too,
+    so a caller's handler of unreadable YAML names the file for it."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
