@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# FILA's ablation (docs/ablation.md): the crop-only anyres encoder against FILA's hybrid encoder with concat,
-# add and cross_attn fusion, several seeds each, the same stage-1 + stage-2 recipe through pretrain.sh and
-# finetune.sh, every run scored on the fragmentation probe (tile borders cut the symbols) and its control.
+# FILA's ablation (docs/ablation.md): the crop-only anyres encoder against FILA's hybrid encoder with concat
+# fusion (--variants adds fila_add and fila_cross_attn), 3 seeds each, the same stage-1 + stage-2 recipe through
+# pretrain.sh and finetune.sh, every run scored on the fragmentation probe (tile borders cut the symbols) and its
+# control.
 # Writes results.md, results.json and results.png to the ablation folder; training runs and the results go
 # to wandb as one group (offline unless WANDB_MODE says otherwise).
 #   bash scripts/ablate.sh                                         # tiny models on CPU (~17 min on 2 cores)
