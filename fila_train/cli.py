@@ -13,7 +13,7 @@ from .utils.errors import (FilaError, debugging, end_by_sigint_after_an_interrup
 # command runs, so `fila-train generate` does not pay for DeepSpeed and friends.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fila_train.training.cli:main", "run stage 1 or stage 2 training (HF TrainingArguments-style flags)"),
-    "data": ("fila_train.data.cli:main", "convert public datasets, inspect a mixture (data convert|inspect)"),
+    "data": ("fila_train.data.cli:main", "convert datasets, inspect a mixture, make the probe (data convert|inspect|probe)"),
     "export": ("fila_train.export.cli:main", "write one merged, self-contained checkpoint folder"),
     "generate": ("fila_train.inference.cli:main", "answer a prompt about an image with a checkpoint"),
     "eval": ("fila_train.evaluation.cli:main", "score a checkpoint on a benchmark file (vqa, anls, relaxed, exact)"),
