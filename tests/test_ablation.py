@@ -195,3 +195,21 @@ def test_an_ablation_config_key_given_twice_is_refused(tmp_path):
     config.write_text("stage2:\n  max_steps: 2\nvariants: [anyres]\nstage2:\n  max_steps: 3\n")
     with pytest.raises(ConfigError, match=rf"ablation config {config}: line 4: field 'stage2' appears twice"):
         load_config(config)
+
+
+def test_a_report_of_runs_not_finished_is_one_line_naming_the_run(tmp_path, capsys):
+    """docs/ablation.md: `fila-train ablate report` rewrites the table from finished runs. Before, a folder whose
+    runs had not finished (or a report without the run's own --variants / --seeds) ended in a FileNotFoundError
+    traceback from the first stage summary it read."""
+    from fila_train.cli import main
+
+    assert main(["ablate", "report", "--output", str(tmp_path), "--report_to", "none"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert "anyres-seed0 has not finished" in error and "stage1" in error and "fila-train ablate run" in error, error
+    finished = tmp_path / "runs" / "anyres" / "seed0" / "stage1" / "train_summary.json"
+    finished.parent.mkdir(parents=True)
+    finished.write_text(json.dumps({"loss_first": 1.0, "loss_last": 0.5, "seconds": 1.0}))
+    assert main(["ablate", "report", "--output", str(tmp_path), "--report_to", "none"]) == 1
+    error = capsys.readouterr().err
+    assert "anyres-seed0 has not finished" in error and "stage2" in error and "Traceback" not in error, error

@@ -30,10 +30,19 @@ def _spread(values: list[float]) -> dict[str, float]:
             "max": max(values), "range": max(values) - min(values), "seeds": len(values)}
 
 
+def _check_finished(plan: RunPlan) -> None:
+    """A run's every step has left its file: else one line naming the run and the step, not a FileNotFoundError."""
+    for step in ("stage1", "stage2", "eval"):
+        if not plan.done(step).is_file():
+            raise DataError(f"{plan.label} has not finished: its {step} step left no {plan.done(step)}; run "
+                            f"`fila-train ablate run` with the same --config, --output, --variants and --seeds first")
+
+
 def collect(config: AblationConfig, plans: list[RunPlan]) -> dict:
     check_finished_steps(plans, config)  # the recipe reported below is the one every run was made with
     runs = []
     for plan in plans:
+        _check_finished(plan)
         stages = {stage: json.loads((plan.stage_dir(stage) / "train_summary.json").read_text()) for stage in (1, 2)}
         runs.append({"variant": plan.variant, "seed": plan.seed, **{split: _score(plan, split) for split in SPLITS},
                      **{f"stage{stage}_loss": [summary["loss_first"], summary["loss_last"]]
