@@ -33,6 +33,10 @@ if [ "$CONNECTOR" = mmfuser ]; then
   COMMON+=(FUSER_KEY_LAYERS="$(paths fuser_key_layers)" FUSER_QUERY_LAYER="$(paths fuser_query_layer)")
 fi
 
+# A demo run starts over: an earlier demo's stage folders hold a finished run, which training refuses to start
+# over in (it would rotate out that run's checkpoints), so a second `bash scripts/demo.sh` stopped at stage 1.
+rm -rf "$DEMO/stage1" "$DEMO/stage2"
+
 echo "== stage 1: align the connector (+ CVFM / fuser) on captions (ZeRO-2)"
 env "${COMMON[@]}" DATA_PATH="$(paths stage1_data)" OUTPUT_DIR="$DEMO/stage1" \
   GLOBAL_BATCH_SIZE=16 PER_DEVICE_BATCH_SIZE=8 LEARNING_RATE=2e-3 EPOCHS=4 MAX_LENGTH=512 \
