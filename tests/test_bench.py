@@ -214,6 +214,8 @@ def test_data_bench_reports_ours_and_the_reference(tmp_path, capsys) -> None:
     (["tiny-fila", "--vision_only", "--stage", "1", "--use_liger", "--peak_tflops", "9"], "--stage, --peak_tflops, --use_liger"),
     (["tiny-fila", "--data", "--threads", "2", "--gradient_checkpointing"], "--gradient_checkpointing, --threads"),
     (["tiny-fila", "--suite", "gpu_check", "--batch_size", "4", "--budget_s", "0"], "CONFIG, --batch_size"),
+    # The suite's rows work in temporary folders of their own: a --workdir was silently not used.
+    (["--suite", "gpu_check", "--budget_s", "0", "--workdir", "kept"], "--workdir"),
 ])
 def test_an_option_the_chosen_measurement_does_not_use_is_refused(argv, refused, tmp_path) -> None:
     """Before, each mode read its own options and silently dropped the rest: --channels_last on a training

@@ -74,19 +74,20 @@ def build_parser() -> StrictParser:
     return parser
 
 
-# The options each measurement reads (besides --output and --workdir). Any other option given is refused: a flag
-# that measured nothing it names (--packing on a dry run, --channels_last on a training step) read as if it had.
+# The options each measurement reads (besides --output). Any other option given is refused: a flag that measured
+# nothing it names (--packing on a dry run, --channels_last on a training step) read as if it had. The suite's rows
+# work in temporary folders of their own, so it takes no --workdir.
 MODE_OPTIONS = {
     "training": {"config", "stage", "batch_size", "seq_len", "dtype", "gradient_checkpointing", "device", "steps",
                  "warmup", "image_size", "peak_tflops", "threads", "attn_implementation", "packing",
-                 "torch_compile_backend", "use_liger"},
-    "dry_run": {"config", "stage", "seq_len"},
+                 "torch_compile_backend", "use_liger", "workdir"},
+    "dry_run": {"config", "stage", "seq_len", "workdir"},
     "vision_only": {"config", "device", "dtype", "image_size", "steps", "warmup", "threads", "channels_last",
-                    "torch_compile_backend"},
-    "data": {"config", "stage", "image_size", "num_images", "repeats"},
+                    "torch_compile_backend", "workdir"},
+    "data": {"config", "stage", "image_size", "num_images", "repeats", "workdir"},
     "suite": {"device", "budget_s"},
 }
-ALWAYS = {"help", "list", "output", "workdir", "dry_run", "data", "vision_only", "suite"}
+ALWAYS = {"help", "list", "output", "dry_run", "data", "vision_only", "suite"}
 
 
 def check_mode_options(parser: StrictParser, args: argparse.Namespace) -> None:
