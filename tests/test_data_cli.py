@@ -202,3 +202,18 @@ def test_mixture_run_skips_and_counts_bad_records_across_workers_and_ranks(mixtu
     # Every trained id is a real, usable record: none of the bad ones.
     ids = "".join((run.output_dir / "sample_ids" / f"rank{r}.txt").read_text() for r in range(2)).split()
     assert ids and not {"lost-1", "corrupt-1", "cut-1"} & set(ids)
+
+
+def test_inspect_at_a_length_that_leaves_no_room_after_one_image_says_so_as_training_does(tiny_assets, tmp_path: Path,
+                                                                                          capsys) -> None:
+    """Training refuses such a --model_max_length before any weights load. Inspect, at its default 2048 with
+    FILA's 2880-token images (the README's example once), reported every image record as over length, exit 0,
+    as if the data were at fault."""
+    flags = tiny_assets.model_flags(hybrid=True, fuser=False)
+    argv = ["data", "inspect", str(write_mixture(tmp_path, tiny_assets, with_broken=False)), "--model_name_or_path",
+            flags["model_name_or_path"], "--vision_tower", flags["vision_tower"], "--vision_encoder", "fila_hybrid",
+            "--anyres_canvases", flags["anyres_canvases"], "--model_max_length", "12"]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --model_max_length 12 leaves no room for text after one "
+                                               "image on "), err

@@ -60,6 +60,7 @@ def inspect_main(argv: list[str]) -> int:
     from ..utils.argument_parser import StrictArgumentParser
     from ..utils.files import write_json_atomic
     from .dataset import DatasetOptions
+    from .image_budget import check_images_fit
     from .inspect import format_report, inspect_mixture, report_dict
     from .mixed_dataset import MixtureDataset
     from .mixture import load_mixture, single_source
@@ -72,6 +73,8 @@ def inspect_main(argv: list[str]) -> int:
     fila_processor = load_inspection_processor(model_args)
     template, processor = fila_processor.conversation_template, fila_processor.image_processor.encoder_processor
     try:
+        # As training refuses it: else every image record reads as over length, as if the data were at fault.
+        check_images_fit(processor.image_token_counts(), args.model_max_length)
         spec = (load_mixture(args.data_path, args.data_root) if args.data_path.endswith((".yaml", ".yml"))
                 else single_source(args.data_path, args.image_folder))
         dataset = MixtureDataset(spec, fila_processor.conversations, processor,

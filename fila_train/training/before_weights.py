@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..data.image_budget import check_images_fit
 from ..data.mixed_dataset import source_processor
 from ..data.mixture import MixtureSpec, load_mixture
 from ..model.builder import (built_parts, check_release_feature_layer, is_fila_checkpoint, planned_image_processor,
@@ -17,7 +18,6 @@ from ..processing.tokenization import ConversationTokenizer
 from ..utils.errors import ConfigError
 from ..model.arguments import OPTION_SHORTHANDS
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .image_budget import check_images_fit
 from .llm_context import check_within_context
 from .parts import check_parts_exist, check_rates_train
 
