@@ -20,6 +20,7 @@ from ..inference.loading import ModelLoadError, ModelOptions
 from ..model.llava_layout import local_file
 from ..utils.argument_parser import StrictArgumentParser
 from ..utils.errors import ConfigError
+from ..utils.files import nearest_existing
 from ..utils.scores import format_score
 from .answer_log import ANSWER_LOG_FILE, model_name
 from .bench import BenchError, read_bench
@@ -100,7 +101,7 @@ def check_default_output(model: str) -> None:
 
 def check_output_folder(output: Path) -> None:
     """``output`` exists as a folder or can be made one: its nearest existing ancestor is a folder."""
-    existing = next(path for path in (output, *output.parents) if path.exists())
+    existing = nearest_existing(output)
     if not existing.is_dir():
         raise ConfigError(f"--output {output}: {existing} is a file, not a folder")
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..utils.files import give_files_open_mode
+from ..utils.files import give_files_open_mode, nearest_existing
 from .errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def check_output(output: Path, overwrite: bool, source: Path | None = None) -> N
     if output.exists() and not output.is_dir():
         raise ExportError(f"output {output} exists and is not a folder")
     # The staging folder is made beside the output: its nearest existing ancestor must take new folders.
-    ancestor = next(path for path in output.absolute().parents if path.exists())
+    ancestor = nearest_existing(output.absolute().parent)
     if not ancestor.is_dir():
         raise ExportError(f"output {output}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -86,3 +86,9 @@ def write_safetensors_atomic(path: str | Path, tensors: dict[str, torch.Tensor],
 
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     replace_atomically(Path(path), lambda temporary: save_file(contiguous, temporary, metadata=metadata))
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a folder for ``path`` would be created (a file there
+    stops it)."""
+    return next(candidate for candidate in (path, *path.parents) if candidate.exists())
